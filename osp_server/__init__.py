@@ -1,0 +1,3 @@
+"""osp-server: an OSP clearinghouse and routing policy server on Twisted."""
+
+__version__ = "0.1.0"
