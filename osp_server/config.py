@@ -1,0 +1,358 @@
+"""Configuration: one TOML file read into frozen dataclasses.
+
+Every key is checked: an unknown key or a bad value stops start-up with one
+:class:`ConfigError` whose message names the key and the file.  Paths are
+resolved relative to the directory of the config file (or the working
+directory when running on built-in defaults).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal, cast
+
+KeyType = Literal["rsa2048", "rsa3072", "rsa4096", "ec-p256"]
+Profile = Literal["secure", "legacy"]
+EnrollmentPolicy = Literal["auto", "manual"]
+RenewalPolicy = Literal["keep", "revoke"]
+TokenFormat = Literal["signed", "xml", "ascii"]
+
+_KEY_TYPES: tuple[KeyType, ...] = ("rsa2048", "rsa3072", "rsa4096", "ec-p256")
+_PROFILES: tuple[Profile, ...] = ("secure", "legacy")
+_RENEWAL: tuple[RenewalPolicy, ...] = ("keep", "revoke")
+_TOKEN_FORMATS: tuple[TokenFormat, ...] = ("signed", "xml", "ascii")
+_SIGNER_KEYS: tuple[str, ...] = ("ec-p256", "rsa2048")
+
+
+class ConfigError(Exception):
+    """The configuration file is unreadable or has an unknown key or a bad value."""
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """Where the server listens (Twisted endpoint descriptions, TLS added by us)."""
+
+    http: str = "tcp:5045"
+    https: str = "tcp:1443"
+    osp_mtls: str | None = None
+    legacy_osp: str | None = None
+    metrics: str | None = "tcp:9090:interface=127.0.0.1"
+    request_timeout_seconds: float = 30.0
+    max_connections_per_address: int = 64
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """Where the data lives: SQLite inside the data directory unless a URL is given."""
+
+    url: str
+    threads: int = 4
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class CAConfig:
+    """The certificate authority: files, key type, names, validity, signing profile."""
+
+    key_file: Path
+    cert_file: Path
+    key_type: KeyType = "rsa2048"
+    common_name: str = "OSP Server CA"
+    organization: str | None = "OSP Server"
+    country: str | None = None
+    validity_days: int = 3650
+    profile: Profile = "secure"
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """The HTTPS listener's own certificate (issued by the CA unless supplied)."""
+
+    cert_file: Path
+    key_file: Path
+    server_names: tuple[str, ...] = ("localhost", "127.0.0.1")
+    validity_days: int = 397
+
+
+@dataclass(frozen=True)
+class EnrollmentConfig:
+    """Enrollment (TEP) policy."""
+
+    certificate_validity_days: int = 365
+    allow_plain_http: bool = False
+    renewal: RenewalPolicy = "keep"
+    secret_ttl_hours: int = 72
+    throttle_failures: int = 5
+    throttle_window_seconds: int = 300
+    throttle_per_address: int = 30
+
+
+@dataclass(frozen=True)
+class OSPConfig:
+    """OSP service behaviour: tokens, validity, limits."""
+
+    token_format: TokenFormat = "signed"
+    token_signer_key: str = "ec-p256"
+    token_validity_seconds: int = 300
+    token_backdate_seconds: int = 60
+    call_time_limit_seconds: int = 3600
+    transaction_ttl_seconds: int = 86400
+    routing_policy: str = "default"
+    route_refresh_seconds: float = 5.0
+    reauthorization_fixed_clients: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, as the composition root consumes it."""
+
+    source: str
+    data_dir: Path
+    listeners: ListenerConfig
+    database: DatabaseConfig
+    ca: CAConfig
+    tls: TLSConfig
+    enrollment: EnrollmentConfig = field(default_factory=EnrollmentConfig)
+    osp: OSPConfig = field(default_factory=OSPConfig)
+
+
+class _Section:
+    """Reads one table of the TOML document, remembering which keys were used."""
+
+    def __init__(self, source: str, name: str, data: object) -> None:
+        self.source = source
+        self.name = name
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+        self.data: dict[str, Any] = data
+        self.used: set[str] = set()
+
+    def _key(self, key: str) -> str:
+        return f"{self.name}.{key}" if self.name else key
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self._key(key)}: {problem}")
+
+    def _get(self, key: str) -> Any:
+        self.used.add(key)
+        return self.data.get(key)
+
+    def string(self, key: str, default: str) -> str:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(key, "must be a non-empty string")
+        return value
+
+    def optional_string(self, key: str, default: str | None) -> str | None:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise self.error(key, "must be a string")
+        return value or None
+
+    def integer(self, key: str, default: int, *, minimum: int, maximum: int) -> int:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"must be an integer, got {value!r}")
+        if not minimum <= value <= maximum:
+            raise self.error(key, f"must be between {minimum} and {maximum}, got {value}")
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float, maximum: float) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"must be a number, got {value!r}")
+        if not minimum <= value <= maximum:
+            raise self.error(key, f"must be between {minimum} and {maximum}, got {value}")
+        return float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, got {value!r}")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(key, default)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def path(self, key: str, default: Path, base: Path) -> Path:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value:
+            raise self.error(key, "must be a non-empty path string")
+        candidate = Path(value).expanduser()
+        return candidate if candidate.is_absolute() else base / candidate
+
+    def string_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._get(key)
+        if value is None:
+            return default
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, str) and v for v in value)
+        ):
+            raise self.error(key, "must be a non-empty list of strings")
+        return tuple(value)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+_SECTIONS = ("server", "listeners", "database", "ca", "tls", "enrollment", "osp")
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read ``path`` (or use built-in defaults when ``None``) into a :class:`Config`."""
+    if path is None:
+        return parse_config({}, source="<built-in defaults>", base=Path.cwd())
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read configuration file: {e.strerror}") from None
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: configuration file is not UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    return parse_config(document, source=str(path), base=path.resolve().parent)
+
+
+def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config:
+    """Build a :class:`Config` from a parsed TOML document; ``base`` resolves relative paths."""
+    unknown = sorted(set(document) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{source}: {unknown[0]}: unknown section or key")
+
+    def section(name: str) -> _Section:
+        return _Section(source, name, document.get(name, {}))
+
+    server = section("server")
+    data_dir = server.path("data_dir", base / "osp-data", base)
+    server.finish()
+
+    lst = section("listeners")
+    listeners = ListenerConfig(
+        http=lst.string("http", ListenerConfig.http),
+        https=lst.string("https", ListenerConfig.https),
+        osp_mtls=lst.optional_string("osp_mtls", None),
+        legacy_osp=lst.optional_string("legacy_osp", None),
+        metrics=lst.optional_string("metrics", ListenerConfig.metrics),
+        request_timeout_seconds=lst.number(
+            "request_timeout_seconds", 30.0, minimum=1.0, maximum=3600.0
+        ),
+        max_connections_per_address=lst.integer(
+            "max_connections_per_address", 64, minimum=1, maximum=100000
+        ),
+    )
+    lst.finish()
+
+    db = section("database")
+    url = db.string("url", f"sqlite:///{data_dir / 'osp.sqlite3'}")
+    if not url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
+        raise db.error("url", f"must be a sqlite:/// or postgresql:// URL, got {url!r}")
+    database = DatabaseConfig(
+        url=url,
+        threads=db.integer("threads", 4, minimum=1, maximum=64),
+        timeout_seconds=db.number("timeout_seconds", 10.0, minimum=0.5, maximum=600.0),
+    )
+    db.finish()
+
+    ca_s = section("ca")
+    ca = CAConfig(
+        key_file=ca_s.path("key_file", data_dir / "ca" / "ca.key", base),
+        cert_file=ca_s.path("cert_file", data_dir / "ca" / "ca.pem", base),
+        key_type=cast(KeyType, ca_s.choice("key_type", "rsa2048", _KEY_TYPES)),
+        common_name=ca_s.string("common_name", CAConfig.common_name),
+        organization=ca_s.optional_string("organization", CAConfig.organization),
+        country=ca_s.optional_string("country", None),
+        validity_days=ca_s.integer("validity_days", 3650, minimum=1, maximum=36500),
+        profile=cast(Profile, ca_s.choice("profile", "secure", _PROFILES)),
+    )
+    if ca.country is not None and (len(ca.country) != 2 or not ca.country.isalpha()):
+        raise ca_s.error("country", f"must be a two-letter country code, got {ca.country!r}")
+    if ca.profile == "legacy" and ca.key_type == "ec-p256":
+        raise ca_s.error("profile", "the legacy (MD5) profile needs an RSA key_type")
+    ca_s.finish()
+
+    tls_s = section("tls")
+    tls = TLSConfig(
+        cert_file=tls_s.path("cert_file", data_dir / "tls" / "server.pem", base),
+        key_file=tls_s.path("key_file", data_dir / "tls" / "server.key", base),
+        server_names=tls_s.string_list("server_names", TLSConfig.server_names),
+        validity_days=tls_s.integer("validity_days", 397, minimum=1, maximum=3650),
+    )
+    tls_s.finish()
+
+    en = section("enrollment")
+    enrollment = EnrollmentConfig(
+        certificate_validity_days=en.integer(
+            "certificate_validity_days", 365, minimum=1, maximum=3650
+        ),
+        allow_plain_http=en.boolean("allow_plain_http", False),
+        renewal=cast(RenewalPolicy, en.choice("renewal", "keep", _RENEWAL)),
+        secret_ttl_hours=en.integer("secret_ttl_hours", 72, minimum=1, maximum=24 * 365),
+        throttle_failures=en.integer("throttle_failures", 5, minimum=1, maximum=1000),
+        throttle_window_seconds=en.integer(
+            "throttle_window_seconds", 300, minimum=1, maximum=86400
+        ),
+        throttle_per_address=en.integer("throttle_per_address", 30, minimum=1, maximum=100000),
+    )
+    en.finish()
+
+    osp_s = section("osp")
+    osp = OSPConfig(
+        token_format=cast(TokenFormat, osp_s.choice("token_format", "signed", _TOKEN_FORMATS)),
+        token_signer_key=osp_s.choice("token_signer_key", "ec-p256", _SIGNER_KEYS),
+        token_validity_seconds=osp_s.integer(
+            "token_validity_seconds", 300, minimum=10, maximum=86400
+        ),
+        token_backdate_seconds=osp_s.integer("token_backdate_seconds", 60, minimum=0, maximum=3600),
+        call_time_limit_seconds=osp_s.integer(
+            "call_time_limit_seconds", 3600, minimum=1, maximum=7 * 86400
+        ),
+        transaction_ttl_seconds=osp_s.integer(
+            "transaction_ttl_seconds", 86400, minimum=60, maximum=90 * 86400
+        ),
+        routing_policy=osp_s.string("routing_policy", "default"),
+        route_refresh_seconds=osp_s.number(
+            "route_refresh_seconds", 5.0, minimum=0.5, maximum=3600.0
+        ),
+        reauthorization_fixed_clients=osp_s.boolean("reauthorization_fixed_clients", False),
+    )
+    osp_s.finish()
+
+    return Config(
+        source=source,
+        data_dir=data_dir,
+        listeners=listeners,
+        database=database,
+        ca=ca,
+        tls=tls,
+        enrollment=enrollment,
+        osp=osp,
+    )
+
+
+def validity(days: int) -> timedelta:
+    """A validity period of ``days`` days."""
+    return timedelta(days=days)

@@ -1,0 +1,55 @@
+"""Prometheus metrics: a registry per server and a tiny synchronous resource.
+
+``prometheus_client.twisted.MetricsResource`` imports the global reactor and answers
+from a thread pool (CONVENTIONS P20); rendering the text format is cheap, so this
+resource does it inline.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+
+class Metrics:
+    """The server's metrics, in a registry of its own (several servers per test process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.enrollments = Counter(
+            "osp_enrollment_requests",
+            "TEP requests by operation and status",
+            ["operation", "status"],
+            registry=self.registry,
+        )
+        self.osp_messages = Counter(
+            "osp_messages",
+            "OSP messages by type and status code",
+            ["message", "code"],
+            registry=self.registry,
+        )
+        self.osp_latency = Histogram(
+            "osp_message_seconds",
+            "Time to answer an OSP message",
+            ["message"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+
+
+class MetricsResource(Resource):
+    """``GET /metrics`` in the Prometheus text format."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def render_GET(self, request: Request) -> bytes:
+        """The current values."""
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return generate_latest(self._metrics.registry)

@@ -1,0 +1,227 @@
+"""The database engine, its dedicated thread pool, and migrations.
+
+Every database call runs on the pool and comes back as a Deferred, so nothing
+touches a connection on the reactor thread.  SQLite (the embedded default) runs
+with WAL and ``synchronous=FULL`` through one connection and one thread: a single
+writer.  PostgreSQL (psycopg 3) gets a pool of connections and threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import QueuePool
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+log = Logger()
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+class StorageError(Exception):
+    """The database could not be reached or refused the operation (a temporary failure)."""
+
+
+class DurabilityError(StorageError):
+    """The database runs without the settings that make a commit durable (R9)."""
+
+
+def normalize_url(url: str) -> str:
+    """Select psycopg 3 for plain ``postgresql://`` URLs (SQLAlchemy defaults to psycopg2)."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def create_db_engine(url: str, *, pool_size: int = 4, timeout_seconds: float = 10.0) -> Engine:
+    """Create an engine with the durable settings of each engine applied on connect."""
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:":
+            raise StorageError("SQLite needs a file path: sqlite:///path/to/osp.sqlite3")
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            poolclass=QueuePool,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=timeout_seconds,
+            connect_args={
+                "isolation_level": None,
+                "check_same_thread": False,
+                "timeout": timeout_seconds,
+            },
+        )
+        busy_ms = int(timeout_seconds * 1000)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            # Take the write lock up front: a deferred transaction that later writes
+            # fails at once with "database is locked" when another process wrote.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        statement_ms = int(timeout_seconds * 1000)
+        return create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=timeout_seconds,
+            pool_pre_ping=True,
+            connect_args={
+                "connect_timeout": max(1, int(timeout_seconds)),
+                "options": f"-c statement_timeout={statement_ms}",
+            },
+        )
+    raise StorageError(f"unsupported database URL scheme: {parsed.drivername}")
+
+
+def check_durability(conn: Connection) -> None:
+    """Refuse to run when commits would not be durable (SECURITY.md R9)."""
+    if conn.dialect.name == "sqlite":
+        mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        sync = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+        if str(mode).lower() != "wal" or sync != 2:
+            raise DurabilityError(
+                f"SQLite must run with journal_mode=WAL and synchronous=FULL "
+                f"(got journal_mode={mode}, synchronous={sync})"
+            )
+    elif conn.dialect.name == "postgresql":
+        fsync = conn.exec_driver_sql("SHOW fsync").scalar()
+        if str(fsync).lower() != "on":
+            raise DurabilityError(f"PostgreSQL must run with fsync=on (got fsync={fsync})")
+
+
+def _alembic_config(conn: Connection) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def upgrade_schema(engine: Engine) -> str | None:
+    """Apply every pending migration; returns the revision now current."""
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "head")
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def schema_status(engine: Engine) -> tuple[str | None, str | None]:
+    """(current revision, head revision) of the database."""
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+        conn.rollback()
+    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    return current, head
+
+
+class Database:
+    """An engine plus the thread pool that is the only place its connections are used."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        reactor: Any,
+        *,
+        threads: int = 4,
+        timeout_seconds: float = 10.0,
+    ) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._reactor = reactor
+        self._timeout = timeout_seconds
+        # SQLite: one writer connection, so one thread; more threads would only queue.
+        size = 1 if self.dialect == "sqlite" else threads
+        self._pool = ThreadPool(minthreads=1, maxthreads=size, name="osp-db")
+        self._started = False
+
+    def start(self) -> None:
+        """Start the worker threads (call from the reactor thread)."""
+        if not self._started:
+            self._pool.start()
+            self._started = True
+
+    def stop(self) -> None:
+        """Stop the worker threads and close the connections."""
+        if self._started:
+            self._pool.stop()
+            self._started = False
+        self.engine.dispose()
+
+    def transact(
+        self,
+        fn: Callable[Concatenate[Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Deferred[T]:
+        """Run ``fn(connection, ...)`` in one transaction on the pool.
+
+        The transaction commits when ``fn`` returns and rolls back when it raises.
+        Driver failures come back as :class:`StorageError`; a call that takes longer
+        than the configured timeout fails with ``TimeoutError`` (the thread finishes
+        its work, but nobody waits for it).
+        """
+        assert isinstance(self._reactor, IReactorTime)
+
+        def work() -> T:
+            try:
+                with self.engine.begin() as conn:
+                    return fn(conn, *args, **kwargs)
+            except SQLAlchemyError as e:
+                raise StorageError(f"database error: {type(e).__name__}: {e}") from e
+
+        reactor = self._reactor
+        assert IReactorFromThreads.providedBy(reactor) and IReactorThreads.providedBy(reactor)
+        d: Deferred[T] = deferToThreadPool(reactor, self._pool, work)
+        d.addTimeout(self._timeout, reactor)
+        return d
+
+    def transact_sync(
+        self,
+        fn: Callable[Concatenate[Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run ``fn`` in one transaction on the calling thread (CLI and start-up only)."""
+        try:
+            with self.engine.begin() as conn:
+                return fn(conn, *args, **kwargs)
+        except SQLAlchemyError as e:
+            raise StorageError(f"database error: {type(e).__name__}: {e}") from e
+
+    def ping(self) -> Deferred[bool]:
+        """True when the database answers a trivial query."""
+
+        def probe(conn: Connection) -> bool:
+            return conn.execute(text("SELECT 1")).scalar() == 1
+
+        return self.transact(probe)

@@ -1,0 +1,245 @@
+"""SQLAlchemy Core tables: the one description of the schema for both engines.
+
+Alembic migrations in ``storage/migrations`` create these tables; a test checks that
+the migrated database matches this metadata, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both engines (SQLite keeps no zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("customer_id", String(20), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("route_table", String(64), nullable=True),
+    Column("token_format", String(16), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "customer_id",
+        String(20),
+        ForeignKey("customers.customer_id", ondelete="RESTRICT"),
+        nullable=False,
+    ),
+    Column("device_id", String(20), nullable=False),
+    Column("username", String(128), nullable=False),
+    Column("password_hash", String(256), nullable=True),
+    Column("secret_hash", String(256), nullable=True),
+    Column("secret_expires_at", UTCDateTime(), nullable=True),
+    Column("enrollment_policy", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("description", String(200), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("customer_id", "device_id"),
+    CheckConstraint("enrollment_policy IN ('auto', 'manual')", name="policy"),
+    CheckConstraint("state IN ('active', 'disabled')", name="state"),
+)
+
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("serial", String(42), primary_key=True),  # hex: up to 159 bits
+    Column("device_pk", Integer, ForeignKey("devices.id"), nullable=True),
+    Column("kind", String(16), nullable=False),
+    Column("subject", String(512), nullable=False),
+    Column("sha256", String(64), nullable=False, unique=True),
+    Column("der", LargeBinary, nullable=False),
+    Column("not_before", UTCDateTime(), nullable=False),
+    Column("not_after", UTCDateTime(), nullable=False),
+    Column("profile", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    Column("revocation_reason", String(32), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    CheckConstraint("kind IN ('device', 'server', 'token_signer')", name="kind"),
+    CheckConstraint("state IN ('valid', 'revoked')", name="state"),
+    Index("ix_certificates_device_pk", "device_pk"),
+)
+
+enrollments = Table(
+    "enrollments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_pk", Integer, ForeignKey("devices.id"), nullable=False),
+    Column("csr_sha256", String(64), nullable=False),
+    Column("csr_der", LargeBinary, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("certificate_serial", String(42), ForeignKey("certificates.serial"), nullable=True),
+    Column("reject_status", Integer, nullable=True),
+    Column("source_address", String(64), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("decided_at", UTCDateTime(), nullable=True),
+    Column("decided_by", String(128), nullable=True),
+    UniqueConstraint("device_pk", "csr_sha256"),
+    CheckConstraint("state IN ('pending', 'signing', 'issued', 'rejected')", name="state"),
+)
+
+enrollment_nonces = Table(
+    "enrollment_nonces",
+    metadata,
+    Column("device_pk", Integer, ForeignKey("devices.id"), primary_key=True),
+    Column("nonce", LargeBinary, primary_key=True),
+    Column("csr_sha256", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+transactions = Table(
+    "transactions",
+    metadata,
+    Column("transaction_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("device_pk", Integer, ForeignKey("devices.id"), nullable=False),
+    Column("call_id", LargeBinary, nullable=True),
+    Column("calling", String(256), nullable=False),
+    Column("called", String(256), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("destinations", Text, nullable=False),  # JSON list
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Index("ix_transactions_expires_at", "expires_at"),
+)
+
+usage_records = Table(
+    "usage_records",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_pk", Integer, ForeignKey("devices.id"), nullable=False),
+    Column("transaction_id", BigInteger, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("destination", String(256), nullable=False),
+    Column("component_id", String(64), nullable=False),
+    Column("call_id", LargeBinary, nullable=True),
+    Column("calling", String(256), nullable=True),
+    Column("called", String(256), nullable=True),
+    Column("start_time", UTCDateTime(), nullable=True),
+    Column("alert_time", UTCDateTime(), nullable=True),
+    Column("connect_time", UTCDateTime(), nullable=True),
+    Column("end_time", UTCDateTime(), nullable=True),
+    Column("duration", Numeric(18, 3), nullable=True),
+    Column("post_dial_delay", Numeric(18, 3), nullable=True),
+    Column("termination_cause_type", String(16), nullable=True),
+    Column("termination_cause_code", String(16), nullable=True),
+    Column("release_source", String(16), nullable=True),
+    Column("fields", Text, nullable=False),  # JSON: every leaf the device sent
+    Column("received_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("device_pk", "transaction_id", "role", "destination", "component_id"),
+    Index("ix_usage_records_transaction_id", "transaction_id"),
+    Index("ix_usage_records_received_at", "received_at"),
+)
+
+capabilities = Table(
+    "capabilities",
+    metadata,
+    Column("device_pk", Integer, ForeignKey("devices.id"), primary_key=True),
+    Column("almost_out_of_resources", Boolean, nullable=True),
+    Column("details", Text, nullable=False),  # JSON
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+routes = Table(
+    "routes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("route_table", String(64), nullable=False),
+    Column("prefix", String(32), nullable=False),
+    Column("destination", String(256), nullable=False),
+    Column("protocol", String(16), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("weight", Integer, nullable=False),
+    Column("cost", Numeric(18, 6), nullable=False),
+    Column("network_id", String(64), nullable=True),
+    Column("call_limit", Integer, nullable=True),
+    UniqueConstraint("route_table", "prefix", "destination"),
+)
+
+route_blocks = Table(
+    "route_blocks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("route_table", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("prefix", String(32), nullable=False),
+    Column("description", String(64), nullable=False),
+    UniqueConstraint("route_table", "kind", "prefix"),
+    CheckConstraint("kind IN ('source', 'destination')", name="kind"),
+)
+
+# One row; bumped on every route change so that every node reloads its tables.
+route_version = Table(
+    "route_version",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("serial", String(42), nullable=True),
+    Column("detail", Text, nullable=False),
+    Index("ix_audit_log_at", "at"),
+)

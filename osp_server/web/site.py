@@ -1,0 +1,175 @@
+"""The HTTP site every listener uses: body caps, deadlines, HTTP/1.1 only, access log.
+
+Twisted 26 accepts a request body of any size and resets its idle timeout on every
+byte, so slow clients could hold a connection forever (SECURITY.md, HTTP catalog).
+This module adds what is missing: an early 413 from Content-Length, a cap on
+chunked bodies, one deadline for the whole request (head and body), a limit of
+connections per peer address, and ALPN pinned to HTTP/1.1 (under h2 the client
+certificate is unreachable).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from io import BytesIO
+from typing import Any
+
+from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+log = Logger()
+
+DEFAULT_MAX_BODY = 256 * 1024
+
+_TOO_LARGE = (
+    b"HTTP/1.1 413 Request Entity Too Large\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"Content-Length: 24\r\n"
+    b"Connection: close\r\n\r\n"
+    b"request body too large\r\n"
+)
+
+
+class CappedRequest(Request):
+    """A request that refuses bodies larger than its site's cap, as early as possible."""
+
+    _refused = False
+    _received = 0
+
+    def _limit(self) -> int:
+        site = getattr(self.channel, "site", None)
+        return int(getattr(site, "max_body_bytes", DEFAULT_MAX_BODY))
+
+    def _refuse(self) -> None:
+        self._refused = True
+        self.content = BytesIO()
+        channel = self.channel
+        if channel is not None and channel.transport is not None:
+            channel.transport.write(_TOO_LARGE)
+            channel.transport.loseConnection()
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self._limit():
+            self._refuse()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self._limit():
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            return
+        self.started_at = time.monotonic()
+        super().requestReceived(command, path, version)
+
+
+class DeadlineChannel(http.HTTPChannel):
+    """An HTTP channel that must receive each whole request within a deadline."""
+
+    _deadline: IDelayedCall | None = None
+    _peer_host: str | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._deadline is None and not self._handlingRequest:
+            site = self.site
+            self._deadline = site.reactor.callLater(site.request_timeout, self._expired)
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._cancel_deadline()
+        super().allContentReceived()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        log.info("closing {peer}: request not received within the deadline", peer=self._peer_host)
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel_deadline()
+        if self._peer_host is not None:
+            self.site.connection_closed(self._peer_host)
+            self._peer_host = None
+        super().connectionLost(reason)
+
+
+class OSPSite(Site):
+    """Site for every osp-server listener (see the module docstring)."""
+
+    requestFactory = CappedRequest
+    protocol = DeadlineChannel  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        reactor: Any,
+        name: str,
+        max_body_bytes: int = DEFAULT_MAX_BODY,
+        request_timeout: float = 30.0,
+        max_connections_per_address: int = 64,
+    ) -> None:
+        super().__init__(resource, reactor=reactor)
+        self.reactor = reactor
+        self.name = name
+        self.max_body_bytes = max_body_bytes
+        self.request_timeout = request_timeout
+        self.timeOut = request_timeout  # idle keep-alive connections
+        self.max_connections_per_address = max_connections_per_address
+        self._connections: Counter[str] = Counter()
+        self.displayTracebacks = False
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """Only HTTP/1.1 is offered over ALPN (under h2 the peer certificate is lost)."""
+        return [b"http/1.1"]
+
+    def buildProtocol(self, addr: IAddress) -> Any:
+        host = str(getattr(addr, "host", "?"))
+        if self._connections[host] >= self.max_connections_per_address:
+            log.warning("refusing connection from {peer}: too many connections", peer=host)
+            return None
+        channel = super().buildProtocol(addr)
+        if channel is not None:
+            self._connections[host] += 1
+            channel._peer_host = host
+        return channel
+
+    def connection_closed(self, host: str) -> None:
+        """Called by a channel when its connection ends."""
+        self._connections[host] -= 1
+        if self._connections[host] <= 0:
+            del self._connections[host]
+
+    def log(self, request: Request) -> None:
+        """One structured access event per request (no free-text Combined Log lines)."""
+        started = getattr(request, "started_at", None)
+        elapsed_ms = None if started is None else round((time.monotonic() - started) * 1000, 2)
+        peer = request.getClientAddress()
+        log.info(
+            "{listener} {method} {path} {code} {length}B {elapsed_ms}ms from {peer}"
+            " device={device_id}",
+            listener=self.name,
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("ascii", "replace")[:200],
+            code=request.code,
+            length=request.sentLength,
+            elapsed_ms=elapsed_ms,
+            peer=getattr(peer, "host", None),
+            device_id=getattr(request, "osp_device_id", None),
+        )

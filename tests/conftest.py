@@ -1,0 +1,81 @@
+"""Fixtures shared by every test package: vectors, database URLs for both engines, configs."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from osp_server.config import Config, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+POSTGRES_ADMIN_URL = os.environ.get(
+    "OSP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def shared_dir() -> Path:
+    """The shared/ folder beside the checkout (overridable with OSP_SHARED_DIR)."""
+    override = os.environ.get("OSP_SHARED_DIR")
+    return Path(override) if override else REPO.parent / "shared"
+
+
+@pytest.fixture
+def vectors() -> Path:
+    """The captured client traffic."""
+    path = shared_dir() / "vectors"
+    if not path.is_dir():
+        pytest.fail(f"wire vectors not found at {path} (set OSP_SHARED_DIR)")
+    return path
+
+
+def _postgres_database() -> Iterator[str]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"osp_test_{secrets.token_hex(6)}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as e:
+        admin.dispose()
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI but unreachable: {e}")
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL} (set CI to require it)")
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database per engine: SQLite in tmp_path; PostgreSQL created, dropped."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'osp.sqlite3'}"
+    else:
+        yield from _postgres_database()
+
+
+def make_config(tmp_path: Path, database_url: str | None = None, **sections: Any) -> Config:
+    """A config rooted in tmp_path with loopback port-0 listeners."""
+    document: dict[str, Any] = {
+        "server": {"data_dir": str(tmp_path / "data")},
+        "listeners": {
+            "http": "tcp:0:interface=127.0.0.1",
+            "https": "tcp:0:interface=127.0.0.1",
+            "metrics": "",
+        },
+    }
+    if database_url is not None:
+        document["database"] = {"url": database_url}
+    for name, values in sections.items():
+        document.setdefault(name, {}).update(values)
+    return parse_config(document, source="<test>", base=tmp_path)

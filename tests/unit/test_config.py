@@ -1,0 +1,102 @@
+"""Configuration: defaults, the example file, unknown keys and bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from osp_server.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_builtin_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None)
+    assert config.data_dir == tmp_path / "osp-data"
+    assert config.database.url == f"sqlite:///{tmp_path / 'osp-data' / 'osp.sqlite3'}"
+    assert config.listeners.http == "tcp:5045"
+    assert config.listeners.https == "tcp:1443"
+    assert (
+        config.listeners.metrics is not None and "interface=127.0.0.1" in config.listeners.metrics
+    )
+    assert config.ca.profile == "secure"
+    assert config.ca.key_type == "rsa2048"
+    assert config.enrollment.allow_plain_http is False
+
+
+def test_example_config_parses_and_documents_every_key() -> None:
+    example = REPO / "etc" / "osp.toml"
+    config = load_config(example)
+    assert config.data_dir.is_absolute()
+    text = example.read_text()
+    # Every key the loader knows appears in the example (commented or not).
+    for section in ("server", "listeners", "database", "ca", "tls", "enrollment", "osp"):
+        assert f"[{section}]" in text
+    for key in (
+        "data_dir",
+        "http",
+        "https",
+        "url",
+        "key_type",
+        "profile",
+        "server_names",
+        "allow_plain_http",
+        "token_format",
+        "request_timeout_seconds",
+    ):
+        assert f"{key} =" in text, key
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "osp.toml"
+    path.write_text(text)
+    return path
+
+
+def test_relative_paths_resolve_from_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[server]\ndata_dir = "state"\n[ca]\nkey_file = "keys/ca.key"\n')
+    config = load_config(path)
+    assert config.data_dir == tmp_path / "state"
+    assert config.ca.key_file == tmp_path / "keys" / "ca.key"
+    assert config.ca.cert_file == tmp_path / "state" / "ca" / "ca.pem"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[server]\ndata_dirr = 'x'\n", "server.data_dirr: unknown key"),
+        ("[serverz]\n", "serverz: unknown section"),
+        ("[ca]\nkey_type = 'rsa1024'\n", "ca.key_type: must be one of"),
+        ("[ca]\nprofile = 'md5'\n", "ca.profile"),
+        ("[ca]\nvalidity_days = 0\n", "ca.validity_days: must be between"),
+        ("[ca]\nvalidity_days = '10'\n", "ca.validity_days: must be an integer"),
+        ("[ca]\ncountry = 'USA'\n", "ca.country"),
+        ("[ca]\nprofile = 'legacy'\nkey_type = 'ec-p256'\n", "ca.profile"),
+        ("[enrollment]\nallow_plain_http = 'yes'\n", "enrollment.allow_plain_http"),
+        ("[database]\nurl = 'mysql://x'\n", "database.url"),
+        ("[tls]\nserver_names = []\n", "tls.server_names"),
+        ("[listeners]\nhttp = ''\n", "listeners.http"),
+        ("[osp]\ntoken_format = 'jwt'\n", "osp.token_format"),
+        ("listeners = 3\n", "[listeners] must be a table"),
+        ("[server\n", "invalid TOML"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_file(tmp_path: Path, text: str, named: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert named in message
+    assert "\n" not in message
+
+
+def test_missing_and_non_utf8_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.toml")
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b"[server]\ndata_dir = '\xff'\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path)

@@ -1,0 +1,186 @@
+"""Storage on both engines: migrations, durability guard, customers, devices, certificates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, insert
+
+from osp_server.storage import audit
+from osp_server.storage import certificates as certs
+from osp_server.storage import devices as dev
+from osp_server.storage.db import (
+    Database,
+    DurabilityError,
+    StorageError,
+    check_durability,
+    create_db_engine,
+    schema_status,
+    upgrade_schema,
+)
+from osp_server.storage.errors import ConflictError, NotFoundError
+from osp_server.storage.schema import metadata, usage_records
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    engine = create_db_engine(database_url)
+    upgrade_schema(engine)
+    database = Database(engine, None)
+    yield database
+    database.stop()
+
+
+def test_migrations_match_the_tables(db: Database) -> None:
+    with db.engine.connect() as conn:
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), metadata
+        )
+    assert diff == []
+    current, head = schema_status(db.engine)
+    assert current == head == "0001"
+    # Upgrading again is a no-op.
+    assert upgrade_schema(db.engine) == "0001"
+
+
+def test_durability_settings(db: Database) -> None:
+    with db.engine.connect() as conn:
+        check_durability(conn)
+        if conn.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+    if db.dialect == "sqlite":
+        with db.engine.connect() as conn:
+            # Before SQLAlchemy's autobegin: the pragma cannot change inside a transaction.
+            dbapi = conn.connection.dbapi_connection
+            assert dbapi is not None
+            dbapi.execute("PRAGMA synchronous=NORMAL")
+            with pytest.raises(DurabilityError, match="synchronous=FULL"):
+                check_durability(conn)
+        db.engine.dispose()
+
+
+def _seed(conn: Connection) -> dev.Device:
+    dev.add_customer(conn, customer_id="1000", name="Acme", now=NOW)
+    return dev.add_device(
+        conn,
+        customer_id="1000",
+        device_id="1000",
+        username="trans",
+        now=NOW,
+        password_hash="$argon2id$fake",
+    )
+
+
+def test_customers_and_devices(db: Database) -> None:
+    device = db.transact_sync(_seed)
+    assert device.customer_id == "1000" and device.state == "active"
+    assert device.created_at == NOW
+    with pytest.raises(ConflictError, match="customer 1000 already exists"):
+        db.transact_sync(dev.add_customer, customer_id="1000", name="again", now=NOW)
+    with pytest.raises(ConflictError, match="device 1000 of customer 1000 already exists"):
+        db.transact_sync(
+            dev.add_device, customer_id="1000", device_id="1000", username="x", now=NOW
+        )
+    with pytest.raises(NotFoundError, match="customer 2000 does not exist"):
+        db.transact_sync(dev.add_device, customer_id="2000", device_id="1", username="x", now=NOW)
+    with pytest.raises(ValueError, match="device id must be 1 to 20 digits"):
+        db.transact_sync(dev.add_device, customer_id="1000", device_id="12a", username="x", now=NOW)
+    with pytest.raises(ValueError, match="user name"):
+        db.transact_sync(dev.add_device, customer_id="1000", device_id="2", username="a b", now=NOW)
+    later = NOW + timedelta(hours=1)
+    updated = db.transact_sync(dev.update_device, "1000", "1000", now=later, state="disabled")
+    assert updated.state == "disabled" and updated.updated_at == later
+    assert [d.device_id for d in db.transact_sync(dev.list_devices)] == ["1000"]
+    assert [c.customer_id for c in db.transact_sync(dev.list_customers)] == ["1000"]
+    with pytest.raises(NotFoundError):
+        db.transact_sync(dev.update_device, "1000", "9", now=later, state="active")
+
+
+def test_hostile_strings_are_stored_byte_for_byte(db: Database) -> None:
+    name = "Robert'); DROP TABLE customers;--\u202e"
+    db.transact_sync(dev.add_customer, customer_id="7", name=name, now=NOW)
+    assert db.transact_sync(dev.get_customer, "7").name == name
+
+
+def test_certificates_registry(db: Database) -> None:
+    device = db.transact_sync(_seed)
+    serial = (1 << 158) + 12345  # larger than any SQL integer
+    s = db.transact_sync(
+        certs.insert_certificate,
+        serial=serial,
+        device_pk=device.pk,
+        kind="device",
+        subject="CN=x",
+        sha256="ab" * 32,
+        der=b"\x30\x00",
+        not_before=NOW,
+        not_after=NOW + timedelta(days=1),
+        profile="secure",
+        now=NOW,
+    )
+    assert int(s, 16) == serial
+    record = db.transact_sync(certs.get_by_fingerprint, "ab" * 32)
+    assert record is not None and record.device_id == "1000" and record.state == "valid"
+    assert db.transact_sync(certs.get_by_fingerprint, "cd" * 32) is None
+    with pytest.raises(StorageError):  # serial uniqueness is a database constraint
+        db.transact_sync(
+            certs.insert_certificate,
+            serial=serial,
+            device_pk=device.pk,
+            kind="device",
+            subject="CN=y",
+            sha256="ef" * 32,
+            der=b"\x30\x00",
+            not_before=NOW,
+            not_after=NOW,
+            profile="secure",
+            now=NOW,
+        )
+    revoked = db.transact_sync(certs.revoke, s, now=NOW, reason="keyCompromise")
+    again = db.transact_sync(certs.revoke, s, now=NOW + timedelta(days=1))
+    assert revoked.state == again.state == "revoked" and again.revoked_at == NOW
+    assert [c.serial for c in db.transact_sync(certs.revoked_certificates)] == [s]
+
+
+def test_usage_uniqueness_is_a_constraint(db: Database) -> None:
+    device = db.transact_sync(_seed)
+    row = {
+        "device_pk": device.pk,
+        "transaction_id": 2**63 - 1,
+        "role": "source",
+        "destination": "[2.2.2.2]",
+        "component_id": "1",
+        "fields": "{}",
+        "received_at": NOW,
+    }
+    db.transact_sync(lambda c: c.execute(insert(usage_records).values(**row)))
+    with pytest.raises(StorageError):
+        db.transact_sync(lambda c: c.execute(insert(usage_records).values(**row)))
+
+
+def test_audit_escapes_control_characters(db: Database) -> None:
+    db.transact_sync(
+        audit.record,
+        at=NOW,
+        actor="admin",
+        action="test",
+        subject="evil\nFAKE LINE\x1b[31m",
+        detail={"k": "v"},
+    )
+    entry = db.transact_sync(audit.recent)[0]
+    assert "\n" not in entry.subject and "\x1b" not in entry.subject
+    assert entry.subject == "evil\\x0aFAKE LINE\\x1b[31m"
+    assert entry.detail == {"k": "v"}
+
+
+@pytest.mark.usefixtures("db")
+def test_sqlite_needs_a_file() -> None:
+    with pytest.raises(StorageError, match="file path"):
+        create_db_engine("sqlite:///:memory:")
