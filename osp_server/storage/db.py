@@ -22,7 +22,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -190,8 +189,6 @@ class Database:
         than the configured timeout fails with ``TimeoutError`` (the thread finishes
         its work, but nobody waits for it).
         """
-        assert isinstance(self._reactor, IReactorTime)
-
         def work() -> T:
             try:
                 with self.engine.begin() as conn:
@@ -200,7 +197,6 @@ class Database:
                 raise StorageError(f"database error: {type(e).__name__}: {e}") from e
 
         reactor = self._reactor
-        assert IReactorFromThreads.providedBy(reactor) and IReactorThreads.providedBy(reactor)
         d: Deferred[T] = deferToThreadPool(reactor, self._pool, work)
         d.addTimeout(self._timeout, reactor)
         return d

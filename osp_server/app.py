@@ -1,0 +1,333 @@
+"""Composition root: builds every object, the listeners and the service tree.
+
+``prepare()`` does the blocking start-up work (CA, migrations, TLS material) before
+the reactor runs; ``build_components()`` wires sites and the TLS creator without
+listening, so tests can listen on port 0; ``build_service()`` adds the listeners.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web.resource import Resource
+
+from osp_server.config import Config, validity
+from osp_server.metrics import Metrics, MetricsResource
+from osp_server.pki.ca import (
+    CAError,
+    CASubject,
+    CertificateAuthority,
+    check_private_key_file_mode,
+    generate_private_key,
+    load_or_create_ca,
+    write_private_key,
+)
+from osp_server.storage import certificates as cert_store
+from osp_server.storage.db import Database, check_durability, create_db_engine, upgrade_schema
+from osp_server.tls.context import ReloadableServerTLS, TLSMaterial
+from osp_server.web.health import HealthResource
+from osp_server.web.site import OSPSite
+
+log = Logger()
+
+
+class StartupError(Exception):
+    """Start-up cannot continue; the message says what the operator must fix."""
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class Core:
+    """The objects every part of the server shares."""
+
+    config: Config
+    reactor: Any
+    db: Database
+    ca: CertificateAuthority
+    ca_created: bool
+    clock: Callable[[], datetime] = utcnow
+    metrics: Metrics = field(default_factory=Metrics)
+
+
+def open_database(config: Config, reactor: Any) -> Database:
+    """Engine + migrations + durability check (blocking; start-up and CLI only)."""
+    engine = create_db_engine(
+        config.database.url,
+        pool_size=config.database.threads,
+        timeout_seconds=config.database.timeout_seconds,
+    )
+    upgrade_schema(engine)
+    with engine.connect() as conn:
+        check_durability(conn)
+    return Database(
+        engine,
+        reactor,
+        threads=config.database.threads,
+        timeout_seconds=config.database.timeout_seconds,
+    )
+
+
+def open_ca(config: Config, *, now: datetime) -> tuple[CertificateAuthority, bool]:
+    """Load the operator's CA or create ours on first start."""
+    c = config.ca
+    for directory in {c.key_file.parent, c.cert_file.parent}:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return load_or_create_ca(
+        c.key_file,
+        c.cert_file,
+        key_type=c.key_type,
+        subject=CASubject(
+            common_name=c.common_name, organization=c.organization, country=c.country
+        ),
+        validity=validity(c.validity_days),
+        profile=c.profile,
+        now=now,
+    )
+
+
+def prepare(config: Config, reactor: Any, *, clock: Callable[[], datetime] = utcnow) -> Core:
+    """Blocking start-up: CA, database, migrations.  Raises StartupError with a clear line."""
+    try:
+        ca, created = open_ca(config, now=clock())
+    except CAError as e:
+        raise StartupError(f"CA: {e}") from None
+    try:
+        db = open_database(config, reactor)
+    except Exception as e:
+        raise StartupError(f"database {config.database.url.split('@')[-1]}: {e}") from None
+    if ca.profile == "legacy":
+        log.warning(
+            "CA profile is LEGACY: the CA certificate and device certificates are signed with "
+            "MD5 for stock OSP Toolkit enroll 4.33.1. Prefer the secure profile for new devices."
+        )
+    return Core(config=config, reactor=reactor, db=db, ca=ca, ca_created=created, clock=clock)
+
+
+def _load_key(path: Path) -> CertificateIssuerPrivateKeyTypes:
+    check_private_key_file_mode(path)
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    return key  # type: ignore[return-value]
+
+
+def server_tls_material(core: Core) -> tuple[CertificateIssuerPrivateKeyTypes, x509.Certificate]:
+    """The HTTPS listener's key and certificate: the operator's files, or issued by our CA."""
+    tls = core.config.tls
+    if tls.cert_file.exists() or tls.key_file.exists():
+        try:
+            key = _load_key(tls.key_file)
+            cert = x509.load_pem_x509_certificate(tls.cert_file.read_bytes())
+        except CAError:
+            raise
+        except (OSError, ValueError, TypeError) as e:
+            raise StartupError(
+                f"TLS certificate {tls.cert_file} / key {tls.key_file}: cannot load: {e}"
+            ) from None
+        return key, cert
+    now = core.clock()
+    key = generate_private_key("rsa2048")
+    cert = core.ca.issue_server_certificate(
+        key.public_key(), tls.server_names, validity=validity(tls.validity_days), now=now
+    )
+    for directory in {tls.cert_file.parent, tls.key_file.parent}:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private_key(tls.key_file, key)
+    tls.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    core.db.transact_sync(
+        cert_store.insert_certificate,
+        serial=cert.serial_number,
+        device_pk=None,
+        kind="server",
+        subject=cert.subject.rfc4514_string(),
+        sha256=cert.fingerprint(hashes.SHA256()).hex(),
+        der=cert.public_bytes(serialization.Encoding.DER),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        profile="secure",
+        now=now,
+    )
+    log.info(
+        "issued the HTTPS server certificate for {names} (serial {serial:x})",
+        names=",".join(tls.server_names),
+        serial=cert.serial_number,
+    )
+    return key, cert
+
+
+@dataclass
+class Components:
+    """Sites and TLS creators, ready to listen (tests listen on port 0)."""
+
+    core: Core
+    http_site: OSPSite
+    https_site: OSPSite
+    https_tls: ReloadableServerTLS
+    metrics_site: OSPSite
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def https_factory(self) -> IProtocolFactory:
+        """The HTTPS listener's factory: TLS around the site."""
+        return TLSMemoryBIOFactory(self.https_tls, False, self.https_site)
+
+
+def build_components(core: Core) -> Components:
+    """Wire resources and sites (no listening)."""
+    cfg = core.config.listeners
+    key, cert = server_tls_material(core)
+
+    def load_https() -> TLSMaterial:
+        # Client certificates are optional here: the stock enroll client sends none.
+        # /osp enforces them in the application (and its own listener may require them).
+        return TLSMaterial(
+            private_key=key,
+            certificate=cert,
+            client_trust=(core.ca.certificate,),
+            require_client_certificate=False,
+        )
+
+    https_tls = ReloadableServerTLS(load_https)
+
+    plain_root = Resource()
+    plain_root.putChild(b"health", HealthResource(core.db, core.reactor))
+    https_root = Resource()
+    https_root.putChild(b"health", HealthResource(core.db, core.reactor))
+
+    def site(root: Resource, name: str) -> OSPSite:
+        return OSPSite(
+            root,
+            reactor=core.reactor,
+            name=name,
+            request_timeout=cfg.request_timeout_seconds,
+            max_connections_per_address=cfg.max_connections_per_address,
+        )
+
+    metrics_root = Resource()
+    metrics_root.putChild(b"metrics", MetricsResource(core.metrics))
+    return Components(
+        core=core,
+        http_site=site(plain_root, "http"),
+        https_site=site(https_root, "https"),
+        https_tls=https_tls,
+        metrics_site=site(metrics_root, "metrics"),
+    )
+
+
+class ListenerService(Service):
+    """Listens on a Twisted endpoint description and logs the address it got."""
+
+    def __init__(self, reactor: Any, description: str, factory: IProtocolFactory) -> None:
+        self._reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        endpoint = serverFromString(self._reactor, self.description)
+        d = endpoint.listen(self.factory)
+
+        def listening(port: IListeningPort) -> None:
+            self.port = port
+            host = port.getHost()
+            log.info(
+                "{name} listening on {host}:{port} ({description})",
+                name=self.name,
+                host=getattr(host, "host", "?"),
+                port=getattr(host, "port", "?"),
+                description=self.description,
+            )
+
+        def failed(failure: Any) -> None:
+            log.failure(
+                "{name}: cannot listen on {description}",
+                failure,
+                name=self.name,
+                description=self.description,
+            )
+            self._reactor.stop()
+
+        d.addCallbacks(listening, failed)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+        return maybeDeferred(port.stopListening)
+
+
+class CoreService(Service):
+    """Starts and stops the database pool and installs the SIGHUP reload."""
+
+    def __init__(self, components: Components) -> None:
+        self.components = components
+
+    def startService(self) -> None:
+        super().startService()
+        core = self.components.core
+        core.db.start()
+        log.info("CA {subject}", subject=core.ca.certificate.subject.rfc4514_string())
+        log.info("CA fingerprint SHA-256 {fp}", fp=core.ca.fingerprint_sha256())
+        log.info("CA fingerprint MD5 (enroll -fprint) {fp}", fp=core.ca.fingerprint_md5())
+        try:
+            signal.signal(signal.SIGHUP, self._on_sighup)
+        except ValueError:  # not the main thread (tests)
+            pass
+
+    def _on_sighup(self, _signum: int, _frame: object) -> None:
+        self.components.core.reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        """Rebuild TLS contexts from the files (SIGHUP)."""
+        log.info("SIGHUP: reloading TLS material")
+        self.components.https_tls.reload()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.components.core.db.stop()
+
+
+def build_service(config: Config, reactor: Any) -> MultiService:
+    """The whole server as one MultiService (what ``twistd osp`` runs)."""
+    core = prepare(config, reactor)
+    components = build_components(core)
+    top = MultiService()
+    core_service = CoreService(components)
+    core_service.setName("core")
+    core_service.setServiceParent(top)
+    cfg = config.listeners
+    listeners: list[tuple[str, str | None, IProtocolFactory]] = [
+        ("http", cfg.http, components.http_site),
+        ("https", cfg.https, components.https_factory()),
+        ("metrics", cfg.metrics, components.metrics_site),
+    ]
+    for name, description, factory in listeners:
+        if not description:
+            continue
+        svc = ListenerService(reactor, description, factory)
+        svc.setName(name)
+        svc.setServiceParent(top)
+    return top
+
+
+def listener(service: MultiService, name: str) -> IService:
+    """A named child service (for tests and diagnostics)."""
+    return service.getServiceNamed(name)

@@ -1,0 +1,53 @@
+"""``twistd osp``: command-line options and makeService; the wiring lives in app.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from osp_server.config import ConfigError, load_config
+
+
+class Options(usage.Options):
+    """Options of ``twistd osp``."""
+
+    optParameters: ClassVar[list[list[str | None]]] = [
+        ["config", "c", None, "Path of the TOML configuration file (default: built-in defaults)."],
+        ["data-dir", "d", None, "Override [server] data_dir."],
+    ]
+
+    def postOptions(self) -> None:
+        """Load and check the configuration now, so errors come before daemonizing."""
+        path = Path(self["config"]) if self["config"] else None
+        try:
+            config = load_config(path)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["data-dir"]:
+            from osp_server.config import parse_config
+
+            if path is not None:
+                raise usage.UsageError(
+                    "--data-dir is for the built-in defaults; set [server] data_dir in the config"
+                )
+            config = parse_config(
+                {"server": {"data_dir": str(Path(self["data-dir"]).resolve())}},
+                source="<command line>",
+                base=Path.cwd(),
+            )
+        self["loaded_config"] = config
+
+
+def makeService(options: Options) -> IService:
+    """Build the server (blocking start-up work happens here, before the reactor runs)."""
+    from twisted.internet import reactor
+
+    from osp_server.app import StartupError, build_service
+
+    try:
+        return build_service(options["loaded_config"], reactor)
+    except StartupError as e:
+        raise SystemExit(f"osp-server: {e}") from None

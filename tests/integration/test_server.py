@@ -1,0 +1,184 @@
+"""The real service on loopback ports: /health, TLS handshake, per-request limits."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from treq.client import HTTPClient
+from cryptography import x509
+
+from twisted.internet.defer import Deferred
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from osp_server.config import Config
+from tests.conftest import make_config
+from tests.integration.harness import RunningServer, reactor, run_server
+
+
+@pytest.fixture
+def config(tmp_path: Path, database_url: str) -> Config:
+    return make_config(tmp_path, database_url)
+
+
+@pytest_twisted.async_yield_fixture
+async def server(config: Config) -> AsyncIterator[RunningServer]:
+    async for running in run_server(config):
+        yield running
+
+
+def _client() -> HTTPClient:
+    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_reports_storage(server: RunningServer) -> None:
+    from twisted.internet.threads import deferToThread
+
+    request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    answer = await deferToThread(_raw_exchange, server.http_port, request)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert json.loads(body) == {"status": "ok", "storage": "ok"}
+    assert f"Content-Length: {len(body)}".encode() in head.split(b"\r\n")
+    assert b"Content-Type: application/json" in head.split(b"\r\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_is_503_when_storage_fails(server: RunningServer) -> None:
+    server.components.core.db.engine.dispose()
+    db = server.components.core.db
+
+    def broken() -> Deferred[bool]:
+        from twisted.internet.defer import fail
+
+        return fail(RuntimeError("database gone"))
+
+    db.ping = broken  # type: ignore[method-assign]
+    response = await _client().get(server.http_url + "/health")
+    assert response.code == 503
+    assert json.loads(await response.content())["storage"] == "unavailable"
+
+
+def _handshake(port: int, ca_pem: bytes, tmp_path: Path) -> tuple[str, x509.Certificate]:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(ca_pem)
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.check_hostname = False  # the toolkit sends no SNI and checks no name
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return str(tls.version()), x509.load_der_x509_certificate(der)
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_listener_presents_a_certificate_from_our_ca(
+    server: RunningServer, config: Config, tmp_path: Path
+) -> None:
+    from twisted.internet.threads import deferToThread
+
+    ca_pem = config.ca.cert_file.read_bytes()
+    version, cert = await deferToThread(_handshake, server.https_port, ca_pem, tmp_path)
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    assert version in ("TLSv1.2", "TLSv1.3")
+    assert cert.issuer == ca.subject
+    cert.verify_directly_issued_by(ca)
+    # The server certificate is recorded like every certificate we issue.
+    records = server.components.core.db.transact_sync(
+        __import__("osp_server.storage.certificates", fromlist=["x"]).list_certificates,
+        kind="server",
+    )
+    assert [r.serial for r in records] == [format(cert.serial_number, "x")]
+    # And the key file is private.
+    assert (config.tls.key_file.stat().st_mode & 0o777) == 0o600
+    assert (config.ca.key_file.stat().st_mode & 0o777) == 0o600
+
+
+def _old_tls(port: int) -> str:
+    import warnings
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():  # the deprecation is the point of this test
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.set_ciphers("ALL:@SECLEVEL=0")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with context.wrap_socket(raw):
+                return "connected"
+    except (ssl.SSLError, OSError) as e:
+        return f"refused: {e}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_below_1_2_is_refused(server: RunningServer) -> None:
+    from twisted.internet.threads import deferToThread
+
+    result = await deferToThread(_old_tls, server.https_port)
+    assert result.startswith("refused")
+
+
+def _raw_exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_body_gets_413_before_it_is_sent(server: RunningServer) -> None:
+    from twisted.internet.threads import deferToThread
+
+    head = b"POST /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 209715200\r\n\r\n"
+    answer = await deferToThread(_raw_exchange, server.http_port, head)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_request_is_cut_at_the_deadline(tmp_path: Path, database_url: str) -> None:
+    from twisted.internet.threads import deferToThread
+
+    config = make_config(tmp_path, database_url, listeners={"request_timeout_seconds": 1.0})
+
+    def slowloris(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            import time
+
+            received = b""
+            for _ in range(40):  # trickle one header byte every 0.1 s for up to 4 s
+                time.sleep(0.1)
+                try:
+                    s.sendall(b"X")
+                    s.settimeout(0.01)
+                    received += s.recv(100)
+                    if not received:
+                        return b"closed"
+                except (BlockingIOError, TimeoutError):
+                    continue
+                except OSError:
+                    return b"closed"
+                finally:
+                    s.settimeout(10)
+            return b"still open"
+
+    async for running in run_server(config):
+        result = await deferToThread(slowloris, running.http_port)
+        assert result == b"closed"

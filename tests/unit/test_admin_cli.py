@@ -1,0 +1,162 @@
+"""osp-admin on both engines: customers, devices, certificates, CA, and error paths."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from osp_server import passwords
+from osp_server.admin.cli import main
+
+
+class Run:
+    """Runs osp-admin with a config file pointing at one database."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+
+    def __call__(self, *argv: str, stdin: str = "") -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(
+            ["--config", str(self.config_path), *argv],
+            stdout=out,
+            stderr=err,
+            stdin=io.StringIO(stdin),
+        )
+        return code, out.getvalue(), err.getvalue()
+
+    def json(self, *argv: str, stdin: str = "") -> Any:
+        code, out, err = self("--json", *argv, stdin=stdin)
+        assert code == 0, err
+        return json.loads(out)
+
+
+@pytest.fixture
+def run(tmp_path: Path, database_url: str) -> Run:
+    path = tmp_path / "osp.toml"
+    path.write_text(f'[server]\ndata_dir = "data"\n[database]\nurl = "{database_url}"\n')
+    return Run(path)
+
+
+def test_customer_and_device_lifecycle(run: Run) -> None:
+    assert run.json("customer", "add", "1000", "--name", "Acme")["customer_id"] == "1000"
+    device = run.json(
+        "device",
+        "add",
+        "1000",
+        "1000",
+        "--username",
+        "trans",
+        "--password-stdin",
+        stdin="nexus\n",
+    )
+    assert device["state"] == "active" and device["password"] == "set"
+    listed = run.json("device", "list")
+    assert [(d["customer_id"], d["device_id"]) for d in listed] == [("1000", "1000")]
+    assert run.json("device", "disable", "1000", "1000")["state"] == "disabled"
+    assert run.json("device", "enable", "1000", "1000")["state"] == "active"
+    shown = run.json("device", "show", "1000", "1000")
+    assert shown["certificates"] == []
+    code, out, _ = run("device", "list")
+    assert code == 0 and "CUSTOMER_ID" in out and "trans" in out
+    code, out, _ = run("customer", "list")
+    assert code == 0 and "Acme" in out
+
+
+def test_password_is_hashed_with_argon2id(run: Run, tmp_path: Path) -> None:
+    run.json("customer", "add", "1")
+    run.json("device", "add", "1", "2", "--username", "u", "--password-stdin", stdin="s3cret\n")
+    from osp_server.admin.cli import Context
+    from osp_server.config import load_config
+    from osp_server.storage import devices
+
+    ctx = Context(
+        config=load_config(run.config_path), out=io.StringIO(), as_json=True, stdin=io.StringIO()
+    )
+    device = ctx.db.transact_sync(devices.get_device, "1", "2")
+    ctx.close()
+    assert device.password_hash is not None and device.password_hash.startswith("$argon2id$")
+    assert passwords.verify_secret(device.password_hash, "s3cret")
+    assert not passwords.verify_secret(device.password_hash, "wrong")
+
+
+def test_generated_secret_is_shown_once(run: Run) -> None:
+    run.json("customer", "add", "1")
+    device = run.json("device", "add", "1", "5", "--username", "gw", "--generate-secret")
+    secret = device["one_time_secret"]
+    assert len(secret) == 20 and secret.isalnum()
+    assert device["one_time_secret_expires"] is not None
+    assert "one_time_secret" not in run.json("device", "show", "1", "5")
+
+
+@pytest.mark.parametrize(
+    ("argv", "stdin", "message"),
+    [
+        (("customer", "add", "12x"), "", "customer id must be 1 to 20 digits"),
+        (("device", "add", "1", "2", "--username", "u", "--password-stdin"), "", "no password"),
+        (
+            ("device", "add", "9", "2", "--username", "u", "--password-stdin"),
+            "pw\n",
+            "customer 9 does not exist",
+        ),
+        (
+            ("device", "add", "1", "2x", "--username", "u", "--password-stdin"),
+            "pw\n",
+            "device id must be 1 to 20 digits",
+        ),
+        (("device", "add", "1", "2", "--username", "u"), "", "no terminal"),
+        (
+            ("device", "add", "1", "2", "--username", "u", "--password-stdin"),
+            "p w\n",
+            "printable ASCII",
+        ),
+        (("device", "show", "1", "77"), "", "device 77 of customer 1 does not exist"),
+        (("device", "disable", "1", "77"), "", "does not exist"),
+        (("customer", "add", "1"), "", "customer 1 already exists"),
+    ],
+)
+def test_errors_are_one_line_and_non_zero(
+    run: Run, argv: tuple[str, ...], stdin: str, message: str
+) -> None:
+    run.json("customer", "add", "1")
+    code, out, err = run(*argv, stdin=stdin)
+    assert code == 1
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("osp-admin: error: ")
+    assert "Traceback" not in err + out
+
+
+def test_bad_config_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "osp.toml"
+    path.write_text("[ca]\nkey_type = 'dsa'\n")
+    err = io.StringIO()
+    assert main(["--config", str(path), "customer", "list"], stderr=err) == 1
+    assert "ca.key_type" in err.getvalue() and str(path) in err.getvalue()
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["nonsense"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_ca_init_show_and_cert_list(run: Run) -> None:
+    created = run.json("ca", "init")
+    assert created["created"] is True
+    md5 = created["md5_fingerprint"]
+    assert len(md5) == 32 and all(c in "0123456789abcdef" for c in md5)
+    assert created["sha256_fingerprint"].count(":") == 31
+    again = run.json("ca", "init")
+    assert again["created"] is False and again["md5_fingerprint"] == md5
+    shown = run.json("ca", "show")
+    assert shown["sha256_fingerprint"] == created["sha256_fingerprint"]
+    assert run.json("cert", "list") == []
+
+
+def test_db_upgrade_and_status(run: Run) -> None:
+    assert run.json("db", "upgrade")["schema_revision"] == "0001"
+    status = run.json("db", "status")
+    assert status["up_to_date"] is True
