@@ -1,0 +1,298 @@
+"""Route and block-rule files: CSV import and export.
+
+Routes::
+
+    table,prefix,destination,protocol,priority,weight,cost,network_id,call_limit
+    default,1408,[10.0.0.1]:5060,sip,10,100,0.0100,,
+    default,,gw.example.net:5060,sip,100,100,0.05,trunk7,50
+
+Only ``prefix`` and ``destination`` columns are required; missing columns and empty
+cells take the defaults of `Route`. Block rules live in their own file with the header
+``table,kind,prefix,description``. The first line is the header; blank lines and lines
+starting with ``#`` are ignored. Every problem raises `RouteFileError` naming the line,
+the column and the bad value; the file is accepted whole or not at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Callable, Iterable, Iterator
+from decimal import Decimal, InvalidOperation
+from typing import Final, TypeVar
+
+from osp_server.routing.model import (
+    DEFAULT_TABLE,
+    BlockKind,
+    BlockRule,
+    InvalidRouteField,
+    Route,
+    validate_cost,
+    validate_description,
+    validate_destination,
+    validate_int,
+    validate_network_id,
+    validate_prefix,
+    validate_protocol,
+    validate_table,
+)
+
+MAX_ROWS: Final = 100_000
+MAX_FILE_CHARS: Final = 32 * 1024 * 1024
+"""Checked before parsing; a full 100 000-row file is far below it."""
+MAX_FIELD_CHARS: Final = 1024
+"""No valid cell is this long; longer ones are refused without building them."""
+
+ROUTE_COLUMNS: Final = (
+    "table",
+    "prefix",
+    "destination",
+    "protocol",
+    "priority",
+    "weight",
+    "cost",
+    "network_id",
+    "call_limit",
+)
+ROUTE_REQUIRED: Final = frozenset({"prefix", "destination"})
+BLOCK_COLUMNS: Final = ("table", "kind", "prefix", "description")
+BLOCK_REQUIRED: Final = frozenset({"kind", "prefix"})
+
+_INT_RE: Final = re.compile(r"[0-9]{1,10}")
+_COST_RE: Final = re.compile(r"[0-9]{1,13}(\.[0-9]{1,8})?|\.[0-9]{1,8}")
+
+_T = TypeVar("_T")
+
+
+class RouteFileError(ValueError):
+    """A route or block file is malformed. ``line`` is 1-based (0: the whole file),
+    ``column`` the column name (None: the whole line), ``value`` the bad cell."""
+
+    def __init__(
+        self, line: int, message: str, column: str | None = None, value: str | None = None
+    ) -> None:
+        self.line = line
+        self.column = column
+        self.value = value
+        where = f"line {line}" if line else "file"
+        if column is not None:
+            where += f", column {column!r}"
+        super().__init__(f"{where}: {message}")
+
+
+def parse_routes_csv(text: str, *, max_rows: int = MAX_ROWS) -> list[Route]:
+    """Parse a routes file (see the module docstring); raise `RouteFileError`."""
+    routes: list[Route] = []
+    first_seen: dict[tuple[str, str, str], int] = {}
+    for line, cells in _rows(text, ROUTE_COLUMNS, ROUTE_REQUIRED, max_rows):
+        cell = _Cells(line, cells)
+        table = cell.get("table", validate_table, DEFAULT_TABLE)
+        prefix = cell.get("prefix", validate_prefix, "")
+        destination = cell.require("destination", validate_destination)
+        route = cell.build(
+            Route,
+            table=table,
+            prefix=prefix,
+            destination=destination,
+            protocol=cell.get("protocol", validate_protocol, "sip"),
+            priority=cell.get("priority", _non_negative("priority"), 100),
+            weight=cell.get("weight", _non_negative("weight"), 100),
+            cost=cell.get("cost", _cost, Decimal(0)),
+            network_id=cell.get("network_id", validate_network_id, None),
+            call_limit=cell.get("call_limit", _positive("call_limit"), None),
+        )
+        previous = first_seen.setdefault(route.key, line)
+        if previous != line:
+            raise RouteFileError(
+                line,
+                f"duplicate route: table {table!r}, prefix {prefix!r}, destination "
+                f"{destination!r} already on line {previous}",
+            )
+        routes.append(route)
+    return routes
+
+
+def parse_blocks_csv(text: str, *, max_rows: int = MAX_ROWS) -> list[BlockRule]:
+    """Parse a block-rule file (``table,kind,prefix,description``); raise `RouteFileError`."""
+    rules: list[BlockRule] = []
+    first_seen: dict[tuple[str, str, str], int] = {}
+    for line, cells in _rows(text, BLOCK_COLUMNS, BLOCK_REQUIRED, max_rows):
+        cell = _Cells(line, cells)
+        rule = cell.build(
+            BlockRule,
+            table=cell.get("table", validate_table, DEFAULT_TABLE),
+            kind=cell.require("kind", _kind),
+            prefix=cell.get("prefix", validate_prefix, ""),
+            description=cell.get("description", validate_description, "Blocked"),
+        )
+        previous = first_seen.setdefault(rule.key, line)
+        if previous != line:
+            raise RouteFileError(
+                line,
+                f"duplicate block rule: table {rule.table!r}, kind {rule.kind!r}, prefix "
+                f"{rule.prefix!r} already on line {previous}",
+            )
+        rules.append(rule)
+    return rules
+
+
+def render_routes_csv(routes: Iterable[Route]) -> str:
+    """A routes file that `parse_routes_csv` reads back to the same routes."""
+    return _render(
+        ROUTE_COLUMNS,
+        (
+            (
+                r.table,
+                r.prefix,
+                r.destination,
+                r.protocol,
+                str(r.priority),
+                str(r.weight),
+                format(r.cost, "f"),
+                r.network_id or "",
+                "" if r.call_limit is None else str(r.call_limit),
+            )
+            for r in routes
+        ),
+    )
+
+
+def render_blocks_csv(rules: Iterable[BlockRule]) -> str:
+    """A block-rule file that `parse_blocks_csv` reads back to the same rules."""
+    return _render(BLOCK_COLUMNS, ((r.table, r.kind, r.prefix, r.description) for r in rules))
+
+
+def _render(columns: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _rows(
+    text: str, known: tuple[str, ...], required: frozenset[str], max_rows: int
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield (line number, {column: stripped cell}) for each data row."""
+    if not isinstance(text, str):
+        raise RouteFileError(0, "expected text")
+    if len(text) > MAX_FILE_CHARS:
+        raise RouteFileError(0, f"larger than {MAX_FILE_CHARS} characters")
+    if "\x00" in text:
+        raise RouteFileError(text.count("\n", 0, text.index("\x00")) + 1, "NUL character")
+    text = text.removeprefix("\ufeff")  # spreadsheet exports start with a BOM
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
+    rows = 0
+    while True:
+        try:
+            raw = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise RouteFileError(reader.line_num, f"not valid CSV: {e}") from None
+        line = reader.line_num
+        if not raw or all(not cell.strip() for cell in raw) or raw[0].lstrip().startswith("#"):
+            continue
+        for cell in raw:
+            if len(cell) > MAX_FIELD_CHARS:
+                raise RouteFileError(line, f"a cell is longer than {MAX_FIELD_CHARS} characters")
+        if header is None:
+            header = _header(line, raw, known, required)
+            continue
+        if len(raw) != len(header):
+            raise RouteFileError(line, f"expected {len(header)} fields, got {len(raw)}")
+        rows += 1
+        if rows > max_rows:
+            raise RouteFileError(line, f"more than {max_rows} rows")
+        yield line, {name: cell.strip() for name, cell in zip(header, raw, strict=True)}
+    if header is None:
+        raise RouteFileError(0, "empty file: no header line")
+
+
+def _header(
+    line: int, raw: list[str], known: tuple[str, ...], required: frozenset[str]
+) -> list[str]:
+    names = [cell.strip().lower() for cell in raw]
+    for name in names:
+        if name not in known:
+            raise RouteFileError(
+                line, f"unknown column (known: {', '.join(known)})", column=name, value=name
+            )
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise RouteFileError(line, f"duplicate column {duplicates[0]!r}")
+    missing = sorted(required - set(names))
+    if missing:
+        raise RouteFileError(line, f"missing required column(s): {', '.join(missing)}")
+    return names
+
+
+class _Cells:
+    """Typed access to one row's cells, turning validation errors into file errors."""
+
+    def __init__(self, line: int, cells: dict[str, str]) -> None:
+        self._line = line
+        self._cells = cells
+
+    def get(self, column: str, convert: Callable[[str], _T], default: _T) -> _T:
+        value = self._cells.get(column, "")
+        if value == "":
+            return default
+        return self._convert(column, value, convert)
+
+    def require(self, column: str, convert: Callable[[str], _T]) -> _T:
+        value = self._cells.get(column, "")
+        if value == "":
+            raise RouteFileError(self._line, "required value is empty", column=column, value="")
+        return self._convert(column, value, convert)
+
+    def build(self, factory: Callable[..., _T], **fields: object) -> _T:
+        """Construct a model object; its own cross-checks become file errors too."""
+        try:
+            return factory(**fields)
+        except InvalidRouteField as e:
+            raise RouteFileError(
+                self._line, f"bad value {e.value!r}: {e.problem}", column=e.field
+            ) from None
+
+    def _convert(self, column: str, value: str, convert: Callable[[str], _T]) -> _T:
+        try:
+            return convert(value)
+        except InvalidRouteField as e:
+            raise RouteFileError(
+                self._line, f"bad value {value!r}: {e.problem}", column=column, value=value
+            ) from None
+
+
+def _non_negative(column: str) -> Callable[[str], int]:
+    return lambda value: validate_int(column, _integer(column, value), minimum=0)
+
+
+def _positive(column: str) -> Callable[[str], int]:
+    return lambda value: validate_int(column, _integer(column, value), minimum=1)
+
+
+def _integer(column: str, value: str) -> int:
+    if not _INT_RE.fullmatch(value):
+        raise InvalidRouteField(column, value, "a whole number (digits only)")
+    return int(value)
+
+
+def _cost(value: str) -> Decimal:
+    # A strict pattern first: Decimal() also takes "NaN", "1e999" and "_" separators.
+    if not _COST_RE.fullmatch(value):
+        raise InvalidRouteField("cost", value, "a decimal number such as 0.0125")
+    try:
+        return validate_cost(Decimal(value))
+    except InvalidOperation:
+        raise InvalidRouteField("cost", value, "a decimal number such as 0.0125") from None
+
+
+def _kind(value: str) -> BlockKind:
+    if value == "source":
+        return "source"
+    if value == "destination":
+        return "destination"
+    raise InvalidRouteField("kind", value, "'source' or 'destination'")

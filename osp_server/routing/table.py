@@ -1,0 +1,215 @@
+"""Route tables: immutable prefix indexes with longest-prefix match.
+
+A `RouteTables` value is a snapshot. The storage layer builds a new one when routes
+change and hands it to the policy (`DefaultRoutingPolicy.replace`); lookups in flight
+keep the snapshot they started with, so nothing is ever mutated under a reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Final, Generic, Protocol, TypeVar
+
+from osp_server.routing.model import (
+    DEFAULT_TABLE,
+    MAX_PREFIX_DIGITS,
+    BlockRule,
+    Route,
+)
+
+MAX_NUMBER_CHARS: Final = 128
+"""Longer numbers never match (the codec caps them earlier; this keeps lookups bounded)."""
+
+_URI_SCHEMES: Final = ("sip:", "sips:", "tel:")
+
+
+class RouteTableError(ValueError):
+    """A set of routes or block rules cannot form a table (e.g. duplicate keys)."""
+
+
+class _Prefixed(Protocol):
+    @property
+    def prefix(self) -> str: ...
+
+
+T = TypeVar("T", bound=_Prefixed)
+
+
+def number_digits(number: str) -> str | None:
+    """The digits to match a number with, or None if it has none to match.
+
+    Strips surrounding whitespace, ``<...>``, a ``sip:``/``sips:``/``tel:`` scheme
+    (keeping the user part, without ``;parameters`` or ``:password``) and one leading
+    ``+``. Returns None unless what remains is 1..`MAX_NUMBER_CHARS` ASCII digits.
+    """
+    text = number.strip()
+    if len(text) > MAX_NUMBER_CHARS * 4:
+        return None
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    lowered = text[:5].lower()
+    for scheme in _URI_SCHEMES:
+        if lowered.startswith(scheme):
+            text = text[len(scheme) :]
+            if scheme != "tel:":
+                user, at, _host = text.partition("@")
+                text = user if at else ""
+            text = text.split(";", 1)[0]
+            if scheme != "tel:":
+                text = text.split(":", 1)[0]
+            break
+    if text.startswith("+"):
+        text = text[1:]
+    if not text or len(text) > MAX_NUMBER_CHARS or not (text.isascii() and text.isdigit()):
+        return None
+    return text
+
+
+class PrefixIndex(Generic[T]):
+    """Immutable index of items (routes or block rules) by digit prefix.
+
+    `longest_match` walks the number's prefixes from the longest indexed length down
+    to the empty prefix: at most ``MAX_PREFIX_DIGITS + 1`` dict lookups per number.
+    Items sharing a prefix keep their input order.
+    """
+
+    __slots__ = ("_by_prefix", "_count", "_longest")
+
+    def __init__(self, items: Iterable[T]) -> None:
+        grouped: dict[str, list[T]] = {}
+        count = 0
+        for item in items:
+            prefix = item.prefix
+            if len(prefix) > MAX_PREFIX_DIGITS or not (prefix == "" or prefix.isdigit()):
+                raise RouteTableError(f"bad prefix {prefix!r}")
+            grouped.setdefault(prefix, []).append(item)
+            count += 1
+        self._by_prefix: Mapping[str, tuple[T, ...]] = MappingProxyType(
+            {prefix: tuple(group) for prefix, group in grouped.items()}
+        )
+        self._longest = max((len(p) for p in grouped), default=0)
+        self._count = count
+
+    def longest_match(self, digits: str) -> tuple[str, tuple[T, ...]] | None:
+        """(prefix, items) for the longest indexed prefix of ``digits``, or None."""
+        by_prefix = self._by_prefix
+        for length in range(min(len(digits), self._longest), -1, -1):
+            found = by_prefix.get(digits[:length])
+            if found is not None:
+                return digits[:length], found
+        return None
+
+    def items(self) -> Iterator[T]:
+        """Every item, grouped by prefix."""
+        for group in self._by_prefix.values():
+            yield from group
+
+    @property
+    def prefixes(self) -> frozenset[str]:
+        """The indexed prefixes."""
+        return frozenset(self._by_prefix)
+
+    def __len__(self) -> int:
+        return self._count
+
+
+class RouteTables:
+    """Immutable snapshot of every route table and block rule.
+
+    A customer's table falls back to the ``"default"`` table when it does not exist
+    or has no matching prefix. Blocks of the customer's table and of the default
+    table both apply.
+    """
+
+    __slots__ = ("_destination_blocks", "_routes", "_source_blocks")
+
+    def __init__(self, routes: Iterable[Route] = (), blocks: Iterable[BlockRule] = ()) -> None:
+        by_table: dict[str, list[Route]] = {}
+        seen: set[tuple[str, str, str]] = set()
+        for route in routes:
+            if route.key in seen:
+                raise RouteTableError(f"duplicate route {route.key!r}")
+            seen.add(route.key)
+            by_table.setdefault(route.table, []).append(route)
+        source: dict[str, list[BlockRule]] = {}
+        destination: dict[str, list[BlockRule]] = {}
+        seen.clear()
+        for rule in blocks:
+            if rule.key in seen:
+                raise RouteTableError(f"duplicate block rule {rule.key!r}")
+            seen.add(rule.key)
+            target = source if rule.kind == "source" else destination
+            target.setdefault(rule.table, []).append(rule)
+        self._routes: Mapping[str, PrefixIndex[Route]] = MappingProxyType(
+            {name: PrefixIndex(items) for name, items in by_table.items()}
+        )
+        self._source_blocks: Mapping[str, PrefixIndex[BlockRule]] = MappingProxyType(
+            {name: PrefixIndex(items) for name, items in source.items()}
+        )
+        self._destination_blocks: Mapping[str, PrefixIndex[BlockRule]] = MappingProxyType(
+            {name: PrefixIndex(items) for name, items in destination.items()}
+        )
+
+    @property
+    def tables(self) -> Mapping[str, PrefixIndex[Route]]:
+        """Read-only map of table name to its route index."""
+        return self._routes
+
+    def routes(self) -> list[Route]:
+        """Every route, table by table (for export)."""
+        return [route for index in self._routes.values() for route in index.items()]
+
+    def blocks(self) -> list[BlockRule]:
+        """Every block rule (for export)."""
+        return [
+            rule
+            for kind in (self._source_blocks, self._destination_blocks)
+            for index in kind.values()
+            for rule in index.items()
+        ]
+
+    def lookup(self, table: str | None, called: str) -> tuple[Route, ...]:
+        """Routes of the longest prefix matching ``called`` (as received: ``+``,
+        SIP/tel URIs handled by `number_digits`) in ``table``, else in the default
+        table; empty when nothing matches."""
+        digits = number_digits(called)
+        if digits is None:
+            return ()
+        for name in _tables_to_search(table):
+            index = self._routes.get(name)
+            if index is None:
+                continue
+            match = index.longest_match(digits)
+            if match is not None:
+                return match[1]
+        return ()
+
+    def find_block(self, table: str | None, calling: str, called: str) -> BlockRule | None:
+        """The block rule refusing this call, or None.
+
+        Source rules match the calling number, destination rules the called number;
+        the customer's table is checked before the default table, and within a table
+        the longest matching prefix wins. An empty-prefix rule matches any number,
+        even one without digits (a URI or ``anonymous``).
+        """
+        calling_digits = number_digits(calling)
+        called_digits = number_digits(called)
+        for name in _tables_to_search(table):
+            for blocks, digits in (
+                (self._source_blocks, calling_digits),
+                (self._destination_blocks, called_digits),
+            ):
+                index = blocks.get(name)
+                if index is None:
+                    continue
+                match = index.longest_match(digits if digits is not None else "")
+                if match is not None:
+                    return match[1][0]
+        return None
+
+
+def _tables_to_search(table: str | None) -> tuple[str, ...]:
+    if table is None or table == DEFAULT_TABLE:
+        return (DEFAULT_TABLE,)
+    return (table, DEFAULT_TABLE)
