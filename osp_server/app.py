@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
@@ -115,7 +115,7 @@ def prepare(config: Config, reactor: Any, *, clock: Callable[[], datetime] = utc
     except Exception as e:
         raise StartupError(f"database {config.database.url.split('@')[-1]}: {e}") from None
     if ca.profile == "legacy":
-        log.warning(
+        log.warn(
             "CA profile is LEGACY: the CA certificate and device certificates are signed with "
             "MD5 for stock OSP Toolkit enroll 4.33.1. Prefer the secure profile for new devices."
         )
@@ -271,7 +271,8 @@ class ListenerService(Service):
         if self.port is None:
             return None
         port, self.port = self.port, None
-        return maybeDeferred(port.stopListening)
+        stopped: Deferred[None] = maybeDeferred(port.stopListening)  # type: ignore[call-overload]
+        return stopped
 
 
 class CoreService(Service):
@@ -326,8 +327,3 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         svc.setName(name)
         svc.setServiceParent(top)
     return top
-
-
-def listener(service: MultiService, name: str) -> IService:
-    """A named child service (for tests and diagnostics)."""
-    return service.getServiceNamed(name)

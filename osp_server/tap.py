@@ -48,6 +48,7 @@ def makeService(options: Options) -> IService:
     from osp_server.app import StartupError, build_service
 
     try:
-        return build_service(options["loaded_config"], reactor)
+        service: IService = build_service(options["loaded_config"], reactor)
+        return service
     except StartupError as e:
         raise SystemExit(f"osp-server: {e}") from None

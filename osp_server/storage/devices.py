@@ -208,6 +208,7 @@ def list_devices(conn: Connection, customer_id: str | None = None) -> list[Devic
 
 def update_device(
     conn: Connection,
+    /,
     customer_id: str,
     device_id: str,
     *,

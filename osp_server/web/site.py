@@ -16,7 +16,9 @@ from io import BytesIO
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -77,6 +79,7 @@ class CappedRequest(Request):
 class DeadlineChannel(http.HTTPChannel):
     """An HTTP channel that must receive each whole request within a deadline."""
 
+    site: OSPSite
     _deadline: IDelayedCall | None = None
     _peer_host: str | None = None
 
@@ -99,9 +102,9 @@ class DeadlineChannel(http.HTTPChannel):
         self._deadline = None
         log.info("closing {peer}: request not received within the deadline", peer=self._peer_host)
         if self.transport is not None:
-            self.transport.abortConnection()
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_deadline()
         if self._peer_host is not None:
             self.site.connection_closed(self._peer_host)
@@ -139,10 +142,10 @@ class OSPSite(Site):
         """Only HTTP/1.1 is offered over ALPN (under h2 the peer certificate is lost)."""
         return [b"http/1.1"]
 
-    def buildProtocol(self, addr: IAddress) -> Any:
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         host = str(getattr(addr, "host", "?"))
         if self._connections[host] >= self.max_connections_per_address:
-            log.warning("refusing connection from {peer}: too many connections", peer=host)
+            log.warn("refusing connection from {peer}: too many connections", peer=host)
             return None
         channel = super().buildProtocol(addr)
         if channel is not None:
@@ -156,7 +159,7 @@ class OSPSite(Site):
         if self._connections[host] <= 0:
             del self._connections[host]
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         """One structured access event per request (no free-text Combined Log lines)."""
         started = getattr(request, "started_at", None)
         elapsed_ms = None if started is None else round((time.monotonic() - started) * 1000, 2)

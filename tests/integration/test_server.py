@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from treq.client import HTTPClient
 from cryptography import x509
+from treq.client import HTTPClient
 
 from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool
