@@ -1,0 +1,826 @@
+"""The certificate authority: CA key and certificate files, issuance, CRLs.
+
+This is the only module that holds the CA private key (CONVENTIONS.md 14); the MD5
+signatures of the legacy profile are made by :mod:`osp_server.pki.legacy` on its behalf.
+
+Every certificate follows the profile of TEP.md §7 and :mod:`osp_server.pki.profile`:
+PrintableString names, UTCTime dates ending before 2050, never past the CA's own
+notAfter, random 159-bit serials. Signatures are SHA-256 (ECDSA-SHA256 for an EC CA),
+except the CA self-signature and device certificates in the ``legacy`` profile, which
+are md5WithRSAEncryption for the stock ``enroll`` client (TEP.md §10).
+
+Key generation and RSA signing are slow (RSA-4096 generation takes seconds): callers
+on the reactor thread run :func:`generate_private_key`, :func:`create_ca`,
+:func:`load_or_create_ca` and the ``issue_*`` methods in a thread. Nothing here
+imports Twisted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import os
+import re
+import secrets
+import stat
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
+
+from osp_server.pki import legacy
+from osp_server.pki.csr import ValidatedCSR
+from osp_server.pki.names import InvalidNameError, check_printable, device_name, printable_name
+from osp_server.pki.profile import (
+    DEVICE_BACKDATE,
+    UTCTIME_LIMIT,
+    DERError,
+    KeyType,
+    Profile,
+    cap_not_after,
+    children,
+    read_single,
+    to_utc,
+    toolkit_compatibility_problems,
+)
+
+__all__ = [
+    "CAError",
+    "CAPrivateKey",
+    "CASubject",
+    "CertificateAuthority",
+    "DeviceSubject",
+    "KeyType",
+    "Profile",
+    "RevokedEntry",
+    "check_private_key_file_mode",
+    "create_ca",
+    "generate_private_key",
+    "load_ca",
+    "load_or_create_ca",
+    "new_serial",
+    "write_private_key",
+]
+
+CAPrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+"""Private key types a CA may have."""
+
+SubjectPublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+"""Public key types osp-server certifies."""
+
+_MAX_FILE_BYTES: Final = 1 << 20
+_SERIAL_BITS: Final = 159  # 20 octets with the sign bit clear
+_CA_BACKDATE: Final = timedelta(hours=1)
+_DNS_LABEL: Final = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_DNS_RE: Final = re.compile(rf"(\*\.)?({_DNS_LABEL}\.)*{_DNS_LABEL}")
+_KEY_TYPES: Final = ("rsa2048", "rsa3072", "rsa4096", "ec-p256")
+
+
+class CAError(Exception):
+    """A CA file or operation problem; the message names the file or the cause."""
+
+
+@dataclass(frozen=True)
+class CASubject:
+    """The CA's distinguished name: ``C=<country>, O=<organization>, CN=<common_name>``.
+
+    Values must fit PrintableString (``A-Z a-z 0-9 space ' ( ) + , - . / : = ?``);
+    ``country`` is two upper-case letters.
+    """
+
+    common_name: str
+    organization: str | None = None
+    country: str | None = None
+
+
+@dataclass(frozen=True)
+class DeviceSubject:
+    """Names of a device certificate, from the device record (never from the CSR).
+
+    The subject becomes ``O=customer <customer_id>, OU=device <device_id>,
+    CN=<common_name or "device-<device_id>">``, all PrintableString.
+    """
+
+    customer_id: str
+    device_id: str
+    common_name: str | None = None
+
+
+@dataclass(frozen=True)
+class RevokedEntry:
+    """One revoked certificate for :meth:`CertificateAuthority.build_crl`."""
+
+    serial: int
+    revoked_at: datetime
+    reason: x509.ReasonFlags | None
+
+
+def new_serial() -> int:
+    """A fresh certificate serial: 159 bits, 158 of them from ``secrets`` (P1).
+
+    The top bit is set so that every serial is positive, non-zero and exactly
+    20 octets in DER (RFC 5280 §4.1.2.2 allows at most 20).
+    """
+    return secrets.randbits(_SERIAL_BITS - 1) | (1 << (_SERIAL_BITS - 1))
+
+
+def generate_private_key(key_type: KeyType) -> CAPrivateKey:
+    """Generate a CA (or server) key. **Slow** for RSA: call it in a thread."""
+    if key_type == "ec-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    sizes = {"rsa2048": 2048, "rsa3072": 3072, "rsa4096": 4096}
+    if key_type not in sizes:
+        raise CAError(f"unknown key type {key_type!r} (one of {', '.join(_KEY_TYPES)})")
+    return rsa.generate_private_key(public_exponent=65537, key_size=sizes[key_type])
+
+
+# ---------------------------------------------------------------- key files
+
+
+def _check_mode(path: Path, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise CAError(f"{path}: the CA private key is not a regular file")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise CAError(
+            f"{path}: CA private key file mode is {mode:04o}, readable by group or others; "
+            f"restrict it with: chmod 600 {path}"
+        )
+
+
+def check_private_key_file_mode(path: Path) -> None:
+    """Raise :class:`CAError` unless *path* is a regular file with no group/other access."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CAError(f"{path}: CA private key file not found") from None
+    except OSError as exc:
+        raise CAError(f"{path}: cannot stat the CA private key file: {exc.strerror}") from exc
+    _check_mode(path, st)
+
+
+def _fsync_directory(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_new_file(path: Path, data: bytes, mode: int, what: str) -> None:
+    """Create *path* with *data* and *mode*, never replacing an existing file.
+
+    The data goes to a private temporary file (``mkstemp`` creates it 0600) that is
+    then hard-linked into place, so *path* appears complete or not at all and a key is
+    never readable by others, even briefly.
+    """
+    if path.exists() or path.is_symlink():
+        raise CAError(f"{path}: {what} already exists; refusing to overwrite it")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CAError(f"{path}: cannot create the {what}: {exc.strerror}") from exc
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise CAError(f"{path}: {what} already exists; refusing to overwrite it") from None
+        except OSError:
+            # No hard links on this file system: O_EXCL still refuses to overwrite and
+            # creates the file with *mode* at most.
+            _write_exclusive(path, data, mode, what)
+    except OSError as exc:
+        raise CAError(f"{path}: cannot write the {what}: {exc.strerror}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    _fsync_directory(path.parent)
+
+
+def _write_exclusive(path: Path, data: bytes, mode: int, what: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise CAError(f"{path}: {what} already exists; refusing to overwrite it") from None
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), mode)
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_private_key(path: Path, key: CAPrivateKey) -> None:
+    """Write *key* as unencrypted PKCS#8 PEM to a new file of mode 0600.
+
+    Refuses to overwrite an existing file (:class:`CAError`).
+    """
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_new_file(Path(path), pem, 0o600, "private key file")
+
+
+def _read_capped(path: Path, what: str, *, private: bool) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise CAError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise CAError(f"{path}: cannot open the {what}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        if private:
+            _check_mode(path, st)  # on the opened file: no race with a rename
+        elif not stat.S_ISREG(st.st_mode):
+            raise CAError(f"{path}: {what} is not a regular file")
+        data = handle.read(_MAX_FILE_BYTES + 1)
+    if len(data) > _MAX_FILE_BYTES:
+        raise CAError(f"{path}: {what} is larger than {_MAX_FILE_BYTES} bytes")
+    if not data.strip():
+        raise CAError(f"{path}: {what} is empty")
+    return data
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _spki(key: SubjectPublicKey | CAPrivateKey) -> bytes:
+    public = key.public_key() if isinstance(key, CAPrivateKey) else key
+    return public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _tbs_fields(certificate_der: bytes) -> dict[str, bytes]:
+    """Raw bytes of the TBSCertificate fields we compare byte for byte."""
+    top = read_single(certificate_der, 0x30)
+    tbs = next(children(certificate_der, top))
+    fields = [f for f in children(certificate_der, tbs)]
+    if fields and fields[0].tag == 0xA0:
+        fields = fields[1:]
+    names = ("serial", "signature", "issuer", "validity", "subject", "spki")
+    if len(fields) < len(names):
+        raise DERError("TBSCertificate has too few fields")
+    return {name: certificate_der[f.start : f.end] for name, f in zip(names, fields, strict=False)}
+
+
+def _check_public_key(public_key: object, what: str) -> SubjectPublicKey:
+    if isinstance(public_key, rsa.RSAPublicKey):
+        if public_key.key_size < 2048:
+            raise CAError(f"{what}: RSA key of {public_key.key_size} bits is too small")
+        return public_key
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        if public_key.curve.name not in ("secp256r1", "secp384r1"):
+            raise CAError(f"{what}: EC curve {public_key.curve.name} is not supported")
+        return public_key
+    raise CAError(f"{what}: {type(public_key).__name__} keys are not supported")
+
+
+def _key_usage(
+    *, digital_signature: bool = False, key_encipherment: bool = False, cert_sign: bool = False
+) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _ca_name(subject: CASubject) -> x509.Name:
+    attributes: list[tuple[x509.ObjectIdentifier, str, str]] = []
+    if subject.country is not None:
+        attributes.append((NameOID.COUNTRY_NAME, subject.country, "CA country"))
+    if subject.organization is not None:
+        attributes.append((NameOID.ORGANIZATION_NAME, subject.organization, "CA organization"))
+    attributes.append((NameOID.COMMON_NAME, subject.common_name, "CA common name"))
+    try:
+        return printable_name(attributes)
+    except InvalidNameError as exc:
+        raise CAError(str(exc)) from exc
+
+
+def _add_time(now: datetime, validity: timedelta) -> datetime:
+    try:
+        return now + validity
+    except OverflowError:
+        return UTCTIME_LIMIT
+
+
+def _compatibility_warnings(certificate: x509.Certificate, profile: Profile) -> tuple[str, ...]:
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    warnings = [f"CA certificate {p}" for p in toolkit_compatibility_problems(der)]
+    md5 = certificate.signature_algorithm_oid == SignatureAlgorithmOID.RSA_WITH_MD5
+    if profile == "legacy" and not md5:
+        warnings.append(
+            "CA self-signature is not md5WithRSAEncryption: stock enroll getcacert exits 72"
+        )
+    if profile == "secure" and md5:
+        warnings.append("CA self-signature is MD5, which only the legacy profile needs")
+    if certificate.issuer != certificate.subject:
+        warnings.append("CA certificate is not self-signed; enroll expects a self-signed CA")
+    now = datetime.now(UTC)
+    if certificate.not_valid_after_utc < now:
+        warnings.append(f"CA certificate expired at {certificate.not_valid_after_utc}")
+    elif certificate.not_valid_before_utc > now:
+        warnings.append(f"CA certificate is not valid before {certificate.not_valid_before_utc}")
+    return tuple(warnings)
+
+
+# ---------------------------------------------------------------- the CA
+
+
+class CertificateAuthority:
+    """A loaded CA: its certificate, its (private) key and the signing profile.
+
+    Build it with :func:`create_ca`, :func:`load_ca` or :func:`load_or_create_ca`.
+    ``compatibility_warnings`` lists reasons the stock OSP Toolkit may refuse an
+    operator-supplied CA certificate (empty for CAs created here).
+    """
+
+    certificate: x509.Certificate
+    certificate_der: bytes
+    profile: Profile
+    compatibility_warnings: tuple[str, ...]
+
+    def __init__(
+        self,
+        private_key: CAPrivateKey,
+        certificate: x509.Certificate,
+        *,
+        profile: Profile,
+        compatibility_warnings: tuple[str, ...] = (),
+    ) -> None:
+        if profile not in ("secure", "legacy"):
+            raise CAError(f"unknown profile {profile!r} (secure or legacy)")
+        if profile == "legacy" and not isinstance(private_key, rsa.RSAPrivateKey):
+            raise CAError("the legacy profile needs an RSA CA key (MD5 signatures are RSA)")
+        if _spki(private_key) != _spki(_check_public_key(certificate.public_key(), "CA")):
+            raise CAError("the CA private key does not match the CA certificate")
+        self._key = private_key
+        self.certificate = certificate
+        self.certificate_der = certificate.public_bytes(serialization.Encoding.DER)
+        self.profile = profile
+        self.compatibility_warnings = compatibility_warnings
+        try:
+            ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+            self._key_id = ski.value.digest
+        except x509.ExtensionNotFound:
+            self._key_id = x509.SubjectKeyIdentifier.from_public_key(
+                private_key.public_key()
+            ).digest
+        self._subject_der = _tbs_fields(self.certificate_der)["subject"]
+        if certificate.subject.public_bytes() != self._subject_der:
+            raise CAError(
+                "the CA subject name is not in canonical DER, so issued certificates "
+                "could not repeat it byte for byte as their issuer"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"<CertificateAuthority {self.certificate.subject.rfc4514_string()!r} "
+            f"profile={self.profile} sha256={self.fingerprint_sha256()}>"
+        )
+
+    def fingerprint_sha256(self) -> str:
+        """SHA-256 of the CA certificate DER, ``AB:CD:...`` (for humans)."""
+        return ":".join(f"{b:02X}" for b in hashlib.sha256(self.certificate_der).digest())
+
+    def fingerprint_md5(self) -> str:
+        """MD5 of the CA certificate DER, 32 lower-case hex digits: the ``enroll -fprint``
+        value (TEP.md §9)."""
+        return hashlib.md5(self.certificate_der, usedforsecurity=False).hexdigest()
+
+    # -------------------------------------------------------------- signing
+
+    def _validity(self, now: datetime, validity: timedelta) -> tuple[datetime, datetime]:
+        if validity <= timedelta(0):
+            raise CAError(f"validity must be positive, not {validity}")
+        now = to_utc(now)
+        ca_not_before = self.certificate.not_valid_before_utc
+        ca_not_after = self.certificate.not_valid_after_utc
+        if now >= ca_not_after:
+            raise CAError(f"the CA certificate expired at {ca_not_after:%Y-%m-%d %H:%M:%SZ}")
+        not_before = max(now - DEVICE_BACKDATE, ca_not_before)
+        not_after = cap_not_after(_add_time(now, validity), ca_not_after)
+        if not_after <= not_before:
+            raise CAError("no validity period left before the CA's notAfter")
+        return not_before, not_after
+
+    def _base_builder(
+        self,
+        subject: x509.Name,
+        public_key: SubjectPublicKey,
+        now: datetime,
+        validity: timedelta,
+    ) -> x509.CertificateBuilder:
+        not_before, not_after = self._validity(now, validity)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)
+            .serial_number(new_serial())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier(self._key_id, None, None), critical=False)
+        )
+
+    def _sign_sha256(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        return builder.sign(self._key, hashes.SHA256())
+
+    def _check_issued(self, certificate: x509.Certificate, spki_der: bytes) -> None:
+        """Refuse to release a certificate that breaks the profile (lint before release)."""
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        fields = _tbs_fields(der)
+        if fields["spki"] != spki_der:
+            raise CAError("issued certificate's SubjectPublicKeyInfo differs from the request")
+        if fields["issuer"] != self._subject_der:
+            raise CAError("issued certificate's issuer differs from the CA subject bytes")
+        problems = toolkit_compatibility_problems(der)
+        if problems:
+            raise CAError("issued certificate " + "; ".join(problems))
+        if certificate.signature_algorithm_oid == SignatureAlgorithmOID.RSA_WITH_MD5:
+            if not legacy.verify_md5_signature(certificate, self._key.public_key()):
+                raise CAError("issued certificate does not verify under the CA")
+        else:
+            try:
+                certificate.verify_directly_issued_by(self.certificate)
+            except (ValueError, TypeError, InvalidSignature) as exc:
+                raise CAError(f"issued certificate does not verify under the CA: {exc}") from exc
+
+    def issue_device_certificate(
+        self,
+        csr: ValidatedCSR,
+        subject: DeviceSubject,
+        *,
+        validity: timedelta,
+        now: datetime,
+    ) -> x509.Certificate:
+        """Issue a device (client) certificate for a validated CSR (TEP.md §7).
+
+        The key and its SubjectPublicKeyInfo bytes come from the CSR; the names come
+        from *subject* only. notBefore is ``now - 1 h``; notAfter is the earliest of
+        ``now + validity``, the CA's notAfter and 2049-12-31T23:59:59Z. Extensions:
+        basicConstraints CA:FALSE (critical), keyUsage digitalSignature (+
+        keyEncipherment for RSA) (critical), EKU clientAuth, SKI, AKI. Signed with
+        SHA-256, or md5WithRSAEncryption in the legacy profile. Slow (RSA signing).
+        """
+        if not isinstance(csr, ValidatedCSR):
+            raise TypeError("issue_device_certificate needs a ValidatedCSR")
+        public_key = _check_public_key(csr.public_key, "device key")
+        if self.profile == "legacy" and not isinstance(public_key, rsa.RSAPublicKey):
+            raise CAError("the legacy profile issues device certificates for RSA keys only")
+        try:
+            name = device_name(subject.customer_id, subject.device_id, subject.common_name)
+        except InvalidNameError as exc:
+            raise CAError(f"device subject: {exc}") from exc
+        rsa_key = isinstance(public_key, rsa.RSAPublicKey)
+        builder = (
+            self._base_builder(name, public_key, now, validity)
+            .add_extension(
+                _key_usage(digital_signature=True, key_encipherment=rsa_key), critical=True
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        )
+        if self.profile == "legacy":
+            assert isinstance(self._key, rsa.RSAPrivateKey)  # checked in __init__
+            try:
+                certificate = legacy.sign_certificate_md5(builder, self._key)
+            except legacy.LegacySigningError as exc:
+                raise CAError(f"MD5 signing failed: {exc}") from exc
+        else:
+            certificate = self._sign_sha256(builder)
+        self._check_issued(certificate, csr.spki_der)
+        return certificate
+
+    def issue_server_certificate(
+        self,
+        public_key: SubjectPublicKey,
+        names: Sequence[str],
+        *,
+        validity: timedelta,
+        now: datetime,
+    ) -> x509.Certificate:
+        """Issue a TLS server certificate: SAN DNS names / IP addresses, EKU serverAuth.
+
+        Always SHA-256 (also under a legacy MD5 CA). The subject is ``CN=<first name>``
+        when that name fits PrintableString, else ``CN=osp-server``.
+        """
+        key = _check_public_key(public_key, "server key")
+        if isinstance(names, str) or not names:
+            raise CAError("a server certificate needs at least one DNS name or IP address")
+        general_names: list[x509.GeneralName] = []
+        for entry in names:
+            try:
+                general_names.append(x509.IPAddress(ipaddress.ip_address(entry)))
+                continue
+            except ValueError:
+                pass
+            if not isinstance(entry, str) or len(entry) > 253 or not _DNS_RE.fullmatch(entry):
+                raise CAError(f"server name {entry!r} is neither a DNS name nor an IP address")
+            general_names.append(x509.DNSName(entry.lower()))
+        try:
+            cn = check_printable(names[0], "server name")
+        except InvalidNameError:
+            cn = "osp-server"
+        subject = printable_name([(NameOID.COMMON_NAME, cn, "server name")])
+        builder = (
+            self._base_builder(subject, key, now, validity)
+            .add_extension(
+                _key_usage(
+                    digital_signature=True, key_encipherment=isinstance(key, rsa.RSAPublicKey)
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(general_names), critical=False)
+        )
+        certificate = self._sign_sha256(builder)
+        self._check_issued(certificate, _spki(key))
+        return certificate
+
+    def issue_token_signer(
+        self,
+        public_key: SubjectPublicKey,
+        *,
+        common_name: str,
+        validity: timedelta,
+        now: datetime,
+    ) -> x509.Certificate:
+        """Issue the certificate of the key that signs OSP tokens (OSP.md §4).
+
+        ``CN=<common_name>`` (PrintableString), keyUsage digitalSignature (critical),
+        CA:FALSE, no EKU (the toolkit's PKCS7_verify runs no purpose check). Always
+        SHA-256.
+        """
+        key = _check_public_key(public_key, "token signer key")
+        try:
+            subject = printable_name([(NameOID.COMMON_NAME, common_name, "token signer name")])
+        except InvalidNameError as exc:
+            raise CAError(str(exc)) from exc
+        builder = self._base_builder(subject, key, now, validity).add_extension(
+            _key_usage(digital_signature=True), critical=True
+        )
+        certificate = self._sign_sha256(builder)
+        self._check_issued(certificate, _spki(key))
+        return certificate
+
+    def build_crl(
+        self,
+        revoked: Sequence[RevokedEntry],
+        *,
+        now: datetime,
+        next_update: timedelta,
+        crl_number: int | None = None,
+    ) -> bytes:
+        """A DER CRL listing *revoked*, signed with SHA-256 in every profile.
+
+        thisUpdate is *now*; nextUpdate is ``now + next_update`` (before 2050). The CRL
+        number defaults to the Unix time of *now*, which grows with every new CRL.
+        """
+        now = to_utc(now)
+        if next_update <= timedelta(0):
+            raise CAError(f"next_update must be positive, not {next_update}")
+        number = int(now.timestamp()) if crl_number is None else crl_number
+        if number < 0:
+            raise CAError("the CRL number must not be negative")
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.certificate.subject)
+            .last_update(now)
+            .next_update(cap_not_after(_add_time(now, next_update)))
+            .add_extension(x509.CRLNumber(number), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier(self._key_id, None, None), critical=False)
+        )
+        for entry in revoked:
+            revoked_builder = (
+                x509.RevokedCertificateBuilder()
+                .serial_number(entry.serial)
+                .revocation_date(to_utc(entry.revoked_at))
+            )
+            # RFC 5280 §5.3.1: omit the reason code rather than send "unspecified".
+            if entry.reason is not None and entry.reason != x509.ReasonFlags.unspecified:
+                revoked_builder = revoked_builder.add_extension(
+                    x509.CRLReason(entry.reason), critical=False
+                )
+            builder = builder.add_revoked_certificate(revoked_builder.build())
+        crl = builder.sign(self._key, hashes.SHA256())
+        return crl.public_bytes(serialization.Encoding.DER)
+
+
+# ---------------------------------------------------------------- create / load
+
+
+def create_ca(
+    key_path: Path,
+    cert_path: Path,
+    *,
+    key_type: KeyType,
+    subject: CASubject,
+    validity: timedelta,
+    profile: Profile,
+    now: datetime,
+) -> CertificateAuthority:
+    """Create a new self-signed CA and write its key (0600) and certificate (0644, PEM).
+
+    Refuses to overwrite either file. The certificate: v3, PrintableString names,
+    notBefore ``now - 1 h``, notAfter ``min(now + validity, 2049-12-31T23:59:59Z)``,
+    basicConstraints CA:TRUE pathlen 0 (critical), keyUsage keyCertSign + cRLSign +
+    digitalSignature (critical), SKI, AKI, random serial; self-signed with SHA-256 (secure)
+    or md5WithRSAEncryption (legacy, RSA keys only). **Slow**: generates a key.
+    """
+    key_path, cert_path = Path(key_path), Path(cert_path)
+    if profile not in ("secure", "legacy"):
+        raise CAError(f"unknown profile {profile!r} (secure or legacy)")
+    if key_type not in _KEY_TYPES:
+        raise CAError(f"unknown key type {key_type!r} (one of {', '.join(_KEY_TYPES)})")
+    if profile == "legacy" and not key_type.startswith("rsa"):
+        raise CAError("the legacy profile needs an RSA CA key (MD5 signatures are RSA)")
+    if validity <= timedelta(0):
+        raise CAError(f"CA validity must be positive, not {validity}")
+    for path, what in ((key_path, "CA key file"), (cert_path, "CA certificate file")):
+        if path.exists() or path.is_symlink():
+            raise CAError(f"{path}: {what} already exists; refusing to overwrite it")
+    name = _ca_name(subject)
+    now = to_utc(now)
+    not_before = now - _CA_BACKDATE
+    not_after = cap_not_after(_add_time(now, validity))
+    if not_after <= not_before:
+        raise CAError("CA validity ends before it starts (the 2049-12-31 cap is in the past?)")
+
+    key = generate_private_key(key_type)
+    key_id = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(new_serial())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            _key_usage(digital_signature=True, cert_sign=True),
+            critical=True,
+        )
+        .add_extension(key_id, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier(key_id.digest, None, None), critical=False)
+    )
+    if profile == "legacy":
+        assert isinstance(key, rsa.RSAPrivateKey)
+        try:
+            certificate = legacy.sign_certificate_md5(builder, key)
+        except legacy.LegacySigningError as exc:
+            raise CAError(f"MD5 self-signature failed: {exc}") from exc
+    else:
+        certificate = builder.sign(key, hashes.SHA256())
+
+    ca = CertificateAuthority(
+        key,
+        certificate,
+        profile=profile,
+        compatibility_warnings=_compatibility_warnings(certificate, profile),
+    )
+    write_private_key(key_path, key)
+    try:
+        _write_new_file(
+            cert_path,
+            certificate.public_bytes(serialization.Encoding.PEM),
+            0o644,
+            "CA certificate file",
+        )
+    except CAError:
+        # Never leave a key without its certificate: the next start would refuse both.
+        with contextlib.suppress(OSError):
+            key_path.unlink()
+        raise
+    return ca
+
+
+def _load_key(key_path: Path) -> CAPrivateKey:
+    data = _read_capped(key_path, "CA private key file", private=True)
+    if b"-----BEGIN" not in data:
+        raise CAError(f"{key_path}: CA private key file is not PEM")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError as exc:
+        raise CAError(f"{key_path}: encrypted CA private keys are not supported") from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CAError(f"{key_path}: cannot read the CA private key: {exc}") from exc
+    if not isinstance(key, CAPrivateKey):
+        raise CAError(f"{key_path}: {type(key).__name__} CA keys are not supported")
+    return key
+
+
+def _load_certificate(cert_path: Path) -> x509.Certificate:
+    data = _read_capped(cert_path, "CA certificate file", private=False)
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CAError(f"{cert_path}: cannot read the CA certificate: {exc}") from exc
+
+
+def load_ca(key_path: Path, cert_path: Path, *, profile: Profile) -> CertificateAuthority:
+    """Load an existing CA, checking everything a bad deployment gets wrong.
+
+    :class:`CAError` when a file is missing, unreadable, garbled or too large, the key
+    file is readable by group or others (P18), the key does not match the certificate,
+    the certificate is not a CA (basicConstraints CA:TRUE, keyCertSign), or the legacy
+    profile gets a non-RSA key. Toolkit incompatibilities of an operator-supplied
+    certificate are reported in ``compatibility_warnings``, not refused.
+    """
+    key_path, cert_path = Path(key_path), Path(cert_path)
+    key = _load_key(key_path)
+    certificate = _load_certificate(cert_path)
+    try:
+        try:
+            constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+        except x509.ExtensionNotFound:
+            raise CAError("not a CA certificate (no basicConstraints CA:TRUE)") from None
+        if not constraints.value.ca:
+            raise CAError("not a CA certificate (basicConstraints CA:FALSE)")
+        try:
+            usage: x509.KeyUsage | None = certificate.extensions.get_extension_for_class(
+                x509.KeyUsage
+            ).value
+        except x509.ExtensionNotFound:
+            usage = None
+        if usage is not None and not usage.key_cert_sign:
+            raise CAError("CA certificate keyUsage lacks keyCertSign")
+        return CertificateAuthority(
+            key,
+            certificate,
+            profile=profile,
+            compatibility_warnings=_compatibility_warnings(certificate, profile),
+        )
+    except CAError as exc:
+        raise CAError(f"{cert_path} (key {key_path}): {exc}") from exc
+    except (ValueError, TypeError, DERError, UnsupportedAlgorithm) as exc:
+        raise CAError(f"{cert_path}: cannot use the CA certificate: {exc}") from exc
+
+
+def load_or_create_ca(
+    key_path: Path,
+    cert_path: Path,
+    *,
+    key_type: KeyType,
+    subject: CASubject,
+    validity: timedelta,
+    profile: Profile,
+    now: datetime,
+) -> tuple[CertificateAuthority, bool]:
+    """Load the CA if both files exist, create it if neither does.
+
+    Returns ``(ca, created_now)``. Exactly one of the two files present is a broken
+    deployment and raises :class:`CAError` (nothing is overwritten). ``key_type``,
+    ``subject`` and ``validity`` are used only when creating. **Slow** when creating.
+    """
+    key_path, cert_path = Path(key_path), Path(cert_path)
+    key_exists = key_path.exists() or key_path.is_symlink()
+    cert_exists = cert_path.exists() or cert_path.is_symlink()
+    if key_exists and cert_exists:
+        return load_ca(key_path, cert_path, profile=profile), False
+    if key_exists != cert_exists:
+        present, missing = (key_path, cert_path) if key_exists else (cert_path, key_path)
+        raise CAError(
+            f"{missing}: missing while {present} exists; restore it or remove both to "
+            "create a new CA"
+        )
+    ca = create_ca(
+        key_path,
+        cert_path,
+        key_type=key_type,
+        subject=subject,
+        validity=validity,
+        profile=profile,
+        now=now,
+    )
+    return ca, True
