@@ -24,9 +24,13 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 
 from osp_server.config import Config, validity
+from osp_server.enrollment.resource import TepResource
+from osp_server.enrollment.service import EnrollmentService
+from osp_server.enrollment.throttle import EnrollmentThrottle
 from osp_server.metrics import Metrics, MetricsResource
 from osp_server.pki.ca import (
     CAError,
@@ -40,10 +44,14 @@ from osp_server.pki.ca import (
 from osp_server.storage import certificates as cert_store
 from osp_server.storage.db import Database, check_durability, create_db_engine, upgrade_schema
 from osp_server.tls.context import ReloadableServerTLS, TLSMaterial
+from osp_server.web.crl import CRLResource
 from osp_server.web.health import HealthResource
 from osp_server.web.site import OSPSite
 
 log = Logger()
+
+
+CPU_THREADS = 2
 
 
 class StartupError(Exception):
@@ -66,6 +74,11 @@ class Core:
     ca_created: bool
     clock: Callable[[], datetime] = utcnow
     metrics: Metrics = field(default_factory=Metrics)
+    # CPU-heavy work (password hashing, CSR checks, signing) runs here, never on the
+    # reactor thread and never on the reactor's shared pool (which callers may fill).
+    cpu_pool: ThreadPool = field(
+        default_factory=lambda: ThreadPool(minthreads=0, maxthreads=CPU_THREADS, name="osp-cpu")
+    )
 
 
 def open_database(config: Config, reactor: Any) -> Database:
@@ -181,7 +194,7 @@ class Components:
     https_site: OSPSite
     https_tls: ReloadableServerTLS
     metrics_site: OSPSite
-    extra: dict[str, Any] = field(default_factory=dict)
+    enrollment: EnrollmentService | None = None
 
     def https_factory(self) -> IProtocolFactory:
         """The HTTPS listener's factory: TLS around the site."""
@@ -205,10 +218,41 @@ def build_components(core: Core) -> Components:
 
     https_tls = ReloadableServerTLS(load_https)
 
+    enrollment = EnrollmentService(
+        db=core.db,
+        ca=core.ca,
+        config=core.config.enrollment,
+        reactor=core.reactor,
+        cpu_pool=core.cpu_pool,
+        throttle=EnrollmentThrottle(
+            failures_per_device=core.config.enrollment.throttle_failures,
+            requests_per_address=core.config.enrollment.throttle_per_address,
+            window_seconds=core.config.enrollment.throttle_window_seconds,
+            clock=core.reactor.seconds,
+        ),
+        clock=core.clock,
+    )
+    health = HealthResource(core.db, core.reactor)
     plain_root = Resource()
-    plain_root.putChild(b"health", HealthResource(core.db, core.reactor))
+    plain_root.putChild(b"health", health)
+    plain_root.putChild(
+        b"crl", CRLResource(core.db, core.ca, core.reactor, core.clock, core.cpu_pool)
+    )
+    plain_root.putChild(
+        b"tep",
+        TepResource(
+            enrollment,
+            allow_enrollment=core.config.enrollment.allow_plain_http,
+            listener="http",
+            metrics=core.metrics,
+        ),
+    )
     https_root = Resource()
-    https_root.putChild(b"health", HealthResource(core.db, core.reactor))
+    https_root.putChild(b"health", health)
+    https_root.putChild(
+        b"tep",
+        TepResource(enrollment, allow_enrollment=True, listener="https", metrics=core.metrics),
+    )
 
     def site(root: Resource, name: str) -> OSPSite:
         return OSPSite(
@@ -227,6 +271,7 @@ def build_components(core: Core) -> Components:
         https_site=site(https_root, "https"),
         https_tls=https_tls,
         metrics_site=site(metrics_root, "metrics"),
+        enrollment=enrollment,
     )
 
 
@@ -285,6 +330,7 @@ class CoreService(Service):
         super().startService()
         core = self.components.core
         core.db.start()
+        core.cpu_pool.start()
         log.info("CA {subject}", subject=core.ca.certificate.subject.rfc4514_string())
         log.info("CA fingerprint SHA-256 {fp}", fp=core.ca.fingerprint_sha256())
         log.info("CA fingerprint MD5 (enroll -fprint) {fp}", fp=core.ca.fingerprint_md5())
@@ -303,6 +349,7 @@ class CoreService(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        self.components.core.cpu_pool.stop()
         self.components.core.db.stop()
 
 

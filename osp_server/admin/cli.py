@@ -368,6 +368,120 @@ def cmd_cert_list(ctx: Context, args: argparse.Namespace) -> None:
     emit(ctx, rows, ["serial", "kind", "customer_id", "device_id", "state", "not_after"])
 
 
+def cmd_cert_revoke(ctx: Context, args: argparse.Namespace) -> None:
+    """Revoke a certificate: the /osp listeners refuse it from the next request on."""
+    from osp_server.storage import audit
+
+    def work(conn: Any) -> cert_store.CertificateRecord:
+        record = cert_store.revoke(conn, args.serial, now=ctx.now(), reason=args.reason)
+        audit.record(
+            conn,
+            at=ctx.now(),
+            actor="osp-admin",
+            action="certificate.revoked",
+            subject=f"customer {record.customer_id} device {record.device_id}",
+            serial=record.serial,
+            detail={"reason": args.reason},
+        )
+        return record
+
+    emit_one(ctx, _cert_row(ctx.db.transact_sync(work)))
+
+
+# --- enrollments ------------------------------------------------------------------
+
+
+def _enrollment_row(e: Any) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "customer_id": e.customer_id,
+        "device_id": e.device_id,
+        "state": e.state,
+        "csr_sha256": e.csr_sha256,
+        "serial": e.certificate_serial,
+        "reject_status": e.reject_status,
+        "source_address": e.source_address,
+        "created_at": e.created_at,
+        "decided_at": e.decided_at,
+        "decided_by": e.decided_by,
+    }
+
+
+def cmd_enroll_list(ctx: Context, args: argparse.Namespace) -> None:
+    """List enrollments (pending by default)."""
+    from osp_server.storage import enrollments
+
+    state = None if args.state == "all" else args.state
+    rows = [
+        _enrollment_row(e) for e in ctx.db.transact_sync(enrollments.list_enrollments, state=state)
+    ]
+    emit(ctx, rows, ["id", "customer_id", "device_id", "state", "serial", "created_at"])
+
+
+def _open_ca(ctx: Context) -> Any:
+    from osp_server.pki.ca import load_ca
+
+    c = ctx.config.ca
+    if not c.cert_file.exists():
+        raise AdminError(f"no CA at {c.cert_file}: run `osp-admin ca init` or start the server")
+    return load_ca(c.key_file, c.cert_file, profile=c.profile)
+
+
+def cmd_enroll_approve(ctx: Context, args: argparse.Namespace) -> None:
+    """Approve a pending enrollment: the certificate is signed now; retrieve returns it."""
+    from osp_server.enrollment.issuance import EnrollmentStateError
+    from osp_server.enrollment.service import approve
+
+    try:
+        issued = approve(
+            ctx.db,
+            args.id,
+            ca=_open_ca(ctx),
+            config=ctx.config.enrollment,
+            now=ctx.now(),
+            actor="osp-admin",
+        )
+    except EnrollmentStateError as e:
+        raise AdminError(str(e)) from None
+    emit_one(
+        ctx,
+        {
+            "id": args.id,
+            "state": "issued",
+            "serial": issued.serial,
+            "newly_issued": issued.newly_issued,
+        },
+    )
+
+
+def cmd_enroll_reject(ctx: Context, args: argparse.Namespace) -> None:
+    """Reject a pending enrollment: retrieve then answers the rejection status."""
+    from osp_server.enrollment.issuance import EnrollmentStateError
+    from osp_server.enrollment.service import reject
+    from osp_server.enrollment.wire import TepStatus
+
+    try:
+        enrollment = reject(
+            ctx.db,
+            args.id,
+            now=ctx.now(),
+            actor="osp-admin",
+            status=TepStatus(args.status),
+            reason=args.reason or "",
+        )
+    except EnrollmentStateError as e:
+        raise AdminError(str(e)) from None
+    emit_one(ctx, _enrollment_row(enrollment))
+
+
+def cmd_audit(ctx: Context, args: argparse.Namespace) -> None:
+    """Show the newest audit log entries."""
+    from osp_server.storage import audit
+
+    rows = [vars(e) for e in ctx.db.transact_sync(audit.recent, limit=args.limit)]
+    emit(ctx, rows, ["at", "actor", "action", "subject", "serial", "detail"])
+
+
 # --- parser ---------------------------------------------------------------------------
 
 
@@ -444,6 +558,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--kind", choices=["device", "server", "token_signer"])
     p.set_defaults(func=cmd_cert_list)
+    p = ce.add_parser("revoke", help="revoke a certificate by serial (hex)")
+    p.add_argument("serial")
+    p.add_argument(
+        "--reason",
+        choices=["unspecified", "keyCompromise", "superseded", "cessationOfOperation"],
+        default="unspecified",
+    )
+    p.set_defaults(func=cmd_cert_revoke)
+
+    en = groups.add_parser("enroll", help="enrollment approvals").add_subparsers(
+        dest="command", required=True
+    )
+    p = en.add_parser("list", help="list enrollments")
+    p.add_argument(
+        "--state", choices=["pending", "signing", "issued", "rejected", "all"], default="pending"
+    )
+    p.set_defaults(func=cmd_enroll_list)
+    p = en.add_parser("approve", help="approve and sign a pending enrollment")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_enroll_approve)
+    p = en.add_parser("reject", help="reject a pending enrollment")
+    p.add_argument("id", type=int)
+    p.add_argument(
+        "--status",
+        type=int,
+        choices=[2, 3],
+        default=3,
+        help="TEP status retrieve answers (default 3: refused)",
+    )
+    p.add_argument("--reason")
+    p.set_defaults(func=cmd_enroll_reject)
+
+    p = groups.add_parser("audit", help="show the audit log")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_audit)
 
     for register in COMMAND_GROUPS:
         register(groups)

@@ -1,0 +1,348 @@
+"""The enrollment use case: authenticate → throttle → replay check → CSR policy →
+approval policy → record intent → sign → record → commit → answer.
+
+Client mistakes become a TEP status (never an exception the resource must map);
+storage failures become status 6 (temporary failure, nothing issued).  Every
+decision is logged for the operator and written to the audit log.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import Connection
+
+from twisted.internet.defer import CancelledError, DeferredSemaphore
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from osp_server import passwords
+from osp_server.config import EnrollmentConfig, validity
+from osp_server.enrollment.issuance import (
+    EnrollmentStateError,
+    Issued,
+    issue_enrollment,
+    record_sign_intent,
+)
+from osp_server.enrollment.throttle import EnrollmentThrottle
+from osp_server.enrollment.wire import EnrollmentRequest, TepOperation, TepStatus
+from osp_server.pki.ca import CAError, CertificateAuthority
+from osp_server.pki.csr import CSRPolicyError, ValidatedCSR, validate_csr
+from osp_server.storage import audit
+from osp_server.storage import devices as device_store
+from osp_server.storage import enrollments as enrollment_store
+from osp_server.storage.db import Database, StorageError
+from osp_server.storage.errors import NotFoundError
+
+log = Logger()
+
+# argon2id uses 64 MiB per hash: bound how many run at once (also the CPU pool's size).
+CONCURRENT_HASHES = 2
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the device is told, and why (for logs and metrics, never sent)."""
+
+    status: TepStatus
+    certificate_der: bytes | None = None
+    reason: str = ""
+    serial: str | None = None
+
+
+AuthMethod = Literal["password", "secret"]
+
+
+@dataclass(frozen=True)
+class _Registered:
+    enrollment: enrollment_store.Enrollment | None
+    nonce_conflict: bool = False
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class EnrollmentService:
+    """Answers TEP request and retrieve operations."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        ca: CertificateAuthority,
+        config: EnrollmentConfig,
+        reactor: Any,
+        throttle: EnrollmentThrottle,
+        cpu_pool: ThreadPool,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._db = db
+        self._cpu_pool = cpu_pool
+        self._ca = ca
+        self._config = config
+        self._reactor = reactor
+        self._throttle = throttle
+        self._clock = clock
+        self._hashing = DeferredSemaphore(CONCURRENT_HASHES)
+
+    @property
+    def ca_certificate_der(self) -> bytes:
+        """The CA certificate served by getcacert."""
+        return self._ca.certificate_der
+
+    def _in_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return deferToThreadPool(self._reactor, self._cpu_pool, fn, *args, **kwargs)
+
+    async def enroll(self, request: EnrollmentRequest, *, source: str) -> Outcome:
+        """Handle a parsed request/retrieve from ``source`` (the peer address)."""
+        try:
+            outcome = await self._enroll(request, source)
+        except (StorageError, TimeoutError) as e:
+            log.error(
+                "enrollment of customer {customer} device {device} failed temporarily: {error}",
+                customer=request.customer_id,
+                device=request.device_id,
+                error=str(e),
+            )
+            return Outcome(TepStatus.TEMPORARY_FAILURE, reason="storage unavailable")
+        except CancelledError:
+            raise
+        log.info(
+            "TEP {operation} customer {customer} device {device} from {source}: "
+            "status {status} ({reason})",
+            operation=request.operation.value,
+            customer=request.customer_id,
+            device=request.device_id,
+            source=source,
+            status=int(outcome.status),
+            reason=outcome.reason,
+        )
+        return outcome
+
+    async def _audit(
+        self, action: str, request: EnrollmentRequest, source: str, **detail: Any
+    ) -> None:
+        await self._db.transact(
+            audit.record,
+            at=self._clock(),
+            actor=f"device@{source}",
+            action=action,
+            subject=f"customer {request.customer_id} device {request.device_id}",
+            serial=detail.pop("serial", None),
+            detail={"operation": request.operation.value, **detail},
+        )
+
+    async def _enroll(self, request: EnrollmentRequest, source: str) -> Outcome:
+        customer, device_id = request.customer_id, request.device_id
+        if not self._throttle.admit(customer_id=customer, device_id=device_id, address=source):
+            return Outcome(TepStatus.THROTTLED, reason="throttled before authentication")
+
+        device = await self._db.transact(_find_device, customer, device_id)
+        method = await self._hashing.run(self._in_thread, self._authenticate, device, request)
+        if device is None or method is None:
+            self._throttle.failed(customer_id=customer, device_id=device_id)
+            reason = (
+                "unknown device"
+                if device is None
+                else "device disabled"
+                if device.state != "active"
+                else "bad credentials"
+            )
+            await self._audit("enrollment.denied", request, source, reason=reason)
+            return Outcome(TepStatus.DENIED, reason=reason)
+        self._throttle.succeeded(customer_id=customer, device_id=device_id)
+
+        try:
+            csr: ValidatedCSR = await self._in_thread(
+                validate_csr, request.csr_der, profile=self._ca.profile
+            )
+        except CSRPolicyError as e:
+            await self._audit("enrollment.csr-refused", request, source, reason=str(e))
+            return Outcome(TepStatus.CSR_REFUSED, reason=f"CSR refused: {e}")
+
+        now = self._clock()
+        registered: _Registered = await self._db.transact(
+            self._register, device, request, csr.sha256_hex, source, now
+        )
+        if registered.nonce_conflict:
+            await self._audit("enrollment.nonce-reused", request, source, csr_sha256=csr.sha256_hex)
+            return Outcome(TepStatus.MALFORMED, reason="nonce reused with another CSR")
+        enrollment = registered.enrollment
+        if enrollment is None:
+            return Outcome(TepStatus.NO_REQUEST, reason="retrieve without a matching request")
+        if enrollment.state == "pending":
+            return Outcome(TepStatus.PENDING, reason=f"enrollment {enrollment.id} awaits approval")
+        if enrollment.state == "rejected":
+            status = TepStatus(enrollment.reject_status or TepStatus.CSR_REFUSED)
+            return Outcome(status, reason=f"enrollment {enrollment.id} was rejected")
+
+        try:
+            issued: Issued = await self._db.transact(
+                self._issue, enrollment.id, device.pk if method == "secret" else None, now
+            )
+        except EnrollmentStateError as e:
+            return Outcome(TepStatus.CSR_REFUSED, reason=str(e))
+        except (CAError, CSRPolicyError) as e:
+            log.error("signing enrollment {id} failed: {error}", id=enrollment.id, error=str(e))
+            return Outcome(TepStatus.CSR_REFUSED, reason=f"cannot sign: {e}")
+        reason = "issued" if issued.newly_issued else "stored certificate returned"
+        return Outcome(TepStatus.ISSUED, issued.der, reason=reason, serial=issued.serial)
+
+    def _authenticate(
+        self, device: device_store.Device | None, request: EnrollmentRequest
+    ) -> AuthMethod | None:
+        """Password or unexpired one-time secret; the same work for unknown devices."""
+        if device is None:
+            passwords.verify_secret(None, request.password)
+            return None
+        name_ok = hmac.compare_digest(device.username.encode(), request.username.encode())
+        now = self._clock()
+        if passwords.verify_secret(device.password_hash, request.password):
+            method: AuthMethod | None = "password"
+        elif (
+            device.secret_hash is not None
+            and device.secret_expires_at is not None
+            and device.secret_expires_at > now
+            and passwords.verify_secret(device.secret_hash, request.password)
+        ):
+            method = "secret"
+        else:
+            method = None
+        if not name_ok or device.state != "active":
+            return None
+        return method
+
+    def _register(
+        self,
+        conn: Connection,
+        device: device_store.Device,
+        request: EnrollmentRequest,
+        csr_sha256: str,
+        source: str,
+        now: datetime,
+    ) -> _Registered:
+        """Replay check and enrollment lookup/creation, in one transaction."""
+        if not enrollment_store.remember_nonce(
+            conn, device_pk=device.pk, nonce=request.nonce, csr_sha256=csr_sha256, now=now
+        ):
+            return _Registered(None, nonce_conflict=True)
+        existing = enrollment_store.find(conn, device_pk=device.pk, csr_sha256=csr_sha256)
+        if existing is not None or request.operation is TepOperation.RETRIEVE:
+            return _Registered(existing)
+        state: Literal["pending", "signing"] = (
+            "pending" if device.enrollment_policy == "manual" else "signing"
+        )
+        enrollment = enrollment_store.create(
+            conn,
+            device_pk=device.pk,
+            csr_sha256=csr_sha256,
+            csr_der=request.csr_der,
+            state=state,
+            source_address=source,
+            now=now,
+        )
+        audit.record(
+            conn,
+            at=now,
+            actor=f"device@{source}",
+            action="enrollment.requested" if state == "pending" else "certificate.sign-intent",
+            subject=f"customer {device.customer_id} device {device.device_id}",
+            detail={"enrollment": enrollment.id, "csr_sha256": csr_sha256, "policy": state},
+        )
+        return _Registered(enrollment)
+
+    def _issue(
+        self, conn: Connection, enrollment_id: int, consume_secret_of: int | None, now: datetime
+    ) -> Issued:
+        issued = issue_enrollment(
+            conn,
+            enrollment_id,
+            ca=self._ca,
+            validity=validity(self._config.certificate_validity_days),
+            renewal=self._config.renewal,
+            now=now,
+            actor="enrollment",
+        )
+        if consume_secret_of is not None:
+            # One-time secrets are spent when a certificate is handed out with them.
+            device = device_store.get_device_by_pk(conn, consume_secret_of)
+            device_store.update_device(
+                conn,
+                device.customer_id,
+                device.device_id,
+                now=now,
+                secret_hash=None,
+                secret_expires_at=None,
+            )
+        return issued
+
+
+def _find_device(conn: Connection, customer_id: str, device_id: str) -> device_store.Device | None:
+    try:
+        return device_store.get_device(conn, customer_id, device_id)
+    except NotFoundError:
+        return None
+
+
+def approve(
+    db: Database,
+    enrollment_id: int,
+    *,
+    ca: CertificateAuthority,
+    config: EnrollmentConfig,
+    now: datetime,
+    actor: str,
+) -> Issued:
+    """Approve a pending enrollment and sign it now (``osp-admin enroll approve``)."""
+    enrollment = db.transact_sync(enrollment_store.get, enrollment_id)
+    if enrollment.state == "rejected":
+        raise EnrollmentStateError(f"enrollment {enrollment_id} was rejected")
+    db.transact_sync(record_sign_intent, enrollment_id, now=now, actor=actor)
+    return db.transact_sync(
+        issue_enrollment,
+        enrollment_id,
+        ca=ca,
+        validity=validity(config.certificate_validity_days),
+        renewal=config.renewal,
+        now=now,
+        actor=actor,
+    )
+
+
+def reject(
+    db: Database,
+    enrollment_id: int,
+    *,
+    now: datetime,
+    actor: str,
+    status: TepStatus = TepStatus.CSR_REFUSED,
+    reason: str = "",
+) -> enrollment_store.Enrollment:
+    """Reject a pending enrollment; retrieve then answers ``status``."""
+
+    def work(conn: Connection) -> enrollment_store.Enrollment:
+        enrollment = enrollment_store.get(conn, enrollment_id, for_update=True)
+        if enrollment.state not in ("pending", "signing"):
+            raise EnrollmentStateError(
+                f"enrollment {enrollment_id} is {enrollment.state}, not pending"
+            )
+        enrollment_store.set_state(
+            conn, enrollment_id, state="rejected", now=now, by=actor, reject_status=int(status)
+        )
+        audit.record(
+            conn,
+            at=now,
+            actor=actor,
+            action="enrollment.rejected",
+            subject=f"customer {enrollment.customer_id} device {enrollment.device_id}",
+            detail={"enrollment": enrollment_id, "status": int(status), "reason": reason},
+        )
+        return enrollment_store.get(conn, enrollment_id)
+
+    return db.transact_sync(work)

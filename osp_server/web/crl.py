@@ -1,0 +1,75 @@
+"""``GET /crl``: the CA's current CRL (DER), rebuilt when revocations change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from osp_server.pki.ca import CertificateAuthority, RevokedEntry
+from osp_server.storage import certificates as cert_store
+from osp_server.storage.db import Database
+from osp_server.web.responses import Response, render_async
+
+CRL_NEXT_UPDATE = timedelta(days=1)
+CRL_REFRESH_SECONDS = 60.0
+
+
+def _revoked(conn: Connection) -> list[RevokedEntry]:
+    return [
+        RevokedEntry(serial=int(r.serial, 16), revoked_at=r.revoked_at, reason=None)
+        for r in cert_store.revoked_certificates(conn)
+        if r.revoked_at is not None
+    ]
+
+
+class CRLResource(Resource):
+    """Serves the CRL; a cached copy is reused for a minute."""
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        db: Database,
+        ca: CertificateAuthority,
+        reactor: Any,
+        clock: Callable[[], datetime],
+        cpu_pool: ThreadPool,
+    ) -> None:
+        super().__init__()
+        self._cpu_pool = cpu_pool
+        self._db = db
+        self._ca = ca
+        self._reactor = reactor
+        self._clock = clock
+        self._cached: tuple[float, bytes] | None = None
+
+    def render_GET(self, request: Request) -> int:
+        """The DER CRL, ``application/pkix-crl``."""
+
+        async def build() -> Response:
+            now_s = self._reactor.seconds()
+            if self._cached is None or now_s - self._cached[0] > CRL_REFRESH_SECONDS:
+                revoked = await self._db.transact(_revoked)
+                der: bytes = await deferToThreadPool(
+                    self._reactor,
+                    self._cpu_pool,
+                    lambda: self._ca.build_crl(
+                        revoked, now=self._clock(), next_update=CRL_NEXT_UPDATE
+                    ),
+                )
+                self._cached = (now_s, der)
+            return Response(200, self._cached[1], b"application/pkix-crl")
+
+        return render_async(request, build)
+
+    def invalidate(self) -> None:
+        """Drop the cached CRL (after a revocation on this node)."""
+        self._cached = None
