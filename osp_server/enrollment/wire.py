@@ -359,7 +359,7 @@ def parse_client_view(body: bytes, *, operation: TepOperation) -> tuple[str | No
     decoded certificate DER or None if missing or not decodable). The status text is not
     checked for digits: enroll exits 254 when it is not all digits.
     """
-    text = body.split(b"\x00", 1)[0]
+    text = body[:-1].split(b"\x00", 1)[0]
     if operation is TepOperation.GETCACERT:
         value = _client_lookup(text, b"certificate")
         return None, (_client_b64decode(value) if value is not None else None)
