@@ -7,16 +7,17 @@ listening, so tests can listen on port 0; ``build_service()`` adds the listeners
 
 from __future__ import annotations
 
+import hashlib
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -27,13 +28,19 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 
-from osp_server.config import Config, validity
+from osp_server.config import Config, KeyType, validity
 from osp_server.enrollment.resource import TepResource
 from osp_server.enrollment.service import EnrollmentService
 from osp_server.enrollment.throttle import EnrollmentThrottle
+from osp_server.interfaces import ExtensionLoadError, IRoutingPolicy, load_routing_policy
 from osp_server.metrics import Metrics, MetricsResource
+from osp_server.osp.authn import DeviceAuthenticator
+from osp_server.osp.resource import OSPResource
+from osp_server.osp.service import OSPService
+from osp_server.osp.tokens import TokenFactory, TokenSigner
 from osp_server.pki.ca import (
     CAError,
+    CAPrivateKey,
     CASubject,
     CertificateAuthority,
     check_private_key_file_mode,
@@ -42,6 +49,7 @@ from osp_server.pki.ca import (
     write_private_key,
 )
 from osp_server.storage import certificates as cert_store
+from osp_server.storage.certificates import CertificateKind
 from osp_server.storage.db import Database, check_durability, create_db_engine, upgrade_schema
 from osp_server.tls.context import ReloadableServerTLS, TLSMaterial
 from osp_server.web.crl import CRLResource
@@ -52,6 +60,8 @@ log = Logger()
 
 
 CPU_THREADS = 2
+RENEW_BEFORE = timedelta(days=30)
+TOKEN_SIGNER_VALIDITY = timedelta(days=730)
 
 
 class StartupError(Exception):
@@ -135,54 +145,117 @@ def prepare(config: Config, reactor: Any, *, clock: Callable[[], datetime] = utc
     return Core(config=config, reactor=reactor, db=db, ca=ca, ca_created=created, clock=clock)
 
 
-def _load_key(path: Path) -> CertificateIssuerPrivateKeyTypes:
+def _load_key(path: Path) -> CAPrivateKey:
     check_private_key_file_mode(path)
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    return key  # type: ignore[return-value]
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path}: an RSA or EC private key is required")
+    return key
 
 
-def server_tls_material(core: Core) -> tuple[CertificateIssuerPrivateKeyTypes, x509.Certificate]:
-    """The HTTPS listener's key and certificate: the operator's files, or issued by our CA."""
-    tls = core.config.tls
-    if tls.cert_file.exists() or tls.key_file.exists():
-        try:
-            key = _load_key(tls.key_file)
-            cert = x509.load_pem_x509_certificate(tls.cert_file.read_bytes())
-        except CAError:
-            raise
-        except (OSError, ValueError, TypeError) as e:
-            raise StartupError(
-                f"TLS certificate {tls.cert_file} / key {tls.key_file}: cannot load: {e}"
-            ) from None
-        return key, cert
+def issued_material(
+    core: Core,
+    *,
+    cert_file: Path,
+    key_file: Path,
+    key_type: KeyType,
+    kind: CertificateKind,
+    issue: Callable[[CAPrivateKey, datetime], x509.Certificate],
+    renew_before: timedelta = RENEW_BEFORE,
+) -> tuple[CAPrivateKey, x509.Certificate]:
+    """A key and certificate from files, or issued by our CA (and recorded) when absent.
+
+    A certificate we issued ourselves is renewed at start-up when it expires within
+    ``renew_before``; an operator's files are used as they are.
+    """
     now = core.clock()
-    key = generate_private_key("rsa2048")
-    cert = core.ca.issue_server_certificate(
-        key.public_key(), tls.server_names, validity=validity(tls.validity_days), now=now
-    )
-    for directory in {tls.cert_file.parent, tls.key_file.parent}:
+    if cert_file.exists() or key_file.exists():
+        try:
+            key = _load_key(key_file)
+            cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        except CAError as e:
+            raise StartupError(str(e)) from None
+        except (OSError, ValueError, TypeError) as e:
+            raise StartupError(f"{kind} certificate {cert_file} / key {key_file}: {e}") from None
+        ours = cert.issuer == core.ca.certificate.subject and _recorded(core, cert)
+        if not ours or cert.not_valid_after_utc - now > renew_before:
+            return key, cert
+        log.info(
+            "renewing the {kind} certificate (expires {at})",
+            kind=kind,
+            at=cert.not_valid_after_utc.isoformat(),
+        )
+        cert_file.unlink()
+        key_file.unlink()
+    key = generate_private_key(key_type)
+    cert = issue(key, now)
+    for directory in {cert_file.parent, key_file.parent}:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_private_key(tls.key_file, key)
-    tls.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private_key(key_file, key)
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    der = cert.public_bytes(serialization.Encoding.DER)
     core.db.transact_sync(
         cert_store.insert_certificate,
         serial=cert.serial_number,
         device_pk=None,
-        kind="server",
+        kind=kind,
         subject=cert.subject.rfc4514_string(),
-        sha256=cert.fingerprint(hashes.SHA256()).hex(),
-        der=cert.public_bytes(serialization.Encoding.DER),
+        sha256=hashlib.sha256(der).hexdigest(),
+        der=der,
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
         profile="secure",
         now=now,
     )
     log.info(
-        "issued the HTTPS server certificate for {names} (serial {serial:x})",
-        names=",".join(tls.server_names),
+        "issued the {kind} certificate {subject} (serial {serial:x})",
+        kind=kind,
+        subject=cert.subject.rfc4514_string(),
         serial=cert.serial_number,
     )
     return key, cert
+
+
+def _recorded(core: Core, cert: x509.Certificate) -> bool:
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return (
+        core.db.transact_sync(cert_store.get_by_fingerprint, hashlib.sha256(der).hexdigest())
+        is not None
+    )
+
+
+def server_tls_material(core: Core) -> tuple[CAPrivateKey, x509.Certificate]:
+    """The HTTPS listeners' key and certificate: the operator's files, or issued by our CA."""
+    tls = core.config.tls
+    return issued_material(
+        core,
+        cert_file=tls.cert_file,
+        key_file=tls.key_file,
+        key_type="rsa2048",
+        kind="server",
+        issue=lambda key, now: core.ca.issue_server_certificate(
+            key.public_key(), tls.server_names, validity=validity(tls.validity_days), now=now
+        ),
+    )
+
+
+def token_signer(core: Core) -> TokenSigner:
+    """The token-signing key and certificate (EC P-256 by default), issued by our CA."""
+    directory = core.config.data_dir / "tokens"
+    key, cert = issued_material(
+        core,
+        cert_file=directory / "signer.pem",
+        key_file=directory / "signer.key",
+        key_type="ec-p256" if core.config.osp.token_signer_key == "ec-p256" else "rsa2048",
+        kind="token_signer",
+        issue=lambda key, now: core.ca.issue_token_signer(
+            key.public_key(),
+            common_name="OSP Token Signer",
+            validity=TOKEN_SIGNER_VALIDITY,
+            now=now,
+        ),
+    )
+    return TokenSigner(cert, key)
 
 
 @dataclass
@@ -194,29 +267,52 @@ class Components:
     https_site: OSPSite
     https_tls: ReloadableServerTLS
     metrics_site: OSPSite
-    enrollment: EnrollmentService | None = None
+    enrollment: EnrollmentService
+    osp: OSPService
+    policy: IRoutingPolicy
+    authenticator: DeviceAuthenticator
+    osp_site: OSPSite
+    mtls_tls: ReloadableServerTLS
+    legacy_tls: ReloadableServerTLS
 
     def https_factory(self) -> IProtocolFactory:
-        """The HTTPS listener's factory: TLS around the site."""
+        """The HTTPS listener's factory: TLS around the site (client certificate optional)."""
         return TLSMemoryBIOFactory(self.https_tls, False, self.https_site)
+
+    def osp_mtls_factory(self) -> IProtocolFactory:
+        """/osp alone, where the handshake itself requires a client certificate."""
+        return TLSMemoryBIOFactory(self.mtls_tls, False, self.osp_site)
+
+    def legacy_osp_factory(self) -> IProtocolFactory:
+        """/osp alone at OpenSSL security level 0, for MD5-signed legacy certificates."""
+        return TLSMemoryBIOFactory(self.legacy_tls, False, self.osp_site)
+
+    def reload_tls(self) -> None:
+        """Rebuild every TLS context from the files (SIGHUP)."""
+        for creator in (self.https_tls, self.mtls_tls, self.legacy_tls):
+            creator.reload()
 
 
 def build_components(core: Core) -> Components:
     """Wire resources and sites (no listening)."""
     cfg = core.config.listeners
-    key, cert = server_tls_material(core)
 
-    def load_https() -> TLSMaterial:
-        # Client certificates are optional here: the stock enroll client sends none.
-        # /osp enforces them in the application (and its own listener may require them).
-        return TLSMaterial(
-            private_key=key,
-            certificate=cert,
-            client_trust=(core.ca.certificate,),
-            require_client_certificate=False,
-        )
+    def tls_loader(*, require: bool, legacy: bool = False) -> Callable[[], TLSMaterial]:
+        def load() -> TLSMaterial:
+            key, cert = server_tls_material(core)
+            return TLSMaterial(
+                private_key=key,
+                certificate=cert,
+                client_trust=(core.ca.certificate,),
+                require_client_certificate=require,
+                legacy_security_level=legacy,
+            )
 
-    https_tls = ReloadableServerTLS(load_https)
+        return load
+
+    # Client certificates are optional on the main HTTPS listener: the stock enroll
+    # client sends none.  /osp enforces them in the application.
+    https_tls = ReloadableServerTLS(tls_loader(require=False))
 
     enrollment = EnrollmentService(
         db=core.db,
@@ -247,12 +343,26 @@ def build_components(core: Core) -> Components:
             metrics=core.metrics,
         ),
     )
+    policy = build_routing_policy(core)
+    authenticator = DeviceAuthenticator(core.db, clock=core.clock, monotonic=core.reactor.seconds)
+    osp_service = OSPService(
+        db=core.db,
+        policy=policy,
+        tokens=TokenFactory(default_format=core.config.osp.token_format, signer=token_signer(core)),
+        config=core.config.osp,
+        clock=core.clock,
+    )
+    osp_resource = OSPResource(osp_service, authenticator, metrics=core.metrics)
+
     https_root = Resource()
     https_root.putChild(b"health", health)
     https_root.putChild(
         b"tep",
         TepResource(enrollment, allow_enrollment=True, listener="https", metrics=core.metrics),
     )
+    https_root.putChild(b"osp", osp_resource)
+    osp_root = Resource()
+    osp_root.putChild(b"osp", osp_resource)
 
     def site(root: Resource, name: str) -> OSPSite:
         return OSPSite(
@@ -272,7 +382,22 @@ def build_components(core: Core) -> Components:
         https_tls=https_tls,
         metrics_site=site(metrics_root, "metrics"),
         enrollment=enrollment,
+        osp=osp_service,
+        policy=policy,
+        authenticator=authenticator,
+        osp_site=site(osp_root, "osp"),
+        mtls_tls=ReloadableServerTLS(tls_loader(require=True)),
+        legacy_tls=ReloadableServerTLS(tls_loader(require=True, legacy=True)),
     )
+
+
+def build_routing_policy(core: Core) -> IRoutingPolicy:
+    """The configured routing policy, checked against IRoutingPolicy."""
+    name = core.config.osp.routing_policy
+    try:
+        return load_routing_policy(name)
+    except ExtensionLoadError as e:
+        raise StartupError(f"{core.config.source}: osp.routing_policy: {e}") from None
 
 
 class ListenerService(Service):
@@ -345,7 +470,7 @@ class CoreService(Service):
     def reload(self) -> None:
         """Rebuild TLS contexts from the files (SIGHUP)."""
         log.info("SIGHUP: reloading TLS material")
-        self.components.https_tls.reload()
+        self.components.reload_tls()
 
     def stopService(self) -> None:
         super().stopService()
@@ -365,8 +490,17 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     listeners: list[tuple[str, str | None, IProtocolFactory]] = [
         ("http", cfg.http, components.http_site),
         ("https", cfg.https, components.https_factory()),
+        ("osp-mtls", cfg.osp_mtls, components.osp_mtls_factory()),
+        ("legacy-osp", cfg.legacy_osp, components.legacy_osp_factory()),
         ("metrics", cfg.metrics, components.metrics_site),
     ]
+    if cfg.legacy_osp:
+        log.warn(
+            "legacy-osp listener {description}: TLS at OpenSSL security level 0 so that "
+            "MD5-signed legacy device certificates verify; only certificates this server "
+            "issued are accepted, but prefer SHA-256 certificates for new devices",
+            description=cfg.legacy_osp,
+        )
     for name, description, factory in listeners:
         if not description:
             continue

@@ -181,7 +181,8 @@ def _server(profile: str, **enrollment: Any) -> Callable[..., Any]:
         async for server in run_server(config):
             yield Tep(server, tmp_path)
 
-    return fixture
+    result: Callable[..., Any] = fixture
+    return result
 
 
 legacy = _server("legacy")
@@ -200,7 +201,7 @@ async def test_getcacert_vector_over_plain_http(legacy: Tep) -> None:
     check_answer_form(answer)
     assert BODY_RE.match(answer.body)
     _, der = parse_client_view(answer.body, operation=TepOperation.GETCACERT)
-    assert der == legacy.ca.certificate_der
+    assert der is not None and der == legacy.ca.certificate_der
     ca = x509.load_der_x509_certificate(der)
     verify_md5(ca, ca)  # the stock client verifies the CA self-signature with MD5
     # The patent's spelling answers the same.

@@ -1,0 +1,154 @@
+"""``/osp``: OSP XML over HTTPS (twisted.web binding only).
+
+Order: identify the client certificate → refuse (HTTP 403) unless it is a device
+certificate we issued and still honour → cap and decode the body → one service call
+→ the exact answer: ``200``, ``Content-Type: text/plain``, ``Content-Length``.
+Reauthorization and other unimplemented messages get HTTP 501 (stock 4.33.1 clients
+crash on any ReauthorizationResponse); overload and storage trouble get HTTP 503,
+which makes devices fail over to their next service point.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from osp_server.metrics import Metrics
+from osp_server.osp.authn import DeviceAuthenticator
+from osp_server.osp.codec import MAX_BODY_BYTES, OSPDecodeError, decode_request
+from osp_server.osp.messages import (
+    AuthorizationRequest,
+    CapabilitiesIndication,
+    ReauthorizationRequest,
+    UnsupportedMessage,
+    UsageIndicationMessage,
+)
+from osp_server.osp.service import IdentityMismatch, OSPService
+from osp_server.storage.db import StorageError
+from osp_server.tls.identity import PeerCertificate, peer_certificate
+from osp_server.web.responses import Response, error_response, render_async
+
+log = Logger()
+
+MAX_IN_FLIGHT = 512
+CONTENT_TYPE = b"text/plain"
+
+
+def _ok(body: bytes) -> Response:
+    return Response(200, body, CONTENT_TYPE)
+
+
+class OSPResource(Resource):
+    """POST /osp for enrolled devices."""
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        service: OSPService,
+        authenticator: DeviceAuthenticator,
+        *,
+        metrics: Metrics | None = None,
+        identify: Callable[[Request], PeerCertificate | None] = peer_certificate,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
+        super().__init__()
+        self._service = service
+        self._authenticator = authenticator
+        self._metrics = metrics
+        self._identify = identify
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+
+    def _observe(self, message: str, code: int, started: float) -> None:
+        if self._metrics is not None:
+            self._metrics.osp_messages.labels(message, str(code)).inc()
+            self._metrics.osp_latency.labels(message).observe(time.perf_counter() - started)
+
+    def render_POST(self, request: Request) -> int:
+        """Answer one OSP message."""
+        started = time.perf_counter()
+        assert request.content is not None
+        body = request.content.read(MAX_BODY_BYTES + 1)
+        peer = self._identify(request)
+        source = str(getattr(request.getClientAddress(), "host", "unknown"))
+
+        async def handle() -> Response:
+            if self._in_flight >= self._max_in_flight:
+                self._observe("overload", 503, started)
+                return error_response(503, "overloaded")
+            self._in_flight += 1
+            try:
+                return await self._handle(request, body, peer, source, started)
+            except (StorageError, TimeoutError) as e:
+                log.error("OSP request from {source} failed: {error}", source=source, error=str(e))
+                self._observe("storage", 503, started)
+                return error_response(503, "temporarily unavailable")
+            finally:
+                self._in_flight -= 1
+
+        return render_async(request, handle)
+
+    async def _handle(
+        self,
+        request: Request,
+        body: bytes,
+        peer: PeerCertificate | None,
+        source: str,
+        started: float,
+    ) -> Response:
+        identity, reason = await self._authenticator.identify(peer)
+        if identity is None:
+            log.warn("OSP request from {source} refused: {reason}", source=source, reason=reason)
+            self._observe("refused", 403, started)
+            return error_response(403, "client certificate refused")
+        request.osp_device_id = identity.device_id  # type: ignore[attr-defined]
+        try:
+            message = decode_request(body)
+        except OSPDecodeError as e:
+            log.info(
+                "OSP message from device {device} refused: {error}",
+                device=identity.device_id,
+                error=str(e),
+            )
+            self._observe("malformed", 400, started)
+            return error_response(400, "malformed OSP message")
+        try:
+            if isinstance(message, AuthorizationRequest):
+                result = await self._service.authorize(identity, message)
+                self._observe("authorization", result.status_code, started)
+                return _ok(result.body)
+            if isinstance(message, UsageIndicationMessage):
+                answer = await self._service.usage(identity, message)
+                self._observe("usage", 200, started)
+                return _ok(answer)
+            if isinstance(message, CapabilitiesIndication):
+                answer = await self._service.capabilities(identity, message)
+                self._observe("capabilities", 200, started)
+                return _ok(answer)
+        except IdentityMismatch as e:
+            log.warn(
+                "OSP message from device {device} refused: {error}",
+                device=identity.device_id,
+                error=str(e),
+            )
+            self._observe("identity", 403, started)
+            return error_response(403, "message identity does not match the certificate")
+        kind = (
+            "ReauthorizationRequest"
+            if isinstance(message, ReauthorizationRequest)
+            else message.message_type
+            if isinstance(message, UnsupportedMessage)
+            else type(message).__name__
+        )
+        self._observe("unsupported", 501, started)
+        return Response(
+            501,
+            b"not implemented: " + kind.encode("ascii", "replace") + b"\n",
+            CONTENT_TYPE,
+            b"Not Implemented",
+        )

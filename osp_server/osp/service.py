@@ -1,0 +1,301 @@
+"""The OSP use cases: authorization (routes + tokens), usage, capabilities.
+
+Input is a decoded message and the authenticated device; output is the exact body to
+send.  Routing comes from the configured :class:`IRoutingPolicy`; tokens from the
+:class:`TokenFactory`; storage through the database pool.  A message that claims to
+come from another device than its certificate is refused (SECURITY.md P14).
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import cast
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from osp_server.config import OSPConfig, TokenFormat
+from osp_server.interfaces import IRoutingPolicy
+from osp_server.osp.authn import DeviceIdentity
+from osp_server.osp.codec import (
+    encode_authorization_response,
+    encode_capabilities_confirmation,
+    encode_usage_confirmations,
+)
+from osp_server.osp.messages import (
+    AuthorizationRequest,
+    AuthorizationResponse,
+    CapabilitiesConfirmation,
+    CapabilitiesIndication,
+    Destination,
+    Status,
+    TerminationCause,
+    UsageConfirmation,
+    UsageIndicationMessage,
+)
+from osp_server.osp.tokens import TokenClaims, TokenError, TokenFactory
+from osp_server.routing.model import RoutingDecision, RoutingRequest
+from osp_server.storage import calls
+from osp_server.storage.db import Database
+
+log = Logger()
+
+OK = Status(code=200, description="OK")
+UNDEFINED_CALL_ID_B64 = base64.b64encode(b"UNDEFINED").decode("ascii")
+OSP_VERSION = "2.1.1"
+MAX_TRANSACTION_ID_ATTEMPTS = 5
+
+
+class IdentityMismatch(Exception):
+    """The message names a device or customer other than its client certificate's."""
+
+
+def _single_word(text: str) -> str:
+    # Leaf values must not contain whitespace (OSP.md §2.2), descriptions included.
+    return "-".join(text.split()) or "-"
+
+
+def check_claimed_identity(
+    identity: DeviceIdentity, customer_id: str | None, device_id: str | None
+) -> None:
+    """Refuse a message whose CustomerId/DeviceId contradict the certificate."""
+    if customer_id is not None and customer_id != identity.customer_id:
+        raise IdentityMismatch(
+            f"CustomerId {customer_id!r} is not the certificate's {identity.customer_id}"
+        )
+    if device_id is not None and device_id != identity.device_id:
+        raise IdentityMismatch(
+            f"DeviceId {device_id!r} is not the certificate's {identity.device_id}"
+        )
+
+
+@dataclass(frozen=True)
+class AuthorizationResult:
+    """The encoded answer plus what the metrics and logs want."""
+
+    body: bytes
+    status_code: int
+    transaction_id: int | None
+    destinations: int
+
+
+class OSPService:
+    """Answers decoded OSP requests for an authenticated device."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        policy: IRoutingPolicy,
+        tokens: TokenFactory,
+        config: OSPConfig,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._db = db
+        self._policy = policy
+        self._tokens = tokens
+        self._config = config
+        self._clock = clock
+
+    def _token_format(self, identity: DeviceIdentity) -> TokenFormat:
+        fmt = identity.token_format or self._config.token_format
+        return cast(TokenFormat, fmt)
+
+    async def authorize(
+        self, identity: DeviceIdentity, request: AuthorizationRequest
+    ) -> AuthorizationResult:
+        """Route the call, make a token per destination, record the transaction."""
+        check_claimed_identity(identity, request.customer_id, request.device_id)
+        now = self._clock().replace(microsecond=0)
+        transaction_id = secrets.randbits(63) or 1
+        routing_request = RoutingRequest(
+            customer_id=identity.customer_id,
+            device_id=identity.device_id,
+            calling=request.calling,
+            called=request.called,
+            max_destinations=request.max_destinations,
+            source_network_id=request.source_alternate("network"),
+            route_table=identity.route_table,
+            transaction_id=transaction_id,
+        )
+        routed_or_deferred = self._policy.route(routing_request)
+        decision: RoutingDecision = (
+            await routed_or_deferred
+            if isinstance(routed_or_deferred, Deferred)
+            else routed_or_deferred
+        )
+        if not decision.ok or not decision.destinations:
+            return self._refusal(request, decision, now)
+
+        valid_after = now - timedelta(seconds=self._config.token_backdate_seconds)
+        valid_until = now + timedelta(seconds=self._config.token_validity_seconds)
+        amount = self._config.call_time_limit_seconds
+        token_format = self._token_format(identity)
+        destinations: list[Destination] = []
+        for index, routed in enumerate(decision.destinations[: request.max_destinations]):
+            if request.call_ids:
+                i = index if index < len(request.call_ids) else 0
+                call_id: bytes | None = request.call_ids[i]
+                call_id_b64 = request.call_ids_b64[i]
+            else:
+                call_id, call_id_b64 = None, UNDEFINED_CALL_ID_B64
+            calling = routed.calling or request.calling
+            called = routed.called or request.called
+            try:
+                token = self._tokens.build(
+                    TokenClaims(
+                        calling=calling,
+                        called=called,
+                        call_id=call_id,
+                        valid_after=valid_after,
+                        valid_until=valid_until,
+                        transaction_id=transaction_id,
+                        amount=amount,
+                        increment=1,
+                        destination_network_id=routed.network_id,
+                    ),
+                    token_format=token_format,
+                )
+            except TokenError as e:
+                # A value the device sent cannot go into a token (e.g. a 5000-digit
+                # number): that is a bad request, not a server failure.
+                log.info("cannot build a token: {error}", error=str(e))
+                return self._status_only(request, Status(code=400, description="Bad-Request"), now)
+            alternates = (("network", routed.network_id),) if routed.network_id else ()
+            destinations.append(
+                Destination(
+                    call_id_b64=call_id_b64,
+                    signal_address=routed.signal_address,
+                    token=token,
+                    valid_after=valid_after,
+                    valid_until=valid_until,
+                    calling=calling,
+                    calling_type=request.calling_type,
+                    called=called,
+                    called_type=request.called_type,
+                    usage_amount=amount,
+                    usage_increment=1,
+                    protocol=routed.protocol,
+                    osp_version=OSP_VERSION,
+                    alternates=alternates,
+                )
+            )
+        transaction_id = await self._record(identity, request, decision, transaction_id, now)
+        if transaction_id != routing_request.transaction_id:
+            # Practically never (63 random bits); the tokens must carry the stored id.
+            return await self.authorize(identity, request)
+        response = AuthorizationResponse(
+            message_id=request.message_id,
+            component_id=request.component_id,
+            timestamp=now,
+            status=OK,
+            transaction_id=transaction_id,
+            destinations=tuple(destinations),
+        )
+        return AuthorizationResult(
+            encode_authorization_response(response), 200, transaction_id, len(destinations)
+        )
+
+    async def _record(
+        self,
+        identity: DeviceIdentity,
+        request: AuthorizationRequest,
+        decision: RoutingDecision,
+        transaction_id: int,
+        now: datetime,
+    ) -> int:
+        expires = now + timedelta(seconds=self._config.transaction_ttl_seconds)
+        summary = [
+            {"address": d.signal_address, "protocol": d.protocol, "network_id": d.network_id}
+            for d in decision.destinations
+        ]
+        stored = await self._db.transact(
+            calls.insert_transaction,
+            transaction_id=transaction_id,
+            device_pk=identity.device_pk,
+            call_id=request.call_ids[0] if request.call_ids else None,
+            calling=request.calling,
+            called=request.called,
+            status_code=decision.status_code,
+            destinations=summary,
+            now=now,
+            expires_at=expires,
+        )
+        return transaction_id if stored else 0
+
+    def _refusal(
+        self, request: AuthorizationRequest, decision: RoutingDecision, now: datetime
+    ) -> AuthorizationResult:
+        cause = None
+        if decision.termination_cause is not None:
+            code, description = decision.termination_cause
+            cause = TerminationCause(type="sip", code=code, description=_single_word(description))
+        status = Status(code=decision.status_code, description=_single_word(decision.description))
+        return self._status_only(request, status, now, cause)
+
+    def _status_only(
+        self,
+        request: AuthorizationRequest,
+        status: Status,
+        now: datetime,
+        cause: TerminationCause | None = None,
+    ) -> AuthorizationResult:
+        response = AuthorizationResponse(
+            message_id=request.message_id,
+            component_id=request.component_id,
+            timestamp=now,
+            status=status,
+            termination_cause=cause,
+        )
+        return AuthorizationResult(encode_authorization_response(response), status.code, None, 0)
+
+    async def usage(self, identity: DeviceIdentity, message: UsageIndicationMessage) -> bytes:
+        """Store every component (once), then confirm each one, in order."""
+        for component in message.components:
+            check_claimed_identity(identity, component.customer_id, component.device_id)
+        now = self._clock().replace(microsecond=0)
+        stored: calls.StoredUsage = await self._db.transact(
+            calls.store_usage,
+            device_pk=identity.device_pk,
+            components=message.components,
+            now=now,
+        )
+        if stored.duplicates:
+            log.info(
+                "usage from device {device}: {duplicates} repeated component(s) confirmed again",
+                device=identity.device_id,
+                duplicates=stored.duplicates,
+            )
+        for component in message.components:
+            if component.role == "source" and component.transaction_id:
+                self._policy.call_ended(component.transaction_id)
+        confirmations = [
+            UsageConfirmation(component_id=c.component_id, timestamp=now, status=OK)
+            for c in message.components
+        ]
+        return encode_usage_confirmations(message.message_id, confirmations)
+
+    async def capabilities(
+        self, identity: DeviceIdentity, indication: CapabilitiesIndication
+    ) -> bytes:
+        """Store the device's availability and confirm."""
+        check_claimed_identity(identity, indication.customer_id, indication.device_id)
+        now = self._clock().replace(microsecond=0)
+        await self._db.transact(
+            calls.store_capabilities,
+            device_pk=identity.device_pk,
+            indication=indication,
+            now=now,
+        )
+        return encode_capabilities_confirmation(
+            CapabilitiesConfirmation(
+                message_id=indication.message_id,
+                component_id=indication.component_id,
+                timestamp=now,
+                status=OK,
+            )
+        )

@@ -1,0 +1,173 @@
+"""What OSP devices tell us: authorized transactions, usage records, capabilities."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from osp_server.osp.messages import CapabilitiesIndication, UsageIndication
+from osp_server.storage.schema import capabilities, transactions, usage_records
+
+# Numeric(18, 3): anything outside is kept verbatim in the JSON fields only, because a
+# device never retries a usage report that we answered with an error.
+_NUMERIC_LIMIT = Decimal(10) ** 15
+MAX_FIELD_CHARS = 256
+
+
+def _bounded(value: Decimal | None) -> Decimal | None:
+    if value is None or not value.is_finite() or abs(value) >= _NUMERIC_LIMIT:
+        return None
+    return value
+
+
+def _text(value: str | None, limit: int = MAX_FIELD_CHARS) -> str | None:
+    return None if value is None else value[:limit]
+
+
+def _dialect_insert(conn: Connection, table: Any) -> Any:
+    module = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return module.insert(table)
+
+
+def insert_transaction(
+    conn: Connection,
+    *,
+    transaction_id: int,
+    device_pk: int,
+    call_id: bytes | None,
+    calling: str,
+    called: str,
+    status_code: int,
+    destinations: Sequence[dict[str, Any]],
+    now: datetime,
+    expires_at: datetime,
+) -> bool:
+    """Record an authorization; False when the transaction id is already taken."""
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                insert(transactions).values(
+                    transaction_id=transaction_id,
+                    device_pk=device_pk,
+                    call_id=call_id,
+                    calling=calling[:256],
+                    called=called[:256],
+                    status_code=status_code,
+                    destinations=json.dumps(list(destinations)),
+                    created_at=now,
+                    expires_at=expires_at,
+                )
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class StoredUsage:
+    """How many usage components were new and how many were repeats."""
+
+    inserted: int
+    duplicates: int
+
+
+def store_usage(
+    conn: Connection, *, device_pk: int, components: Sequence[UsageIndication], now: datetime
+) -> StoredUsage:
+    """Store each component once per (device, transaction, role, destination, component)."""
+    inserted = 0
+    for c in components:
+        cause = c.termination_causes[0] if c.termination_causes else None
+        values = {
+            "device_pk": device_pk,
+            "transaction_id": c.transaction_id or 0,
+            "role": (c.role or "unknown")[:16],
+            "destination": (c.destination or "")[:256],
+            "component_id": c.component_id[:64],
+            "call_id": c.call_id,
+            "calling": _text(c.calling),
+            "called": _text(c.called),
+            "start_time": c.start_time,
+            "alert_time": c.alert_time,
+            "connect_time": c.connect_time,
+            "end_time": c.end_time,
+            "duration": _bounded(c.amount),
+            "post_dial_delay": _bounded(c.post_dial_delay),
+            "termination_cause_type": _text(cause.type if cause else None, 16),
+            "termination_cause_code": _text(cause.code if cause else None, 16),
+            "release_source": _text(c.release_source, 16),
+            "fields": json.dumps(dict(c.fields), sort_keys=True),
+            "received_at": now,
+        }
+        statement = (
+            _dialect_insert(conn, usage_records)
+            .values(**values)
+            .on_conflict_do_nothing(
+                index_elements=[
+                    "device_pk",
+                    "transaction_id",
+                    "role",
+                    "destination",
+                    "component_id",
+                ]
+            )
+        )
+        inserted += conn.execute(statement).rowcount
+    return StoredUsage(inserted, len(components) - inserted)
+
+
+def store_capabilities(
+    conn: Connection, *, device_pk: int, indication: CapabilitiesIndication, now: datetime
+) -> None:
+    """Keep the device's latest availability (one row per device)."""
+    details = json.dumps(
+        {
+            "device_info": indication.device_info,
+            "source_alternates": [list(p) for p in indication.source_alternates],
+            "osp_version": indication.osp_version,
+        }
+    )
+    statement = _dialect_insert(conn, capabilities).values(
+        device_pk=device_pk,
+        almost_out_of_resources=indication.almost_out_of_resources,
+        details=details,
+        updated_at=now,
+    )
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["device_pk"],
+            set_={
+                "almost_out_of_resources": statement.excluded.almost_out_of_resources,
+                "details": statement.excluded.details,
+                "updated_at": statement.excluded.updated_at,
+            },
+        )
+    )
+
+
+def usage_for_transaction(conn: Connection, transaction_id: int) -> list[dict[str, Any]]:
+    """Every usage record of a transaction (both legs), oldest first."""
+    rows = conn.execute(
+        select(usage_records)
+        .where(usage_records.c.transaction_id == transaction_id)
+        .order_by(usage_records.c.id)
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def capabilities_of(conn: Connection, device_pk: int) -> dict[str, Any] | None:
+    """The stored availability of a device."""
+    row = (
+        conn.execute(select(capabilities).where(capabilities.c.device_pk == device_pk))
+        .mappings()
+        .first()
+    )
+    return None if row is None else dict(row)

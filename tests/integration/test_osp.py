@@ -1,0 +1,662 @@
+"""OSP over real mutual TLS: captured requests replayed by an enrolled device, every
+answer checked against OSP.md, identity and revocation enforcement, bad input."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from defusedxml import ElementTree
+
+from twisted.internet.threads import deferToThread
+
+from osp_server import passwords
+from osp_server.enrollment.wire import TepOperation, encode_fields, parse_client_view
+from osp_server.osp.codec import decode_request
+from osp_server.osp.messages import AuthorizationRequest, UsageIndicationMessage
+from osp_server.pki.ca import DeviceSubject
+from osp_server.pki.csr import validate_csr
+from osp_server.routing.model import BlockRule, Route
+from osp_server.routing.table import RouteTables
+from osp_server.storage import calls
+from osp_server.storage import certificates as cert_store
+from osp_server.storage import devices as device_store
+from tests.conftest import make_config, shared_dir
+from tests.integration.harness import RunningServer, run_server
+from tests.integration.wire import Answer, build_request, exchange_sync, split_vector
+from tests.unit.osp_checker import check_osp_response
+
+OSP = shared_dir() / "vectors" / "osp"
+NOW = datetime.now(UTC)
+
+
+def _csr(key: rsa.RSAPrivateKey) -> bytes:
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw")]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+
+
+@dataclass
+class Device:
+    """An enrolled device's files."""
+
+    cert_path: Path
+    key_path: Path
+    cert: x509.Certificate
+
+
+@dataclass
+class Env:
+    server: RunningServer
+    tmp_path: Path
+    device: Device
+
+    @property
+    def core(self) -> Any:
+        return self.server.components.core
+
+    async def post(
+        self, body: bytes, *, device: Device | bool | None = True, head: bytes | None = None
+    ) -> Answer:
+        if head is None:
+            head, _ = split_vector(OSP / "authorization-request.http")
+        chosen = self.device if device is True else (device or None)
+        client = (chosen.cert_path, chosen.key_path) if isinstance(chosen, Device) else None
+        raw = build_request(head, body)
+        answer: Answer = await deferToThread(
+            exchange_sync, self.server.https_port, raw, tls=True, client_cert=client
+        )
+        return answer
+
+    async def vector(self, name: str, **kw: Any) -> tuple[Answer, bytes]:
+        path = OSP / name
+        if name.endswith(".http"):
+            head, body = split_vector(path)
+            return await self.post(body, head=head, **kw), body
+        body = path.read_bytes()
+        return await self.post(body, **kw), body
+
+
+def enroll(server: RunningServer, tmp_path: Path, customer: str, device: str) -> Device:
+    """Enroll over TEP (HTTPS) as a device would, and keep its files."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    fields = [
+        ("operation", b"request"),
+        ("nonce", b"%s\x00" % device.encode()),
+        ("username", b"gw" + device.encode()),
+        ("password", b"secret"),
+        ("device", device.encode()),
+        ("customer", customer.encode()),
+        ("request", base64.b64encode(_csr(key))),
+    ]
+    head = b"POST /tep HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: text/html\r\n"
+    head += b"Content-Length: 0\r\nConnection: Keep-Alive"
+    answer = exchange_sync(server.https_port, build_request(head, encode_fields(fields)), tls=True)
+    status, der = parse_client_view(answer.body, operation=TepOperation.REQUEST)
+    assert status == "0" and der is not None, answer.body
+    cert = x509.load_der_x509_certificate(der)
+    key_path = tmp_path / f"device-{device}.key"
+    cert_path = tmp_path / f"device-{device}.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return Device(cert_path, key_path, cert)
+
+
+def add_device(server: RunningServer, customer: str, device: str, **customer_kw: Any) -> None:
+    def work(conn: Any) -> None:
+        try:
+            device_store.get_customer(conn, customer)
+        except LookupError:
+            device_store.add_customer(conn, customer_id=customer, name="c", now=NOW, **customer_kw)
+        device_store.add_device(
+            conn,
+            customer_id=customer,
+            device_id=device,
+            username=f"gw{device}",
+            now=NOW,
+            password_hash=passwords.hash_secret("secret"),
+        )
+
+    server.components.core.db.transact_sync(work)
+
+
+ROUTES = [
+    Route(table="default", prefix="1", destination="[10.1.1.1]:5060", priority=1, cost=Decimal(2)),
+    Route(table="default", prefix="1", destination="[10.1.1.2]:5060", priority=1, cost=Decimal(1)),
+    Route(
+        table="default",
+        prefix="1678",
+        destination="gw.example.net:5060",
+        priority=1,
+        network_id="TG9",
+    ),
+    Route(
+        table="default",
+        prefix="1678",
+        destination="[10.2.2.2]:5060",
+        priority=2,
+        protocol="h323-Q931",
+    ),
+]
+
+
+def _env_fixture(**sections: Any) -> Any:
+    @pytest_twisted.async_yield_fixture
+    async def fixture(tmp_path: Path, database_url: str) -> AsyncIterator[Env]:
+        config = make_config(
+            tmp_path, database_url, enrollment={"throttle_per_address": 1000}, **sections
+        )
+        async for server in run_server(config):
+            add_device(server, "1000", "1000")
+            server.components.policy.replace(  # type: ignore[attr-defined]
+                RouteTables(
+                    routes=ROUTES,
+                    blocks=[BlockRule(table="default", kind="destination", prefix="1900")],
+                )
+            )
+            device = await deferToThread(enroll, server, tmp_path, "1000", "1000")
+            yield Env(server, tmp_path, device)
+
+    return fixture
+
+
+env = _env_fixture()
+env_xml_tokens = _env_fixture(osp={"token_format": "xml"})
+
+
+def _decoded(body: bytes) -> Any:
+    return decode_request(body)
+
+
+def _destinations(body: bytes) -> list[Any]:
+    root = ElementTree.fromstring(body)
+    found: list[Any] = root.findall("./AuthorizationResponse/Destination")
+    return found
+
+
+def _openssl_verify_token(token: bytes, ca_pem: Path, tmp_path: Path) -> bytes:
+    path = tmp_path / "token.der"
+    path.write_bytes(token)
+    result = subprocess.run(
+        [
+            "openssl",
+            "cms",
+            "-verify",
+            "-inform",
+            "DER",
+            "-in",
+            str(path),
+            "-binary",
+            "-CAfile",
+            str(ca_pem),
+            "-purpose",
+            "any",
+        ],
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+# --- authorization ------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_authorization_vector_over_mutual_tls(env: Env) -> None:
+    answer, body = await env.vector("authorization-request.http")
+    request = _decoded(body)
+    assert isinstance(request, AuthorizationRequest)
+    problems = check_osp_response(
+        answer.head + b"\r\n\r\n", answer.body, expect="AuthorizationResponse", request=request
+    )
+    assert problems == []
+    root = ElementTree.fromstring(answer.body)
+    response = root.find("AuthorizationResponse")
+    assert response is not None
+    assert response.get("componentId") == request.component_id
+    assert root.get("messageId") == request.message_id
+    assert response.findtext("Status/Code") == "200"
+    transaction_id = int(response.findtext("TransactionId") or "0")
+    assert 0 < transaction_id < 2**63
+    destinations = _destinations(answer.body)
+    # Longest prefix 1678: two routes, priority order; the network id goes along.
+    addresses = [d.findtext("DestinationSignalAddress") for d in destinations]
+    assert addresses == ["gw.example.net:5060", "[10.2.2.2]:5060"]
+    assert destinations[0].findtext("DestinationAlternate[@type='network']") == "TG9"
+    assert destinations[1].findtext("SignalingProtocol") == "h323-Q931"
+    ca_pem = env.core.config.ca.cert_file
+    for i, destination in enumerate(destinations):
+        assert destination.findtext("CallId") == request.call_ids_b64[i]
+        assert destination.findtext("DestinationInfo") == "1678"
+        assert destination.findtext("SourceInfo") == "14048724799"
+        token = base64.b64decode(destination.findtext("Token") or "")
+        assert len(token) <= 3000
+        content = _openssl_verify_token(token, ca_pem, env.tmp_path)
+        token_info = ElementTree.fromstring(content)
+        assert token_info.tag == "TokenInfo"
+        assert token_info.findtext("DestinationInfo") == "1678"
+        assert token_info.findtext("TransactionId") == str(transaction_id)
+    stored = env.core.db.transact_sync(
+        lambda conn: conn.exec_driver_sql(
+            "SELECT calling, called, device_pk FROM transactions WHERE transaction_id = "
+            + str(transaction_id)
+        ).first()
+    )
+    assert stored is not None and (stored[0], stored[1]) == ("14048724799", "1678")
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_signed_by_another_ca_fails(env: Env, tmp_path: Path) -> None:
+    answer, _ = await env.vector("authorization-request.http")
+    token = base64.b64decode(_destinations(answer.body)[0].findtext("Token") or "")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "other")])
+    other = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    other_pem = tmp_path / "other.pem"
+    other_pem.write_bytes(other.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(AssertionError):
+        _openssl_verify_token(token, other_pem, tmp_path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unsigned_xml_tokens_when_configured(env_xml_tokens: Env) -> None:
+    answer, _ = await env_xml_tokens.vector("authorization-request.http")
+    for destination in _destinations(answer.body):
+        token = base64.b64decode(destination.findtext("Token") or "")
+        assert token.startswith(b"<?xml")
+        assert ElementTree.fromstring(token).tag == "TokenInfo"
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    "name",
+    [
+        "authorization-request-full.http",
+        "bodies/authorization-request-rich.xml",
+        "bodies/authorization-request-minimal.xml",
+    ],
+)
+async def test_other_authorization_vectors(env: Env, name: str) -> None:
+    answer, body = await env.vector(name)
+    request = _decoded(body)
+    problems = check_osp_response(
+        answer.head + b"\r\n\r\n", answer.body, expect="AuthorizationResponse", request=request
+    )
+    assert problems == []
+    assert answer.code == 200
+
+
+async def _authorize_called(env: Env, called: bytes) -> Any:
+    _, body = split_vector(OSP / "authorization-request.http")
+    body = body.replace(b"\n1678</DestinationInfo>", b"\n" + called + b"</DestinationInfo>")
+    answer = await env.post(body)
+    assert answer.code == 200
+    assert (
+        check_osp_response(answer.head + b"\r\n\r\n", answer.body, expect="AuthorizationResponse")
+        == []
+    )
+    response = ElementTree.fromstring(answer.body).find("AuthorizationResponse")
+    assert response is not None
+    return response
+
+
+@pytest_twisted.ensureDeferred
+async def test_blocked_and_no_route(env: Env) -> None:
+    blocked = await _authorize_called(env, b"19005551212")
+    assert blocked.findtext("Status/Code") == "403"
+    assert blocked.find("Destination") is None
+    assert blocked.find("TerminationCause").get("type") == "sip"
+    assert blocked.findtext("TerminationCause/TCCode") == "403"
+    missing = await _authorize_called(env, b"4415550000")
+    assert missing.findtext("Status/Code") == "404"
+    assert missing.findtext("TerminationCause/TCCode") == "404"
+    # Least cost first within a priority, for the catch-all prefix.
+    routed = await _authorize_called(env, b"15551234567")
+    addresses = [d.findtext("DestinationSignalAddress") for d in routed.findall("Destination")]
+    assert addresses == ["[10.1.1.2]:5060", "[10.1.1.1]:5060"]
+
+
+# --- usage and capabilities ------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_usage_is_stored_once_and_confirmed_each_time(env: Env) -> None:
+    first, body = await env.vector("usage-indication.http")
+    message = _decoded(body)
+    assert isinstance(message, UsageIndicationMessage)
+    for answer in (first, (await env.vector("usage-indication.http"))[0]):
+        assert (
+            check_osp_response(
+                answer.head + b"\r\n\r\n", answer.body, expect="UsageConfirmation", request=message
+            )
+            == []
+        )
+        confirmations = ElementTree.fromstring(answer.body).findall("UsageConfirmation")
+        assert [c.get("componentId") for c in confirmations] == [
+            c.component_id for c in message.components
+        ]
+        assert [c.findtext("Status/Code") for c in confirmations] == ["200", "200"]
+    transaction_id = message.components[0].transaction_id
+    assert transaction_id is not None
+    rows = env.core.db.transact_sync(calls.usage_for_transaction, transaction_id)
+    assert len(rows) == 2
+    failed = next(r for r in rows if r["termination_cause_code"] == "41")
+    assert failed["duration"] is None
+    answered = next(r for r in rows if r["duration"] is not None)
+    assert answered["duration"] == Decimal("30.000")
+
+
+@pytest_twisted.ensureDeferred
+async def test_other_usage_vectors_are_accepted(env: Env) -> None:
+    for name in (
+        "usage-indication-full.http",
+        "usage-indication-destination-role.http",
+        "bodies/usage-indication-rich.xml",
+        "bodies/usage-indication-destination-role.xml",
+        "bodies/usage-indication-from-scratch.xml",
+    ):
+        answer, body = await env.vector(name)
+        assert answer.code == 200, name
+        assert (
+            check_osp_response(
+                answer.head + b"\r\n\r\n",
+                answer.body,
+                expect="UsageConfirmation",
+                request=_decoded(body),
+            )
+            == []
+        )
+    # The terminating leg pairs with the originating one by TransactionId.
+    _, body = split_vector(OSP / "usage-indication-destination-role.http")
+    message = _decoded(body)
+    rows = env.core.db.transact_sync(
+        calls.usage_for_transaction, message.components[0].transaction_id
+    )
+    assert "destination" in {r["role"] for r in rows}
+
+
+@pytest_twisted.ensureDeferred
+async def test_capabilities(env: Env) -> None:
+    answer, body = await env.vector("capabilities-indication.http")
+    assert (
+        check_osp_response(
+            answer.head + b"\r\n\r\n",
+            answer.body,
+            expect="CapabilitiesConfirmation",
+            request=_decoded(body),
+        )
+        == []
+    )
+    device = env.core.db.transact_sync(device_store.get_device, "1000", "1000")
+    assert (
+        env.core.db.transact_sync(calls.capabilities_of, device.pk)["almost_out_of_resources"]
+        is False
+    )
+    answer, _ = await env.vector("bodies/capabilities-indication-resources.xml")
+    assert answer.code == 200
+    assert (
+        env.core.db.transact_sync(calls.capabilities_of, device.pk)["almost_out_of_resources"]
+        is True
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_reauthorization_gets_501_never_a_response(env: Env) -> None:
+    answer, _ = await env.vector("reauthorization-request.http")
+    assert answer.status_line == b"HTTP/1.1 501 Not Implemented"
+    assert answer.header(b"content-type") == b"text/plain"
+    assert answer.header(b"content-length") == str(len(answer.body)).encode()
+    assert b"ReauthorizationResponse" not in answer.body
+    assert b"<" not in answer.body
+
+
+# --- identity -------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_client_certificate_is_403(env: Env) -> None:
+    answer, _ = await env.vector("authorization-request.http", device=None)
+    assert answer.code == 403
+    assert b"Destination" not in answer.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_forged_device_id_is_refused(env: Env) -> None:
+    _, body = split_vector(OSP / "authorization-request.http")
+    forged = body.replace(
+        b'<DeviceId critical="false">\n1000', b'<DeviceId critical="false">\n1001'
+    )
+    assert forged != body
+    assert (await env.post(forged)).code == 403
+    forged = body.replace(
+        b'<CustomerId critical="false">\n1000', b'<CustomerId critical="false">\n2'
+    )
+    assert (await env.post(forged)).code == 403
+
+
+@pytest_twisted.ensureDeferred
+async def test_revoked_certificate_and_disabled_device_are_refused(env: Env) -> None:
+    db = env.core.db
+    serial = format(env.device.cert.serial_number, "x")
+    db.transact_sync(cert_store.revoke, serial, now=datetime.now(UTC))
+    env.server.components.authenticator.invalidate()
+    assert (await env.vector("authorization-request.http"))[0].code == 403
+
+
+@pytest_twisted.ensureDeferred
+async def test_disabled_device_is_refused(env: Env) -> None:
+    env.core.db.transact_sync(
+        device_store.update_device, "1000", "1000", now=datetime.now(UTC), state="disabled"
+    )
+    env.server.components.authenticator.invalidate()
+    assert (await env.vector("authorization-request.http"))[0].code == 403
+
+
+@pytest_twisted.ensureDeferred
+async def test_certificate_from_our_ca_but_not_recorded_is_refused(env: Env) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    csr = validate_csr(_csr(key), profile="secure")
+    cert = env.core.ca.issue_device_certificate(
+        csr,
+        DeviceSubject(customer_id="1000", device_id="1000"),
+        validity=timedelta(days=1),
+        now=datetime.now(UTC),
+    )
+    rogue = Device(env.tmp_path / "rogue.pem", env.tmp_path / "rogue.key", cert)
+    rogue.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    rogue.key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    assert (await env.vector("authorization-request.http", device=rogue))[0].code == 403
+
+
+def _handshake_fails(port: int, device: Device | None, ca_pem: Path | None = None) -> str:
+    """Try a TLS handshake plus one request; return what happened."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if device is not None:
+        context.load_cert_chain(str(device.cert_path), str(device.key_path))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with context.wrap_socket(raw) as tls:
+                tls.sendall(b"POST /osp HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+                data = tls.recv(100)
+                return "answered " + data[:12].decode("latin-1") if data else "closed"
+    except (ssl.SSLError, OSError) as e:
+        return f"refused: {e}"
+
+
+def _self_made_device(tmp_path: Path, *, expired_under: Any = None) -> Device:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intruder")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    device = Device(tmp_path / "intruder.pem", tmp_path / "intruder.key", cert)
+    device.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    device.key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return device
+
+
+@pytest_twisted.ensureDeferred
+async def test_foreign_and_expired_certificates_fail_the_handshake(env: Env) -> None:
+    intruder = _self_made_device(env.tmp_path)
+    result = await deferToThread(_handshake_fails, env.server.https_port, intruder)
+    assert result.startswith("refused") or result == "closed", result
+
+    # Expired, though issued by our CA and recorded.
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    csr = validate_csr(_csr(key), profile="secure")
+    # Our CA cannot backdate past its own notBefore: issue a one-second certificate,
+    # record it like any other, and let it expire.
+    cert = env.core.ca.issue_device_certificate(
+        csr,
+        DeviceSubject(customer_id="1000", device_id="1000"),
+        validity=timedelta(seconds=1),
+        now=datetime.now(UTC),
+    )
+    der = cert.public_bytes(serialization.Encoding.DER)
+    env.core.db.transact_sync(
+        cert_store.insert_certificate,
+        serial=cert.serial_number,
+        device_pk=1,
+        kind="device",
+        subject="expired",
+        sha256=hashlib.sha256(der).hexdigest(),
+        der=der,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        profile="secure",
+        now=datetime.now(UTC),
+    )
+    await deferToThread(time.sleep, 2.5)
+    expired = Device(env.tmp_path / "expired.pem", env.tmp_path / "expired.key", cert)
+    expired.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    expired.key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    result = await deferToThread(_handshake_fails, env.server.https_port, expired)
+    assert result.startswith("refused") or result == "closed", result
+
+
+@pytest_twisted.ensureDeferred
+async def test_mtls_required_listener(env: Env) -> None:
+    from twisted.internet.defer import maybeDeferred
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    from tests.integration.harness import reactor
+
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        env.server.components.osp_mtls_factory()
+    )
+    try:
+        number = port.getHost().port
+        result = await deferToThread(_handshake_fails, number, None)
+        assert result.startswith("refused") or result == "closed", result
+        _, body = split_vector(OSP / "authorization-request.http")
+        head, _ = split_vector(OSP / "authorization-request.http")
+        answer = await deferToThread(
+            exchange_sync,
+            number,
+            build_request(head, body),
+            tls=True,
+            client_cert=(env.device.cert_path, env.device.key_path),
+        )
+        assert answer.code == 200
+    finally:
+        await maybeDeferred(port.stopListening)
+
+
+# --- hostile input --------------------------------------------------------------
+
+
+HOSTILE = {
+    "billion laughs": b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+    b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><Message>&b;</Message>',
+    "external entity": b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY x SYSTEM '
+    b'"file:///etc/passwd">]><Message>&x;</Message>',
+    "deep nesting": b"<Message>" + b"<a>" * 100_000 + b"</a>" * 100_000 + b"</Message>",
+    "garbage": b"\xff\xfe\x00not xml",
+    "empty": b"",
+    "truncated": b'<?xml version="1.0"?><Message messageId="1"><AuthorizationRequest',
+    "unknown message": b'<?xml version="1.0"?><Message messageId="1" random="2">'
+    b'<Nonsense componentId="1"/></Message>',
+}
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_xml_is_4xx_never_5xx(env: Env) -> None:
+    for name, body in HOSTILE.items():
+        answer = await env.post(body)
+        assert 400 <= answer.code < 500 or answer.code == 501, (name, answer.status_line)
+        assert b"Traceback" not in answer.body
+    oversized = await env.post(b"<Message>" + b"x" * (300 * 1024) + b"</Message>")
+    assert oversized.code == 413
+
+
+@pytest_twisted.ensureDeferred
+async def test_answer_heads_follow_the_rules(env: Env) -> None:
+    answer, _ = await env.vector("authorization-request.http")
+    assert re.match(rb"HTTP/1\.1 200 OK", answer.status_line)
+    assert answer.header(b"content-type") == b"text/plain"
+    assert answer.header(b"transfer-encoding") is None
+    assert len(answer.head) + 4 < 1024
