@@ -1,0 +1,130 @@
+"""osp-admin enroll list/approve/reject, cert revoke and audit, on both engines."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from osp_server.admin.cli import Context, main
+from osp_server.config import load_config
+from osp_server.storage import enrollments
+
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _csr() -> bytes:
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw")]))
+        .sign(KEY, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+
+
+class Admin:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def run(self, *argv: str, stdin: str = "") -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(
+            ["--config", str(self.path), *argv], stdout=out, stderr=err, stdin=io.StringIO(stdin)
+        )
+        return code, out.getvalue(), err.getvalue()
+
+    def json(self, *argv: str, stdin: str = "") -> Any:
+        code, out, err = self.run("--json", *argv, stdin=stdin)
+        assert code == 0, err
+        return json.loads(out)
+
+    def pending(self) -> int:
+        ctx = Context(
+            config=load_config(self.path), out=io.StringIO(), as_json=True, stdin=io.StringIO()
+        )
+        try:
+            device = ctx.db.transact_sync(
+                lambda c: c.exec_driver_sql("SELECT id FROM devices").scalar_one()
+            )
+            csr = _csr()
+            import hashlib
+
+            enrollment = ctx.db.transact_sync(
+                enrollments.create,
+                device_pk=device,
+                csr_sha256=hashlib.sha256(csr).hexdigest(),
+                csr_der=csr,
+                state="pending",
+                source_address="127.0.0.1",
+                now=datetime.now(UTC),
+            )
+            return enrollment.id
+        finally:
+            ctx.close()
+
+
+@pytest.fixture
+def admin(tmp_path: Path, database_url: str) -> Admin:
+    path = tmp_path / "osp.toml"
+    path.write_text(f'[server]\ndata_dir = "data"\n[database]\nurl = "{database_url}"\n')
+    a = Admin(path)
+    a.json("ca", "init")
+    a.json("customer", "add", "1000")
+    a.json(
+        "device",
+        "add",
+        "1000",
+        "1000",
+        "--username",
+        "trans",
+        "--password-stdin",
+        "--policy",
+        "manual",
+        stdin="nexus\n",
+    )
+    return a
+
+
+def test_approve_signs_once_and_revoke(admin: Admin) -> None:
+    enrollment_id = admin.pending()
+    listed = admin.json("enroll", "list")
+    assert [e["id"] for e in listed] == [enrollment_id]
+    approved = admin.json("enroll", "approve", str(enrollment_id))
+    assert approved["newly_issued"] is True
+    again = admin.json("enroll", "approve", str(enrollment_id))
+    assert again["serial"] == approved["serial"] and again["newly_issued"] is False
+    assert admin.json("enroll", "list") == []
+    certs = admin.json("cert", "list", "--kind", "device")
+    assert [c["serial"] for c in certs] == [approved["serial"]]
+    revoked = admin.json("cert", "revoke", approved["serial"], "--reason", "keyCompromise")
+    assert revoked["state"] == "revoked"
+    actions = [e["action"] for e in admin.json("audit")]
+    assert "certificate.revoked" in actions and "certificate.issued" in actions
+    assert "certificate.sign-intent" in actions
+
+
+def test_reject_then_approve_is_refused(admin: Admin) -> None:
+    enrollment_id = admin.pending()
+    rejected = admin.json("enroll", "reject", str(enrollment_id), "--reason", "unknown site")
+    assert rejected["state"] == "rejected" and rejected["reject_status"] == 3
+    code, _, err = admin.run("enroll", "approve", str(enrollment_id))
+    assert code == 1 and "was rejected" in err
+    code, _, err = admin.run("enroll", "reject", str(enrollment_id))
+    assert code == 1 and "not pending" in err
+
+
+def test_errors(admin: Admin) -> None:
+    code, _, err = admin.run("enroll", "approve", "999")
+    assert code == 1 and "enrollment 999 does not exist" in err
+    code, _, err = admin.run("cert", "revoke", "abc123")
+    assert code == 1 and "certificate abc123 does not exist" in err
+    code, _, err = admin.run("enroll", "approve", "x")
+    assert code == 2
