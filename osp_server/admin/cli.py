@@ -594,6 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_audit)
 
+    # Imported here: route_commands imports this module's helpers.
+    from osp_server.admin import route_commands
+
+    route_commands.register(groups)
     for register in COMMAND_GROUPS:
         register(groups)
     return parser

@@ -1,0 +1,243 @@
+"""``osp-admin route``: import, export, list and delete routes and block rules.
+
+Files are the CSV formats of `osp_server.routing.csvio`; an import is checked whole
+before anything is written and applied in one transaction, so a bad file changes
+nothing. Every change bumps the route version, and each server node reloads its
+tables within ``osp.route_refresh_seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any, Final
+
+from osp_server.admin.cli import AdminError, Context, emit, emit_one
+from osp_server.routing.csvio import (
+    RouteFileError,
+    parse_blocks_csv,
+    parse_routes_csv,
+    render_blocks_csv,
+    render_routes_csv,
+)
+from osp_server.routing.model import BlockRule, Route
+from osp_server.storage import routes as route_store
+
+MAX_FILE_BYTES: Final = 64 * 1024 * 1024
+"""Route files larger than this are refused before they are read."""
+
+ROUTE_COLUMNS: Final = (
+    "table",
+    "prefix",
+    "destination",
+    "protocol",
+    "priority",
+    "weight",
+    "cost",
+    "network_id",
+    "call_limit",
+)
+BLOCK_COLUMNS: Final = ("table", "kind", "prefix", "description")
+
+
+def route_row(route: Route) -> dict[str, Any]:
+    """A route as a JSON-friendly dict (the cost as an exact decimal string)."""
+    return {
+        "table": route.table,
+        "prefix": route.prefix,
+        "destination": route.destination,
+        "protocol": route.protocol,
+        "priority": route.priority,
+        "weight": route.weight,
+        "cost": format(route.cost, "f"),
+        "network_id": route.network_id,
+        "call_limit": route.call_limit,
+    }
+
+
+def block_row(rule: BlockRule) -> dict[str, Any]:
+    """A block rule as a dict."""
+    return {
+        "table": rule.table,
+        "kind": rule.kind,
+        "prefix": rule.prefix,
+        "description": rule.description,
+    }
+
+
+def read_route_file(ctx: Context, name: str) -> str:
+    """The text of a route file (``-``: standard input), capped at `MAX_FILE_BYTES`.
+
+    Raises `AdminError` naming the file when it cannot be read, is too large or is
+    not UTF-8.
+    """
+    if name == "-":
+        text = ctx.stdin.read(MAX_FILE_BYTES + 1)
+        if len(text) > MAX_FILE_BYTES:
+            raise AdminError(f"<stdin>: larger than {MAX_FILE_BYTES} bytes")
+        return text
+    path = Path(name)
+    try:
+        with path.open("rb") as f:
+            # Refuse a huge regular file without reading it; the read cap covers pipes.
+            if os.fstat(f.fileno()).st_size > MAX_FILE_BYTES:
+                raise AdminError(f"{name}: larger than {MAX_FILE_BYTES} bytes")
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise AdminError(f"{name}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise AdminError(f"{name}: larger than {MAX_FILE_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise AdminError(
+            f"{name}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})"
+        ) from None
+
+
+def _result_row(name: str, count: int, result: route_store.ImportResult) -> dict[str, Any]:
+    return {
+        "file": name,
+        "rows": count,
+        "inserted": result.inserted,
+        "updated": result.updated,
+        "unchanged": result.unchanged,
+        "deleted": result.deleted,
+        "version": result.version,
+    }
+
+
+def cmd_route_import(ctx: Context, args: argparse.Namespace) -> None:
+    """Import a routes file (upsert; ``--replace`` also drops routes of the tables it
+    names that it does not list)."""
+    text = read_route_file(ctx, args.file)
+    try:
+        routes = parse_routes_csv(text)
+    except RouteFileError as e:
+        raise AdminError(f"{_label(args.file)}: {e}") from None
+    try:
+        result = ctx.db.transact_sync(route_store.import_routes, routes, replace=args.replace)
+    except route_store.RouteStoreError as e:
+        raise AdminError(f"{_label(args.file)}: {e}") from None
+    emit_one(ctx, _result_row(args.file, len(routes), result))
+
+
+def cmd_route_import_blocks(ctx: Context, args: argparse.Namespace) -> None:
+    """Import a block-rule file (upsert; ``--replace`` as for routes)."""
+    text = read_route_file(ctx, args.file)
+    try:
+        rules = parse_blocks_csv(text)
+    except RouteFileError as e:
+        raise AdminError(f"{_label(args.file)}: {e}") from None
+    try:
+        result = ctx.db.transact_sync(route_store.import_blocks, rules, replace=args.replace)
+    except route_store.RouteStoreError as e:
+        raise AdminError(f"{_label(args.file)}: {e}") from None
+    emit_one(ctx, _result_row(args.file, len(rules), result))
+
+
+def _label(name: str) -> str:
+    return "<stdin>" if name == "-" else name
+
+
+def cmd_route_export(ctx: Context, args: argparse.Namespace) -> None:
+    """Print routes (or block rules) as the CSV `route import` reads, or JSON."""
+    if args.blocks:
+        rules = ctx.db.transact_sync(route_store.list_blocks, table=args.table)
+        if ctx.as_json:
+            _dump(ctx, [block_row(r) for r in rules])
+        else:
+            ctx.out.write(render_blocks_csv(rules))
+        return
+    routes = ctx.db.transact_sync(route_store.list_routes, table=args.table)
+    if ctx.as_json:
+        _dump(ctx, [route_row(r) for r in routes])
+    else:
+        ctx.out.write(render_routes_csv(routes))
+
+
+def _dump(ctx: Context, rows: list[dict[str, Any]]) -> None:
+    json.dump(rows, ctx.out, indent=2)
+    ctx.out.write("\n")
+
+
+def cmd_route_list(ctx: Context, args: argparse.Namespace) -> None:
+    """List routes (or block rules) as a table, or JSON."""
+    if args.blocks:
+        rules = ctx.db.transact_sync(route_store.list_blocks, table=args.table)
+        emit(ctx, [block_row(r) for r in rules], BLOCK_COLUMNS)
+        return
+    routes = ctx.db.transact_sync(route_store.list_routes, table=args.table)
+    emit(ctx, [route_row(r) for r in routes], ROUTE_COLUMNS)
+
+
+def cmd_route_delete(ctx: Context, args: argparse.Namespace) -> None:
+    """Delete routes of a table (all, or those matching --prefix / --destination)."""
+
+    def work(conn: Any) -> tuple[int, int]:
+        count = route_store.delete_routes(
+            conn, table=args.table, prefix=args.prefix, destination=args.destination
+        )
+        return count, route_store.current_version(conn)
+
+    count, version = ctx.db.transact_sync(work)
+    emit_one(ctx, {"deleted": count, "version": version})
+
+
+def cmd_route_delete_blocks(ctx: Context, args: argparse.Namespace) -> None:
+    """Delete block rules of a table (all, or those matching --kind / --prefix)."""
+
+    def work(conn: Any) -> tuple[int, int]:
+        count = route_store.delete_blocks(
+            conn, table=args.table, kind=args.kind, prefix=args.prefix
+        )
+        return count, route_store.current_version(conn)
+
+    count, version = ctx.db.transact_sync(work)
+    emit_one(ctx, {"deleted": count, "version": version})
+
+
+def cmd_route_version(ctx: Context, _args: argparse.Namespace) -> None:
+    """Show the route version every node compares against."""
+    emit_one(ctx, {"version": ctx.db.transact_sync(route_store.current_version)})
+
+
+def register(groups: Any) -> None:
+    """Add the ``route`` command group to ``osp-admin``'s subparsers."""
+    route = groups.add_parser("route", help="routes and block rules").add_subparsers(
+        dest="command", required=True
+    )
+    for name, func, what in (
+        ("import", cmd_route_import, "routes"),
+        ("import-blocks", cmd_route_import_blocks, "block rules"),
+    ):
+        p = route.add_parser(name, help=f"import {what} from a CSV file ('-': stdin)")
+        p.add_argument("file", metavar="FILE.csv")
+        p.add_argument(
+            "--replace",
+            action="store_true",
+            help=f"also delete {what} of the tables in the file that the file does not list",
+        )
+        p.set_defaults(func=func)
+    for name, func, text in (
+        ("export", cmd_route_export, "print CSV that `route import` reads (--json: a list)"),
+        ("list", cmd_route_list, "list routes"),
+    ):
+        p = route.add_parser(name, help=text)
+        p.add_argument("--table", help="only this route table")
+        p.add_argument("--blocks", action="store_true", help="block rules instead of routes")
+        p.set_defaults(func=func)
+    p = route.add_parser("delete", help="delete routes of a table")
+    p.add_argument("--table", required=True)
+    p.add_argument("--prefix", help="only this prefix ('' is the catch-all prefix)")
+    p.add_argument("--destination", help="only this destination")
+    p.set_defaults(func=cmd_route_delete)
+    p = route.add_parser("delete-blocks", help="delete block rules of a table")
+    p.add_argument("--table", required=True)
+    p.add_argument("--kind", choices=["source", "destination"])
+    p.add_argument("--prefix")
+    p.set_defaults(func=cmd_route_delete_blocks)
+    route.add_parser("version", help="show the route version").set_defaults(func=cmd_route_version)

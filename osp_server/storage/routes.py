@@ -1,0 +1,445 @@
+"""Routes and block rules in the database, and the version that tells nodes to reload.
+
+Every function takes a SQLAlchemy `Connection` and runs inside the caller's
+transaction (`Database.transact` or `Database.transact_sync`), so an import is applied
+whole or not at all. Every change bumps the single ``route_version`` row in the same
+transaction: each node polls that number (`osp_server.routing.refresh`) and reloads its
+tables when it moves.
+
+Costs are stored in a ``Numeric(18, 6)`` column. PostgreSQL keeps any such value
+exactly. SQLite has no decimal type and keeps a binary double, which holds every
+decimal of up to 15 significant digits exactly; costs that either engine would round
+are refused with `RouteStoreError` instead of being silently changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Float,
+    Table,
+    bindparam,
+    delete,
+    insert,
+    select,
+    type_coerce,
+    update,
+)
+from sqlalchemy.sql.elements import ColumnElement
+
+from osp_server.routing.model import (
+    BlockRule,
+    InvalidRouteField,
+    Route,
+    validate_destination,
+    validate_prefix,
+    validate_table,
+)
+from osp_server.routing.table import RouteTableError, RouteTables
+from osp_server.storage.schema import route_blocks, route_version, routes
+
+COST_FRACTION_DIGITS: Final = 6
+"""Digits after the point the ``routes.cost`` column keeps (``Numeric(18, 6)``)."""
+SQLITE_COST_DIGITS: Final = 15
+"""Significant digits a double (SQLite's only non-integer number) holds exactly."""
+MAX_BLOCK_DESCRIPTION_CHARS: Final = 64
+"""``route_blocks.description`` is ``String(64)``: shorter than the model allows (128)."""
+
+_CHUNK: Final = 500
+"""Bound parameters per statement: far below SQLite's and PostgreSQL's limits."""
+_VERSION_ID: Final = 1
+
+_T = TypeVar("_T")
+
+
+class RouteStoreError(ValueError):
+    """A route or block rule cannot be stored as given, a delete names an invalid
+    field, or a stored row is no longer a valid route (edited outside the server)."""
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import changed. ``version`` is the route version after it (unchanged
+    when nothing changed)."""
+
+    inserted: int
+    updated: int
+    deleted: int
+    unchanged: int = 0
+    version: int = 0
+
+    @property
+    def changed(self) -> bool:
+        """True when at least one row was written or removed."""
+        return bool(self.inserted or self.updated or self.deleted)
+
+
+# --- version ---------------------------------------------------------------------------
+
+
+def current_version(conn: Connection) -> int:
+    """The route version (0 before the first change)."""
+    value = conn.execute(
+        select(route_version.c.version).where(route_version.c.id == _VERSION_ID)
+    ).scalar()
+    return int(value) if value is not None else 0
+
+
+def _lock(conn: Connection) -> None:
+    # Serializes route writers on PostgreSQL (the row lock is held until commit), so
+    # two imports cannot both decide to insert the same key. SQLite transactions
+    # already start with BEGIN IMMEDIATE, and SQLAlchemy renders no FOR UPDATE there.
+    conn.execute(
+        select(route_version.c.version).where(route_version.c.id == _VERSION_ID).with_for_update()
+    )
+
+
+def _bump(conn: Connection) -> int:
+    new = conn.execute(
+        update(route_version)
+        .where(route_version.c.id == _VERSION_ID)
+        .values(version=route_version.c.version + 1)
+        .returning(route_version.c.version)
+    ).scalar()
+    if new is None:
+        # Migration 0001 seeds the row; recreate it if someone deleted it.
+        conn.execute(insert(route_version).values(id=_VERSION_ID, version=1))
+        return 1
+    return int(new)
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def load_snapshot(conn: Connection) -> tuple[int, RouteTables]:
+    """(version, tables) of the database.
+
+    The version is read first: a change committed while the rows are read moves the
+    version past the one returned, so a poller reloads again rather than missing it.
+    """
+    version = current_version(conn)
+    return version, load_tables(conn)
+
+
+def load_tables(conn: Connection) -> RouteTables:
+    """Every route and block rule as an immutable `RouteTables`.
+
+    Raises `RouteStoreError` when a stored row is not a valid route or rule.
+    """
+    try:
+        return RouteTables(list_routes(conn), list_blocks(conn))
+    except RouteTableError as e:
+        raise RouteStoreError(f"stored routes are inconsistent: {e}") from None
+
+
+def list_routes(conn: Connection, *, table: str | None = None) -> list[Route]:
+    """Routes (of one table, or all), ordered by table, prefix, priority, cost and
+    destination (the same order on every engine)."""
+    query = select(
+        routes.c.id,
+        routes.c.route_table,
+        routes.c.prefix,
+        routes.c.destination,
+        routes.c.protocol,
+        routes.c.priority,
+        routes.c.weight,
+        _cost_column(conn),
+        routes.c.network_id,
+        routes.c.call_limit,
+    )
+    if table is not None:
+        query = query.where(routes.c.route_table == _table_arg(table))
+    found = [_route(row) for row in conn.execute(query).mappings()]
+    found.sort(key=lambda r: (r.table, r.prefix, r.priority, r.cost, r.destination))
+    return found
+
+
+def list_blocks(conn: Connection, *, table: str | None = None) -> list[BlockRule]:
+    """Block rules (of one table, or all), ordered by table, kind and prefix."""
+    query = select(route_blocks)
+    if table is not None:
+        query = query.where(route_blocks.c.route_table == _table_arg(table))
+    found = [_block(row) for row in conn.execute(query).mappings()]
+    found.sort(key=lambda b: (b.table, b.kind, b.prefix))
+    return found
+
+
+def _cost_column(conn: Connection) -> ColumnElement[Any]:
+    if conn.dialect.name == "sqlite":
+        # SQLAlchemy turns SQLite's double into a Decimal through "%.6f", which
+        # invents digits for large values; take the raw number and use its repr.
+        return type_coerce(routes.c.cost, Float()).label("cost")
+    return routes.c.cost
+
+
+def _decimal(value: object) -> Decimal:
+    if isinstance(value, Decimal):
+        number = value
+    elif isinstance(value, int):
+        number = Decimal(value)
+    elif isinstance(value, float):
+        number = Decimal(repr(value))
+    else:
+        raise RouteStoreError(f"cost {value!r} is not a number")
+    # Drop the column's trailing zeros (0.012500 -> 0.0125) without exponent notation.
+    normal = number.normalize()
+    exponent = normal.as_tuple().exponent
+    return normal.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else normal
+
+
+def _route(row: Any) -> Route:
+    try:
+        return Route(
+            table=row["route_table"],
+            prefix=row["prefix"],
+            destination=row["destination"],
+            protocol=row["protocol"],
+            priority=row["priority"],
+            weight=row["weight"],
+            cost=_decimal(row["cost"]),
+            network_id=row["network_id"],
+            call_limit=row["call_limit"],
+        )
+    except InvalidRouteField as e:
+        raise RouteStoreError(f"stored route id {row['id']} is invalid: {e}") from None
+
+
+def _block(row: Any) -> BlockRule:
+    try:
+        return BlockRule(
+            table=row["route_table"],
+            kind=row["kind"],
+            prefix=row["prefix"],
+            description=row["description"],
+        )
+    except InvalidRouteField as e:
+        raise RouteStoreError(f"stored block rule id {row['id']} is invalid: {e}") from None
+
+
+# --- checks ----------------------------------------------------------------------------
+
+
+def check_storable_route(route: Route, dialect: str) -> None:
+    """Raise `RouteStoreError` when the database would not keep ``route`` exactly."""
+    cost = route.cost.normalize()
+    _sign, digits, exponent = cost.as_tuple()
+    where = f"route {route.table!r} {route.prefix!r} {route.destination!r}"
+    if isinstance(exponent, int) and -exponent > COST_FRACTION_DIGITS:
+        raise RouteStoreError(
+            f"{where}: cost {route.cost} has more than {COST_FRACTION_DIGITS} digits after "
+            f"the point (the database keeps {COST_FRACTION_DIGITS})"
+        )
+    if dialect == "sqlite" and len(digits) > SQLITE_COST_DIGITS:
+        raise RouteStoreError(
+            f"{where}: cost {route.cost} has more than {SQLITE_COST_DIGITS} significant digits,"
+            " which SQLite cannot store exactly"
+        )
+
+
+def check_storable_block(rule: BlockRule) -> None:
+    """Raise `RouteStoreError` when the database cannot hold ``rule``."""
+    if len(rule.description) > MAX_BLOCK_DESCRIPTION_CHARS:
+        raise RouteStoreError(
+            f"block rule {rule.table!r} {rule.kind!r} {rule.prefix!r}: description longer than "
+            f"{MAX_BLOCK_DESCRIPTION_CHARS} characters (the database column holds "
+            f"{MAX_BLOCK_DESCRIPTION_CHARS})"
+        )
+
+
+def _table_arg(table: str) -> str:
+    try:
+        return validate_table(table)
+    except InvalidRouteField as e:
+        raise RouteStoreError(str(e)) from None
+
+
+def _unique(items: Iterable[_T], key: Any, what: str) -> list[_T]:
+    seen: set[object] = set()
+    out: list[_T] = []
+    for item in items:
+        k = key(item)
+        if k in seen:
+            raise RouteStoreError(f"duplicate {what} {k!r}")
+        seen.add(k)
+        out.append(item)
+    return out
+
+
+def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+# --- writing ---------------------------------------------------------------------------
+
+
+def _route_values(route: Route) -> dict[str, Any]:
+    return {
+        "route_table": route.table,
+        "prefix": route.prefix,
+        "destination": route.destination,
+        "protocol": route.protocol,
+        "priority": route.priority,
+        "weight": route.weight,
+        "cost": route.cost,
+        "network_id": route.network_id,
+        "call_limit": route.call_limit,
+    }
+
+
+def _block_values(rule: BlockRule) -> dict[str, Any]:
+    return {
+        "route_table": rule.table,
+        "kind": rule.kind,
+        "prefix": rule.prefix,
+        "description": rule.description,
+    }
+
+
+def import_routes(conn: Connection, routes_in: Sequence[Route], *, replace: bool) -> ImportResult:
+    """Insert or update routes keyed by (table, prefix, destination).
+
+    With ``replace``, routes of the tables named in ``routes_in`` that it does not
+    list are deleted; other tables are untouched (an empty sequence names no table).
+    Raises `RouteStoreError` before writing anything when a route cannot be stored
+    exactly or a key repeats.
+    """
+    wanted = _unique(routes_in, lambda r: r.key, "route")
+    for route in wanted:
+        check_storable_route(route, conn.dialect.name)
+    _lock(conn)
+    existing: dict[tuple[str, str, str], tuple[int, Route | None]] = {}
+    tables = sorted({route.table for route in wanted})
+    for chunk in _chunks(tables):
+        query = select(
+            routes.c.id,
+            routes.c.route_table,
+            routes.c.prefix,
+            routes.c.destination,
+            routes.c.protocol,
+            routes.c.priority,
+            routes.c.weight,
+            _cost_column(conn),
+            routes.c.network_id,
+            routes.c.call_limit,
+        ).where(routes.c.route_table.in_(chunk))
+        for row in conn.execute(query).mappings():
+            # A row edited into an invalid state outside the server is replaced, not fatal.
+            try:
+                current = _route(row)
+            except RouteStoreError:
+                current = None
+            key = (row["route_table"], row["prefix"], row["destination"])
+            existing[key] = (row["id"], current)
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    unchanged = 0
+    for route in wanted:
+        found = existing.pop(route.key, None)
+        if found is None:
+            inserts.append(_route_values(route))
+        elif found[1] != route:
+            updates.append({"_id": found[0], **_route_values(route)})
+        else:
+            unchanged += 1
+    stale = [row_id for row_id, _ in existing.values()] if replace else []
+    return _apply(conn, routes, inserts, updates, stale, unchanged)
+
+
+def import_blocks(
+    conn: Connection, blocks_in: Sequence[BlockRule], *, replace: bool
+) -> ImportResult:
+    """Insert or update block rules keyed by (table, kind, prefix); ``replace`` as in
+    `import_routes` (rules of the named tables not listed are deleted)."""
+    wanted = _unique(blocks_in, lambda b: b.key, "block rule")
+    for rule in wanted:
+        check_storable_block(rule)
+    _lock(conn)
+    existing: dict[tuple[str, str, str], tuple[int, str]] = {}
+    tables = sorted({rule.table for rule in wanted})
+    for chunk in _chunks(tables):
+        query = select(route_blocks).where(route_blocks.c.route_table.in_(chunk))
+        for row in conn.execute(query).mappings():
+            key = (row["route_table"], row["kind"], row["prefix"])
+            existing[key] = (row["id"], row["description"])
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    unchanged = 0
+    for rule in wanted:
+        found = existing.pop(rule.key, None)
+        if found is None:
+            inserts.append(_block_values(rule))
+        elif found[1] != rule.description:
+            updates.append({"_id": found[0], **_block_values(rule)})
+        else:
+            unchanged += 1
+    stale = [row_id for row_id, _ in existing.values()] if replace else []
+    return _apply(conn, route_blocks, inserts, updates, stale, unchanged)
+
+
+def _apply(
+    conn: Connection,
+    table: Table,
+    inserts: list[dict[str, Any]],
+    updates: list[dict[str, Any]],
+    stale: list[int],
+    unchanged: int,
+) -> ImportResult:
+    for ids in _chunks(stale):
+        conn.execute(delete(table).where(table.c.id.in_(ids)))
+    if updates:
+        # The SET clause comes from the parameter keys (executemany).
+        conn.execute(update(table).where(table.c.id == bindparam("_id")), updates)
+    if inserts:
+        conn.execute(insert(table), inserts)
+    result = ImportResult(len(inserts), len(updates), len(stale), unchanged)
+    version = _bump(conn) if result.changed else current_version(conn)
+    return ImportResult(result.inserted, result.updated, result.deleted, unchanged, version)
+
+
+def delete_routes(
+    conn: Connection, *, table: str, prefix: str | None = None, destination: str | None = None
+) -> int:
+    """Delete the routes of ``table`` (only those with ``prefix`` and/or
+    ``destination`` when given; ``prefix=""`` is the catch-all prefix); returns how
+    many. Raises `RouteStoreError` for an invalid table, prefix or destination."""
+    try:
+        conditions = [routes.c.route_table == validate_table(table)]
+        if prefix is not None:
+            conditions.append(routes.c.prefix == validate_prefix(prefix))
+        if destination is not None:
+            conditions.append(routes.c.destination == validate_destination(destination))
+    except InvalidRouteField as e:
+        raise RouteStoreError(str(e)) from None
+    _lock(conn)
+    count = conn.execute(delete(routes).where(*conditions)).rowcount
+    if count:
+        _bump(conn)
+    return count
+
+
+def delete_blocks(
+    conn: Connection, *, table: str, kind: str | None = None, prefix: str | None = None
+) -> int:
+    """Delete the block rules of ``table`` (only of ``kind`` and/or ``prefix`` when
+    given); returns how many."""
+    try:
+        conditions = [route_blocks.c.route_table == validate_table(table)]
+        if kind is not None:
+            if kind not in ("source", "destination"):
+                raise InvalidRouteField("kind", kind, "'source' or 'destination'")
+            conditions.append(route_blocks.c.kind == kind)
+        if prefix is not None:
+            conditions.append(route_blocks.c.prefix == validate_prefix(prefix))
+    except InvalidRouteField as e:
+        raise RouteStoreError(str(e)) from None
+    _lock(conn)
+    count = conn.execute(delete(route_blocks).where(*conditions)).rowcount
+    if count:
+        _bump(conn)
+    return count

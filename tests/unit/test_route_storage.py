@@ -1,0 +1,304 @@
+"""Routes and block rules in storage, on both engines: upsert, replace, delete,
+version bumps, exact decimal costs, CSV round trips and refusals that change nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import Connection, String, insert, update
+
+from osp_server.routing.csvio import (
+    RouteFileError,
+    parse_blocks_csv,
+    parse_routes_csv,
+    render_blocks_csv,
+    render_routes_csv,
+)
+from osp_server.routing.model import BlockRule, Route
+from osp_server.storage import routes as store
+from osp_server.storage.db import Database, create_db_engine, upgrade_schema
+from osp_server.storage.schema import route_blocks, route_version, routes
+from osp_server.testing import make_route, make_routing_request
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    engine = create_db_engine(database_url)
+    upgrade_schema(engine)
+    database = Database(engine, None)
+    yield database
+    database.stop()
+
+
+def _route(prefix: str, destination: str, **fields: object) -> Route:
+    return make_route(prefix=prefix, destination=destination, **fields)
+
+
+BASE = [
+    _route("1408", "[10.0.0.1]:5060", cost=Decimal("0.0125"), priority=10),
+    _route("1408", "[10.0.0.2]:5060", cost=Decimal("0.02"), weight=0),
+    _route("", "gw.example.net:5060", cost=Decimal(0), network_id="trunk7", call_limit=50),
+    _route("44", "[2001:db8::1]:5061", table="gold", protocol="h323-Q931"),
+]
+
+
+def _sorted(items: list[Route]) -> list[Route]:
+    return sorted(items, key=lambda r: (r.table, r.prefix, r.priority, r.cost, r.destination))
+
+
+def test_empty_database(db: Database) -> None:
+    assert db.transact_sync(store.current_version) == 0
+    tables = db.transact_sync(store.load_tables)
+    assert tables.routes() == [] and tables.blocks() == []
+    assert db.transact_sync(store.list_routes) == []
+
+
+def test_import_inserts_and_bumps_the_version(db: Database) -> None:
+    result = db.transact_sync(store.import_routes, BASE, replace=False)
+    assert (result.inserted, result.updated, result.deleted, result.unchanged) == (4, 0, 0, 0)
+    assert result.version == 1 == db.transact_sync(store.current_version)
+    assert db.transact_sync(store.list_routes) == _sorted(BASE)
+    assert db.transact_sync(store.list_routes, table="gold") == [BASE[3]]
+    version, tables = db.transact_sync(store.load_snapshot)
+    assert version == 1
+    assert set(tables.routes()) == set(BASE)
+    assert tables.lookup("gold", "+4420") == (BASE[3],)
+    assert tables.lookup(None, "14085551234") != ()
+
+
+def test_upsert_updates_only_what_changed(db: Database) -> None:
+    db.transact_sync(store.import_routes, BASE, replace=False)
+    changed = replace(BASE[0], cost=Decimal("0.0099"), call_limit=5)
+    new = _route("33", "[10.0.0.9]:5060")
+    result = db.transact_sync(store.import_routes, [changed, BASE[1], new], replace=False)
+    assert (result.inserted, result.updated, result.deleted, result.unchanged) == (1, 1, 0, 1)
+    assert result.version == 2
+    stored = db.transact_sync(store.list_routes)
+    assert changed in stored and BASE[0] not in stored and new in stored
+    assert BASE[2] in stored and BASE[3] in stored  # not in the file, kept without --replace
+    # Importing the same again changes nothing and does not make every node reload.
+    again = db.transact_sync(store.import_routes, [changed, BASE[1], new], replace=False)
+    assert (again.inserted, again.updated, again.unchanged, again.version) == (0, 0, 3, 2)
+    assert not again.changed
+
+
+def test_replace_only_touches_tables_named_in_the_file(db: Database) -> None:
+    db.transact_sync(store.import_routes, BASE, replace=False)
+    gold = [_route("49", "[10.1.1.1]:5060", table="gold")]
+    result = db.transact_sync(store.import_routes, gold, replace=True)
+    assert (result.inserted, result.updated, result.deleted) == (1, 0, 1)
+    stored = db.transact_sync(store.list_routes)
+    assert db.transact_sync(store.list_routes, table="gold") == gold
+    assert [r for r in stored if r.table == "default"] == _sorted(BASE[:3])
+    # An empty file names no table: nothing is deleted, nothing bumps.
+    empty = db.transact_sync(store.import_routes, [], replace=True)
+    assert (empty.deleted, empty.version) == (0, result.version)
+
+
+def test_delete_routes(db: Database) -> None:
+    db.transact_sync(store.import_routes, BASE, replace=False)
+    assert db.transact_sync(store.delete_routes, table="default", prefix="99") == 0
+    assert db.transact_sync(store.current_version) == 1  # nothing deleted, no bump
+    n = db.transact_sync(
+        store.delete_routes, table="default", prefix="1408", destination="[10.0.0.2]:5060"
+    )
+    assert n == 1 and db.transact_sync(store.current_version) == 2
+    assert db.transact_sync(store.delete_routes, table="default", prefix="") == 1
+    assert db.transact_sync(store.delete_routes, table="default") == 1
+    assert db.transact_sync(store.list_routes) == [BASE[3]]
+    assert db.transact_sync(store.current_version) == 4
+    with pytest.raises(store.RouteStoreError, match="prefix"):
+        db.transact_sync(store.delete_routes, table="gold", prefix="4x")
+    with pytest.raises(store.RouteStoreError, match="table"):
+        db.transact_sync(store.delete_routes, table="bad table")
+
+
+def test_blocks_import_replace_delete(db: Database) -> None:
+    rules = [
+        BlockRule("default", "source", "1900", "Premium source"),
+        BlockRule("default", "destination", "", "Nothing"),
+        BlockRule("gold", "destination", "882"),
+    ]
+    first = db.transact_sync(store.import_blocks, rules, replace=False)
+    assert (first.inserted, first.version) == (3, 1)
+    assert db.transact_sync(store.list_blocks) == sorted(rules, key=lambda b: b.key)
+    renamed = replace(rules[0], description="Fraud")
+    second = db.transact_sync(store.import_blocks, [renamed], replace=True)
+    assert (second.inserted, second.updated, second.deleted, second.version) == (0, 1, 1, 2)
+    assert db.transact_sync(store.list_blocks, table="default") == [renamed]
+    tables = db.transact_sync(store.load_tables)
+    assert tables.find_block(None, "19005551234", "1678") == renamed
+    assert db.transact_sync(store.delete_blocks, table="gold", kind="source") == 0
+    assert db.transact_sync(store.delete_blocks, table="gold", kind="destination") == 1
+    assert db.transact_sync(store.current_version) == 3
+    with pytest.raises(store.RouteStoreError, match="kind"):
+        db.transact_sync(store.delete_blocks, table="gold", kind="both")
+
+
+def test_route_and_block_versions_are_shared(db: Database) -> None:
+    db.transact_sync(store.import_routes, BASE[:1], replace=False)
+    db.transact_sync(store.import_blocks, [BlockRule("default", "source", "1")], replace=False)
+    assert db.transact_sync(store.current_version) == 2
+
+
+EXACT_COSTS = [
+    "0",
+    "0.000001",
+    "0.0125",
+    "1.5",
+    "100",
+    "123456789.123456",
+    "99999999999.1234",  # SQLAlchemy's own SQLite path would return ...123398
+    "999999999999.999",
+]
+
+
+def test_costs_round_trip_exactly(db: Database) -> None:
+    costs = list(EXACT_COSTS)
+    if db.dialect == "postgresql":
+        costs.append("999999999999.999999")  # 18 digits: all of Numeric(18, 6)
+    wanted = [_route(str(i), "[10.0.0.1]:5060", cost=Decimal(c)) for i, c in enumerate(costs)]
+    db.transact_sync(store.import_routes, wanted, replace=False)
+    stored = {r.prefix: r.cost for r in db.transact_sync(store.list_routes)}
+    for i, text in enumerate(costs):
+        assert stored[str(i)] == Decimal(text)
+        assert format(stored[str(i)], "f") == text, text  # no padding, no exponent
+    # Re-importing reads the stored values back as equal: nothing is rewritten.
+    again = db.transact_sync(store.import_routes, wanted, replace=False)
+    assert again.unchanged == len(costs) and not again.changed
+
+
+def test_costs_the_database_would_round_are_refused(db: Database) -> None:
+    db.transact_sync(store.import_routes, BASE, replace=False)
+    too_fine = _route("1", "[10.0.0.1]:5060", cost=Decimal("0.0000001"))
+    with pytest.raises(store.RouteStoreError, match="more than 6 digits after the point"):
+        db.transact_sync(store.import_routes, [BASE[0], too_fine], replace=True)
+    # Trailing zeros beyond 6 places are not precision.
+    ok = _route("1", "[10.0.0.1]:5060", cost=Decimal("0.50000000"))
+    store.check_storable_route(ok, db.dialect)
+    sixteen = _route("2", "[10.0.0.1]:5060", cost=Decimal("12345678901.23456"))
+    if db.dialect == "sqlite":
+        with pytest.raises(store.RouteStoreError, match="15 significant digits"):
+            db.transact_sync(store.import_routes, [sixteen], replace=False)
+    else:
+        db.transact_sync(store.import_routes, [sixteen], replace=False)
+        assert sixteen in db.transact_sync(store.list_routes, table="default")
+    assert db.transact_sync(store.current_version) == (1 if db.dialect == "sqlite" else 2)
+    assert set(BASE) <= set(db.transact_sync(store.list_routes))
+
+
+def test_long_block_description_is_refused_before_writing(db: Database) -> None:
+    column = route_blocks.c.description.type
+    assert isinstance(column, String) and column.length == store.MAX_BLOCK_DESCRIPTION_CHARS
+    long = BlockRule("default", "source", "1", "B" * (store.MAX_BLOCK_DESCRIPTION_CHARS + 1))
+    with pytest.raises(store.RouteStoreError, match="description longer than 64"):
+        db.transact_sync(
+            store.import_blocks, [BlockRule("default", "source", "2"), long], replace=False
+        )
+    assert db.transact_sync(store.list_blocks) == []
+    assert db.transact_sync(store.current_version) == 0
+
+
+def test_duplicate_keys_are_refused(db: Database) -> None:
+    with pytest.raises(store.RouteStoreError, match="duplicate route"):
+        db.transact_sync(store.import_routes, [BASE[0], BASE[0]], replace=False)
+    assert db.transact_sync(store.list_routes) == []
+
+
+def test_csv_export_import_round_trip(db: Database) -> None:
+    text = (
+        "table,prefix,destination,protocol,priority,weight,cost,network_id,call_limit\n"
+        "default,1408,[10.0.0.1]:5060,sip,10,100,0.0100,,\n"
+        "default,,gw.example.net:5060,sip,100,100,0.05,trunk7,50\n"
+        "gold,4420,gw2.example.net,h323-LRQ,0,0,123456.654321,a@b,1\n"
+    )
+    parsed = parse_routes_csv(text)
+    db.transact_sync(store.import_routes, parsed, replace=False)
+    exported = render_routes_csv(db.transact_sync(store.list_routes))
+    assert set(parse_routes_csv(exported)) == set(parsed)
+    assert "0.01," in exported and "123456.654321" in exported
+    # Wipe and re-import the export: the same rows come back.
+    db.transact_sync(store.delete_routes, table="default")
+    db.transact_sync(store.delete_routes, table="gold")
+    db.transact_sync(store.import_routes, parse_routes_csv(exported), replace=False)
+    assert render_routes_csv(db.transact_sync(store.list_routes)) == exported
+
+    blocks = "table,kind,prefix,description\ndefault,source,1900,No premium\ngold,destination,,X\n"
+    db.transact_sync(store.import_blocks, parse_blocks_csv(blocks), replace=False)
+    exported_blocks = render_blocks_csv(db.transact_sync(store.list_blocks))
+    assert set(parse_blocks_csv(exported_blocks)) == set(parse_blocks_csv(blocks))
+
+
+def test_bad_csv_row_leaves_the_database_unchanged(db: Database) -> None:
+    db.transact_sync(store.import_routes, BASE, replace=False)
+    before = db.transact_sync(store.list_routes)
+    text = "prefix,destination,cost\n1,[10.0.0.1]:5060,0.1\n2,[10.0.0.1]:5060,NaN\n"
+    with pytest.raises(RouteFileError) as caught:
+        db.transact_sync(store.import_routes, parse_routes_csv(text), replace=True)
+    assert (caught.value.line, caught.value.column, caught.value.value) == (3, "cost", "NaN")
+    assert db.transact_sync(store.list_routes) == before
+    assert db.transact_sync(store.current_version) == 1
+
+
+def test_failed_transaction_rolls_back_the_import_and_the_bump(db: Database) -> None:
+    class Boom(Exception):
+        pass
+
+    def import_then_fail(conn: Connection) -> None:
+        store.import_routes(conn, BASE, replace=False)
+        raise Boom
+
+    with pytest.raises(Boom):
+        db.transact_sync(import_then_fail)
+    assert db.transact_sync(store.list_routes) == []
+    assert db.transact_sync(store.current_version) == 0
+
+
+def test_invalid_stored_row_is_reported_and_replaced_by_import(db: Database) -> None:
+    db.transact_sync(store.import_routes, BASE[:1], replace=False)
+
+    def corrupt(conn: Connection) -> None:
+        conn.execute(update(routes).values(destination="not a destination"))
+
+    db.transact_sync(corrupt)
+    with pytest.raises(store.RouteStoreError, match=r"stored route id \d+ is invalid"):
+        db.transact_sync(store.load_tables)
+    # A replace import of that table removes the bad row.
+    db.transact_sync(store.import_routes, BASE[1:2], replace=True)
+    assert db.transact_sync(store.list_routes) == [BASE[1]]
+
+
+def test_missing_version_row_is_recreated(db: Database) -> None:
+    def drop(conn: Connection) -> None:
+        conn.execute(route_version.delete())
+
+    db.transact_sync(drop)
+    assert db.transact_sync(store.current_version) == 0
+    assert db.transact_sync(store.import_routes, BASE[:1], replace=False).version == 1
+    assert db.transact_sync(store.import_routes, BASE[1:2], replace=False).version == 2
+
+
+def test_policy_routes_with_loaded_tables(db: Database) -> None:
+    from osp_server.routing.policy import DefaultRoutingPolicy
+
+    def seed(conn: Connection) -> None:
+        conn.execute(
+            insert(routes).values(
+                route_table="default",
+                prefix="1678",
+                destination="[192.0.2.7]:5060",
+                protocol="sip",
+                priority=1,
+                weight=1,
+                cost=Decimal("0.5"),
+            )
+        )
+
+    db.transact_sync(seed)
+    policy = DefaultRoutingPolicy(db.transact_sync(store.load_tables))
+    decision = policy.route(make_routing_request(called="1678"))
+    assert decision.ok
+    assert [d.signal_address for d in decision.destinations] == ["[192.0.2.7]:5060"]
