@@ -20,9 +20,10 @@ times as ``YYYY-MM-DDThh:mm:ssZ``, the five predefined entities, and no whitespa
 text of 4096 bytes or more in a leaf (the device does not trim values and overflows a
 4096-byte buffer).  A value that breaks a rule raises :class:`OSPEncodeError`.
 
-There is deliberately no ReauthorizationResponse encoder: any parseable one crashes
-the stock 4.33.1 client (OSP.md §3.7); the server answers a ReauthorizationRequest
-with HTTP 501 instead.
+Any parseable ReauthorizationResponse crashes the stock 4.33.1 client (OSP.md §3.7),
+so the server answers a ReauthorizationRequest with HTTP 501 by default;
+:func:`encode_reauthorization_response` exists only for operators who declare patched
+clients (``[osp] reauthorization_fixed_clients = true``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from osp_server.osp.messages import (
     Destination,
     OSPRequest,
     ReauthorizationRequest,
+    ReauthorizationResponse,
     Status,
     TerminationCause,
     UnsupportedMessage,
@@ -69,6 +71,7 @@ __all__ = [
     "decode_request",
     "encode_authorization_response",
     "encode_capabilities_confirmation",
+    "encode_reauthorization_response",
     "encode_usage_confirmations",
     "format_time",
 ]
@@ -346,14 +349,7 @@ def _decode(body: bytes) -> OSPRequest:
     if kind == "CapabilitiesIndication":
         return _capabilities(comp, message_id, component_id)
     if kind in _REAUTH_REQ:
-        txt = comp.find("TransactionId")
-        try:
-            txid = _txid(txt.text) if txt is not None else None
-        except OSPDecodeError:
-            txid = None  # logged only; the answer is HTTP 501 whatever it holds
-        return ReauthorizationRequest(
-            message_id=message_id, component_id=component_id, transaction_id=txid
-        )
+        return _reauthorization(comp, message_id, component_id)
     if kind in _UNSUPPORTED_TYPES:
         return UnsupportedMessage(message_type=kind, message_id=message_id)
     raise OSPDecodeError(f"unknown message type <{kind}>")
@@ -556,6 +552,61 @@ def _authorization(comp: _Node, message_id: str, component_id: str) -> Authoriza
         custom_info=tuple(custom),
         extra=tuple(extra.items()),
     )
+
+
+def _reauthorization(comp: _Node, message_id: str, component_id: str) -> ReauthorizationRequest:
+    """Decode leniently: an unreadable field becomes ``None``, never an error.
+
+    The request must always get an answer (HTTP 501 by default, a
+    ReauthorizationResponse for patched clients), so nothing here raises.
+    """
+    kw: dict[str, Any] = {}
+    for c in comp.children:
+        tag = c.tag
+        if tag == "TransactionId":
+            if "transaction_id" not in kw:
+                try:
+                    kw["transaction_id"] = _txid(c.text)
+                except OSPDecodeError:
+                    kw["transaction_id"] = None
+        elif tag == "CallId":
+            if "call_id" not in kw:
+                try:
+                    kw["call_id"], kw["call_id_b64"] = _call_id(c)
+                except OSPDecodeError:
+                    kw["call_id"] = None  # undecodable: nothing trustworthy to echo
+        elif tag == "SourceInfo":
+            if "calling" not in kw and c.text:
+                kw["calling"], kw["calling_type"] = c.text, c.get("type") or "e164"
+        elif tag == "DestinationInfo":
+            type_ = c.get("type") or "e164"
+            if "called" not in kw and c.text and type_ in NUMBER_TYPES:
+                kw["called"], kw["called_type"] = c.text, type_
+        elif tag == "Token":
+            if "token" not in kw:
+                kw["token"] = _reauth_token(c)
+        elif tag == "UsageDetail":
+            if "usage_amount" not in kw:
+                amount = c.find("Amount")
+                increment = c.find("Increment")
+                kw["usage_amount"] = _decimal(amount.text) if amount is not None else None
+                kw["usage_increment"] = _int(increment.text) if increment is not None else None
+        elif tag == "CustomerId":
+            kw.setdefault("customer_id", c.text or None)
+        elif tag == "DeviceId":
+            kw.setdefault("device_id", c.text or None)
+    return ReauthorizationRequest(message_id=message_id, component_id=component_id, **kw)
+
+
+def _reauth_token(node: _Node) -> bytes | None:
+    # The toolkit always writes encoding="base64"; no other encoding is understood.
+    if node.get("encoding") not in (None, "base64"):
+        return None
+    try:
+        raw = _b64(node.text, "Token")
+    except OSPDecodeError:
+        return None
+    return raw or None
 
 
 def _usage(comp: _Node, message_id: str, component_id: str) -> UsageIndication:
@@ -870,3 +921,82 @@ def encode_capabilities_confirmation(
         f"<Timestamp>{format_time(c.timestamp)}</Timestamp>{_status(c.status)}"
         "</CapabilitiesConfirmation></Message>"
     ).encode("ascii")
+
+
+def _reauth_destination(d: Destination, out: list[str]) -> None:
+    # Element order of the ReauthorizationResponse a patched client accepted
+    # (vectors/osp/reauthorization-response.crashes-stock-client.http): CallId last.
+    unwritten = [
+        name
+        for name, present in (
+            ("osp_version", d.osp_version is not None),
+            ("alternates", bool(d.alternates)),
+            ("destination_infos", bool(d.destination_infos)),
+            ("service_type", d.service_type is not None),
+        )
+        if present
+    ]
+    if unwritten:
+        raise OSPEncodeError(
+            f"a ReauthorizationResponse Destination cannot carry {', '.join(unwritten)}"
+        )
+    out.append("<Destination>")
+    if d.calling is not None:
+        out.append(
+            f'<SourceInfo type="{_attr(d.calling_type, "SourceInfo type")}">'
+            f"{_text(d.calling, 'calling number')}</SourceInfo>"
+        )
+    if d.called is not None:
+        out.append(
+            f'<DestinationInfo type="{_attr(d.called_type, "DestinationInfo type")}">'
+            f"{_text(d.called, 'called number')}</DestinationInfo>"
+        )
+    if not d.signal_address:
+        raise OSPEncodeError("Destination without signal address")
+    out.append(
+        "<DestinationSignalAddress>"
+        f"{_text(d.signal_address, 'DestinationSignalAddress')}</DestinationSignalAddress>"
+    )
+    if not d.token:
+        raise OSPEncodeError("a ReauthorizationResponse Destination needs a non-empty Token")
+    token = base64.b64encode(d.token).decode("ascii")
+    out.append(f'<Token encoding="base64">{_text(token, "Token")}</Token>')
+    out.append(f"<ValidAfter>{format_time(d.valid_after)}</ValidAfter>")
+    out.append(f"<ValidUntil>{format_time(d.valid_until)}</ValidUntil>")
+    out.append(
+        f"<UsageDetail><Amount>{_uint(d.usage_amount, 'usage amount')}</Amount>"
+        f"<Increment>{_uint(d.usage_increment, 'usage increment')}</Increment>"
+        "<Unit>s</Unit></UsageDetail>"
+    )
+    if d.call_id_b64:
+        out.append(f'<CallId encoding="base64">{_text(d.call_id_b64, "CallId")}</CallId>')
+    out.append("</Destination>")
+
+
+def encode_reauthorization_response(
+    r: ReauthorizationResponse, *, random: int | None = None
+) -> bytes:
+    """Encode a ReauthorizationResponse for a PATCHED client (OSP.md §3.7), ids echoed.
+
+    Send it only when the operator set ``[osp] reauthorization_fixed_clients``: the
+    stock 4.33.1 client crashes on any parseable ReauthorizationResponse.  The shape is
+    Timestamp, Status, TransactionId, then at most one Destination (SourceInfo,
+    DestinationInfo, DestinationSignalAddress, Token, ValidAfter, ValidUntil,
+    UsageDetail, CallId).  A 2xx status needs a Destination (the client takes its
+    Token); an error status may go without.  Raises :class:`OSPEncodeError` for a
+    value the device cannot take.
+    """
+    if r.destination is None and 200 <= r.status.code <= 299:
+        raise OSPEncodeError("a 2xx ReauthorizationResponse needs a Destination")
+    out = [
+        _envelope(r.message_id, random),
+        f'<ReauthorizationResponse componentId="{_attr(r.component_id, "componentId")}">',
+        f"<Timestamp>{format_time(r.timestamp)}</Timestamp>",
+        _status(r.status),
+    ]
+    if r.transaction_id is not None:
+        out.append(f"<TransactionId>{_uint(r.transaction_id, 'TransactionId')}</TransactionId>")
+    if r.destination is not None:
+        _reauth_destination(r.destination, out)
+    out.append("</ReauthorizationResponse></Message>")
+    return "".join(out).encode("ascii")

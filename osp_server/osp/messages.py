@@ -181,16 +181,35 @@ class CapabilitiesIndication:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReauthorizationRequest:
-    """A ReauthorizationRequest, decoded only far enough to log it.
+    """A ReauthorizationRequest (OSP.md §3.7); ids are often ``"NULL"``.
 
-    The server answers it with HTTP 501 and never with a ReauthorizationResponse: any
-    parseable ReauthorizationResponse crashes the stock 4.33.1 client (OSP.md §3.7),
-    which is why the codec has no encoder for one.  Ids are often ``"NULL"``.
+    By default the server answers it with HTTP 501: any parseable
+    ReauthorizationResponse crashes the stock 4.33.1 client.  Only when the operator
+    declares patched clients (``[osp] reauthorization_fixed_clients``) is it answered
+    with a :class:`ReauthorizationResponse`, built from the fields below.
+
+    Decoding is lenient, so that the request always gets an answer: a field that is
+    absent or unreadable is ``None`` here.  ``call_id`` is the raw Call-ID and
+    ``call_id_b64`` the text to echo in ``CallId encoding="base64"`` (the device's own
+    text when it sent base64).  ``token`` is the raw token the device holds (base64
+    decoded).  ``usage_amount``/``usage_increment`` come from ``UsageDetail`` (the
+    time used so far, e.g. ``Decimal("0.010")``).
     """
 
     message_id: str
     component_id: str
     transaction_id: int | None = None
+    call_id: bytes | None = None
+    call_id_b64: str | None = None
+    calling: str | None = None
+    calling_type: str | None = None
+    called: str | None = None
+    called_type: str | None = None
+    token: bytes | None = None
+    usage_amount: Decimal | None = None
+    usage_increment: int | None = None
+    customer_id: str | None = None
+    device_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -280,3 +299,22 @@ class CapabilitiesConfirmation:
     component_id: str
     timestamp: datetime
     status: Status
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReauthorizationResponse:
+    """A ReauthorizationResponse, for patched clients only (OSP.md §3.7).
+
+    Never send one to a stock 4.33.1 client: it crashes on any of them.  A patched
+    client accepts a 2xx ``status`` with the original ``transaction_id`` and one
+    ``destination`` carrying a Token and UsageDetail.  Only the Destination fields the
+    toolkit writes in this message are encoded (numbers, signal address, token,
+    validity, usage, CallId); ``protocol`` is not written.
+    """
+
+    message_id: str
+    component_id: str
+    timestamp: datetime
+    status: Status
+    transaction_id: int | None = None
+    destination: Destination | None = None
