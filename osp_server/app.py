@@ -48,6 +48,8 @@ from osp_server.pki.ca import (
     load_or_create_ca,
     write_private_key,
 )
+from osp_server.routing.policy import DefaultRoutingPolicy
+from osp_server.routing.refresh import RouteRefresher
 from osp_server.storage import certificates as cert_store
 from osp_server.storage.certificates import CertificateKind
 from osp_server.storage.db import Database, check_durability, create_db_engine, upgrade_schema
@@ -352,7 +354,12 @@ def build_components(core: Core) -> Components:
         config=core.config.osp,
         clock=core.clock,
     )
-    osp_resource = OSPResource(osp_service, authenticator, metrics=core.metrics)
+    osp_resource = OSPResource(
+        osp_service,
+        authenticator,
+        metrics=core.metrics,
+        answer_reauthorization=core.config.osp.reauthorization_fixed_clients,
+    )
 
     https_root = Resource()
     https_root.putChild(b"health", health)
@@ -486,6 +493,17 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     core_service = CoreService(components)
     core_service.setName("core")
     core_service.setServiceParent(top)
+    if isinstance(components.policy, DefaultRoutingPolicy):
+        refresher = RouteRefresher(
+            core.db, components.policy, reactor, interval=config.osp.route_refresh_seconds
+        )
+        refresher.setName("routes")
+        refresher.setServiceParent(top)
+    if config.osp.reauthorization_fixed_clients:
+        log.warn(
+            "osp.reauthorization_fixed_clients is on: ReauthorizationRequest gets a "
+            "ReauthorizationResponse, which crashes stock OSP Toolkit 4.33.1 clients"
+        )
     cfg = config.listeners
     listeners: list[tuple[str, str | None, IProtocolFactory]] = [
         ("http", cfg.http, components.http_site),

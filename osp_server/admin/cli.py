@@ -644,4 +644,7 @@ def main(
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Through the package, so that `python -m` and the console script share one module.
+    from osp_server.admin.cli import main as package_main
+
+    sys.exit(package_main())

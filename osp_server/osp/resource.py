@@ -28,6 +28,7 @@ from osp_server.osp.messages import (
     UsageIndicationMessage,
 )
 from osp_server.osp.service import IdentityMismatch, OSPService
+from osp_server.osp.tokens import TokenError
 from osp_server.storage.db import StorageError
 from osp_server.tls.identity import PeerCertificate, peer_certificate
 from osp_server.web.responses import Response, error_response, render_async
@@ -55,6 +56,7 @@ class OSPResource(Resource):
         metrics: Metrics | None = None,
         identify: Callable[[Request], PeerCertificate | None] = peer_certificate,
         max_in_flight: int = MAX_IN_FLIGHT,
+        answer_reauthorization: bool = False,
     ) -> None:
         super().__init__()
         self._service = service
@@ -63,6 +65,8 @@ class OSPResource(Resource):
         self._identify = identify
         self._max_in_flight = max_in_flight
         self._in_flight = 0
+        # Off by default: stock 4.33.1 clients crash on any ReauthorizationResponse.
+        self._answer_reauthorization = answer_reauthorization
 
     def _observe(self, message: str, code: int, started: float) -> None:
         if self._metrics is not None:
@@ -130,6 +134,18 @@ class OSPResource(Resource):
                 answer = await self._service.capabilities(identity, message)
                 self._observe("capabilities", 200, started)
                 return _ok(answer)
+            if isinstance(message, ReauthorizationRequest) and self._answer_reauthorization:
+                answer = await self._service.reauthorize(identity, message)
+                self._observe("reauthorization", 200, started)
+                return _ok(answer)
+        except TokenError as e:
+            log.info(
+                "cannot build a token for device {device}: {error}",
+                device=identity.device_id,
+                error=str(e),
+            )
+            self._observe("malformed", 400, started)
+            return error_response(400, "malformed OSP message")
         except IdentityMismatch as e:
             log.warn(
                 "OSP message from device {device} refused: {error}",

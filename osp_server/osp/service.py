@@ -24,6 +24,7 @@ from osp_server.osp.authn import DeviceIdentity
 from osp_server.osp.codec import (
     encode_authorization_response,
     encode_capabilities_confirmation,
+    encode_reauthorization_response,
     encode_usage_confirmations,
 )
 from osp_server.osp.messages import (
@@ -32,6 +33,8 @@ from osp_server.osp.messages import (
     CapabilitiesConfirmation,
     CapabilitiesIndication,
     Destination,
+    ReauthorizationRequest,
+    ReauthorizationResponse,
     Status,
     TerminationCause,
     UsageConfirmation,
@@ -252,6 +255,63 @@ class OSPService:
             termination_cause=cause,
         )
         return AuthorizationResult(encode_authorization_response(response), status.code, None, 0)
+
+    async def reauthorize(self, identity: DeviceIdentity, request: ReauthorizationRequest) -> bytes:
+        """Extend a call's authorization: for patched clients only (the caller checks the
+        switch; stock 4.33.1 clients crash on any ReauthorizationResponse)."""
+        check_claimed_identity(identity, request.customer_id, request.device_id)
+        now = self._clock().replace(microsecond=0)
+        stored = None
+        if request.transaction_id:
+            stored = await self._db.transact(calls.get_transaction, request.transaction_id)
+        if stored is None or stored.device_pk != identity.device_pk or not stored.destinations:
+            response = ReauthorizationResponse(
+                message_id=request.message_id,
+                component_id=request.component_id,
+                timestamp=now,
+                status=Status(code=404, description="Transaction-not-found"),
+            )
+            return encode_reauthorization_response(response)
+        valid_after = now - timedelta(seconds=self._config.token_backdate_seconds)
+        valid_until = now + timedelta(seconds=self._config.token_validity_seconds)
+        calling = request.calling or stored.calling
+        called = request.called or stored.called
+        amount = self._config.call_time_limit_seconds
+        token = self._tokens.build(
+            TokenClaims(
+                calling=calling,
+                called=called,
+                call_id=request.call_id,
+                valid_after=valid_after,
+                valid_until=valid_until,
+                transaction_id=stored.transaction_id,
+                amount=amount,
+                increment=1,
+            ),
+            token_format=self._token_format(identity),
+        )
+        destination = Destination(
+            call_id_b64=request.call_id_b64 or UNDEFINED_CALL_ID_B64,
+            signal_address=str(stored.destinations[0]["address"]),
+            token=token,
+            valid_after=valid_after,
+            valid_until=valid_until,
+            calling=calling,
+            calling_type=request.calling_type or "e164",
+            called=called,
+            called_type=request.called_type or "e164",
+            usage_amount=amount,
+            usage_increment=1,
+        )
+        response = ReauthorizationResponse(
+            message_id=request.message_id,
+            component_id=request.component_id,
+            timestamp=now,
+            status=OK,
+            transaction_id=stored.transaction_id,
+            destination=destination,
+        )
+        return encode_reauthorization_response(response)
 
     async def usage(self, identity: DeviceIdentity, message: UsageIndicationMessage) -> bytes:
         """Store every component (once), then confirm each one, in order."""

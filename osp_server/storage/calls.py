@@ -72,6 +72,37 @@ def insert_transaction(
 
 
 @dataclass(frozen=True)
+class StoredTransaction:
+    """An authorization as recorded (for reauthorization)."""
+
+    transaction_id: int
+    device_pk: int
+    calling: str
+    called: str
+    destinations: list[dict[str, Any]]
+    expires_at: datetime
+
+
+def get_transaction(conn: Connection, transaction_id: int) -> StoredTransaction | None:
+    """The recorded authorization with this id, if any."""
+    row = (
+        conn.execute(select(transactions).where(transactions.c.transaction_id == transaction_id))
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    return StoredTransaction(
+        transaction_id=row["transaction_id"],
+        device_pk=row["device_pk"],
+        calling=row["calling"],
+        called=row["called"],
+        destinations=json.loads(row["destinations"]),
+        expires_at=row["expires_at"],
+    )
+
+
+@dataclass(frozen=True)
 class StoredUsage:
     """How many usage components were new and how many were repeats."""
 

@@ -65,6 +65,42 @@ class Device:
     cert: x509.Certificate
 
 
+def save_device(
+    directory: Path, name: str, key: rsa.RSAPrivateKey, cert: x509.Certificate
+) -> Device:
+    """Write a device's key and certificate as PEM files."""
+    device = Device(directory / f"{name}.pem", directory / f"{name}.key", cert)
+    device.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    device.key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return device
+
+
+def self_signed(cn: str, *, ca: bool) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    """A key and a self-signed certificate that our CA never saw."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=1))
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=True, path_length=None), critical=True
+        )
+    return key, builder.sign(key, hashes.SHA256())
+
+
 @dataclass
 class Env:
     server: RunningServer
@@ -115,20 +151,16 @@ def enroll(server: RunningServer, tmp_path: Path, customer: str, device: str) ->
     status, der = parse_client_view(answer.body, operation=TepOperation.REQUEST)
     assert status == "0" and der is not None, answer.body
     cert = x509.load_der_x509_certificate(der)
-    key_path = tmp_path / f"device-{device}.key"
-    cert_path = tmp_path / f"device-{device}.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return Device(cert_path, key_path, cert)
+    return save_device(tmp_path, f"device-{device}", key, cert)
 
 
 def add_device(server: RunningServer, customer: str, device: str, **customer_kw: Any) -> None:
+    add_device_db(server.components.core.db, customer, device, **customer_kw)
+
+
+def add_device_db(db: Any, customer: str, device: str, **customer_kw: Any) -> None:
+    """A customer (if new) and a device with the password "secret"."""
+
     def work(conn: Any) -> None:
         try:
             device_store.get_customer(conn, customer)
@@ -143,7 +175,7 @@ def add_device(server: RunningServer, customer: str, device: str, **customer_kw:
             password_hash=passwords.hash_secret("secret"),
         )
 
-    server.components.core.db.transact_sync(work)
+    db.transact_sync(work)
 
 
 ROUTES = [
@@ -276,19 +308,7 @@ async def test_authorization_vector_over_mutual_tls(env: Env) -> None:
 async def test_token_signed_by_another_ca_fails(env: Env, tmp_path: Path) -> None:
     answer, _ = await env.vector("authorization-request.http")
     token = base64.b64decode(_destinations(answer.body)[0].findtext("Token") or "")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "other")])
-    other = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(NOW - timedelta(days=1))
-        .not_valid_after(NOW + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    _, other = self_signed("other", ca=True)
     other_pem = tmp_path / "other.pem"
     other_pem.write_bytes(other.public_bytes(serialization.Encoding.PEM))
     with pytest.raises(AssertionError):
@@ -499,15 +519,7 @@ async def test_certificate_from_our_ca_but_not_recorded_is_refused(env: Env) -> 
         validity=timedelta(days=1),
         now=datetime.now(UTC),
     )
-    rogue = Device(env.tmp_path / "rogue.pem", env.tmp_path / "rogue.key", cert)
-    rogue.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    rogue.key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    rogue = save_device(env.tmp_path, "rogue", key, cert)
     assert (await env.vector("authorization-request.http", device=rogue))[0].code == 403
 
 
@@ -528,34 +540,9 @@ def _handshake_fails(port: int, device: Device | None, ca_pem: Path | None = Non
         return f"refused: {e}"
 
 
-def _self_made_device(tmp_path: Path, *, expired_under: Any = None) -> Device:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intruder")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(7)
-        .not_valid_before(NOW - timedelta(days=1))
-        .not_valid_after(NOW + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    device = Device(tmp_path / "intruder.pem", tmp_path / "intruder.key", cert)
-    device.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    device.key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return device
-
-
 @pytest_twisted.ensureDeferred
 async def test_foreign_and_expired_certificates_fail_the_handshake(env: Env) -> None:
-    intruder = _self_made_device(env.tmp_path)
+    intruder = save_device(env.tmp_path, "intruder", *self_signed("intruder", ca=False))
     result = await deferToThread(_handshake_fails, env.server.https_port, intruder)
     assert result.startswith("refused") or result == "closed", result
 
@@ -585,15 +572,7 @@ async def test_foreign_and_expired_certificates_fail_the_handshake(env: Env) -> 
         now=datetime.now(UTC),
     )
     await deferToThread(time.sleep, 2.5)
-    expired = Device(env.tmp_path / "expired.pem", env.tmp_path / "expired.key", cert)
-    expired.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    expired.key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    expired = save_device(env.tmp_path, "expired", key, cert)
     result = await deferToThread(_handshake_fails, env.server.https_port, expired)
     assert result.startswith("refused") or result == "closed", result
 
@@ -660,3 +639,90 @@ async def test_answer_heads_follow_the_rules(env: Env) -> None:
     assert answer.header(b"content-type") == b"text/plain"
     assert answer.header(b"transfer-encoding") is None
     assert len(answer.head) + 4 < 1024
+
+
+# --- reauthorization for patched clients, routes from storage through the real service ---
+
+env_fixed_reauth = _env_fixture(osp={"reauthorization_fixed_clients": True})
+
+
+@pytest_twisted.ensureDeferred
+async def test_reauthorization_for_fixed_clients(env_fixed_reauth: Env) -> None:
+    env = env_fixed_reauth
+    answer, _ = await env.vector("authorization-request.http")
+    transaction_id = (
+        ElementTree.fromstring(answer.body).findtext("AuthorizationResponse/TransactionId") or ""
+    )
+    head, body = split_vector(OSP / "reauthorization-request.http")
+    body = body.replace(
+        b"\n1000000001</TransactionId>", b"\n" + transaction_id.encode() + b"</TransactionId>"
+    )
+    reply = await env.post(body, head=head)
+    assert reply.code == 200 and reply.header(b"content-type") == b"text/plain"
+    response = ElementTree.fromstring(reply.body).find("ReauthorizationResponse")
+    assert response is not None
+    assert response.findtext("Status/Code") == "200"
+    assert response.findtext("TransactionId") == transaction_id
+    assert response.findtext("Destination/Token")
+    # An unknown transaction gets an error status and no destination.
+    unknown = await env.post(split_vector(OSP / "reauthorization-request.http")[1], head=head)
+    missing = ElementTree.fromstring(unknown.body).find("ReauthorizationResponse")
+    assert missing is not None and missing.findtext("Status/Code") == "404"
+    assert missing.find("Destination") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_imported_routes_reach_the_running_service(tmp_path: Path, database_url: str) -> None:
+    """The composition root's service tree: routes imported into storage (as osp-admin
+    does from another process) are picked up without a restart."""
+    from osp_server.app import ListenerService, build_service
+    from osp_server.routing.refresh import RouteRefresher
+    from osp_server.storage import routes as route_store
+    from tests.integration.harness import reactor
+
+    config = make_config(
+        tmp_path,
+        database_url,
+        enrollment={"throttle_per_address": 1000},
+        osp={"route_refresh_seconds": 0.5},
+    )
+    top = build_service(config, reactor)
+    top.startService()
+    try:
+        refresher = top.getServiceNamed("routes")
+        assert isinstance(refresher, RouteRefresher)
+        await refresher.when_loaded()
+        https = top.getServiceNamed("https")
+        assert isinstance(https, ListenerService)
+        for _ in range(100):
+            if https.port is not None:
+                break
+            await deferToThread(time.sleep, 0.05)
+        assert https.port is not None
+        server = RunningServer(
+            components=None,  # type: ignore[arg-type]
+            http_port=0,
+            https_port=https.port.getHost().port,  # type: ignore[attr-defined]
+            ports=[],
+        )
+        db = top.getServiceNamed("core").components.core.db
+        add_device_db(db, "1000", "1000")
+        device = await deferToThread(enroll, server, tmp_path, "1000", "1000")
+        db.transact_sync(
+            route_store.import_routes,
+            [Route(table="default", prefix="16", destination="[10.7.7.7]:5060")],
+            replace=False,
+        )
+        await refresher.refresh_now()
+        head, body = split_vector(OSP / "authorization-request.http")
+        answer = await deferToThread(
+            exchange_sync,
+            server.https_port,
+            build_request(head, body),
+            tls=True,
+            client_cert=(device.cert_path, device.key_path),
+        )
+        addresses = [d.findtext("DestinationSignalAddress") for d in _destinations(answer.body)]
+        assert addresses == ["[10.7.7.7]:5060"]
+    finally:
+        await top.stopService()
