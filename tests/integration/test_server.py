@@ -182,3 +182,21 @@ async def test_slow_request_is_cut_at_the_deadline(tmp_path: Path, database_url:
     async for running in run_server(config):
         result = await deferToThread(slowloris, running.http_port)
         assert result == b"closed"
+
+
+def _alpn(port: int) -> str | None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw) as tls:
+            return tls.selected_alpn_protocol()
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_http_1_1_is_negotiated(server: RunningServer) -> None:
+    """Under h2 the peer certificate is unreachable, so h2 is never offered."""
+    from twisted.internet.threads import deferToThread
+
+    assert await deferToThread(_alpn, server.https_port) == "http/1.1"
