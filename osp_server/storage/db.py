@@ -189,6 +189,7 @@ class Database:
         than the configured timeout fails with ``TimeoutError`` (the thread finishes
         its work, but nobody waits for it).
         """
+
         def work() -> T:
             try:
                 with self.engine.begin() as conn:
