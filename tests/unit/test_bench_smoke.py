@@ -1,0 +1,52 @@
+"""Smoke test of bench/authorization.py: a --quick run completes and prints its report.
+
+No timing is asserted (numbers depend on the machine); only that every phase ran
+against the real server with zero errors and the report has its lines.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import shared_dir
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "bench" / "authorization.py"
+PHASES = ("bare-http", "auth-signed", "usage-insert", "auth-xml")
+
+
+def _run_quick() -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO)
+    env["OSP_SHARED_DIR"] = str(shared_dir())
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_quick_run_prints_every_phase_without_errors() -> None:
+    result = _run_quick()
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    rows = {
+        fields[0]: fields for fields in map(str.split, lines) if fields[:1] in ([p] for p in PHASES)
+    }
+    assert sorted(rows) == sorted(PHASES), result.stdout
+    # phase, req, conn, req/s, p50, p95, p99, max, errors, x req/s, x p99, srv ms/req, ...
+    for name, fields in rows.items():
+        assert fields[1] == "60", (name, fields)  # --quick: 60 measured requests per phase
+        assert float(fields[3]) > 0 and float(fields[6]) > 0, (name, fields)  # parsed, not judged
+        assert fields[8] == "0", (name, fields)
+    assert rows["bare-http"][9] == "1.000"  # the baseline's ratio to itself
+    assert any(line.startswith("server RSS (token_format signed): before load") for line in lines)
+    assert any(line.startswith("server RSS (token_format xml): before load") for line in lines)
+    assert sum("AuthorizationResponse p99" in line for line in lines) == 2
+    assert lines[-1] == "RESULT ok: 0 errors"
