@@ -7,6 +7,7 @@ the same as known ones (SECURITY.md P9).
 
 from __future__ import annotations
 
+import functools
 import secrets
 
 from argon2 import PasswordHasher
@@ -28,14 +29,18 @@ def hash_secret(secret: str) -> str:
     return _HASHER.hash(secret)
 
 
-_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(24))
+@functools.cache
+def _dummy_hash() -> str:
+    # Made on first use, not at import: every importer (osp-admin too) would pay
+    # argon2's 64 MiB and its CPU time otherwise.
+    return _HASHER.hash(secrets.token_urlsafe(24))
 
 
 def verify_secret(stored_hash: str | None, candidate: str) -> bool:
     """True when ``candidate`` matches; with no stored hash, spend the same time and fail."""
     try:
         if stored_hash is None:
-            _HASHER.verify(_DUMMY_HASH, candidate)
+            _HASHER.verify(_dummy_hash(), candidate)
             return False
         return _HASHER.verify(stored_hash, candidate)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
