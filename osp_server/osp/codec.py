@@ -806,10 +806,8 @@ def _status(s: Status) -> str:
     )
 
 
-def _destination(d: Destination, out: list[str]) -> None:
-    out.append("<Destination>")
-    if d.call_id_b64:
-        out.append(f'<CallId encoding="base64">{_text(d.call_id_b64, "CallId")}</CallId>')
+def _numbers_and_address(d: Destination, out: list[str]) -> None:
+    """SourceInfo, DestinationInfo and DestinationSignalAddress of a Destination."""
     if d.calling is not None:
         out.append(
             f'<SourceInfo type="{_attr(d.calling_type, "SourceInfo type")}">'
@@ -826,6 +824,13 @@ def _destination(d: Destination, out: list[str]) -> None:
         "<DestinationSignalAddress>"
         f"{_text(d.signal_address, 'DestinationSignalAddress')}</DestinationSignalAddress>"
     )
+
+
+def _destination(d: Destination, out: list[str]) -> None:
+    out.append("<Destination>")
+    if d.call_id_b64:
+        out.append(f'<CallId encoding="base64">{_text(d.call_id_b64, "CallId")}</CallId>')
+    _numbers_and_address(d, out)
     if d.token is not None:
         if not d.token:
             raise OSPEncodeError("empty token")
@@ -941,22 +946,7 @@ def _reauth_destination(d: Destination, out: list[str]) -> None:
             f"a ReauthorizationResponse Destination cannot carry {', '.join(unwritten)}"
         )
     out.append("<Destination>")
-    if d.calling is not None:
-        out.append(
-            f'<SourceInfo type="{_attr(d.calling_type, "SourceInfo type")}">'
-            f"{_text(d.calling, 'calling number')}</SourceInfo>"
-        )
-    if d.called is not None:
-        out.append(
-            f'<DestinationInfo type="{_attr(d.called_type, "DestinationInfo type")}">'
-            f"{_text(d.called, 'called number')}</DestinationInfo>"
-        )
-    if not d.signal_address:
-        raise OSPEncodeError("Destination without signal address")
-    out.append(
-        "<DestinationSignalAddress>"
-        f"{_text(d.signal_address, 'DestinationSignalAddress')}</DestinationSignalAddress>"
-    )
+    _numbers_and_address(d, out)
     if not d.token:
         raise OSPEncodeError("a ReauthorizationResponse Destination needs a non-empty Token")
     token = base64.b64encode(d.token).decode("ascii")

@@ -30,6 +30,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
+from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 
 from osp_server.routing.model import (
@@ -137,10 +138,9 @@ def load_tables(conn: Connection) -> RouteTables:
         raise RouteStoreError(f"stored routes are inconsistent: {e}") from None
 
 
-def list_routes(conn: Connection, *, table: str | None = None) -> list[Route]:
-    """Routes (of one table, or all), ordered by table, prefix, priority, cost and
-    destination (the same order on every engine)."""
-    query = select(
+def _select_routes(conn: Connection) -> Select[Any]:
+    """Every column a Route is built from (cost read exactly on each engine)."""
+    return select(
         routes.c.id,
         routes.c.route_table,
         routes.c.prefix,
@@ -152,6 +152,12 @@ def list_routes(conn: Connection, *, table: str | None = None) -> list[Route]:
         routes.c.network_id,
         routes.c.call_limit,
     )
+
+
+def list_routes(conn: Connection, *, table: str | None = None) -> list[Route]:
+    """Routes (of one table, or all), ordered by table, prefix, priority, cost and
+    destination (the same order on every engine)."""
+    query = _select_routes(conn)
     if table is not None:
         query = query.where(routes.c.route_table == _table_arg(table))
     found = [_route(row) for row in conn.execute(query).mappings()]
@@ -316,18 +322,7 @@ def import_routes(conn: Connection, routes_in: Sequence[Route], *, replace: bool
     existing: dict[tuple[str, str, str], tuple[int, Route | None]] = {}
     tables = sorted({route.table for route in wanted})
     for chunk in _chunks(tables):
-        query = select(
-            routes.c.id,
-            routes.c.route_table,
-            routes.c.prefix,
-            routes.c.destination,
-            routes.c.protocol,
-            routes.c.priority,
-            routes.c.weight,
-            _cost_column(conn),
-            routes.c.network_id,
-            routes.c.call_limit,
-        ).where(routes.c.route_table.in_(chunk))
+        query = _select_routes(conn).where(routes.c.route_table.in_(chunk))
         for row in conn.execute(query).mappings():
             # A row edited into an invalid state outside the server is replaced, not fatal.
             try:
