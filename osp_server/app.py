@@ -34,6 +34,7 @@ from osp_server.enrollment.resource import TepResource
 from osp_server.enrollment.service import EnrollmentService
 from osp_server.enrollment.throttle import EnrollmentThrottle
 from osp_server.interfaces import ExtensionLoadError, IRoutingPolicy, load_routing_policy
+from osp_server.maintenance import TransactionReaper
 from osp_server.metrics import Metrics, MetricsResource
 from osp_server.osp.authn import DeviceAuthenticator
 from osp_server.osp.resource import OSPResource
@@ -505,6 +506,9 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         )
         refresher.setName("routes")
         refresher.setServiceParent(top)
+    reaper = TransactionReaper(core.db, reactor, clock=core.clock)
+    reaper.setName("reaper")
+    reaper.setServiceParent(top)
     if config.osp.reauthorization_fixed_clients:
         log.warn(
             "osp.reauthorization_fixed_clients is on: ReauthorizationRequest gets a "

@@ -595,9 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_audit)
 
     # Imported here: route_commands imports this module's helpers.
-    from osp_server.admin import route_commands
+    from osp_server.admin import route_commands, usage_commands
 
     route_commands.register(groups)
+    usage_commands.register(groups)
     for register in COMMAND_GROUPS:
         register(groups)
     return parser

@@ -9,12 +9,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from osp_server.osp.messages import CapabilitiesIndication, UsageIndication
-from osp_server.storage.schema import capabilities, transactions, usage_records
+from osp_server.storage.schema import capabilities, devices, transactions, usage_records
 
 # Numeric(18, 3): anything outside is kept verbatim in the JSON fields only, because a
 # device never retries a usage report that we answered with an error.
@@ -202,3 +202,86 @@ def capabilities_of(conn: Connection, device_pk: int) -> dict[str, Any] | None:
         .first()
     )
     return None if row is None else dict(row)
+
+
+def purge_expired_transactions(conn: Connection, *, now: datetime, limit: int = 10_000) -> int:
+    """Delete up to ``limit`` authorizations past their expiry; returns how many."""
+    expired = (
+        select(transactions.c.transaction_id)
+        .where(transactions.c.expires_at < now)
+        .order_by(transactions.c.expires_at)
+        .limit(limit)
+    )
+    ids = [row[0] for row in conn.execute(expired)]
+    if not ids:
+        return 0
+    conn.execute(delete(transactions).where(transactions.c.transaction_id.in_(ids)))
+    return len(ids)
+
+
+USAGE_EXPORT_COLUMNS = (
+    "id",
+    "received_at",
+    "customer_id",
+    "device_id",
+    "transaction_id",
+    "role",
+    "destination",
+    "component_id",
+    "call_id",
+    "calling",
+    "called",
+    "start_time",
+    "alert_time",
+    "connect_time",
+    "end_time",
+    "duration",
+    "post_dial_delay",
+    "termination_cause_type",
+    "termination_cause_code",
+    "release_source",
+)
+
+
+def usage_page(
+    conn: Connection,
+    *,
+    after_id: int,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Usage records with ids above ``after_id`` (keyset pages, oldest first)."""
+    query = (
+        select(
+            usage_records.c.id,
+            usage_records.c.received_at,
+            devices.c.customer_id,
+            devices.c.device_id,
+            usage_records.c.transaction_id,
+            usage_records.c.role,
+            usage_records.c.destination,
+            usage_records.c.component_id,
+            usage_records.c.call_id,
+            usage_records.c.calling,
+            usage_records.c.called,
+            usage_records.c.start_time,
+            usage_records.c.alert_time,
+            usage_records.c.connect_time,
+            usage_records.c.end_time,
+            usage_records.c.duration,
+            usage_records.c.post_dial_delay,
+            usage_records.c.termination_cause_type,
+            usage_records.c.termination_cause_code,
+            usage_records.c.release_source,
+        )
+        .select_from(usage_records.join(devices, usage_records.c.device_pk == devices.c.id))
+        .where(usage_records.c.id > after_id)
+        .order_by(usage_records.c.id)
+        .limit(limit)
+    )
+    if since is not None:
+        query = query.where(usage_records.c.received_at >= since)
+    if until is not None:
+        query = query.where(usage_records.c.received_at < until)
+    return [dict(r) for r in conn.execute(query).mappings()]

@@ -1,0 +1,133 @@
+"""Usage export (osp-admin usage export) and the purge of expired transactions."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from sqlalchemy import Connection
+
+from osp_server.admin.cli import Context, main
+from osp_server.config import load_config
+from osp_server.maintenance import TransactionReaper
+from osp_server.osp.codec import decode_request
+from osp_server.osp.messages import UsageIndicationMessage
+from osp_server.storage import calls
+from osp_server.storage import devices as device_store
+from osp_server.storage.db import Database
+from tests.conftest import shared_dir
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def _usage() -> UsageIndicationMessage:
+    raw = (shared_dir() / "vectors" / "osp" / "usage-indication.http").read_bytes()
+    message = decode_request(raw.partition(b"\r\n\r\n")[2])
+    assert isinstance(message, UsageIndicationMessage)
+    return message
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, database_url: str) -> Path:
+    path = tmp_path / "osp.toml"
+    path.write_text(f'[server]\ndata_dir = "data"\n[database]\nurl = "{database_url}"\n')
+    return path
+
+
+def _context(path: Path) -> Context:
+    return Context(config=load_config(path), out=io.StringIO(), as_json=False, stdin=io.StringIO())
+
+
+def _seed(path: Path) -> None:
+    ctx = _context(path)
+    try:
+
+        def work(conn: Connection) -> None:
+            device_store.add_customer(conn, customer_id="1000", name="c", now=NOW)
+            device = device_store.add_device(
+                conn,
+                customer_id="1000",
+                device_id="1000",
+                username="u",
+                now=NOW,
+            )
+            calls.store_usage(conn, device_pk=device.pk, components=_usage().components, now=NOW)
+
+        ctx.db.transact_sync(work)
+    finally:
+        ctx.close()
+
+
+def _run(path: Path, *argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["--config", str(path), *argv], stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_csv_and_json_export(config_path: Path) -> None:
+    _seed(config_path)
+    code, out, err = _run(config_path, "usage", "export")
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 2
+    assert {r["termination_cause_code"] for r in rows} == {"41", rows[1]["termination_cause_code"]}
+    answered = next(r for r in rows if r["duration"])
+    assert answered["duration"] == "30.000" and answered["customer_id"] == "1000"
+    code, out, _ = _run(config_path, "usage", "export", "--format", "json", "--limit", "1")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 1 and json.loads(lines[0])["device_id"] == "1000"
+    code, out, _ = _run(config_path, "usage", "export", "--since", "2030-01-01T00:00:00Z")
+    assert code == 0 and len(out.splitlines()) == 1  # header only
+
+
+def test_bad_time_is_one_line(config_path: Path) -> None:
+    code, _, err = _run(config_path, "usage", "export", "--since", "yesterday")
+    assert code == 1 and "--since: not an ISO 8601 time" in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_expired_transactions_are_purged(config_path: Path) -> None:
+    from twisted.internet import reactor
+
+    ctx = _context(config_path)
+    try:
+
+        def seed(conn: Connection) -> None:
+            device_store.add_customer(conn, customer_id="1", name="c", now=NOW)
+            device = device_store.add_device(
+                conn,
+                customer_id="1",
+                device_id="1",
+                username="u",
+                now=NOW,
+            )
+            for txid, expires in ((1, NOW - timedelta(seconds=1)), (2, NOW + timedelta(hours=1))):
+                calls.insert_transaction(
+                    conn,
+                    transaction_id=txid,
+                    device_pk=device.pk,
+                    call_id=None,
+                    calling="1",
+                    called="2",
+                    status_code=200,
+                    destinations=[],
+                    now=NOW,
+                    expires_at=expires,
+                )
+
+        ctx.db.transact_sync(seed)
+        db = Database(ctx.db.engine, reactor)
+        db.start()
+        reaper = TransactionReaper(db, reactor, clock=lambda: NOW)
+        assert await reaper.purge_once() == 1
+        assert await reaper.purge_once() == 0
+        assert ctx.db.transact_sync(calls.get_transaction, 1) is None
+        assert ctx.db.transact_sync(calls.get_transaction, 2) is not None
+        db.stop()
+    finally:
+        ctx.close()
