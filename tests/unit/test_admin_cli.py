@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from osp_server import passwords
 from osp_server.admin.cli import main
+from tests.unit.admin_runner import AdminRunner
 
-
-class Run:
-    """Runs osp-admin with a config file pointing at one database."""
-
-    def __init__(self, config_path: Path) -> None:
-        self.config_path = config_path
-
-    def __call__(self, *argv: str, stdin: str = "") -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = main(
-            ["--config", str(self.config_path), *argv],
-            stdout=out,
-            stderr=err,
-            stdin=io.StringIO(stdin),
-        )
-        return code, out.getvalue(), err.getvalue()
-
-    def json(self, *argv: str, stdin: str = "") -> Any:
-        code, out, err = self("--json", *argv, stdin=stdin)
-        assert code == 0, err
-        return json.loads(out)
+Run = AdminRunner
 
 
 @pytest.fixture

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import io
-import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
@@ -14,9 +12,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from osp_server.admin.cli import Context, main
+from osp_server.admin.cli import Context
 from osp_server.config import load_config
 from osp_server.storage import enrollments
+from tests.unit.admin_runner import AdminRunner, write_config
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
@@ -30,25 +29,15 @@ def _csr() -> bytes:
     )
 
 
-class Admin:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def run(self, *argv: str, stdin: str = "") -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = main(
-            ["--config", str(self.path), *argv], stdout=out, stderr=err, stdin=io.StringIO(stdin)
-        )
-        return code, out.getvalue(), err.getvalue()
-
-    def json(self, *argv: str, stdin: str = "") -> Any:
-        code, out, err = self.run("--json", *argv, stdin=stdin)
-        assert code == 0, err
-        return json.loads(out)
+class Admin(AdminRunner):
+    """osp-admin plus a way to create a pending enrollment directly in storage."""
 
     def pending(self) -> int:
         ctx = Context(
-            config=load_config(self.path), out=io.StringIO(), as_json=True, stdin=io.StringIO()
+            config=load_config(self.config_path),
+            out=io.StringIO(),
+            as_json=True,
+            stdin=io.StringIO(),
         )
         try:
             device = ctx.db.transact_sync(
@@ -73,9 +62,7 @@ class Admin:
 
 @pytest.fixture
 def admin(tmp_path: Path, database_url: str) -> Admin:
-    path = tmp_path / "osp.toml"
-    path.write_text(f'[server]\ndata_dir = "data"\n[database]\nurl = "{database_url}"\n')
-    a = Admin(path)
+    a = Admin(write_config(tmp_path, database_url))
     a.json("ca", "init")
     a.json("customer", "add", "1000")
     a.json(
@@ -115,16 +102,16 @@ def test_reject_then_approve_is_refused(admin: Admin) -> None:
     enrollment_id = admin.pending()
     rejected = admin.json("enroll", "reject", str(enrollment_id), "--reason", "unknown site")
     assert rejected["state"] == "rejected" and rejected["reject_status"] == 3
-    code, _, err = admin.run("enroll", "approve", str(enrollment_id))
+    code, _, err = admin("enroll", "approve", str(enrollment_id))
     assert code == 1 and "was rejected" in err
-    code, _, err = admin.run("enroll", "reject", str(enrollment_id))
+    code, _, err = admin("enroll", "reject", str(enrollment_id))
     assert code == 1 and "not pending" in err
 
 
 def test_errors(admin: Admin) -> None:
-    code, _, err = admin.run("enroll", "approve", "999")
+    code, _, err = admin("enroll", "approve", "999")
     assert code == 1 and "enrollment 999 does not exist" in err
-    code, _, err = admin.run("cert", "revoke", "abc123")
+    code, _, err = admin("cert", "revoke", "abc123")
     assert code == 1 and "certificate abc123 does not exist" in err
-    code, _, err = admin.run("enroll", "approve", "x")
+    code, _, err = admin("enroll", "approve", "x")
     assert code == 2

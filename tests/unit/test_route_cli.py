@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from osp_server.admin import route_commands
-from osp_server.admin.cli import main
 from osp_server.routing.csvio import parse_blocks_csv, parse_routes_csv
+from tests.unit.admin_runner import AdminRunner
 
 ROUTES = (
     "table,prefix,destination,protocol,priority,weight,cost,network_id,call_limit\n"
@@ -24,27 +21,12 @@ ROUTES = (
 BLOCKS = "table,kind,prefix,description\ndefault,source,1900,No premium\ngold,destination,,Closed\n"
 
 
-class Run:
-    """Runs osp-admin with a config file pointing at one database."""
+class Run(AdminRunner):
+    """osp-admin plus a helper to write input files beside the config."""
 
     def __init__(self, config_path: Path) -> None:
-        self.config_path = config_path
+        super().__init__(config_path)
         self.dir = config_path.parent
-
-    def __call__(self, *argv: str, stdin: str = "") -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = main(
-            ["--config", str(self.config_path), *argv],
-            stdout=out,
-            stderr=err,
-            stdin=io.StringIO(stdin),
-        )
-        return code, out.getvalue(), err.getvalue()
-
-    def json(self, *argv: str, stdin: str = "") -> Any:
-        code, out, err = self("--json", *argv, stdin=stdin)
-        assert code == 0, err
-        return json.loads(out)
 
     def file(self, name: str, content: str | bytes) -> str:
         path = self.dir / name
