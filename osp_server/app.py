@@ -19,13 +19,22 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from sqlalchemy.exc import SQLAlchemyError
 
+from OpenSSL import SSL
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 
@@ -54,7 +63,13 @@ from osp_server.routing.policy import DefaultRoutingPolicy
 from osp_server.routing.refresh import RouteRefresher
 from osp_server.storage import certificates as cert_store
 from osp_server.storage.certificates import CertificateKind
-from osp_server.storage.db import Database, check_durability, create_db_engine, upgrade_schema
+from osp_server.storage.db import (
+    Database,
+    StorageError,
+    check_durability,
+    create_db_engine,
+    upgrade_schema,
+)
 from osp_server.tls.context import ReloadableServerTLS, TLSMaterial
 from osp_server.web.crl import CRLResource
 from osp_server.web.health import HealthResource
@@ -102,9 +117,13 @@ def open_database(config: Config, reactor: Any) -> Database:
         pool_size=config.database.threads,
         timeout_seconds=config.database.timeout_seconds,
     )
-    upgrade_schema(engine)
-    with engine.connect() as conn:
-        check_durability(conn)
+    try:
+        upgrade_schema(engine)
+        with engine.connect() as conn:
+            check_durability(conn)
+    except (SQLAlchemyError, OSError) as e:
+        engine.dispose()
+        raise StorageError(f"cannot open the database: {type(e).__name__}: {e}") from None
     return Database(
         engine,
         reactor,
@@ -137,6 +156,8 @@ def prepare(config: Config, reactor: Any, *, clock: Callable[[], datetime] = utc
         ca, created = open_ca(config, now=clock())
     except CAError as e:
         raise StartupError(f"CA: {e}") from None
+    except OSError as e:
+        raise StartupError(f"CA: {e.filename or config.ca.key_file}: {e.strerror}") from None
     try:
         db = open_database(config, reactor)
     except Exception as e:
@@ -262,6 +283,32 @@ def token_signer(core: Core) -> TokenSigner:
     return TokenSigner(cert, key)
 
 
+class ServerCertificate:
+    """The HTTPS listeners' key and certificate, read once and on reload only."""
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+        self.key, self.cert = server_tls_material(core)
+
+    def refresh(self) -> None:
+        """Read the files again (blocking: call in a thread)."""
+        self.key, self.cert = server_tls_material(self._core)
+
+
+class RefusableTLSFactory(TLSMemoryBIOFactory):
+    """TLS around a factory that may refuse a connection.
+
+    Twisted's wrapper builds a TLS protocol around ``None`` when the site refuses
+    (per-address limit), leaving a socket that nothing ever times out.
+    """
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        inner = self.wrappedFactory.buildProtocol(addr)
+        if inner is None:
+            return None
+        return self.protocol(self, inner)
+
+
 @dataclass
 class Components:
     """Sites and TLS creators, ready to listen (tests listen on port 0)."""
@@ -276,37 +323,52 @@ class Components:
     policy: IRoutingPolicy
     authenticator: DeviceAuthenticator
     osp_site: OSPSite
+    server_certificate: ServerCertificate
     mtls_tls: ReloadableServerTLS
     legacy_tls: ReloadableServerTLS
 
     def https_factory(self) -> IProtocolFactory:
         """The HTTPS listener's factory: TLS around the site (client certificate optional)."""
-        return TLSMemoryBIOFactory(self.https_tls, False, self.https_site)
+        return RefusableTLSFactory(self.https_tls, False, self.https_site)
 
     def osp_mtls_factory(self) -> IProtocolFactory:
         """/osp alone, where the handshake itself requires a client certificate."""
-        return TLSMemoryBIOFactory(self.mtls_tls, False, self.osp_site)
+        return RefusableTLSFactory(self.mtls_tls, False, self.osp_site)
 
     def legacy_osp_factory(self) -> IProtocolFactory:
         """/osp alone at OpenSSL security level 0, for MD5-signed legacy certificates."""
-        return TLSMemoryBIOFactory(self.legacy_tls, False, self.osp_site)
+        return RefusableTLSFactory(self.legacy_tls, False, self.osp_site)
 
-    def reload_tls(self) -> None:
-        """Rebuild every TLS context from the files (SIGHUP)."""
-        for creator in (self.https_tls, self.mtls_tls, self.legacy_tls):
-            creator.reload()
+    def reload_tls(self) -> Deferred[None]:
+        """Re-read the certificate files (in a thread) and rebuild every TLS context
+        (SIGHUP).  On failure the listeners keep the contexts they have."""
+        core = self.core
+        d: Deferred[None] = deferToThreadPool(
+            core.reactor, core.cpu_pool, self.server_certificate.refresh
+        )
+
+        def rebuild(_: None) -> None:
+            for creator in (self.https_tls, self.mtls_tls, self.legacy_tls):
+                creator.reload()
+
+        def failed(failure: Failure) -> None:
+            log.failure("TLS reload failed; keeping the previous certificates", failure)
+
+        d.addCallbacks(rebuild, failed)
+        return d
 
 
 def build_components(core: Core) -> Components:
     """Wire resources and sites (no listening)."""
     cfg = core.config.listeners
 
+    server_certificate = ServerCertificate(core)
+
     def tls_loader(*, require: bool, legacy: bool = False) -> Callable[[], TLSMaterial]:
         def load() -> TLSMaterial:
-            key, cert = server_tls_material(core)
             return TLSMaterial(
-                private_key=key,
-                certificate=cert,
+                private_key=server_certificate.key,
+                certificate=server_certificate.cert,
                 client_trust=(core.ca.certificate,),
                 require_client_certificate=require,
                 legacy_security_level=legacy,
@@ -395,6 +457,7 @@ def build_components(core: Core) -> Components:
         policy=policy,
         authenticator=authenticator,
         osp_site=site(osp_root, "osp"),
+        server_certificate=server_certificate,
         mtls_tls=ReloadableServerTLS(tls_loader(require=True)),
         legacy_tls=ReloadableServerTLS(tls_loader(require=True, legacy=True)),
     )
@@ -410,40 +473,67 @@ def build_routing_policy(core: Core) -> IRoutingPolicy:
 
 
 class ListenerService(Service):
-    """Listens on a Twisted endpoint description and logs the address it got."""
+    """Listens on a Twisted endpoint and logs the address it got.
 
-    def __init__(self, reactor: Any, description: str, factory: IProtocolFactory) -> None:
+    It binds in ``privilegedStartService``, which twistd calls before the reactor
+    runs: a port in use then stops start-up with one line and a non-zero status,
+    instead of leaving a server without that listener.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        description: str,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+    ) -> None:
         self._reactor = reactor
         self.description = description
+        self.endpoint = endpoint
         self.factory = factory
         self.port: IListeningPort | None = None
+        self._listening: Deferred[IListeningPort] | None = None
+
+    def _listening_on(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        host = port.getHost()
+        log.info(
+            "{name} listening on {host}:{port} ({description})",
+            name=self.name,
+            host=getattr(host, "host", "?"),
+            port=getattr(host, "port", "?"),
+            description=self.description,
+        )
+        return port
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        d = self.endpoint.listen(self.factory)
+        failures: list[Failure] = []
+        d.addCallbacks(self._listening_on, failures.append)
+        if failures:  # TCP, SSL and UNIX endpoints answer at once
+            raise SystemExit(
+                f"osp-server: {self.name} listener {self.description}: "
+                f"{failures[0].getErrorMessage()}"
+            )
+        self._listening = d
 
     def startService(self) -> None:
         super().startService()
-        endpoint = serverFromString(self._reactor, self.description)
-        d = endpoint.listen(self.factory)
+        if self._listening is None and self.port is None:
+            # Started without privilegedStartService (e.g. embedded): listen now.
+            d = self.endpoint.listen(self.factory)
 
-        def listening(port: IListeningPort) -> None:
-            self.port = port
-            host = port.getHost()
-            log.info(
-                "{name} listening on {host}:{port} ({description})",
-                name=self.name,
-                host=getattr(host, "host", "?"),
-                port=getattr(host, "port", "?"),
-                description=self.description,
-            )
+            def failed(failure: Failure) -> None:
+                log.failure(
+                    "{name}: cannot listen on {description}",
+                    failure,
+                    name=self.name,
+                    description=self.description,
+                )
+                self._reactor.callWhenRunning(self._reactor.stop)
 
-        def failed(failure: Any) -> None:
-            log.failure(
-                "{name}: cannot listen on {description}",
-                failure,
-                name=self.name,
-                description=self.description,
-            )
-            self._reactor.stop()
-
-        d.addCallbacks(listening, failed)
+            d.addCallbacks(self._listening_on, failed)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
@@ -495,7 +585,12 @@ class CoreService(Service):
 def build_service(config: Config, reactor: Any) -> MultiService:
     """The whole server as one MultiService (what ``twistd osp`` runs)."""
     core = prepare(config, reactor)
-    components = build_components(core)
+    try:
+        components = build_components(core)
+    except StartupError:
+        raise
+    except (CAError, StorageError, OSError, ValueError, SSL.Error) as e:
+        raise StartupError(f"TLS and token certificates: {e}") from None
     top = MultiService()
     core_service = CoreService(components)
     core_service.setName("core")
@@ -532,7 +627,14 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     for name, description, factory in listeners:
         if not description:
             continue
-        svc = ListenerService(reactor, description, factory)
+        try:
+            endpoint = serverFromString(reactor, description)
+        except Exception as e:  # any parser error names a bad description
+            raise StartupError(
+                f"{config.source}: listeners.{name.replace('-', '_')}: "
+                f"bad endpoint description {description!r}: {e}"
+            ) from None
+        svc = ListenerService(reactor, description, endpoint, factory)
         svc.setName(name)
         svc.setServiceParent(top)
     return top

@@ -18,6 +18,7 @@ log = Logger()
 
 PURGE_INTERVAL_SECONDS = 600.0
 PURGE_BATCH = 10_000
+MAX_BATCHES_PER_TICK = 100
 
 
 class TransactionReaper(Service):
@@ -38,14 +39,19 @@ class TransactionReaper(Service):
         self._interval = interval
 
     async def purge_once(self) -> int:
-        """One batch; errors are logged and retried at the next tick."""
+        """Batches until one comes back short (bounded per tick); errors are logged and
+        retried at the next tick."""
+        removed = 0
         try:
-            removed: int = await self._db.transact(
-                calls.purge_expired_transactions, now=self._clock(), limit=PURGE_BATCH
-            )
-        except (StorageError, TimeoutError) as e:
+            for _ in range(MAX_BATCHES_PER_TICK):
+                count: int = await self._db.transact(
+                    calls.purge_expired_transactions, now=self._clock(), limit=PURGE_BATCH
+                )
+                removed += count
+                if count < PURGE_BATCH:
+                    break
+        except StorageError as e:
             log.warn("purging expired transactions failed: {error}", error=str(e))
-            return 0
         if removed:
             log.info("purged {count} expired transactions", count=removed)
         return removed

@@ -17,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from osp_server import passwords
 from osp_server.config import Config, ConfigError, load_config
 from osp_server.pki.ca import CAError
@@ -633,8 +635,10 @@ def main(
         NotFoundError,
         ConflictError,
         ValueError,
+        OSError,
+        SQLAlchemyError,
     ) as e:
-        err.write(f"osp-admin: error: {e}\n")
+        err.write(f"osp-admin: error: {' '.join(str(e).split())}\n")
         return EXIT_ERROR
     except KeyboardInterrupt:
         err.write("osp-admin: interrupted\n")

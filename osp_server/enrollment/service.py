@@ -59,6 +59,16 @@ AuthMethod = Literal["password", "secret"]
 
 
 @dataclass(frozen=True)
+class _Auth:
+    method: AuthMethod
+    secret_hash: str | None = None  # the one-time secret's hash, to spend it exactly once
+
+
+class SecretAlreadyUsed(Exception):
+    """A concurrent request spent the one-time secret first."""
+
+
+@dataclass(frozen=True)
 class _Registered:
     enrollment: enrollment_store.Enrollment | None
     nonce_conflict: bool = False
@@ -142,11 +152,18 @@ class EnrollmentService:
         customer, device_id = request.customer_id, request.device_id
         if not self._throttle.admit(customer_id=customer, device_id=device_id, address=source):
             return Outcome(TepStatus.THROTTLED, reason="throttled before authentication")
-
-        device = await self._db.transact(_find_device, customer, device_id)
-        method = await self._hashing.run(self._in_thread, self._authenticate, device, request)
-        if device is None or method is None:
-            self._throttle.failed(customer_id=customer, device_id=device_id)
+        verdict: bool | None = None  # None: no verdict (storage trouble), not a failure
+        try:
+            device = await self._db.transact(_find_device, customer, device_id)
+            auth: _Auth | None = await self._hashing.run(
+                self._in_thread, self._authenticate, device, request
+            )
+            verdict = device is not None and auth is not None
+        finally:
+            self._throttle.finished(
+                customer_id=customer, device_id=device_id, authenticated=verdict
+            )
+        if device is None or auth is None:
             reason = (
                 "unknown device"
                 if device is None
@@ -156,7 +173,6 @@ class EnrollmentService:
             )
             await self._audit("enrollment.denied", request, source, reason=reason)
             return Outcome(TepStatus.DENIED, reason=reason)
-        self._throttle.succeeded(customer_id=customer, device_id=device_id)
 
         try:
             csr: ValidatedCSR = await self._in_thread(
@@ -184,8 +200,11 @@ class EnrollmentService:
 
         try:
             issued: Issued = await self._db.transact(
-                self._issue, enrollment.id, device.pk if method == "secret" else None, now
+                self._issue, enrollment.id, device.pk, auth.secret_hash, now
             )
+        except SecretAlreadyUsed:
+            await self._audit("enrollment.denied", request, source, reason="secret already used")
+            return Outcome(TepStatus.DENIED, reason="one-time secret already used")
         except EnrollmentStateError as e:
             return Outcome(TepStatus.CSR_REFUSED, reason=str(e))
         except (CAError, CSRPolicyError) as e:
@@ -196,27 +215,33 @@ class EnrollmentService:
 
     def _authenticate(
         self, device: device_store.Device | None, request: EnrollmentRequest
-    ) -> AuthMethod | None:
-        """Password or unexpired one-time secret; the same work for unknown devices."""
-        if device is None:
-            passwords.verify_secret(None, request.password)
-            return None
-        name_ok = hmac.compare_digest(device.username.encode(), request.username.encode())
+    ) -> _Auth | None:
+        """Password or unexpired one-time secret.
+
+        Always exactly two argon2 verifications (dummy ones where a hash is missing),
+        so unknown devices, devices without a secret and devices with one all cost
+        the same (SECURITY.md P9).
+        """
         now = self._clock()
-        if passwords.verify_secret(device.password_hash, request.password):
-            method: AuthMethod | None = "password"
-        elif (
-            device.secret_hash is not None
+        password_hash = device.password_hash if device is not None else None
+        secret_hash = (
+            device.secret_hash
+            if device is not None
             and device.secret_expires_at is not None
             and device.secret_expires_at > now
-            and passwords.verify_secret(device.secret_hash, request.password)
-        ):
-            method = "secret"
-        else:
-            method = None
-        if not name_ok or device.state != "active":
+            else None
+        )
+        password_ok = passwords.verify_secret(password_hash, request.password)
+        secret_ok = passwords.verify_secret(secret_hash, request.password)
+        if device is None or device.state != "active":
             return None
-        return method
+        if not hmac.compare_digest(device.username.encode(), request.username.encode()):
+            return None
+        if password_ok:
+            return _Auth("password")
+        if secret_ok:
+            return _Auth("secret", secret_hash)
+        return None
 
     def _register(
         self,
@@ -258,7 +283,12 @@ class EnrollmentService:
         return _Registered(enrollment)
 
     def _issue(
-        self, conn: Connection, enrollment_id: int, consume_secret_of: int | None, now: datetime
+        self,
+        conn: Connection,
+        enrollment_id: int,
+        device_pk: int,
+        secret_hash: str | None,
+        now: datetime,
     ) -> Issued:
         issued = issue_enrollment(
             conn,
@@ -269,17 +299,12 @@ class EnrollmentService:
             now=now,
             actor="enrollment",
         )
-        if consume_secret_of is not None:
-            # One-time secrets are spent when a certificate is handed out with them.
-            device = device_store.get_device_by_pk(conn, consume_secret_of)
-            device_store.update_device(
-                conn,
-                device.customer_id,
-                device.device_id,
-                now=now,
-                secret_hash=None,
-                secret_expires_at=None,
-            )
+        # One-time secrets are spent by the certificate they obtain, in the same
+        # transaction; a concurrent request with the same secret then rolls back.
+        if secret_hash is not None and not device_store.consume_secret(
+            conn, device_pk, secret_hash, now=now
+        ):
+            raise SecretAlreadyUsed()
         return issued
 
 

@@ -35,10 +35,14 @@ class SlidingWindow:
             return None
         return events
 
+    def count(self, key: str) -> int:
+        """Events of ``key`` in the window."""
+        events = self._recent(key)
+        return 0 if events is None else len(events)
+
     def exceeded(self, key: str) -> bool:
         """True when ``key`` already has ``limit`` events in the window."""
-        events = self._recent(key)
-        return events is not None and len(events) >= self.limit
+        return self.count(key) >= self.limit
 
     def add(self, key: str) -> None:
         """Count one event for ``key``."""
@@ -65,7 +69,11 @@ class SlidingWindow:
 
 
 class EnrollmentThrottle:
-    """Failures per device and requests per source address."""
+    """Failures per device and requests per source address.
+
+    Attempts still being checked count against the device's failure budget, so that
+    concurrent guesses cannot all slip in before the first failure is recorded.
+    """
 
     def __init__(
         self,
@@ -77,6 +85,7 @@ class EnrollmentThrottle:
     ) -> None:
         self.device_failures = SlidingWindow(failures_per_device, window_seconds, clock)
         self.address_requests = SlidingWindow(requests_per_address, window_seconds, clock)
+        self._in_flight: dict[str, int] = {}
 
     @staticmethod
     def device_key(customer_id: str, device_id: str) -> str:
@@ -84,16 +93,30 @@ class EnrollmentThrottle:
         return f"{customer_id}/{device_id}"
 
     def admit(self, *, customer_id: str, device_id: str, address: str) -> bool:
-        """Count a request from ``address``; False when it must be refused unhashed."""
+        """Count a request; False when it must be refused before any hashing.
+
+        Every admitted attempt must be closed with :meth:`finished`.
+        """
         if self.address_requests.exceeded(address):
             return False
         self.address_requests.add(address)
-        return not self.device_failures.exceeded(self.device_key(customer_id, device_id))
+        key = self.device_key(customer_id, device_id)
+        pending = self._in_flight.get(key, 0)
+        if self.device_failures.count(key) + pending >= self.device_failures.limit:
+            return False
+        self._in_flight[key] = pending + 1
+        return True
 
-    def failed(self, *, customer_id: str, device_id: str) -> None:
-        """Record an authentication failure for the device."""
-        self.device_failures.add(self.device_key(customer_id, device_id))
-
-    def succeeded(self, *, customer_id: str, device_id: str) -> None:
-        """A correct password resets the device's failure count."""
-        self.device_failures.clear(self.device_key(customer_id, device_id))
+    def finished(self, *, customer_id: str, device_id: str, authenticated: bool | None) -> None:
+        """Close an admitted attempt: a failure counts, a success clears the count, and
+        ``None`` (no verdict, e.g. storage trouble) only releases the slot."""
+        key = self.device_key(customer_id, device_id)
+        pending = self._in_flight.get(key, 0) - 1
+        if pending > 0:
+            self._in_flight[key] = pending
+        else:
+            self._in_flight.pop(key, None)
+        if authenticated is True:
+            self.device_failures.clear(key)
+        elif authenticated is False:
+            self.device_failures.add(key)

@@ -417,7 +417,10 @@ def _b64(text: str, what: str) -> bytes:
 def _call_id(node: _Node) -> tuple[bytes, str]:
     """Return (raw Call-ID, base64 text to echo) for a ``CallId`` element."""
     if node.get("encoding") == "base64":
-        return _b64(node.text, "CallId"), node.text
+        raw = _b64(node.text, "CallId")
+        # Echo our own encoding: the device's text may carry line breaks, and leaf
+        # values we send must not contain whitespace.
+        return raw, base64.b64encode(raw).decode("ascii")
     raw = node.text.encode("utf-8")
     return raw, base64.b64encode(raw).decode("ascii")
 
@@ -484,7 +487,11 @@ def _authorization(comp: _Node, message_id: str, component_id: str) -> Authoriza
             call_ids_b64.append(text)
         elif tag == "SourceInfo":
             if calling is None:
-                calling = (c.get("type") or "e164", c.text)
+                type_ = c.get("type") or "e164"
+                if type_ not in NUMBER_TYPES:
+                    # The type is echoed in every Destination: only known values.
+                    raise OSPDecodeError(f"SourceInfo type {type_[:20]!r} is not e164, sip or url")
+                calling = (type_, c.text)
         elif tag == "DestinationInfo":
             type_ = c.get("type") or "e164"
             if called is None and type_ in NUMBER_TYPES:

@@ -331,7 +331,9 @@ class OSPService:
                 duplicates=stored.duplicates,
             )
         for component in message.components:
-            if component.role == "source" and component.transaction_id:
+            # Only the device that was authorized may end its call: a terminating
+            # device also sees the TransactionId, in the token.
+            if component.role == "source" and component.transaction_id in stored.own_transactions:
                 self._policy.call_ended(component.transaction_id)
         confirmations = [
             UsageConfirmation(component_id=c.component_id, timestamp=now, status=OK)

@@ -22,6 +22,20 @@ _NUMERIC_LIMIT = Decimal(10) ** 15
 MAX_FIELD_CHARS = 256
 
 
+_UINT64 = 1 << 64
+_INT63 = 1 << 63
+
+
+def to_storage_id(transaction_id: int) -> int:
+    """Devices send TransactionIds as uint64; the column is a signed 64-bit integer."""
+    return transaction_id - _UINT64 if transaction_id >= _INT63 else transaction_id
+
+
+def from_storage_id(stored: int) -> int:
+    """The device's uint64 TransactionId from its stored form."""
+    return stored + _UINT64 if stored < 0 else stored
+
+
 def _bounded(value: Decimal | None) -> Decimal | None:
     if value is None or not value.is_finite() or abs(value) >= _NUMERIC_LIMIT:
         return None
@@ -104,10 +118,13 @@ def get_transaction(conn: Connection, transaction_id: int) -> StoredTransaction 
 
 @dataclass(frozen=True)
 class StoredUsage:
-    """How many usage components were new and how many were repeats."""
+    """How many usage components were new and how many were repeats, and which of the
+    reported transactions this device itself authorized (only those may release
+    call-limit slots)."""
 
     inserted: int
     duplicates: int
+    own_transactions: frozenset[int] = frozenset()
 
 
 def store_usage(
@@ -119,7 +136,7 @@ def store_usage(
         cause = c.termination_causes[0] if c.termination_causes else None
         values = {
             "device_pk": device_pk,
-            "transaction_id": c.transaction_id or 0,
+            "transaction_id": to_storage_id(c.transaction_id or 0),
             "role": (c.role or "unknown")[:16],
             "destination": (c.destination or "")[:256],
             "component_id": c.component_id[:64],
@@ -152,7 +169,20 @@ def store_usage(
             )
         )
         inserted += conn.execute(statement).rowcount
-    return StoredUsage(inserted, len(components) - inserted)
+    reported = {
+        c.transaction_id for c in components if c.transaction_id and c.transaction_id < _INT63
+    }
+    own: frozenset[int] = frozenset()
+    if reported:
+        own = frozenset(
+            conn.execute(
+                select(transactions.c.transaction_id).where(
+                    transactions.c.transaction_id.in_(sorted(reported)),
+                    transactions.c.device_pk == device_pk,
+                )
+            ).scalars()
+        )
+    return StoredUsage(inserted, len(components) - inserted, own)
 
 
 def store_capabilities(
@@ -188,10 +218,10 @@ def usage_for_transaction(conn: Connection, transaction_id: int) -> list[dict[st
     """Every usage record of a transaction (both legs), oldest first."""
     rows = conn.execute(
         select(usage_records)
-        .where(usage_records.c.transaction_id == transaction_id)
+        .where(usage_records.c.transaction_id == to_storage_id(transaction_id))
         .order_by(usage_records.c.id)
     ).mappings()
-    return [dict(r) for r in rows]
+    return [{**r, "transaction_id": from_storage_id(r["transaction_id"])} for r in rows]
 
 
 def capabilities_of(conn: Connection, device_pk: int) -> dict[str, Any] | None:
@@ -284,4 +314,7 @@ def usage_page(
         query = query.where(usage_records.c.received_at >= since)
     if until is not None:
         query = query.where(usage_records.c.received_at < until)
-    return [dict(r) for r in conn.execute(query).mappings()]
+    return [
+        {**r, "transaction_id": from_storage_id(r["transaction_id"])}
+        for r in conn.execute(query).mappings()
+    ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -21,9 +21,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 log = Logger()
@@ -185,9 +187,9 @@ class Database:
         """Run ``fn(connection, ...)`` in one transaction on the pool.
 
         The transaction commits when ``fn`` returns and rolls back when it raises.
-        Driver failures come back as :class:`StorageError`; a call that takes longer
-        than the configured timeout fails with ``TimeoutError`` (the thread finishes
-        its work, but nobody waits for it).
+        Driver failures and calls that take longer than the configured timeout come
+        back as :class:`StorageError` (a late thread finishes its work, but nobody
+        waits for it).
         """
 
         def work() -> T:
@@ -200,7 +202,14 @@ class Database:
         reactor = self._reactor
         d: Deferred[T] = deferToThreadPool(reactor, self._pool, work)
         d.addTimeout(self._timeout, reactor)
+        d.addErrback(self._timed_out)
         return d
+
+    def _timed_out(self, failure: Failure) -> NoReturn:
+        # Callers handle one exception type for "storage is not answering".
+        if failure.check(defer.TimeoutError):
+            raise StorageError(f"database did not answer within {self._timeout:g} s")
+        failure.raiseException()
 
     def transact_sync(
         self,

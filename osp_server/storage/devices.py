@@ -236,3 +236,13 @@ def update_device(
     if result.rowcount == 0:
         raise NotFoundError(f"device {device_id} of customer {customer_id} does not exist")
     return get_device(conn, customer_id, device_id)
+
+
+def consume_secret(conn: Connection, device_pk: int, secret_hash: str, *, now: datetime) -> bool:
+    """Spend a one-time secret: True only for the one caller that still finds it."""
+    result = conn.execute(
+        update(devices)
+        .where(devices.c.id == device_pk, devices.c.secret_hash == secret_hash)
+        .values(secret_hash=None, secret_expires_at=None, updated_at=now)
+    )
+    return result.rowcount == 1

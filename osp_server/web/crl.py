@@ -15,8 +15,8 @@ from twisted.web.server import Request
 
 from osp_server.pki.ca import CertificateAuthority, RevokedEntry
 from osp_server.storage import certificates as cert_store
-from osp_server.storage.db import Database
-from osp_server.web.responses import Response, render_async
+from osp_server.storage.db import Database, StorageError
+from osp_server.web.responses import Response, error_response, render_async
 
 CRL_NEXT_UPDATE = timedelta(days=1)
 CRL_REFRESH_SECONDS = 60.0
@@ -57,7 +57,12 @@ class CRLResource(Resource):
         async def build() -> Response:
             now_s = self._reactor.seconds()
             if self._cached is None or now_s - self._cached[0] > CRL_REFRESH_SECONDS:
-                revoked = await self._db.transact(_revoked)
+                try:
+                    revoked = await self._db.transact(_revoked)
+                except StorageError:
+                    if self._cached is None:
+                        return error_response(503, "CRL temporarily unavailable")
+                    return Response(200, self._cached[1], b"application/pkix-crl")
                 der: bytes = await deferToThreadPool(
                     self._reactor,
                     self._cpu_pool,

@@ -49,6 +49,8 @@ class CappedRequest(Request):
     def _refuse(self) -> None:
         self._refused = True
         self.content = BytesIO()
+        # Otherwise Twisted answers "Expect: 100-continue" after our 413.
+        self.requestHeaders.removeHeader(b"expect")
         channel = self.channel
         if channel is not None and channel.transport is not None:
             channel.transport.write(_TOO_LARGE)

@@ -726,3 +726,66 @@ async def test_imported_routes_reach_the_running_service(tmp_path: Path, databas
         assert addresses == ["[10.7.7.7]:5060"]
     finally:
         await top.stopService()
+
+
+# --- review findings: odd but legal values, storage stalls, foreign transactions ---
+
+
+@pytest_twisted.ensureDeferred
+async def test_odd_request_values_never_give_5xx(env: Env) -> None:
+    _, body = split_vector(OSP / "authorization-request.http")
+    bad_type = body.replace(b'<SourceInfo type="e164">', b'<SourceInfo type="e 164">')
+    assert (await env.post(bad_type)).code == 400
+    split_call_id = body.replace(b"\nMQ==</CallId>", b"\nM\nQ==</CallId>")
+    answer = await env.post(split_call_id)
+    assert answer.code == 200
+    first = _destinations(answer.body)[0]
+    assert first.findtext("CallId") == "MQ=="
+    _, usage = split_vector(OSP / "usage-indication.http")
+    huge = re.sub(rb"<TransactionId>\s*\d+", b"<TransactionId>\n18446744073709551000", usage)
+    reply = await env.post(huge)
+    assert reply.code == 200
+    rows = env.core.db.transact_sync(calls.usage_for_transaction, 18446744073709551000)
+    assert len(rows) == 2 and rows[0]["transaction_id"] == 18446744073709551000
+
+
+@pytest_twisted.ensureDeferred
+async def test_stalled_storage_gives_503(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from osp_server.osp import authn
+
+    env.server.components.authenticator.invalidate()
+    original = authn._lookup
+
+    def slow(conn: Any, sha256: str) -> Any:
+        time.sleep(1.5)
+        return original(conn, sha256)
+
+    monkeypatch.setattr(authn, "_lookup", slow)
+    monkeypatch.setattr(env.core.db, "_timeout", 0.3)
+    answer, _ = await env.vector("authorization-request.http")
+    assert answer.code == 503
+    await deferToThread(time.sleep, 1.5)  # let the stalled thread finish
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_the_authorized_device_ends_its_call(env: Env) -> None:
+    ended: list[int] = []
+    policy = env.server.components.policy
+    original = policy.call_ended
+
+    def spy(transaction_id: int) -> None:
+        ended.append(transaction_id)
+        original(transaction_id)
+
+    policy.call_ended = spy  # type: ignore[method-assign]
+    answer, _ = await env.vector("authorization-request.http")
+    txid = ElementTree.fromstring(answer.body).findtext("AuthorizationResponse/TransactionId") or ""
+    _, usage = split_vector(OSP / "usage-indication.http")
+    mine = re.sub(rb"<TransactionId>\s*\d+", b"<TransactionId>\n" + txid.encode(), usage)
+    add_device(env.server, "1000", "2000")
+    other = await deferToThread(enroll, env.server, env.tmp_path, "1000", "2000")
+    foreign = mine.replace(b"\n1000</DeviceId>", b"\n2000</DeviceId>")
+    assert (await env.post(foreign, device=other)).code == 200
+    assert ended == []
+    assert (await env.post(mine)).code == 200
+    assert ended and set(ended) == {int(txid)}

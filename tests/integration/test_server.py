@@ -200,3 +200,48 @@ async def test_only_http_1_1_is_negotiated(server: RunningServer) -> None:
     from twisted.internet.threads import deferToThread
 
     assert await deferToThread(_alpn, server.https_port) == "http/1.1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_over_the_limit_are_closed_on_tls(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Refused TLS connections must be closed, not left without any timeout."""
+    import time
+
+    from twisted.internet.threads import deferToThread
+
+    config = make_config(
+        tmp_path,
+        database_url,
+        listeners={"max_connections_per_address": 1, "request_timeout_seconds": 30.0},
+    )
+
+    def over_limit(port: int) -> str:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as first:
+            first.sendall(b"\x16")  # keep the first connection busy in its handshake
+            time.sleep(0.2)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as second:
+                second.settimeout(5)
+                try:
+                    return "closed" if second.recv(10) == b"" else "data"
+                except (ConnectionResetError, BrokenPipeError):
+                    return "closed"
+                except TimeoutError:
+                    return "left open"
+
+    async for running in run_server(config):
+        assert await deferToThread(over_limit, running.https_port) == "closed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_413_is_not_followed_by_100_continue(server: RunningServer) -> None:
+    from twisted.internet.threads import deferToThread
+
+    head = (
+        b"POST /health HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+        b"Content-Length: 209715200\r\n\r\n"
+    )
+    answer = await deferToThread(_raw_exchange, server.http_port, head)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"100 Continue" not in answer

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -190,6 +191,9 @@ secure = _server("secure")
 plain_allowed = _server("secure", allow_plain_http=True)
 renew_revoke = _server("secure", renewal="revoke")
 strict_throttle = _server("secure", throttle_failures=3)
+# Concurrent attempts of one device count against its failure budget while they are
+# checked; the concurrency test raises the budget so that all 50 are checked.
+wide_throttle = _server("secure", throttle_failures=100)
 
 
 # --- getcacert -----------------------------------------------------------------
@@ -351,6 +355,40 @@ async def test_throttling_refuses_before_hashing(strict_throttle: Tep) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_concurrent_guesses_cannot_outrun_the_throttle(strict_throttle: Tep) -> None:
+    strict_throttle.add_device()
+    csr = sha256_csr()
+    answers = await gatherResults(
+        [
+            Deferred.fromCoroutine(strict_throttle.fields(enroll_fields(csr, password="bad")))
+            for _ in range(10)
+        ]
+    )
+    statuses = sorted(status_of(a) for a in answers)
+    assert statuses.count(2) <= 3, statuses
+    assert set(statuses) <= {2, 5}
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_time_secret_gets_one_certificate_under_concurrency(secure: Tep) -> None:
+    secure.add_device(password=None, secret="OneTimeSecret42")
+    keys = [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(4)]
+    answers = await gatherResults(
+        [
+            Deferred.fromCoroutine(
+                secure.fields(
+                    enroll_fields(sha256_csr(k), password="OneTimeSecret42", nonce=b"c%d" % i)
+                )
+            )
+            for i, k in enumerate(keys)
+        ]
+    )
+    statuses = sorted(0 if a.body.startswith(b"status=0&") else status_of(a) for a in answers)
+    assert statuses.count(0) == 1, statuses
+    assert secure.count(lambda c: cert_store.list_certificates(c, kind="device")) == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_plain_http_enrollment_is_off_by_default(secure: Tep) -> None:
     secure.add_device()
     answer = await secure.fields(enroll_fields(sha256_csr()), tls=False)
@@ -405,7 +443,8 @@ async def test_one_time_secret_is_consumed(secure: Tep) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_fifty_concurrent_identical_requests_get_one_serial(secure: Tep) -> None:
+async def test_fifty_concurrent_identical_requests_get_one_serial(wide_throttle: Tep) -> None:
+    secure = wide_throttle
     secure.add_device()
     fields = enroll_fields(sha256_csr())
     answers = await gatherResults(
@@ -503,3 +542,26 @@ async def test_crl_lists_revoked_certificates(secure: Tep) -> None:
     crl = x509.load_der_x509_crl(answer.body)
     assert crl.is_signature_valid(secure.ca.certificate.public_key())
     assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_stalled_storage_is_status_6(secure: Tep, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from twisted.internet.threads import deferToThread
+
+    from osp_server.enrollment import service
+
+    secure.add_device()
+    original = service._find_device
+
+    def slow(conn: Any, customer_id: str, device_id: str) -> Any:
+        time.sleep(1.5)
+        return original(conn, customer_id, device_id)
+
+    monkeypatch.setattr(service, "_find_device", slow)
+    monkeypatch.setattr(secure.db, "_timeout", 0.3)
+    answer = await secure.fields(enroll_fields(sha256_csr()))
+    assert answer.code == 200 and status_of(answer) == 6
+    await deferToThread(time.sleep, 1.5)
+    assert secure.count(enrollments.list_enrollments) == 0

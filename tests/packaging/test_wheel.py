@@ -194,3 +194,34 @@ def test_bad_config_stops_twistd_with_one_line(installed: Path, tmp_path: Path) 
     )
     assert result.returncode != 0
     assert "listeners.http" in result.stdout + result.stderr
+
+
+def test_port_in_use_and_bad_endpoint_stop_start_up_with_one_line(
+    installed: Path, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for http, named in (
+            (f"tcp:{port}:interface=127.0.0.1", "http listener"),
+            ("bogus:1", "listeners.http"),
+        ):
+            config = tmp_path / "osp.toml"
+            config.write_text(
+                f'[server]\ndata_dir = "state"\n[listeners]\nhttp = "{http}"\n'
+                'https = "tcp:0:interface=127.0.0.1"\nmetrics = ""\n'
+            )
+            result = subprocess.run(
+                [str(installed / "twistd"), "-n", "--pidfile=", "osp", "--config", str(config)],
+                capture_output=True,
+                text=True,
+                cwd=tmp_path,
+                env=_env(),
+                timeout=60,
+            )
+            output = result.stdout + result.stderr
+            assert result.returncode != 0, output
+            assert named in output and "Traceback" not in output, output
