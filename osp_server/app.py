@@ -586,9 +586,15 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     """The whole server as one MultiService (what ``twistd osp`` runs)."""
     core = prepare(config, reactor)
     try:
-        components = build_components(core)
-    except StartupError:
+        return _assemble(core, config, reactor)
+    except BaseException:
+        core.db.stop()  # nothing started yet: release the connections
         raise
+
+
+def _assemble(core: Core, config: Config, reactor: Any) -> MultiService:
+    try:
+        components = build_components(core)
     except (CAError, StorageError, OSError, ValueError, SSL.Error) as e:
         raise StartupError(f"TLS and token certificates: {e}") from None
     top = MultiService()

@@ -245,3 +245,29 @@ async def test_413_is_not_followed_by_100_continue(server: RunningServer) -> Non
     answer = await deferToThread(_raw_exchange, server.http_port, head)
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b"100 Continue" not in answer
+
+
+def test_bad_tls_names_stop_start_up_with_one_line(tmp_path: Path, database_url: str) -> None:
+    from osp_server.app import StartupError, build_service
+
+    config = make_config(tmp_path, database_url, tls={"server_names": ["bad name!"]})
+    with pytest.raises(StartupError) as info:
+        build_service(config, reactor)
+    assert "\n" not in str(info.value) and "bad name!" in str(info.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_rereads_the_certificate_files(
+    server: RunningServer, config: Config, tmp_path: Path
+) -> None:
+    """SIGHUP: a replaced server certificate is used by new handshakes."""
+    from twisted.internet.threads import deferToThread
+
+    ca_pem = config.ca.cert_file.read_bytes()
+    _, before = await deferToThread(_handshake, server.https_port, ca_pem, tmp_path)
+    # Remove the files: the reload issues a new certificate from our CA.
+    config.tls.cert_file.unlink()
+    config.tls.key_file.unlink()
+    await server.components.reload_tls()
+    _, after = await deferToThread(_handshake, server.https_port, ca_pem, tmp_path)
+    assert after.serial_number != before.serial_number
