@@ -19,7 +19,7 @@ from twisted.web.server import Request
 
 from osp_server.metrics import Metrics
 from osp_server.osp.authn import DeviceAuthenticator
-from osp_server.osp.codec import MAX_BODY_BYTES, OSPDecodeError, decode_request
+from osp_server.osp.codec import MAX_BODY_BYTES, OSPDecodeError, OSPEncodeError, decode_request
 from osp_server.osp.messages import (
     AuthorizationRequest,
     CapabilitiesIndication,
@@ -138,9 +138,10 @@ class OSPResource(Resource):
                 answer = await self._service.reauthorize(identity, message)
                 self._observe("reauthorization", 200, started)
                 return _ok(answer)
-        except TokenError as e:
+        except (TokenError, OSPEncodeError) as e:
+            # A value the device sent cannot be echoed back or put in a token.
             log.info(
-                "cannot build a token for device {device}: {error}",
+                "cannot answer device {device} with its own values: {error}",
                 device=identity.device_id,
                 error=str(e),
             )

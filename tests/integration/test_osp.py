@@ -736,6 +736,9 @@ async def test_odd_request_values_never_give_5xx(env: Env) -> None:
     _, body = split_vector(OSP / "authorization-request.http")
     bad_type = body.replace(b'<SourceInfo type="e164">', b'<SourceInfo type="e 164">')
     assert (await env.post(bad_type)).code == 400
+    for called in ("1678é".encode(), b"1678&lt;x", b"16" + b"7" * 5000):
+        odd = body.replace(b"\n1678</DestinationInfo>", b"\n" + called + b"</DestinationInfo>")
+        assert (await env.post(odd)).code < 500, called[:20]
     split_call_id = body.replace(b"\nMQ==</CallId>", b"\nM\nQ==</CallId>")
     answer = await env.post(split_call_id)
     assert answer.code == 200
