@@ -550,14 +550,20 @@ class CoreService(Service):
     def __init__(self, components: Components) -> None:
         self.components = components
 
+    def privilegedStartService(self) -> None:
+        # Before the listeners bind (they follow in the service tree), so the
+        # fingerprints lead the start-up log.
+        super().privilegedStartService()
+        ca = self.components.core.ca
+        log.info("CA {subject}", subject=ca.certificate.subject.rfc4514_string())
+        log.info("CA fingerprint SHA-256 {fp}", fp=ca.fingerprint_sha256())
+        log.info("CA fingerprint MD5 (enroll -fprint) {fp}", fp=ca.fingerprint_md5())
+
     def startService(self) -> None:
         super().startService()
         core = self.components.core
         core.db.start()
         core.cpu_pool.start()
-        log.info("CA {subject}", subject=core.ca.certificate.subject.rfc4514_string())
-        log.info("CA fingerprint SHA-256 {fp}", fp=core.ca.fingerprint_sha256())
-        log.info("CA fingerprint MD5 (enroll -fprint) {fp}", fp=core.ca.fingerprint_md5())
         # Start-up objects (CA, tables, modules) live as long as the process: keep
         # them out of the collector, whose full passes stalled the reactor 50-90 ms
         # under load (bench/authorization.py).

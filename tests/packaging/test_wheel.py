@@ -106,6 +106,8 @@ def server_process(installed: Path, tmp_path: Path) -> Iterator[tuple[subprocess
         if process.poll() is None:
             process.kill()
             process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def test_twistd_osp_runs_answers_health_and_stops_on_sigterm(
