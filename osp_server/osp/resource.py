@@ -88,7 +88,7 @@ class OSPResource(Resource):
             self._in_flight += 1
             try:
                 return await self._handle(request, body, peer, source, started)
-            except (StorageError, TimeoutError) as e:
+            except StorageError as e:  # timeouts included (Database.transact)
                 log.error("OSP request from {source} failed: {error}", source=source, error=str(e))
                 self._observe("storage", 503, started)
                 return error_response(503, "temporarily unavailable")

@@ -8,7 +8,7 @@ trust set while live connections keep theirs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,8 +94,3 @@ class ReloadableServerTLS:
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         """A new server-side connection on the current context."""
         return SSL.Connection(self._context, None)
-
-
-def client_trust_list(*cas: x509.Certificate) -> Sequence[x509.Certificate]:
-    """The CAs whose certificates a listener accepts from clients."""
-    return tuple(cas)

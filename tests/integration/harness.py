@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor as _reactor
@@ -56,8 +55,3 @@ async def run_server(
         for port in (http, https):
             await maybeDeferred(port.stopListening)
         service.stopService()
-
-
-def data_dir(config: Config) -> Path:
-    """The server's data directory."""
-    return config.data_dir
