@@ -72,7 +72,7 @@ from osp_server.storage.db import (
 )
 from osp_server.tls.context import ReloadableServerTLS, TLSMaterial
 from osp_server.web.crl import CRLResource
-from osp_server.web.health import HealthResource
+from osp_server.web.health import HealthResource, StorageProbe
 from osp_server.web.site import OSPSite
 
 log = Logger()
@@ -108,6 +108,9 @@ class Core:
     cpu_pool: ThreadPool = field(
         default_factory=lambda: ThreadPool(minthreads=0, maxthreads=CPU_THREADS, name="osp-cpu")
     )
+
+    def __post_init__(self) -> None:
+        self.storage_probe = StorageProbe(self.db, self.reactor)
 
 
 def open_database(config: Config, reactor: Any) -> Database:
@@ -394,7 +397,7 @@ def build_components(core: Core) -> Components:
         ),
         clock=core.clock,
     )
-    health = HealthResource(core.db, core.reactor)
+    health = HealthResource(core.storage_probe)
     plain_root = Resource()
     plain_root.putChild(b"health", health)
     plain_root.putChild(
@@ -564,6 +567,7 @@ class CoreService(Service):
         core = self.components.core
         core.db.start()
         core.cpu_pool.start()
+        core.storage_probe.start()
         # Start-up objects (CA, tables, modules) live as long as the process: keep
         # them out of the collector, whose full passes stalled the reactor 50-90 ms
         # under load (bench/authorization.py).
@@ -584,6 +588,7 @@ class CoreService(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        self.components.core.storage_probe.stop()
         self.components.core.cpu_pool.stop()
         self.components.core.db.stop()
 

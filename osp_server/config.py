@@ -50,7 +50,7 @@ class DatabaseConfig:
 
     url: str
     threads: int = 4
-    timeout_seconds: float = 10.0
+    timeout_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -273,7 +273,7 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
     database = DatabaseConfig(
         url=url,
         threads=db.integer("threads", 4, minimum=1, maximum=64),
-        timeout_seconds=db.number("timeout_seconds", 10.0, minimum=0.5, maximum=600.0),
+        timeout_seconds=db.number("timeout_seconds", 5.0, minimum=0.5, maximum=600.0),
     )
     db.finish()
 

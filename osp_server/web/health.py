@@ -1,4 +1,10 @@
-"""``GET /health``: 200 when storage answers, 503 when it does not (small JSON)."""
+"""``GET /health``: 200 when storage answers, 503 when it does not (small JSON).
+
+A background probe pings storage every second; the resource answers from the last
+result at once, so a stalled database turns /health into 503 within seconds without
+making the load balancer's checks wait for it (SECURITY.md R5).  With no recent
+result (at start) the resource probes live, with a short deadline.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,68 @@ import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from osp_server.storage.db import Database
 from osp_server.web.responses import Response, render_async
 
-HEALTH_TIMEOUT_SECONDS = 1.0
+PROBE_INTERVAL_SECONDS = 1.0
+PROBE_TIMEOUT_SECONDS = 1.0
+STALE_AFTER_SECONDS = 3.0
+
+
+class StorageProbe:
+    """Remembers when storage last answered a trivial query."""
+
+    def __init__(self, db: Database, reactor: Any) -> None:
+        self._db = db
+        self._reactor = reactor
+        self.last_ok_at: float | None = None
+        self.last_checked_at: float | None = None
+        self._loop = LoopingCall(self.probe_once)
+        self._loop.clock = reactor
+
+    async def probe_once(self) -> bool:
+        """Ping storage now; records and returns the answer (never raises)."""
+        d: Deferred[bool] = self._db.ping()
+        d.addTimeout(PROBE_TIMEOUT_SECONDS, self._reactor)
+        try:
+            ok = bool(await d)
+        except Exception:
+            ok = False
+        now = self._reactor.seconds()
+        self.last_checked_at = now
+        if ok:
+            self.last_ok_at = now
+        else:
+            self.last_ok_at = None
+        return ok
+
+    def fresh_answer(self) -> bool | None:
+        """The cached verdict, or None when there is no recent probe."""
+        if self.last_checked_at is None:
+            return None
+        if self._reactor.seconds() - self.last_checked_at > STALE_AFTER_SECONDS:
+            return None
+        return self.last_ok_at is not None
+
+    def start(self) -> None:
+        """Probe every second from now on."""
+        if not self._loop.running:
+            self._loop.start(PROBE_INTERVAL_SECONDS, now=True)
+
+    def stop(self) -> None:
+        """Stop probing."""
+        if self._loop.running:
+            self._loop.stop()
+
+
+def _answer(ok: bool) -> Response:
+    state = "ok" if ok else "unavailable"
+    body = json.dumps({"status": state, "storage": state}).encode()
+    return Response(200 if ok else 503, body + b"\n", b"application/json")
 
 
 class HealthResource(Resource):
@@ -20,26 +81,19 @@ class HealthResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, db: Database, reactor: Any) -> None:
+    def __init__(self, probe: StorageProbe) -> None:
         super().__init__()
-        self._db = db
-        self._reactor = reactor
+        self._probe = probe
 
     def render_GET(self, request: Request) -> int:
-        """Probe storage with a short deadline, so a stalled database answers 503 quickly."""
+        """The cached verdict at once, or a live probe when there is none."""
 
-        async def probe() -> Response:
-            d: Deferred[bool] = self._db.ping()
-            d.addTimeout(HEALTH_TIMEOUT_SECONDS, self._reactor)
-            try:
-                ok = await d
-            except Exception:
-                ok = False
-            body = json.dumps(
-                {"status": "ok" if ok else "unavailable", "storage": "ok" if ok else "unavailable"}
-            ).encode()
-            return Response(200 if ok else 503, body + b"\n", b"application/json")
+        async def answer() -> Response:
+            ok = self._probe.fresh_answer()
+            if ok is None:
+                ok = await self._probe.probe_once()
+            return _answer(ok)
 
-        return render_async(request, probe)
+        return render_async(request, answer)
 
     render_HEAD = render_GET

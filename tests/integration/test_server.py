@@ -51,18 +51,36 @@ async def test_health_reports_storage(server: RunningServer) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_health_is_503_when_storage_fails(server: RunningServer) -> None:
-    server.components.core.db.engine.dispose()
+    from twisted.internet.defer import fail
+
+    probe = server.components.core.storage_probe
     db = server.components.core.db
 
     def broken() -> Deferred[bool]:
-        from twisted.internet.defer import fail
-
         return fail(RuntimeError("database gone"))
 
     db.ping = broken  # type: ignore[method-assign]
+    assert await probe.probe_once() is False
     response = await _client().get(server.http_url + "/health")
     assert response.code == 503
     assert json.loads(await response.content())["storage"] == "unavailable"
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_answers_from_the_probe_while_storage_stalls(
+    server: RunningServer,
+) -> None:
+    """A fresh verdict is served without touching storage (R5: answers stay fast)."""
+    probe = server.components.core.storage_probe
+    assert await probe.probe_once() is True
+    db = server.components.core.db
+
+    def stalled() -> Deferred[bool]:
+        return Deferred()  # never answers
+
+    db.ping = stalled  # type: ignore[method-assign]
+    response = await _client().get(server.http_url + "/health")
+    assert response.code == 200
 
 
 def _handshake(port: int, ca_pem: bytes, tmp_path: Path) -> tuple[str, x509.Certificate]:

@@ -565,3 +565,34 @@ async def test_stalled_storage_is_status_6(secure: Tep, monkeypatch: pytest.Monk
     assert answer.code == 200 and status_of(answer) == 6
     await deferToThread(time.sleep, 1.5)
     assert secure.count(enrollments.list_enrollments) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_locked_sqlite_fails_fast_and_recovers(tmp_path: Path) -> None:
+    """R5 on the embedded engine: another process holds the write lock; requests get
+    status 6 within the database timeout and succeed again once it is released."""
+    import sqlite3
+    import time
+
+    config = make_config(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'osp.sqlite3'}",
+        database={"timeout_seconds": 1.0},
+        enrollment={"throttle_per_address": 1000},
+    )
+    async for server in run_server(config):
+        tep = Tep(server, tmp_path)
+        tep.add_device()
+        blocker = sqlite3.connect(tmp_path / "osp.sqlite3", isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            started = time.monotonic()
+            answer = await tep.fields(enroll_fields(sha256_csr()))
+            elapsed = time.monotonic() - started
+            assert status_of(answer) == 6
+            assert elapsed < 5.0, elapsed
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        recovered = await tep.fields(enroll_fields(sha256_csr(), nonce=b"again"))
+        issued_certificate(recovered)
