@@ -32,23 +32,28 @@ class StorageProbe:
         self._reactor = reactor
         self.last_ok_at: float | None = None
         self.last_checked_at: float | None = None
+        self._probes = 0
         self._loop = LoopingCall(self.probe_once)
         self._loop.clock = reactor
 
     async def probe_once(self) -> bool:
-        """Ping storage now; records and returns the answer (never raises)."""
+        """Ping storage now; records and returns the answer (never raises).
+
+        A probe that finishes after a newer one started is not recorded: answers can
+        arrive out of order when storage is slow.
+        """
+        self._probes += 1
+        number = self._probes
         d: Deferred[bool] = self._db.ping()
         d.addTimeout(PROBE_TIMEOUT_SECONDS, self._reactor)
         try:
             ok = bool(await d)
         except Exception:
             ok = False
-        now = self._reactor.seconds()
-        self.last_checked_at = now
-        if ok:
-            self.last_ok_at = now
-        else:
-            self.last_ok_at = None
+        if number == self._probes:
+            now = self._reactor.seconds()
+            self.last_checked_at = now
+            self.last_ok_at = now if ok else None
         return ok
 
     def fresh_answer(self) -> bool | None:
