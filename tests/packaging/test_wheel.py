@@ -32,6 +32,20 @@ def _env() -> dict[str, str]:
     return env
 
 
+def run_installed(
+    installed: Path, program: str, *args: str, cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run one of the wheel's console scripts from ``cwd`` (outside the checkout)."""
+    return subprocess.run(
+        [str(installed / program), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=_env(),
+        timeout=timeout,
+    )
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
@@ -72,14 +86,7 @@ def test_wheel_contents(wheel: Path) -> None:
 
 
 def test_twistd_osp_help_from_the_wheel(installed: Path, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [str(installed / "twistd"), "osp", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=_env(),
-        timeout=120,
-    )
+    result = run_installed(installed, "twistd", "osp", "--help", cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "--config" in result.stdout
 
@@ -138,13 +145,8 @@ def test_twistd_osp_runs_answers_health_and_stops_on_sigterm(
     assert (tmp_path / "state" / "ca" / "ca.key").stat().st_mode & 0o777 == 0o600
 
     # osp-admin from the same wheel shares the config and the database.
-    admin = subprocess.run(
-        [str(installed / "osp-admin"), "--config", str(config), "customer", "add", "42"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=_env(),
-        timeout=60,
+    admin = run_installed(
+        installed, "osp-admin", "--config", str(config), "customer", "add", "42", cwd=tmp_path
     )
     assert admin.returncode == 0, admin.stderr
 
@@ -159,24 +161,14 @@ def test_twistd_osp_runs_answers_health_and_stops_on_sigterm(
 def test_start_refuses_a_readable_ca_key(installed: Path, tmp_path: Path) -> None:
     config = tmp_path / "osp.toml"
     config.write_text('[server]\ndata_dir = "state"\n')
-    admin = subprocess.run(
-        [str(installed / "osp-admin"), "--config", str(config), "ca", "init"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=_env(),
-        timeout=60,
+    admin = run_installed(
+        installed, "osp-admin", "--config", str(config), "ca", "init", cwd=tmp_path
     )
     assert admin.returncode == 0, admin.stderr
     key = tmp_path / "state" / "ca" / "ca.key"
     key.chmod(0o644)
-    result = subprocess.run(
-        [str(installed / "twistd"), "-n", "--pidfile=", "osp", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=_env(),
-        timeout=60,
+    result = run_installed(
+        installed, "twistd", "-n", "--pidfile=", "osp", "--config", str(config), cwd=tmp_path
     )
     assert result.returncode != 0
     output = result.stdout + result.stderr
@@ -186,13 +178,8 @@ def test_start_refuses_a_readable_ca_key(installed: Path, tmp_path: Path) -> Non
 def test_bad_config_stops_twistd_with_one_line(installed: Path, tmp_path: Path) -> None:
     config = tmp_path / "osp.toml"
     config.write_text("[listeners]\nhttp = 5045\n")
-    result = subprocess.run(
-        [str(installed / "twistd"), "-n", "--pidfile=", "osp", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=_env(),
-        timeout=60,
+    result = run_installed(
+        installed, "twistd", "-n", "--pidfile=", "osp", "--config", str(config), cwd=tmp_path
     )
     assert result.returncode != 0
     assert "listeners.http" in result.stdout + result.stderr
@@ -216,13 +203,15 @@ def test_port_in_use_and_bad_endpoint_stop_start_up_with_one_line(
                 f'[server]\ndata_dir = "state"\n[listeners]\nhttp = "{http}"\n'
                 'https = "tcp:0:interface=127.0.0.1"\nmetrics = ""\n'
             )
-            result = subprocess.run(
-                [str(installed / "twistd"), "-n", "--pidfile=", "osp", "--config", str(config)],
-                capture_output=True,
-                text=True,
+            result = run_installed(
+                installed,
+                "twistd",
+                "-n",
+                "--pidfile=",
+                "osp",
+                "--config",
+                str(config),
                 cwd=tmp_path,
-                env=_env(),
-                timeout=60,
             )
             output = result.stdout + result.stderr
             assert result.returncode != 0, output
