@@ -42,7 +42,13 @@ from osp_server.config import Config, KeyType, validity
 from osp_server.enrollment.resource import TepResource
 from osp_server.enrollment.service import EnrollmentService
 from osp_server.enrollment.throttle import EnrollmentThrottle
-from osp_server.interfaces import ExtensionLoadError, IRoutingPolicy, load_routing_policy
+from osp_server.interfaces import (
+    ExtensionLoadError,
+    IEnrollmentAuthorizer,
+    IRoutingPolicy,
+    load_enrollment_authorizer,
+    load_routing_policy,
+)
 from osp_server.maintenance import TransactionReaper
 from osp_server.metrics import Metrics, MetricsResource
 from osp_server.osp.authn import DeviceAuthenticator
@@ -396,6 +402,7 @@ def build_components(core: Core) -> Components:
             clock=core.reactor.seconds,
         ),
         clock=core.clock,
+        authorizer=build_enrollment_authorizer(core),
     )
     health = HealthResource(core.storage_probe)
     plain_root = Resource()
@@ -464,6 +471,17 @@ def build_components(core: Core) -> Components:
         mtls_tls=ReloadableServerTLS(tls_loader(require=True)),
         legacy_tls=ReloadableServerTLS(tls_loader(require=True, legacy=True)),
     )
+
+
+def build_enrollment_authorizer(core: Core) -> IEnrollmentAuthorizer | None:
+    """The configured enrollment authorizer, if any, checked against its interface."""
+    name = core.config.enrollment.authorizer
+    if not name:
+        return None
+    try:
+        return load_enrollment_authorizer(name)
+    except ExtensionLoadError as e:
+        raise StartupError(f"{core.config.source}: enrollment.authorizer: {e}") from None
 
 
 def build_routing_policy(core: Core) -> IRoutingPolicy:

@@ -88,6 +88,7 @@ class EnrollmentConfig:
     throttle_failures: int = 5
     throttle_window_seconds: int = 300
     throttle_per_address: int = 30
+    authorizer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -316,6 +317,7 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
             "throttle_window_seconds", 300, minimum=1, maximum=86400
         ),
         throttle_per_address=en.integer("throttle_per_address", 30, minimum=1, maximum=100000),
+        authorizer=en.optional_string("authorizer", None),
     )
     en.finish()
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection
 
-from twisted.internet.defer import CancelledError, DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -31,6 +31,7 @@ from osp_server.enrollment.issuance import (
 )
 from osp_server.enrollment.throttle import EnrollmentThrottle
 from osp_server.enrollment.wire import EnrollmentRequest, TepOperation, TepStatus
+from osp_server.interfaces import EnrollmentVerdict, IEnrollmentAuthorizer
 from osp_server.pki.ca import CAError, CertificateAuthority
 from osp_server.pki.csr import CSRPolicyError, ValidatedCSR, validate_csr
 from osp_server.storage import audit
@@ -64,6 +65,13 @@ class _Auth:
     secret_hash: str | None = None  # the one-time secret's hash, to spend it exactly once
 
 
+_STATE_FOR_VERDICT: dict[str, Literal["pending", "signing", "rejected"]] = {
+    "issue": "signing",
+    "pending": "pending",
+    "reject": "rejected",
+}
+
+
 class SecretAlreadyUsed(Exception):
     """A concurrent request spent the one-time secret first."""
 
@@ -91,7 +99,11 @@ class EnrollmentService:
         throttle: EnrollmentThrottle,
         cpu_pool: ThreadPool,
         clock: Callable[[], datetime] = _utcnow,
+        authorizer: IEnrollmentAuthorizer | None = None,
     ) -> None:
+        # An integrator's extra approval step (IEnrollmentAuthorizer); None: the
+        # device's own policy (auto or manual) decides.
+        self.authorizer = authorizer
         self._db = db
         self._cpu_pool = cpu_pool
         self._ca = ca
@@ -182,9 +194,21 @@ class EnrollmentService:
             await self._audit("enrollment.csr-refused", request, source, reason=str(e))
             return Outcome(TepStatus.CSR_REFUSED, reason=f"CSR refused: {e}")
 
+        approval: EnrollmentVerdict | None = None
+        if self.authorizer is not None and request.operation is TepOperation.REQUEST:
+            known = await self._db.transact(
+                enrollment_store.find, device_pk=device.pk, csr_sha256=csr.sha256_hex
+            )
+            if known is None:
+                try:
+                    approval = await self._ask_authorizer(request, csr.sha256_hex)
+                except Exception:
+                    log.failure("the enrollment authorizer failed")
+                    return Outcome(TepStatus.TEMPORARY_FAILURE, reason="authorizer failed")
+
         now = self._clock()
         registered: _Registered = await self._db.transact(
-            self._register, device, request, csr.sha256_hex, source, now
+            self._register, device, request, csr.sha256_hex, source, now, approval
         )
         if registered.nonce_conflict:
             await self._audit("enrollment.nonce-reused", request, source, csr_sha256=csr.sha256_hex)
@@ -212,6 +236,16 @@ class EnrollmentService:
             return Outcome(TepStatus.CSR_REFUSED, reason=f"cannot sign: {e}")
         reason = "issued" if issued.newly_issued else "stored certificate returned"
         return Outcome(TepStatus.ISSUED, issued.der, reason=reason, serial=issued.serial)
+
+    async def _ask_authorizer(
+        self, request: EnrollmentRequest, csr_sha256: str
+    ) -> EnrollmentVerdict:
+        assert self.authorizer is not None
+        answer = self.authorizer.authorize(request.customer_id, request.device_id, csr_sha256)
+        verdict = await answer if isinstance(answer, Deferred) else answer
+        if verdict not in ("issue", "pending", "reject"):
+            raise ValueError(f"the enrollment authorizer answered {verdict!r}")
+        return verdict
 
     def _authenticate(
         self, device: device_store.Device | None, request: EnrollmentRequest
@@ -251,6 +285,7 @@ class EnrollmentService:
         csr_sha256: str,
         source: str,
         now: datetime,
+        approval: EnrollmentVerdict | None = None,
     ) -> _Registered:
         """Replay check and enrollment lookup/creation, in one transaction."""
         if not enrollment_store.remember_nonce(
@@ -260,9 +295,11 @@ class EnrollmentService:
         existing = enrollment_store.find(conn, device_pk=device.pk, csr_sha256=csr_sha256)
         if existing is not None or request.operation is TepOperation.RETRIEVE:
             return _Registered(existing)
-        state: Literal["pending", "signing"] = (
-            "pending" if device.enrollment_policy == "manual" else "signing"
-        )
+        state: Literal["pending", "signing", "rejected"]
+        if approval is not None:
+            state = _STATE_FOR_VERDICT[approval]
+        else:
+            state = "pending" if device.enrollment_policy == "manual" else "signing"
         enrollment = enrollment_store.create(
             conn,
             device_pk=device.pk,
@@ -272,13 +309,33 @@ class EnrollmentService:
             source_address=source,
             now=now,
         )
+        if state == "rejected":
+            enrollment_store.set_state(
+                conn,
+                enrollment.id,
+                state="rejected",
+                now=now,
+                by="authorizer",
+                reject_status=int(TepStatus.CSR_REFUSED),
+            )
+            enrollment = enrollment_store.get(conn, enrollment.id)
+        actions = {
+            "pending": "enrollment.requested",
+            "signing": "certificate.sign-intent",
+            "rejected": "enrollment.rejected",
+        }
         audit.record(
             conn,
             at=now,
             actor=f"device@{source}",
-            action="enrollment.requested" if state == "pending" else "certificate.sign-intent",
+            action=actions[state],
             subject=f"customer {device.customer_id} device {device.device_id}",
-            detail={"enrollment": enrollment.id, "csr_sha256": csr_sha256, "policy": state},
+            detail={
+                "enrollment": enrollment.id,
+                "csr_sha256": csr_sha256,
+                "policy": state,
+                "authorizer": approval,
+            },
         )
         return _Registered(enrollment)
 

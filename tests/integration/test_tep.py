@@ -596,3 +596,36 @@ async def test_locked_sqlite_fails_fast_and_recovers(tmp_path: Path) -> None:
             blocker.close()
         recovered = await tep.fields(enroll_fields(sha256_csr(), nonce=b"again"))
         issued_certificate(recovered)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(("verdict", "status"), [("issue", 0), ("pending", 1), ("reject", 3)])
+async def test_enrollment_authorizer_decides_new_requests(
+    secure: Tep, verdict: str, status: int
+) -> None:
+    from osp_server.testing import FakeEnrollmentAuthorizer, verify_enrollment_authorizer
+
+    authorizer = FakeEnrollmentAuthorizer(verdict, deferred=True)  # type: ignore[arg-type]
+    verify_enrollment_authorizer(authorizer)
+    enrollment_service = secure.server.components.enrollment
+    enrollment_service.authorizer = authorizer
+    secure.add_device(policy="manual" if verdict == "issue" else "auto")
+    csr = sha256_csr()
+    answer = await secure.fields(enroll_fields(csr))
+    got = 0 if answer.body.startswith(b"status=0&") else status_of(answer)
+    assert got == status
+    assert authorizer.calls == [("1000", "1000", hashlib.sha256(csr).hexdigest())]
+    # A replay of a known CSR does not ask again.
+    await secure.fields(enroll_fields(csr))
+    assert len(authorizer.calls) == 1
+
+
+def test_unknown_enrollment_authorizer_stops_start_up(tmp_path: Path) -> None:
+    from osp_server.app import StartupError, build_service
+    from tests.integration.harness import reactor
+
+    config = make_config(
+        tmp_path, f"sqlite:///{tmp_path / 'osp.sqlite3'}", enrollment={"authorizer": "nope"}
+    )
+    with pytest.raises(StartupError, match=r"enrollment\.authorizer"):
+        build_service(config, reactor)
