@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -174,30 +175,34 @@ def cmd_route_list(ctx: Context, args: argparse.Namespace) -> None:
     emit(ctx, [route_row(r) for r in routes], ROUTE_COLUMNS)
 
 
-def cmd_route_delete(ctx: Context, args: argparse.Namespace) -> None:
-    """Delete routes of a table (all, or those matching --prefix / --destination)."""
+def _report_delete(ctx: Context, delete: Callable[..., int], **where: Any) -> None:
+    """Run one delete and print how many rows went and the route version after it."""
 
     def work(conn: Any) -> tuple[int, int]:
-        count = route_store.delete_routes(
-            conn, table=args.table, prefix=args.prefix, destination=args.destination
-        )
-        return count, route_store.current_version(conn)
+        return delete(conn, **where), route_store.current_version(conn)
 
     count, version = ctx.db.transact_sync(work)
     emit_one(ctx, {"deleted": count, "version": version})
+
+
+def cmd_route_delete(ctx: Context, args: argparse.Namespace) -> None:
+    """Delete routes of a table (all, or those matching --prefix / --destination)."""
+
+    _report_delete(
+        ctx,
+        route_store.delete_routes,
+        table=args.table,
+        prefix=args.prefix,
+        destination=args.destination,
+    )
 
 
 def cmd_route_delete_blocks(ctx: Context, args: argparse.Namespace) -> None:
     """Delete block rules of a table (all, or those matching --kind / --prefix)."""
 
-    def work(conn: Any) -> tuple[int, int]:
-        count = route_store.delete_blocks(
-            conn, table=args.table, kind=args.kind, prefix=args.prefix
-        )
-        return count, route_store.current_version(conn)
-
-    count, version = ctx.db.transact_sync(work)
-    emit_one(ctx, {"deleted": count, "version": version})
+    _report_delete(
+        ctx, route_store.delete_blocks, table=args.table, kind=args.kind, prefix=args.prefix
+    )
 
 
 def cmd_route_version(ctx: Context, _args: argparse.Namespace) -> None:

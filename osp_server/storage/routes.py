@@ -397,6 +397,15 @@ def _apply(
     return ImportResult(result.inserted, result.updated, result.deleted, unchanged, version)
 
 
+def _delete_where(conn: Connection, table: Table, conditions: list[Any]) -> int:
+    """Delete matching rows under the version lock; bump the version if any went."""
+    _lock(conn)
+    count: int = conn.execute(delete(table).where(*conditions)).rowcount
+    if count:
+        _bump(conn)
+    return count
+
+
 def delete_routes(
     conn: Connection, *, table: str, prefix: str | None = None, destination: str | None = None
 ) -> int:
@@ -411,11 +420,7 @@ def delete_routes(
             conditions.append(routes.c.destination == validate_destination(destination))
     except InvalidRouteField as e:
         raise RouteStoreError(str(e)) from None
-    _lock(conn)
-    count = conn.execute(delete(routes).where(*conditions)).rowcount
-    if count:
-        _bump(conn)
-    return count
+    return _delete_where(conn, routes, conditions)
 
 
 def delete_blocks(
@@ -433,8 +438,4 @@ def delete_blocks(
             conditions.append(route_blocks.c.prefix == validate_prefix(prefix))
     except InvalidRouteField as e:
         raise RouteStoreError(str(e)) from None
-    _lock(conn)
-    count = conn.execute(delete(route_blocks).where(*conditions)).rowcount
-    if count:
-        _bump(conn)
-    return count
+    return _delete_where(conn, route_blocks, conditions)
