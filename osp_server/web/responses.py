@@ -30,15 +30,6 @@ class Response:
     reason: bytes | None = None
 
 
-class HTTPError(Exception):
-    """Raised by a handler to answer with an HTTP error status."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def error_response(code: int, message: str) -> Response:
     """A short text/plain error body (kept minimal: device readers search the head)."""
     return Response(code, message.encode("ascii", "replace") + b"\n")
@@ -63,8 +54,9 @@ def render_async(
 ) -> int:
     """Run an async handler for ``request``; returns NOT_DONE_YET for ``render``.
 
-    :class:`HTTPError` becomes its status; any other exception is logged with its
-    traceback and answered with a bare 500 (never a traceback to the client).  When
+    Handlers return their error answers; an exception that escapes is a bug: it is
+    logged with its traceback and answered with a bare 500 (never a traceback to the
+    client).  When
     the client disconnects, the work is cancelled.
     """
     d: Deferred[Response] = Deferred.fromCoroutine(handler())
@@ -74,11 +66,6 @@ def render_async(
 
     def failed(failure: Failure) -> None:
         if failure.check(CancelledError) and getattr(request, "_disconnected", False):
-            return
-        if failure.check(HTTPError):
-            err = failure.value
-            assert isinstance(err, HTTPError)
-            write_response(request, error_response(err.code, err.message))
             return
         log.failure(
             "unhandled error answering {method} {path}",
