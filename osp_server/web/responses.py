@@ -56,8 +56,7 @@ def render_async(
 
     Handlers return their error answers; an exception that escapes is a bug: it is
     logged with its traceback and answered with a bare 500 (never a traceback to the
-    client).  When
-    the client disconnects, the work is cancelled.
+    client).  When the client disconnects, the work is cancelled.
     """
     d: Deferred[Response] = Deferred.fromCoroutine(handler())
 
