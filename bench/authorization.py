@@ -107,21 +107,19 @@ class BenchError(Exception):
 # --- inputs ---------------------------------------------------------------------------
 
 
-def shared_dir() -> Path:
-    """The shared/ folder beside the checkout (overridable with OSP_SHARED_DIR)."""
-    override = os.environ.get("OSP_SHARED_DIR")
-    return Path(override) if override else REPO.parent / "shared"
+VECTORS = REPO / "tests" / "vectors"
+"""The captured client traffic kept in the repository."""
 
 
 def read_vector(name: str) -> tuple[bytes, bytes]:
     """A captured request from vectors/osp/ as (head, body); BenchError when unusable."""
-    path = shared_dir() / "vectors" / "osp" / name
+    path = VECTORS / "osp" / name
     try:
         if path.stat().st_size > MAX_BODY_BYTES:
             raise BenchError(f"{path}: larger than {MAX_BODY_BYTES} bytes")
         raw = path.read_bytes()
     except OSError as e:
-        raise BenchError(f"cannot read the vector {path}: {e} (set OSP_SHARED_DIR)") from None
+        raise BenchError(f"cannot read the vector {path}: {e} ") from None
     head, sep, body = raw.partition(b"\r\n\r\n")
     if not sep or not head.startswith(b"POST "):
         raise BenchError(f"{path}: not a captured HTTP POST request")

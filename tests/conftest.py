@@ -18,19 +18,14 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 
 
-def shared_dir() -> Path:
-    """The shared/ folder beside the checkout (overridable with OSP_SHARED_DIR)."""
-    override = os.environ.get("OSP_SHARED_DIR")
-    return Path(override) if override else REPO.parent / "shared"
+VECTORS = REPO / "tests" / "vectors"
+"""The captured client traffic, kept in the repository (see tests/vectors/README.md)."""
 
 
 @pytest.fixture
 def vectors() -> Path:
     """The captured client traffic."""
-    path = shared_dir() / "vectors"
-    if not path.is_dir():
-        pytest.fail(f"wire vectors not found at {path} (set OSP_SHARED_DIR)")
-    return path
+    return VECTORS
 
 
 def _postgres_database() -> Iterator[str]:

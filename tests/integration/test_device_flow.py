@@ -25,12 +25,12 @@ from osp_server.enrollment.service import approve
 from osp_server.routing.model import Route
 from osp_server.routing.table import RouteTables
 from osp_server.storage import enrollments
-from tests.conftest import make_config, shared_dir
+from tests.conftest import VECTORS, make_config
 from tests.integration.harness import RunningServer, reactor, run_server
 from tests.integration.test_osp import add_device
 from tests.integration.wire import build_request, exchange_sync, split_vector
 
-OSP = shared_dir() / "vectors" / "osp"
+OSP = VECTORS / "osp"
 
 
 @dataclass

@@ -38,12 +38,12 @@ from osp_server.routing.table import RouteTables
 from osp_server.storage import calls
 from osp_server.storage import certificates as cert_store
 from osp_server.storage import devices as device_store
-from tests.conftest import make_config, shared_dir
+from tests.conftest import VECTORS, make_config
 from tests.integration.harness import RunningServer, run_server
 from tests.integration.wire import Answer, build_request, exchange_sync, split_vector
 from tests.unit.osp_checker import check_osp_response
 
-OSP = shared_dir() / "vectors" / "osp"
+OSP = VECTORS / "osp"
 NOW = datetime.now(UTC)
 
 

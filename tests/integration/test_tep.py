@@ -27,11 +27,11 @@ from osp_server.enrollment.wire import TepOperation, encode_fields, parse_client
 from osp_server.storage import audit, enrollments
 from osp_server.storage import certificates as cert_store
 from osp_server.storage import devices as device_store
-from tests.conftest import make_config, shared_dir
+from tests.conftest import VECTORS, make_config
 from tests.integration.harness import RunningServer, run_server
 from tests.integration.wire import Answer, build_request, exchange, split_vector
 
-TEP = shared_dir() / "vectors" / "tep"
+TEP = VECTORS / "tep"
 BODY_RE = re.compile(rb"^status=0&certificate=[A-Za-z0-9+/]+={0,2}\n$")
 NOW = datetime.now(UTC)
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from defusedxml import ElementTree
 from sqlalchemy.engine import make_url
 
-from tests.conftest import shared_dir
+from tests.conftest import VECTORS
 from tests.integration.wire import build_request, split_vector
 from tests.reliability.harness import (
     Interrupted,
@@ -299,7 +299,7 @@ def _enroll_device(server: TwistdServer, tmp_path: Path, device: str) -> tuple[P
 
 def _usage_messages() -> list[tuple[int, bytes]]:
     """The captured UsageIndication (2 components) with a distinct TransactionId each."""
-    head, body = split_vector(shared_dir() / "vectors" / "osp" / "usage-indication.http")
+    head, body = split_vector(VECTORS / "osp" / "usage-indication.http")
     marker = b"\n1000000001</TransactionId>"
     assert body.count(marker) == 2, "the vector changed: two components of one transaction"
     messages = []

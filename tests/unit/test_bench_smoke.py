@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import shared_dir
-
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "authorization.py"
 PHASES = ("bare-http", "auth-signed", "usage-insert", "auth-xml")
@@ -21,7 +19,6 @@ PHASES = ("bare-http", "auth-signed", "usage-insert", "auth-xml")
 def _run_quick() -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO)
-    env["OSP_SHARED_DIR"] = str(shared_dir())
     return subprocess.run(
         [sys.executable, str(SCRIPT), "--quick"],
         cwd=REPO,

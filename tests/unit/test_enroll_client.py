@@ -7,7 +7,6 @@ import hashlib
 import http.server
 import io
 import ipaddress
-import os
 import re
 import ssl
 import stat
@@ -24,16 +23,9 @@ from cryptography.x509.oid import NameOID
 
 from osp_server.enrollment import client, wire
 from osp_server.enrollment.wire import TepOperation, TepStatus
+from tests.conftest import VECTORS
 
-
-def _shared_dir() -> Path:
-    override = os.environ.get("OSP_SHARED_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2].parent / "shared"
-
-
-TEP = _shared_dir() / "vectors" / "tep"
+TEP = VECTORS / "tep"
 NOW = datetime.datetime.now(datetime.UTC)
 
 

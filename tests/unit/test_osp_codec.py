@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import base64
-import os
 import random
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 
 import defusedxml.ElementTree as DET
 import pytest
@@ -37,15 +35,10 @@ from osp_server.osp.messages import (
     UsageConfirmation,
     UsageIndicationMessage,
 )
+from tests.conftest import VECTORS as ALL_VECTORS
 from tests.unit.osp_checker import check_osp_response, split_http
 
-
-def _shared() -> Path:
-    env = os.environ.get("OSP_SHARED_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
-
-
-VECTORS = _shared() / "vectors" / "osp"
+VECTORS = ALL_VECTORS / "osp"
 REQUEST_FILES = sorted(p.name for p in VECTORS.glob("*.http") if "response" not in p.name)
 BODY_FILES = sorted(p.name for p in (VECTORS / "bodies").glob("*.xml") if "accepted" not in p.name)
 NOW = datetime(2026, 11, 26, 16, 0, 21, tzinfo=UTC)

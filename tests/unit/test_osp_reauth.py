@@ -9,13 +9,11 @@ and follow every value rule of OSP.md §2.2.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import defusedxml.ElementTree as DET
 import pytest
@@ -32,15 +30,10 @@ from osp_server.osp.messages import (
     Status,
     UnsupportedMessage,
 )
+from tests.conftest import VECTORS as ALL_VECTORS
 from tests.unit.osp_checker import split_http
 
-
-def _shared() -> Path:
-    env = os.environ.get("OSP_SHARED_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
-
-
-VECTORS = _shared() / "vectors" / "osp"
+VECTORS = ALL_VECTORS / "osp"
 REQUEST = VECTORS / "reauthorization-request.http"
 CRASHING = VECTORS / "reauthorization-response.crashes-stock-client.http"
 NOW = datetime(2026, 11, 26, 16, 0, 49, tzinfo=UTC)

@@ -49,18 +49,11 @@ from osp_server.pki.profile import (
     read_tlv,
     toolkit_compatibility_problems,
 )
+from tests.conftest import VECTORS
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 SUBJECT = CASubject(common_name="OSP Test CA", organization="Example Carrier Ltd.", country="US")
 PRINTABLE_STRING = 0x13
-
-
-def shared_dir() -> Path:
-    """/work/shared, or $OSP_SHARED_DIR (CI keeps shared/ beside the clone)."""
-    override = os.environ.get("OSP_SHARED_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2].parent / "shared"
 
 
 # --------------------------------------------------------------- independent checks
@@ -658,7 +651,7 @@ def test_der_reader_refuses_non_der(data: bytes) -> None:
 
 
 def test_der_reader_on_real_csr() -> None:
-    der = (shared_dir() / "vectors" / "tep" / "csr.der").read_bytes()
+    der = (VECTORS / "tep" / "csr.der").read_bytes()
     top = read_single(der, 0x30)
     assert [child.tag for child in children(der, top)] == [0x30, 0x30, 0x03]
     with pytest.raises(DERError, match="trailing"):
@@ -676,7 +669,7 @@ def test_toolkit_check_flags_utf8_and_generalized_time() -> None:
 
 def test_accepted_vector_ca_passes_toolkit_check() -> None:
     """The CA the real enroll accepted passes our check (the check is not too strict)."""
-    response = (shared_dir() / "vectors" / "tep" / "getcacert.accepted-response.http").read_bytes()
+    response = (VECTORS / "tep" / "getcacert.accepted-response.http").read_bytes()
     body = response.split(b"\r\n\r\n", 1)[1]
     value = re.search(rb"certificate=([A-Za-z0-9+/=]+)", body)
     assert value is not None

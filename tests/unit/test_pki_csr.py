@@ -18,7 +18,7 @@ from pyasn1.type import univ
 from pyasn1_alt_modules import rfc2986
 
 from osp_server.pki.csr import CSRPolicyError, ValidatedCSR, validate_csr
-from tests.unit.test_pki_ca import shared_dir
+from tests.conftest import VECTORS
 
 MD5_WITH_RSA = "1.2.840.113549.1.1.4"
 SHA1_WITH_RSA = "1.2.840.113549.1.1.5"
@@ -26,7 +26,7 @@ SHA256_WITH_RSA = "1.2.840.113549.1.1.11"
 
 
 def vector_csr() -> bytes:
-    return (shared_dir() / "vectors" / "tep" / "csr.der").read_bytes()
+    return (VECTORS / "tep" / "csr.der").read_bytes()
 
 
 def build_csr(

@@ -34,6 +34,7 @@ from osp_server.pki.ca import (
 )
 from osp_server.pki.csr import CSRPolicyError, ValidatedCSR, validate_csr
 from osp_server.pki.profile import Profile
+from tests.conftest import VECTORS
 from tests.unit.test_pki_ca import (
     NOW,
     assert_md5_signed_by,
@@ -41,7 +42,6 @@ from tests.unit.test_pki_ca import (
     assert_toolkit_profile,
     decode_certificate,
     name_value_tags,
-    shared_dir,
 )
 from tests.unit.test_pki_csr import build_csr, raw_spki, vector_csr
 
@@ -594,7 +594,7 @@ def test_md5_signing_needs_rsa_key() -> None:
 
 def test_accepted_vector_certificate_passes_our_oracle() -> None:
     """The certificate the real enroll accepted satisfies the checks we apply to ours."""
-    tep = shared_dir() / "vectors" / "tep"
+    tep = VECTORS / "tep"
     ca_body = (tep / "getcacert.accepted-response.http").read_bytes().split(b"\r\n\r\n", 1)[1]
     cert_body = (tep / "request.accepted-response.http").read_bytes().split(b"\r\n\r\n", 1)[1]
     ca_match = re.search(rb"certificate=([A-Za-z0-9+/=]+)", ca_body)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from collections import Counter
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -29,17 +27,11 @@ from osp_server.routing.policy import (
 )
 from osp_server.routing.table import PrefixIndex, RouteTableError, RouteTables, number_digits
 from osp_server.testing import make_route, make_routing_request
-
-
-def shared_dir() -> Path:
-    override = os.environ.get("OSP_SHARED_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2].parent / "shared"
+from tests.conftest import VECTORS
 
 
 def vector_text(name: str) -> str:
-    return (shared_dir() / "vectors" / "osp" / name).read_bytes().decode("ascii")
+    return (VECTORS / "osp" / name).read_bytes().decode("ascii")
 
 
 class FakeClock:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import base64
-import os
 import random
 import re
 import urllib.parse
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -16,16 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from osp_server.enrollment import wire
 from osp_server.enrollment.wire import TepFormatError, TepOperation, TepStatus
+from tests.conftest import VECTORS
 
-
-def _shared_dir() -> Path:
-    override = os.environ.get("OSP_SHARED_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2].parent / "shared"
-
-
-TEP = _shared_dir() / "vectors" / "tep"
+TEP = VECTORS / "tep"
 REQUEST_VECTORS = [
     "request.request.http",
     "request-pending.request.http",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import os
 import re
 import shutil
 import subprocess
@@ -32,16 +31,9 @@ from osp_server.osp.tokens import (
     build_ascii_token,
     build_xml_token,
 )
+from tests.conftest import VECTORS
 
-
-def _shared_dir() -> Path:
-    override = os.environ.get("OSP_SHARED_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2].parent / "shared"
-
-
-TOKENS_DIR = _shared_dir() / "vectors" / "osp" / "tokens"
+TOKENS_DIR = VECTORS / "osp" / "tokens"
 ALLOWED_ASCII_KEYS = set("VrcCiauIAdDoe")
 TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 OPENSSL = shutil.which("openssl")

@@ -20,13 +20,13 @@ from osp_server.osp.messages import UsageIndicationMessage
 from osp_server.storage import calls
 from osp_server.storage import devices as device_store
 from osp_server.storage.db import Database
-from tests.conftest import shared_dir
+from tests.conftest import VECTORS
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
 def _usage() -> UsageIndicationMessage:
-    raw = (shared_dir() / "vectors" / "osp" / "usage-indication.http").read_bytes()
+    raw = (VECTORS / "osp" / "usage-indication.http").read_bytes()
     message = decode_request(raw.partition(b"\r\n\r\n")[2])
     assert isinstance(message, UsageIndicationMessage)
     return message
