@@ -1,4 +1,8 @@
-"""``osp-admin usage export``: call detail records for billing and analysis."""
+"""``osp-admin usage export``: call detail records (one row per call leg) for billing.
+
+A leg reported at answer and again at BYE is one row with its final values and the
+state it reached; ``--unfinished`` lists the legs whose ``stop`` never came.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import argparse
 import base64
 import csv
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -42,6 +46,18 @@ def cmd_usage_export(ctx: Context, args: argparse.Namespace) -> None:
     """Write usage records as CSV (default) or JSON lines, oldest first, page by page."""
     since = _time(args.since, "--since")
     until = _time(args.until, "--until")
+    unfinished_before = None
+    if args.unfinished:
+        older_than = (
+            args.older_than
+            if args.older_than is not None
+            else ctx.config.osp.call_time_limit_seconds
+        )
+        if older_than < 0:
+            raise AdminError(f"--older-than: must not be negative, not {older_than}")
+        unfinished_before = ctx.now() - timedelta(seconds=older_than)
+    elif args.older_than is not None:
+        raise AdminError("--older-than: only with --unfinished")
     as_json = ctx.as_json or args.format == "json"
     writer = None if as_json else csv.writer(ctx.out, lineterminator="\n")
     if writer is not None:
@@ -50,7 +66,12 @@ def cmd_usage_export(ctx: Context, args: argparse.Namespace) -> None:
     while args.limit is None or written < args.limit:
         page_size = PAGE_ROWS if args.limit is None else min(PAGE_ROWS, args.limit - written)
         rows = ctx.db.transact_sync(
-            calls.usage_page, after_id=after, since=since, until=until, limit=page_size
+            calls.usage_page,
+            after_id=after,
+            since=since,
+            until=until,
+            limit=page_size,
+            unfinished_before=unfinished_before,
         )
         if not rows:
             break
@@ -70,9 +91,22 @@ def register(groups: Any) -> None:
     usage = groups.add_parser("usage", help="usage records (CDRs)").add_subparsers(
         dest="command", required=True
     )
-    p = usage.add_parser("export", help="export usage records (CSV, or JSON lines)")
-    p.add_argument("--since", help="received at or after this ISO 8601 time (UTC default)")
-    p.add_argument("--until", help="received before this ISO 8601 time")
+    p = usage.add_parser(
+        "export", help="export call legs with their final values (CSV, or JSON lines)"
+    )
+    p.add_argument("--since", help="legs last changed at or after this ISO 8601 time (UTC default)")
+    p.add_argument("--until", help="legs last changed before this ISO 8601 time")
+    p.add_argument(
+        "--unfinished",
+        action="store_true",
+        help="only legs whose stop report never came (see --older-than)",
+    )
+    p.add_argument(
+        "--older-than",
+        type=int,
+        metavar="SECONDS",
+        help="with --unfinished: unchanged for this long (default: [osp] call_time_limit_seconds)",
+    )
     p.add_argument("--format", choices=["csv", "json"], default="csv")
     p.add_argument("--limit", type=int, help="at most this many records")
     p.set_defaults(func=cmd_usage_export)

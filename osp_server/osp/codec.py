@@ -627,6 +627,12 @@ def _usage(comp: _Node, message_id: str, component_id: str) -> UsageIndication:
         tag = c.tag
         if tag == "Role":
             kw.setdefault("role", c.text or None)
+        elif tag == "Timestamp":
+            kw.setdefault("timestamp", _time(c.text))
+        elif tag == "RoleInfo":
+            state = c.find("State")
+            if state is not None:
+                kw.setdefault("role_state", state.text or None)
         elif tag == "TransactionId":
             kw.setdefault("transaction_id", _txid(c.text))
         elif tag == "CallId":

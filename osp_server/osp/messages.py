@@ -92,6 +92,9 @@ class TerminationCause:
 class UsageIndication:
     """One UsageIndication component: one attempted destination of a call (OSP.md §3.4).
 
+    ``role_state`` is ``RoleInfo/State`` as sent (``start``, ``interim``, ``stop``; absent
+    when the device reports each leg once) and ``timestamp`` the report's Timestamp.
+
     ``destination`` is the destination tried (``DestinationAlternate type="transport"``);
     ``destination_alternates`` holds the other alternates (network, switchId,
     deviceId ...).  Times are aware UTC datetimes; a time, amount or number the
@@ -107,7 +110,9 @@ class UsageIndication:
 
     message_id: str
     component_id: str
+    timestamp: datetime | None = None
     role: str | None = None
+    role_state: str | None = None
     transaction_id: int | None = None
     call_id: bytes | None = None
     call_id_b64: str | None = None

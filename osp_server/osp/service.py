@@ -41,6 +41,7 @@ from osp_server.osp.messages import (
     UsageIndicationMessage,
 )
 from osp_server.osp.tokens import TokenClaims, TokenError, TokenFactory
+from osp_server.osp.usage_reports import leg_report
 from osp_server.routing.model import RoutingDecision, RoutingRequest
 from osp_server.storage import calls
 from osp_server.storage.db import Database
@@ -314,26 +315,36 @@ class OSPService:
         return encode_reauthorization_response(response)
 
     async def usage(self, identity: DeviceIdentity, message: UsageIndicationMessage) -> bytes:
-        """Store every component (once), then confirm each one, in order."""
+        """Store every component into its call leg's record, then confirm each, in order.
+
+        A leg reported at answer (``start``) and again at BYE (``stop``) keeps one record
+        that the later report completes; an exact repeat is confirmed and stores nothing.
+        """
         for component in message.components:
             check_claimed_identity(identity, component.customer_id, component.device_id)
         now = self._clock().replace(microsecond=0)
+        reports = [leg_report(component) for component in message.components]
         stored: calls.StoredUsage = await self._db.transact(
             calls.store_usage,
             device_pk=identity.device_pk,
-            components=message.components,
+            reports=reports,
             now=now,
         )
-        if stored.duplicates:
+        if stored.repeated:
             log.info(
-                "usage from device {device}: {duplicates} repeated component(s) confirmed again",
+                "usage from device {device}: {repeated} repeated report(s) confirmed again",
                 device=identity.device_id,
-                duplicates=stored.duplicates,
+                repeated=stored.repeated,
             )
-        for component in message.components:
-            # Only the device that was authorized may end its call: a terminating
-            # device also sees the TransactionId, in the token.
-            if component.role == "source" and component.transaction_id in stored.own_transactions:
+        for component, report in zip(message.components, reports, strict=True):
+            # Only the device that was authorized may end its call (a terminating device
+            # also sees the TransactionId, in the token), and only when the leg ends:
+            # a `start` report means the call was answered and goes on.
+            if (
+                component.role == "source"
+                and report.state == "stop"
+                and component.transaction_id in stored.own_transactions
+            ):
                 self._policy.call_ended(component.transaction_id)
         confirmations = [
             UsageConfirmation(component_id=c.component_id, timestamp=now, status=OK)

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from osp_server.osp.messages import CapabilitiesIndication, UsageIndication
+from osp_server.cdr.legs import (
+    LegKey,
+    LegRecord,
+    LegReport,
+    LegValues,
+    apply_report,
+    new_record,
+)
+from osp_server.osp.messages import CapabilitiesIndication
+from osp_server.storage.db import StorageError
 from osp_server.storage.schema import capabilities, devices, transactions, usage_records
-
-# Numeric(18, 3): anything outside is kept verbatim in the JSON fields only, because a
-# device never retries a usage report that we answered with an error.
-_NUMERIC_LIMIT = Decimal(10) ** 15
-MAX_FIELD_CHARS = 256
-
 
 _UINT64 = 1 << 64
 _INT63 = 1 << 63
@@ -34,16 +37,6 @@ def to_storage_id(transaction_id: int) -> int:
 def from_storage_id(stored: int) -> int:
     """The device's uint64 TransactionId from its stored form."""
     return stored + _UINT64 if stored < 0 else stored
-
-
-def _bounded(value: Decimal | None) -> Decimal | None:
-    if value is None or not value.is_finite() or abs(value) >= _NUMERIC_LIMIT:
-        return None
-    return value
-
-
-def _text(value: str | None, limit: int = MAX_FIELD_CHARS) -> str | None:
-    return None if value is None else value[:limit]
 
 
 def _dialect_insert(conn: Connection, table: Any) -> Any:
@@ -118,59 +111,129 @@ def get_transaction(conn: Connection, transaction_id: int) -> StoredTransaction 
 
 @dataclass(frozen=True)
 class StoredUsage:
-    """How many usage components were new and how many were repeats, and which of the
-    reported transactions this device itself authorized (only those may release
+    """What storing a message's reports did: legs inserted, legs updated, exact repeats;
+    which reported transactions this device itself authorized (only those may release
     call-limit slots)."""
 
     inserted: int
-    duplicates: int
+    updated: int
+    repeated: int
     own_transactions: frozenset[int] = frozenset()
 
 
-def store_usage(
-    conn: Connection, *, device_pk: int, components: Sequence[UsageIndication], now: datetime
-) -> StoredUsage:
-    """Store each component once per (device, transaction, role, destination, component)."""
-    inserted = 0
-    for c in components:
-        cause = c.termination_causes[0] if c.termination_causes else None
-        values = {
-            "device_pk": device_pk,
-            "transaction_id": to_storage_id(c.transaction_id or 0),
-            "role": (c.role or "unknown")[:16],
-            "destination": (c.destination or "")[:256],
-            "component_id": c.component_id[:64],
-            "call_id": c.call_id,
-            "calling": _text(c.calling),
-            "called": _text(c.called),
-            "start_time": c.start_time,
-            "alert_time": c.alert_time,
-            "connect_time": c.connect_time,
-            "end_time": c.end_time,
-            "duration": _bounded(c.amount),
-            "post_dial_delay": _bounded(c.post_dial_delay),
-            "termination_cause_type": _text(cause.type if cause else None, 16),
-            "termination_cause_code": _text(cause.code if cause else None, 16),
-            "release_source": _text(c.release_source, 16),
-            "fields": json.dumps(dict(c.fields), sort_keys=True),
-            "received_at": now,
-        }
+_LEG_KEY_COLUMNS = ("device_pk", "transaction_id", "role", "destination", "component_id")
+
+
+def _leg_columns(record: LegRecord, now: datetime) -> dict[str, Any]:
+    """The columns a leg's record sets (on insert and on every update)."""
+    values = record.values
+    return {
+        "call_id": values.call_id,
+        "calling": values.calling,
+        "called": values.called,
+        "start_time": values.start_time,
+        "alert_time": values.alert_time,
+        "connect_time": values.connect_time,
+        "end_time": values.end_time,
+        "duration": record.duration,
+        "duration_source": record.duration_source,
+        "reported_amount": values.amount,
+        "post_dial_delay": values.post_dial_delay,
+        "termination_cause_type": values.termination_cause_type,
+        "termination_cause_code": values.termination_cause_code,
+        "release_source": values.release_source,
+        "state": record.state,
+        "report_timestamp": record.report_timestamp,
+        "reports": record.reports,
+        "report_digests": json.dumps(list(record.digests)),
+        "fields": json.dumps(dict(record.fields), sort_keys=True),
+        "updated_at": now,
+    }
+
+
+def _leg_record(key: LegKey, row: Any) -> LegRecord:
+    return LegRecord(
+        key=key,
+        state=row["state"],
+        report_timestamp=row["report_timestamp"],
+        values=LegValues(
+            call_id=row["call_id"],
+            calling=row["calling"],
+            called=row["called"],
+            start_time=row["start_time"],
+            alert_time=row["alert_time"],
+            connect_time=row["connect_time"],
+            end_time=row["end_time"],
+            amount=row["reported_amount"],
+            post_dial_delay=row["post_dial_delay"],
+            termination_cause_type=row["termination_cause_type"],
+            termination_cause_code=row["termination_cause_code"],
+            release_source=row["release_source"],
+        ),
+        duration=row["duration"],
+        duration_source=row["duration_source"],
+        fields=json.loads(row["fields"]),
+        digests=tuple(json.loads(row["report_digests"])),
+        reports=row["reports"],
+    )
+
+
+def _find_leg(conn: Connection, key_values: dict[str, Any]) -> Any:
+    query = select(usage_records).where(
+        *(usage_records.c[name] == key_values[name] for name in _LEG_KEY_COLUMNS)
+    )
+    if conn.dialect.name == "postgresql":
+        # Two reports of one leg may arrive at once on two nodes: the second waits.
+        query = query.with_for_update()
+    return conn.execute(query).mappings().first()
+
+
+def _store_report(conn: Connection, device_pk: int, report: LegReport, now: datetime) -> str:
+    key_values = {
+        "device_pk": device_pk,
+        "transaction_id": to_storage_id(report.key.transaction_id),
+        "role": report.key.role,
+        "destination": report.key.destination,
+        "component_id": report.key.component_id,
+    }
+    row = _find_leg(conn, key_values)
+    if row is None:
         statement = (
             _dialect_insert(conn, usage_records)
-            .values(**values)
-            .on_conflict_do_nothing(
-                index_elements=[
-                    "device_pk",
-                    "transaction_id",
-                    "role",
-                    "destination",
-                    "component_id",
-                ]
-            )
+            .values(**key_values, **_leg_columns(new_record(report), now), received_at=now)
+            .on_conflict_do_nothing(index_elements=list(_LEG_KEY_COLUMNS))
+            # rowcount is -1 here on psycopg: ask for the new row's id instead.
+            .returning(usage_records.c.id)
         )
-        inserted += conn.execute(statement).rowcount
+        if conn.execute(statement).first() is not None:
+            return "inserted"
+        # Another transaction inserted this leg first (PostgreSQL): merge into its row.
+        row = _find_leg(conn, key_values)
+        if row is None:
+            raise StorageError("a usage record vanished while being stored")
+    merged, outcome = apply_report(_leg_record(report.key, row), report)
+    if outcome == "updated":
+        conn.execute(
+            update(usage_records)
+            .where(usage_records.c.id == row["id"])
+            .values(**_leg_columns(merged, now))
+        )
+    return outcome
+
+
+def store_usage(
+    conn: Connection, *, device_pk: int, reports: Sequence[LegReport], now: datetime
+) -> StoredUsage:
+    """Store each report into its leg's record: insert, update, or nothing for a repeat.
+
+    One record per (device, transaction, role, destination, component); how a report
+    changes it is :func:`osp_server.cdr.legs.apply_report`.
+    """
+    outcomes = Counter(_store_report(conn, device_pk, report, now) for report in reports)
     reported = {
-        c.transaction_id for c in components if c.transaction_id and c.transaction_id < _INT63
+        r.key.transaction_id
+        for r in reports
+        if r.key.transaction_id and r.key.transaction_id < _INT63
     }
     own: frozenset[int] = frozenset()
     if reported:
@@ -182,7 +245,7 @@ def store_usage(
                 )
             ).scalars()
         )
-    return StoredUsage(inserted, len(components) - inserted, own)
+    return StoredUsage(outcomes["inserted"], outcomes["updated"], outcomes["repeated"], own)
 
 
 def store_capabilities(
@@ -270,7 +333,16 @@ USAGE_EXPORT_COLUMNS = (
     "termination_cause_type",
     "termination_cause_code",
     "release_source",
+    "state",
+    "reported_amount",
+    "duration_source",
+    "reports",
+    "updated_at",
 )
+"""One row per call leg, with its final values: ``duration`` is the accounted duration,
+``reported_amount`` the device's own Amount, ``state`` the last state reported."""
+
+_DEVICE_COLUMNS = frozenset({"customer_id", "device_id"})
 
 
 def usage_page(
@@ -280,40 +352,34 @@ def usage_page(
     since: datetime | None,
     until: datetime | None,
     limit: int,
+    unfinished_before: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """Usage records with ids above ``after_id`` (keyset pages, oldest first)."""
+    """Call legs with ids above ``after_id`` (keyset pages, oldest first).
+
+    ``since``/``until`` select legs by their last change (``updated_at``), so an export
+    from the time of the previous one also brings the legs that a later report
+    completed.  ``unfinished_before`` keeps only legs whose ``stop`` has not come and
+    that nothing changed since that time.
+    """
+    columns = [
+        (devices.c if name in _DEVICE_COLUMNS else usage_records.c)[name]
+        for name in USAGE_EXPORT_COLUMNS
+    ]
     query = (
-        select(
-            usage_records.c.id,
-            usage_records.c.received_at,
-            devices.c.customer_id,
-            devices.c.device_id,
-            usage_records.c.transaction_id,
-            usage_records.c.role,
-            usage_records.c.destination,
-            usage_records.c.component_id,
-            usage_records.c.call_id,
-            usage_records.c.calling,
-            usage_records.c.called,
-            usage_records.c.start_time,
-            usage_records.c.alert_time,
-            usage_records.c.connect_time,
-            usage_records.c.end_time,
-            usage_records.c.duration,
-            usage_records.c.post_dial_delay,
-            usage_records.c.termination_cause_type,
-            usage_records.c.termination_cause_code,
-            usage_records.c.release_source,
-        )
+        select(*columns)
         .select_from(usage_records.join(devices, usage_records.c.device_pk == devices.c.id))
         .where(usage_records.c.id > after_id)
         .order_by(usage_records.c.id)
         .limit(limit)
     )
     if since is not None:
-        query = query.where(usage_records.c.received_at >= since)
+        query = query.where(usage_records.c.updated_at >= since)
     if until is not None:
-        query = query.where(usage_records.c.received_at < until)
+        query = query.where(usage_records.c.updated_at < until)
+    if unfinished_before is not None:
+        query = query.where(
+            usage_records.c.state != "stop", usage_records.c.updated_at < unfinished_before
+        )
     return [
         {**r, "transaction_id": from_storage_id(r["transaction_id"])}
         for r in conn.execute(query).mappings()

@@ -129,10 +129,10 @@ def _alembic_config(conn: Connection) -> AlembicConfig:
     return cfg
 
 
-def upgrade_schema(engine: Engine) -> str | None:
-    """Apply every pending migration; returns the revision now current."""
+def upgrade_schema(engine: Engine, revision: str = "head") -> str | None:
+    """Apply the pending migrations up to ``revision``; returns the revision now current."""
     with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), "head")
+        command.upgrade(_alembic_config(conn), revision)
         return MigrationContext.configure(conn).get_current_revision()
 
 

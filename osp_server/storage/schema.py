@@ -181,9 +181,21 @@ usage_records = Table(
     Column("release_source", String(16), nullable=True),
     Column("fields", Text, nullable=False),  # JSON: every leaf the device sent
     Column("received_at", UTCDateTime(), nullable=False),
+    # One row per call leg, updated by its start / interim / stop reports
+    # (osp_server.cdr.legs): the state it reached, the device's own Amount beside the
+    # accounted duration, and the digests of the reports applied (exact repeats).
+    Column("state", String(8), nullable=False, server_default="stop"),
+    Column("report_timestamp", UTCDateTime(), nullable=True),
+    Column("reported_amount", Numeric(18, 3), nullable=True),
+    Column("duration_source", String(8), nullable=True),
+    Column("reports", Integer, nullable=False, server_default="1"),
+    Column("report_digests", Text, nullable=False, server_default="[]"),  # JSON list
+    Column("updated_at", UTCDateTime(), nullable=False),
     UniqueConstraint("device_pk", "transaction_id", "role", "destination", "component_id"),
+    CheckConstraint("state IN ('start', 'interim', 'stop')", name="state"),
     Index("ix_usage_records_transaction_id", "transaction_id"),
     Index("ix_usage_records_received_at", "received_at"),
+    Index("ix_usage_records_updated_at", "updated_at"),
 )
 
 capabilities = Table(

@@ -44,9 +44,9 @@ def test_migrations_match_the_tables(db: Database) -> None:
         )
     assert diff == []
     current, head = schema_status(db.engine)
-    assert current == head == "0001"
+    assert current == head == "0002"
     # Upgrading again is a no-op.
-    assert upgrade_schema(db.engine) == "0001"
+    assert upgrade_schema(db.engine) == "0002"
 
 
 def test_durability_settings(db: Database) -> None:
@@ -159,6 +159,7 @@ def test_usage_uniqueness_is_a_constraint(db: Database) -> None:
         "component_id": "1",
         "fields": "{}",
         "received_at": NOW,
+        "updated_at": NOW,
     }
     db.transact_sync(lambda c: c.execute(insert(usage_records).values(**row)))
     with pytest.raises(StorageError):

@@ -17,6 +17,7 @@ from osp_server.config import load_config
 from osp_server.maintenance import TransactionReaper
 from osp_server.osp.codec import decode_request
 from osp_server.osp.messages import UsageIndicationMessage
+from osp_server.osp.usage_reports import leg_report
 from osp_server.storage import calls
 from osp_server.storage import devices as device_store
 from osp_server.storage.db import Database
@@ -56,7 +57,12 @@ def _seed(path: Path) -> None:
                 username="u",
                 now=NOW,
             )
-            calls.store_usage(conn, device_pk=device.pk, components=_usage().components, now=NOW)
+            calls.store_usage(
+                conn,
+                device_pk=device.pk,
+                reports=[leg_report(c) for c in _usage().components],
+                now=NOW,
+            )
 
         ctx.db.transact_sync(work)
     finally:

@@ -1,0 +1,1 @@
+"""Call detail records: how usage reports become one record per call leg."""
