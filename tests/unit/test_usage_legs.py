@@ -204,3 +204,17 @@ def test_start_and_stop_stored_at_once_make_one_leg(db: Database) -> None:
     assert {(r["state"], r["duration"], r["reports"]) for r in rows} == {
         ("stop", Decimal("2.000"), 2)
     }
+
+
+def test_the_codec_reads_the_state_and_timestamp_of_each_report() -> None:
+    (start,) = _components(START).components
+    (stop,) = _components(STOP).components
+    assert (start.role_state, start.timestamp) == (
+        "start",
+        datetime(2026, 11, 29, 21, 27, 3, tzinfo=UTC),
+    )
+    assert (stop.role_state, stop.timestamp) == (
+        "stop",
+        datetime(2026, 11, 29, 21, 27, 5, tzinfo=UTC),
+    )
+    assert {c.role_state for c in _components(TEST_APP).components} == {None}
