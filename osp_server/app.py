@@ -54,7 +54,15 @@ from osp_server.metrics import Metrics, MetricsResource
 from osp_server.osp.authn import DeviceAuthenticator
 from osp_server.osp.resource import OSPResource
 from osp_server.osp.service import OSPService
-from osp_server.osp.tokens import TokenFactory, TokenSigner
+from osp_server.osp.tokens import (
+    DEFAULT_MAX_TOKEN_BYTES,
+    CallIdDropped,
+    TokenError,
+    TokenFactory,
+    TokenFormat,
+    TokenSigner,
+    reference_claims,
+)
 from osp_server.pki.ca import (
     CAError,
     CAPrivateKey,
@@ -62,6 +70,7 @@ from osp_server.pki.ca import (
     CertificateAuthority,
     check_private_key_file_mode,
     generate_private_key,
+    is_compact_token_signer,
     load_or_create_ca,
     write_private_key,
 )
@@ -87,6 +96,8 @@ log = Logger()
 CPU_THREADS = 2
 RENEW_BEFORE = timedelta(days=30)
 TOKEN_SIGNER_VALIDITY = timedelta(days=730)
+# Short: the signer's subject travels inside every signed token.
+TOKEN_SIGNER_NAME = "OSP tokens"
 
 
 class StartupError(Exception):
@@ -196,11 +207,14 @@ def issued_material(
     kind: CertificateKind,
     issue: Callable[[CAPrivateKey, datetime], x509.Certificate],
     renew_before: timedelta = RENEW_BEFORE,
+    current: Callable[[x509.Certificate], bool] | None = None,
 ) -> tuple[CAPrivateKey, x509.Certificate]:
     """A key and certificate from files, or issued by our CA (and recorded) when absent.
 
     A certificate we issued ourselves is renewed at start-up when it expires within
-    ``renew_before``; an operator's files are used as they are.
+    ``renew_before``, or when ``current`` says it no longer has the profile we issue
+    (e.g. a token signer from an earlier version); an operator's files are used as
+    they are.
     """
     now = core.clock()
     if cert_file.exists() or key_file.exists():
@@ -212,13 +226,24 @@ def issued_material(
         except (OSError, ValueError, TypeError) as e:
             raise StartupError(f"{kind} certificate {cert_file} / key {key_file}: {e}") from None
         ours = cert.issuer == core.ca.certificate.subject and _recorded(core, cert)
-        if not ours or cert.not_valid_after_utc - now > renew_before:
+        if not ours:
             return key, cert
-        log.info(
-            "renewing the {kind} certificate (expires {at})",
-            kind=kind,
-            at=cert.not_valid_after_utc.isoformat(),
-        )
+        outdated = current is not None and not current(cert)
+        if not outdated and cert.not_valid_after_utc - now > renew_before:
+            return key, cert
+        if outdated:
+            log.info(
+                "re-issuing the {kind} certificate (serial {serial:x}): issued by an "
+                "earlier version, not the current profile",
+                kind=kind,
+                serial=cert.serial_number,
+            )
+        else:
+            log.info(
+                "renewing the {kind} certificate (expires {at})",
+                kind=kind,
+                at=cert.not_valid_after_utc.isoformat(),
+            )
         cert_file.unlink()
         key_file.unlink()
     key = generate_private_key(key_type)
@@ -274,7 +299,12 @@ def server_tls_material(core: Core) -> tuple[CAPrivateKey, x509.Certificate]:
 
 
 def token_signer(core: Core) -> TokenSigner:
-    """The token-signing key and certificate (EC P-256 by default), issued by our CA."""
+    """The token-signing key and certificate (EC P-256 by default), issued by our CA.
+
+    Our own signer certificate is re-issued at start when it is not compact (an
+    earlier version's, ~100 bytes larger in every signed token); an operator's is
+    used as it is, and the start-up size check judges it.
+    """
     directory = core.config.data_dir / "tokens"
     key, cert = issued_material(
         core,
@@ -284,12 +314,82 @@ def token_signer(core: Core) -> TokenSigner:
         kind="token_signer",
         issue=lambda key, now: core.ca.issue_token_signer(
             key.public_key(),
-            common_name="OSP Token Signer",
+            common_name=TOKEN_SIGNER_NAME,
             validity=TOKEN_SIGNER_VALIDITY,
             now=now,
         ),
+        current=is_compact_token_signer,
     )
     return TokenSigner(cert, key)
+
+
+def log_call_id_dropped(event: CallIdDropped) -> None:
+    """Log a token sent with CallId UNDEFINED because the Call-ID made it too large."""
+    log.warn(
+        "token_call_id_dropped: {token_format} token for transaction {transaction_id} did "
+        "not fit with its {call_id_bytes}-byte Call-ID ({reason}); sent {size} bytes with "
+        "CallId UNDEFINED (limit {limit}), so the terminating device skips the Call-ID check",
+        token_format=event.token_format,
+        transaction_id=event.transaction_id,
+        call_id_bytes=event.call_id_bytes,
+        reason=event.reason,
+        size=event.size,
+        limit=event.limit,
+    )
+
+
+def _size_advice(fmt: TokenFormat) -> str:
+    if fmt == "signed":
+        return (
+            'use an EC P-256 or RSA-2048 CA with token_signer_key = "ec-p256", or '
+            'osp.token_format = "xml" or "ascii", or raise osp.max_token_bytes (up to 3000) '
+            "only if every validating device is Asterisk (4,096-byte buffer)"
+        )
+    return "raise osp.max_token_bytes"
+
+
+def token_factory(core: Core, signer: TokenSigner) -> TokenFactory:
+    """The token factory, checked at start-up against ``[osp] max_token_bytes``.
+
+    A reference token (OpenSIPS-shaped: 11-digit numbers, a 40-byte Call-ID) in the
+    default format must fit, or the server refuses to start (StartupError): otherwise
+    OpenSIPS/Kamailio would drop every token. A customer override format that does
+    not fit is only warned about, since its calls still get answers (a token with
+    CallId UNDEFINED, or OSP status 400).
+    """
+    osp = core.config.osp
+    factory = TokenFactory(
+        default_format=osp.token_format,
+        signer=signer,
+        max_token_bytes=osp.max_token_bytes,
+        on_call_id_dropped=log_call_id_dropped,
+    )
+    claims = reference_claims(core.clock(), amount=osp.call_time_limit_seconds)
+    limit = factory.max_token_bytes
+    formats: tuple[TokenFormat, ...] = ("signed", "xml", "ascii")
+    for fmt in formats:
+        try:
+            size = factory.raw_size(claims, token_format=fmt)
+            if size <= limit:
+                continue
+            problem = f"a reference token (11-digit numbers, 40-byte Call-ID) is {size} bytes"
+        except TokenError as e:
+            problem = f"a reference token cannot be built ({e})"
+        if fmt == osp.token_format:
+            raise StartupError(
+                f'{core.config.source}: osp.token_format = "{fmt}": {problem}, over '
+                f"osp.max_token_bytes = {limit} (OpenSIPS and Kamailio drop raw tokens over "
+                f"{DEFAULT_MAX_TOKEN_BYTES} bytes); {_size_advice(fmt)}"
+            )
+        log.warn(
+            "{fmt} tokens (customers with --token-format {fmt}) do not fit: {problem}, over "
+            "osp.max_token_bytes = {limit}; their tokens may say CallId UNDEFINED, or the "
+            "answer is OSP status 400",
+            fmt=fmt,
+            problem=problem,
+            limit=limit,
+        )
+    return factory
 
 
 class ServerCertificate:
@@ -424,7 +524,7 @@ def build_components(core: Core) -> Components:
     osp_service = OSPService(
         db=core.db,
         policy=policy,
-        tokens=TokenFactory(default_format=core.config.osp.token_format, signer=token_signer(core)),
+        tokens=token_factory(core, token_signer(core)),
         config=core.config.osp,
         clock=core.clock,
     )

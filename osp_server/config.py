@@ -104,6 +104,8 @@ class OSPConfig:
     routing_policy: str = "default"
     route_refresh_seconds: float = 5.0
     reauthorization_fixed_clients: bool = False
+    # Largest raw token sent; 1024 fits the OpenSIPS/Kamailio 2,048-byte base64 buffer.
+    max_token_bytes: int = 1024
 
 
 @dataclass(frozen=True)
@@ -340,6 +342,11 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
             "route_refresh_seconds", 5.0, minimum=0.5, maximum=3600.0
         ),
         reauthorization_fixed_clients=osp_s.boolean("reauthorization_fixed_clients", False),
+        # 3000 is the hard cap of osp_server.osp.tokens (Asterisk's 4,096-byte buffer);
+        # 256 leaves room for an unsigned ASCII token with ordinary values (~180 bytes).
+        max_token_bytes=osp_s.integer(
+            "max_token_bytes", OSPConfig.max_token_bytes, minimum=256, maximum=3000
+        ),
     )
     osp_s.finish()
 

@@ -5,9 +5,16 @@ to the terminating device, which validates it locally with the OSP Toolkit. The 
 picks the format from the first raw bytes: ``<?xml`` (XML), ``V=1\\n`` (ASCII), anything
 else is DER PKCS#7 SignedData with the XML or ASCII token embedded.
 
-Everything here is pure: no I/O, no reactor. Every value that goes into a token is
-validated against what the toolkit's fixed-size buffers and parsers accept, and any
-problem is reported as :class:`TokenError`.
+Everything here is pure: no I/O, no reactor, no logging (the factory reports a
+dropped Call-ID through a callback the composition root turns into a log event).
+Every value that goes into a token is validated against what the toolkit's fixed-size
+buffers and parsers accept, and any problem is reported as :class:`TokenError`.
+
+Size (OSP.md §4): OpenSIPS and Kamailio base64-encode the raw token into a 2,048-byte
+buffer and the toolkit's encoder wants twice the raw size, so a raw token over 1,024
+bytes is dropped from the INVITE. :class:`TokenFactory` enforces a per-token limit
+(``max_token_bytes``, 1,024 by default); signed tokens embed the ASCII form, carry no
+signed attributes and one compact signer certificate to stay under it.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ from __future__ import annotations
 import base64
 import re
 import secrets
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Final, Literal, get_args
 
 from cryptography import x509
@@ -25,23 +33,35 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 __all__ = [
+    "DEFAULT_MAX_TOKEN_BYTES",
     "MAX_ASCII_TOKEN_BYTES",
     "MAX_TOKEN_BYTES",
+    "MIN_TOKEN_LIMIT",
     "SIGNALING_PROTOCOLS",
+    "CallIdDropped",
+    "SignedContent",
     "TokenClaims",
     "TokenError",
     "TokenFactory",
     "TokenFormat",
     "TokenSigner",
+    "TokenTooLargeError",
     "build_ascii_token",
     "build_xml_token",
+    "reference_claims",
 ]
 
 TokenFormat = Literal["signed", "xml", "ascii"]
 SignedContent = Literal["xml", "ascii"]
 
-# Base64 of the raw token must stay below the devices' 4096-byte element/token buffers.
+# Base64 of the raw token must stay below the devices' 4096-byte element/token buffers
+# (Asterisk's buffer): the hard cap, whatever the configured limit.
 MAX_TOKEN_BYTES: Final = 3000
+# OpenSIPS and Kamailio: a 2,048-byte base64 buffer, and the toolkit's encoder needs
+# twice the raw size (ospb64.c), so at most 1,024 raw bytes (OSP.md §4).
+DEFAULT_MAX_TOKEN_BYTES: Final = 1024
+# The smallest limit a factory accepts: an unsigned token with short values is ~150 bytes.
+MIN_TOKEN_LIMIT: Final = 256
 # The terminating device copies an ASCII token (also one taken out of a signed token)
 # into a 1000-byte stack buffer and NUL-terminates it (osptransapi.c, AsciiTokenMsg).
 MAX_ASCII_TOKEN_BYTES: Final = 999
@@ -78,6 +98,10 @@ _TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
 
 class TokenError(ValueError):
     """A token cannot be built: a claim is malformed or the result is too large."""
+
+
+class TokenTooLargeError(TokenError):
+    """The token, or one of its ASCII lines, exceeds a device buffer or the size limit."""
 
 
 @dataclass(frozen=True)
@@ -221,7 +245,7 @@ def _check_claims(claims: TokenClaims) -> _Fields:
 
 def _check_size(kind: str, token: bytes, limit: int = MAX_TOKEN_BYTES) -> bytes:
     if len(token) > limit:
-        raise TokenError(f"{kind} token is {len(token)} bytes (at most {limit})")
+        raise TokenTooLargeError(f"{kind} token is {len(token)} bytes (at most {limit})")
     return token
 
 
@@ -292,11 +316,14 @@ def build_ascii_token(claims: TokenClaims, *, random: int | None = None) -> byte
     for key, value in pairs:
         line = f"{key}={value}"
         if len(line) > _MAX_ASCII_LINE:
-            raise TokenError(
+            raise TokenTooLargeError(
                 f"ASCII token line {key!r} is {len(line)} characters (at most {_MAX_ASCII_LINE})"
             )
         lines.append(line + "\n")
     return _check_size("ASCII", "".join(lines).encode("ascii"), MAX_ASCII_TOKEN_BYTES)
+
+
+_SIGN_OPTIONS: Final = (pkcs7.PKCS7Options.Binary, pkcs7.PKCS7Options.NoAttributes)
 
 
 class TokenSigner:
@@ -305,8 +332,12 @@ class TokenSigner:
     SHA-256, content embedded (never detached), the ``Binary`` option so the bytes
     are signed exactly as given, and only the signer certificate embedded (no chain:
     the device verifies with ``PKCS7_NOCHAIN`` against its CA set, so the signer
-    certificate must be issued directly by our CA). The signed attributes and
-    S/MIME capabilities are kept as in the observed accepted tokens.
+    certificate must be issued directly by our CA). ``NoAttributes``: no signed
+    attributes (contentType, signingTime, messageDigest, S/MIME capabilities), so the
+    signature covers the content's digest directly. PKCS7_verify accepts both forms
+    (RFC 2315 §9.3); the attributes cost about 165 bytes of the 1,024 a token may
+    have, and the device reads none of them (it checks the token's own validity
+    window, not a signing time).
     """
 
     def __init__(
@@ -344,22 +375,66 @@ class TokenSigner:
             raise TokenError("token content to sign must be non-empty bytes")
         _check_size("token content", content)
         try:
-            return self._builder.set_data(content).sign(
-                serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary]
-            )
+            return self._builder.set_data(content).sign(serialization.Encoding.DER, _SIGN_OPTIONS)
         except (TypeError, ValueError) as exc:
             raise TokenError(f"signing the token failed: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class CallIdDropped:
+    """A token was sent with CallId ``UNDEFINED`` because it did not fit with the Call-ID.
+
+    ``reason`` is why the token with the Call-ID was refused (it names that size or
+    the ASCII line that was too long); ``size`` is the raw size of the token sent;
+    ``limit`` is the factory's ``max_token_bytes``.
+    """
+
+    token_format: TokenFormat
+    transaction_id: int
+    call_id_bytes: int
+    reason: str
+    size: int
+    limit: int
+
+
+def reference_claims(now: datetime, *, amount: int = 3600) -> TokenClaims:
+    """Claims shaped like a real OpenSIPS call, for measuring what a token weighs.
+
+    11-digit calling and called numbers, a 40-byte Call-ID (SIP user agents commonly
+    send 32-40 bytes; the captured OpenSIPS/SIPp one has 16), a 19-digit transaction
+    id (the longest below 2**63) and the usual validity window.
+    """
+    return TokenClaims(
+        calling="14085551000",
+        called="15551234567",
+        call_id=b"a84b4c76e66710f3b2c1d5e@pc33.example.net",
+        valid_after=now - timedelta(seconds=60),
+        valid_until=now + timedelta(seconds=300),
+        transaction_id=_MAX_TRANSACTION_ID,
+        amount=amount,
+        increment=1,
+    )
+
+
 class TokenFactory:
-    """Builds the token for one destination in the configured format."""
+    """Builds the token for one destination in the configured format, within the limit.
+
+    Every token is at most ``max_token_bytes`` raw bytes (1,024 by default: the
+    OpenSIPS/Kamailio limit, OSP.md §4). A token that is over only because of a long
+    Call-ID is rebuilt with CallId ``UNDEFINED`` (the terminating device then skips
+    the Call-ID comparison) and ``on_call_id_dropped`` is told; one still over the
+    limit is a :class:`TokenTooLargeError`. Signed tokens embed the ASCII form by
+    default (``signed_content="xml"`` embeds the XML one, about 330 bytes more).
+    """
 
     def __init__(
         self,
         *,
         default_format: TokenFormat,
         signer: TokenSigner | None,
-        signed_content: SignedContent = "xml",
+        signed_content: SignedContent = "ascii",
+        max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
+        on_call_id_dropped: Callable[[CallIdDropped], None] | None = None,
     ) -> None:
         if default_format not in get_args(TokenFormat):
             raise TokenError(f"unknown token format {default_format!r}")
@@ -367,34 +442,79 @@ class TokenFactory:
             raise TokenError(f"unknown signed token content {signed_content!r}")
         if default_format == "signed" and signer is None:
             raise TokenError("signed tokens are the default but no token signer is configured")
+        limit = _check_int("max_token_bytes", max_token_bytes, MIN_TOKEN_LIMIT, MAX_TOKEN_BYTES)
         self._default_format: TokenFormat = default_format
         self._signer = signer
         self._signed_content: SignedContent = signed_content
+        self._max_token_bytes = limit
+        self._on_call_id_dropped = on_call_id_dropped
 
     @property
     def default_format(self) -> TokenFormat:
         """The format used when :meth:`build` is not told otherwise."""
         return self._default_format
 
-    def build(self, claims: TokenClaims, *, token_format: TokenFormat | None = None) -> bytes:
-        """Return the raw token bytes (the caller base64-encodes them), at most 3000 bytes.
+    @property
+    def max_token_bytes(self) -> int:
+        """The largest raw token :meth:`build` returns."""
+        return self._max_token_bytes
 
-        ``token_format`` overrides the default for this call (e.g. a device whose
-        policy accepts only unsigned tokens).
-        """
-        fmt = self._default_format if token_format is None else token_format
+    def _render(self, claims: TokenClaims, fmt: TokenFormat) -> bytes:
+        """The token in *fmt*, checked against the device buffers but not the limit."""
         if fmt == "xml":
-            token = build_xml_token(claims)
-        elif fmt == "ascii":
-            token = build_ascii_token(claims)
-        elif fmt == "signed":
+            return build_xml_token(claims)
+        if fmt == "ascii":
+            return build_ascii_token(claims)
+        if fmt == "signed":
             if self._signer is None:
                 raise TokenError("a signed token was asked for but no token signer is configured")
             if self._signed_content == "xml":
                 content = build_xml_token(claims)
             else:
                 content = build_ascii_token(claims)
-            token = self._signer.sign(content)
-        else:
-            raise TokenError(f"unknown token format {fmt!r}")
-        return _check_size(fmt, token)
+            return _check_size("signed", self._signer.sign(content))
+        raise TokenError(f"unknown token format {fmt!r}")
+
+    def _fitted(self, claims: TokenClaims, fmt: TokenFormat) -> bytes:
+        return _check_size(fmt, self._render(claims, fmt), self._max_token_bytes)
+
+    def raw_size(self, claims: TokenClaims, *, token_format: TokenFormat | None = None) -> int:
+        """The raw size of the token for *claims*, Call-ID included, limit not applied.
+
+        For measuring (the start-up check, benchmarks); malformed claims still raise
+        :class:`TokenError`.
+        """
+        fmt = self._default_format if token_format is None else token_format
+        return len(self._render(claims, fmt))
+
+    def build(self, claims: TokenClaims, *, token_format: TokenFormat | None = None) -> bytes:
+        """Return the raw token bytes (the caller base64-encodes them), within the limit.
+
+        ``token_format`` overrides the default for this call (e.g. a device whose
+        policy accepts only unsigned tokens). A token over ``max_token_bytes`` (or with
+        an ASCII line over the device's 199 characters) only because of its Call-ID is
+        sent with CallId ``UNDEFINED`` instead; :class:`TokenTooLargeError` when even
+        that does not fit.
+        """
+        fmt = self._default_format if token_format is None else token_format
+        try:
+            return self._fitted(claims, fmt)
+        except TokenTooLargeError as exc:
+            if claims.call_id is None:
+                raise
+            try:
+                token = self._fitted(replace(claims, call_id=None), fmt)
+            except TokenTooLargeError as again:
+                raise TokenTooLargeError(f"{again} even with CallId UNDEFINED") from exc
+            if self._on_call_id_dropped is not None:
+                self._on_call_id_dropped(
+                    CallIdDropped(
+                        token_format=fmt,
+                        transaction_id=claims.transaction_id,
+                        call_id_bytes=len(claims.call_id),
+                        reason=str(exc),
+                        size=len(token),
+                        limit=self._max_token_bytes,
+                    )
+                )
+            return token

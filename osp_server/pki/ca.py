@@ -5,9 +5,10 @@ signatures of the legacy profile are made by :mod:`osp_server.pki.legacy` on its
 
 Every certificate follows the profile of TEP.md §7 and :mod:`osp_server.pki.profile`:
 PrintableString names, UTCTime dates ending before 2050, never past the CA's own
-notAfter, random 159-bit serials. Signatures are SHA-256 (ECDSA-SHA256 for an EC CA),
-except the CA self-signature and device certificates in the ``legacy`` profile, which
-are md5WithRSAEncryption for the stock ``enroll`` client (TEP.md §10).
+notAfter, random 159-bit serials (71-bit for the compact token signer, whose
+certificate travels inside every signed token). Signatures are SHA-256 (ECDSA-SHA256
+for an EC CA), except the CA self-signature and device certificates in the ``legacy``
+profile, which are md5WithRSAEncryption for the stock ``enroll`` client (TEP.md §10).
 
 Key generation and RSA signing are slow (RSA-4096 generation takes seconds): callers
 on the reactor thread run :func:`generate_private_key`, :func:`create_ca`,
@@ -54,6 +55,7 @@ from osp_server.pki.profile import (
 )
 
 __all__ = [
+    "TOKEN_SIGNER_SERIAL_BITS",
     "CAError",
     "CAPrivateKey",
     "CASubject",
@@ -65,6 +67,7 @@ __all__ = [
     "check_private_key_file_mode",
     "create_ca",
     "generate_private_key",
+    "is_compact_token_signer",
     "load_ca",
     "load_or_create_ca",
     "new_serial",
@@ -79,6 +82,10 @@ SubjectPublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 _MAX_FILE_BYTES: Final = 1 << 20
 _SERIAL_BITS: Final = 159  # 20 octets with the sign bit clear
+_MIN_SERIAL_BITS: Final = 65  # the top bit set + 64 random bits (SECURITY.md P1)
+# The token signer's serial appears twice in every signed token (certificate and
+# SignerInfo): 71 bits is 9 octets, with 70 random bits.
+TOKEN_SIGNER_SERIAL_BITS: Final = 71
 _CA_BACKDATE: Final = timedelta(hours=1)
 _DNS_LABEL: Final = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _DNS_RE: Final = re.compile(rf"(\*\.)?({_DNS_LABEL}\.)*{_DNS_LABEL}")
@@ -124,13 +131,42 @@ class RevokedEntry:
     reason: x509.ReasonFlags | None
 
 
-def new_serial() -> int:
-    """A fresh certificate serial: 159 bits, 158 of them from ``secrets`` (P1).
+def new_serial(bits: int = _SERIAL_BITS) -> int:
+    """A fresh certificate serial of exactly *bits* bits, ``bits - 1`` of them random (P1).
 
-    The top bit is set so that every serial is positive, non-zero and exactly
-    20 octets in DER (RFC 5280 §4.1.2.2 allows at most 20).
+    The default is 159 bits (158 from ``secrets``): every serial is then exactly 20
+    octets in DER, the most RFC 5280 §4.1.2.2 allows. The top bit is always set, so a
+    serial is positive, non-zero and of a fixed DER length (``bits // 8 + 1`` octets).
+    *bits* must leave at least 64 random bits (SECURITY.md P1) and fit 20 octets:
+    65..159. Shorter serials are for certificates whose size matters, e.g. the token
+    signer's (71 bits: 9 octets, 70 random bits).
     """
-    return secrets.randbits(_SERIAL_BITS - 1) | (1 << (_SERIAL_BITS - 1))
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise TypeError(f"serial bits must be an int, not {type(bits).__name__}")
+    if not _MIN_SERIAL_BITS <= bits <= _SERIAL_BITS:
+        raise ValueError(f"serial bits {bits} is outside {_MIN_SERIAL_BITS}..{_SERIAL_BITS}")
+    return secrets.randbits(bits - 1) | (1 << (bits - 1))
+
+
+def is_compact_token_signer(certificate: x509.Certificate) -> bool:
+    """True when *certificate* has the shape :meth:`CertificateAuthority.issue_token_signer`
+    gives today: keyUsage digitalSignature (critical) as the only extension, a serial of
+    at most :data:`TOKEN_SIGNER_SERIAL_BITS` bits, and nothing that may issue.
+
+    Token signers issued by earlier versions (SKI, AKI, basicConstraints, 20-octet
+    serial) are about 100 bytes larger; start-up re-issues them.
+    """
+    extensions = list(certificate.extensions)
+    if len(extensions) != 1 or not isinstance(extensions[0].value, x509.KeyUsage):
+        return False
+    usage = extensions[0].value
+    return (
+        extensions[0].critical
+        and usage.digital_signature
+        and not usage.key_cert_sign
+        and 0 < certificate.serial_number
+        and certificate.serial_number.bit_length() <= TOKEN_SIGNER_SERIAL_BITS
+    )
 
 
 def generate_private_key(key_type: KeyType) -> CAPrivateKey:
@@ -430,6 +466,27 @@ class CertificateAuthority:
             raise CAError("no validity period left before the CA's notAfter")
         return not_before, not_after
 
+    def _bare_builder(
+        self,
+        subject: x509.Name,
+        public_key: SubjectPublicKey,
+        now: datetime,
+        validity: timedelta,
+        *,
+        serial_bits: int = _SERIAL_BITS,
+    ) -> x509.CertificateBuilder:
+        """Names, key, serial and validity; no extensions."""
+        not_before, not_after = self._validity(now, validity)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)
+            .serial_number(new_serial(serial_bits))
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+        )
+
     def _base_builder(
         self,
         subject: x509.Name,
@@ -437,15 +494,9 @@ class CertificateAuthority:
         now: datetime,
         validity: timedelta,
     ) -> x509.CertificateBuilder:
-        not_before, not_after = self._validity(now, validity)
+        """The PKIX end-entity base: CA:FALSE (critical), SKI and AKI."""
         return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self.certificate.subject)
-            .public_key(public_key)
-            .serial_number(new_serial())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
+            self._bare_builder(subject, public_key, now, validity)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier(self._key_id, None, None), critical=False)
@@ -573,22 +624,31 @@ class CertificateAuthority:
         validity: timedelta,
         now: datetime,
     ) -> x509.Certificate:
-        """Issue the certificate of the key that signs OSP tokens (OSP.md §4).
+        """Issue the compact certificate of the key that signs OSP tokens (OSP.md §4).
 
-        ``CN=<common_name>`` (PrintableString), keyUsage digitalSignature (critical),
-        CA:FALSE, no EKU (the toolkit's PKCS7_verify runs no purpose check). Always
-        SHA-256.
+        Every signed token embeds this certificate, and OpenSIPS/Kamailio drop tokens
+        over 1,024 raw bytes, so it carries only what a device's check needs:
+        ``CN=<common_name>`` (PrintableString; keep it short), a 71-bit serial (9
+        octets, 70 random bits: :data:`TOKEN_SIGNER_SERIAL_BITS`), and keyUsage
+        digitalSignature (critical) as its only extension. No basicConstraints (a
+        certificate without keyCertSign cannot issue, RFC 5280 §4.2.1.3 and
+        §4.2.1.9), no SKI/AKI (the device finds our CA by issuer name and verifies
+        with ``PKCS7_NOCHAIN``, so nothing is chained through this certificate), no
+        EKU (the toolkit's PKCS7_verify runs no purpose check). This is not a PKIX
+        TLS certificate: pkilint reports the missing AKI. Always SHA-256.
         """
         key = _check_public_key(public_key, "token signer key")
         try:
             subject = printable_name([(NameOID.COMMON_NAME, common_name, "token signer name")])
         except InvalidNameError as exc:
             raise CAError(str(exc)) from exc
-        builder = self._base_builder(subject, key, now, validity).add_extension(
-            _key_usage(digital_signature=True), critical=True
-        )
+        builder = self._bare_builder(
+            subject, key, now, validity, serial_bits=TOKEN_SIGNER_SERIAL_BITS
+        ).add_extension(_key_usage(digital_signature=True), critical=True)
         certificate = self._sign_sha256(builder)
         self._check_issued(certificate, _spki(key))
+        if not is_compact_token_signer(certificate):
+            raise CAError("issued token signer certificate is not compact")
         return certificate
 
     def build_crl(

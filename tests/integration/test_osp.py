@@ -26,6 +26,7 @@ from cryptography.x509.oid import NameOID
 from defusedxml import ElementTree
 
 from twisted.internet.threads import deferToThread
+from twisted.logger import capturedLogs
 
 from osp_server import passwords
 from osp_server.enrollment.wire import TepOperation, encode_fields, parse_client_view
@@ -233,28 +234,32 @@ def _destinations(body: bytes) -> list[Any]:
 
 
 def _openssl_verify_token(token: bytes, ca_pem: Path, tmp_path: Path) -> bytes:
+    """The content, once verified both ways: ``cms`` and the device's ``smime -nochain``."""
     path = tmp_path / "token.der"
     path.write_bytes(token)
-    result = subprocess.run(
-        [
-            "openssl",
-            "cms",
-            "-verify",
-            "-inform",
-            "DER",
-            "-in",
-            str(path),
-            "-binary",
-            "-CAfile",
-            str(ca_pem),
-            "-purpose",
-            "any",
-        ],
-        capture_output=True,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    contents = []
+    for command in (
+        ["cms", "-verify", "-purpose", "any"],
+        # PKCS7_verify with PKCS7_NOCHAIN, as the OSP Toolkit calls it.
+        ["smime", "-verify", "-nochain"],
+    ):
+        args = ["openssl", *command, "-inform", "DER", "-in", str(path), "-binary"]
+        result = subprocess.run(
+            [*args, "-CAfile", str(ca_pem)],
+            capture_output=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        contents.append(result.stdout)
+    assert contents[0] == contents[1]
+    return contents[0]
+
+
+def _ascii_token(content: bytes) -> dict[str, str]:
+    """The fields of an ASCII token (the content of our signed tokens)."""
+    text = content.decode("ascii")
+    assert text.startswith("V=1\n") and text.endswith("\n")
+    return dict(line.split("=", 1) for line in text[:-1].split("\n"))
 
 
 # --- authorization ------------------------------------------------------------------
@@ -289,12 +294,14 @@ async def test_authorization_vector_over_mutual_tls(env: Env) -> None:
         assert destination.findtext("DestinationInfo") == "1678"
         assert destination.findtext("SourceInfo") == "14048724799"
         token = base64.b64decode(destination.findtext("Token") or "")
-        assert len(token) <= 3000
+        assert len(token) <= 1024  # OpenSIPS/Kamailio (OSP.md §4)
         content = _openssl_verify_token(token, ca_pem, env.tmp_path)
-        token_info = ElementTree.fromstring(content)
-        assert token_info.tag == "TokenInfo"
-        assert token_info.findtext("DestinationInfo") == "1678"
-        assert token_info.findtext("TransactionId") == str(transaction_id)
+        fields = _ascii_token(content)
+        assert (fields["c"], fields["C"]) == ("14048724799", "1678")
+        assert fields["i"] == request.call_ids_b64[i]
+        assert fields["I"] == str(transaction_id)
+        if i == 0:
+            assert fields["e"] == "TG9"
     stored = env.core.db.transact_sync(
         lambda conn: conn.exec_driver_sql(
             "SELECT calling, called, device_pk FROM transactions WHERE transaction_id = "
@@ -313,6 +320,64 @@ async def test_token_signed_by_another_ca_fails(env: Env, tmp_path: Path) -> Non
     other_pem.write_bytes(other.public_bytes(serialization.Encoding.PEM))
     with pytest.raises(AssertionError):
         _openssl_verify_token(token, other_pem, tmp_path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_opensips_request_gets_tokens_that_fit(env: Env) -> None:
+    """The captured OpenSIPS 3.6.8 request: every signed token is at most 1,024 raw bytes
+    (the module's 2,048-byte base64 buffer) and verifies like the terminating device."""
+    answer, body = await env.vector("opensips-3.6/authorization-request.http")
+    request = _decoded(body)
+    assert answer.code == 200
+    destinations = _destinations(answer.body)
+    assert destinations
+    for destination in destinations:
+        token = base64.b64decode(destination.findtext("Token") or "")
+        assert len(token) <= 1024, len(token)
+        assert len(destination.findtext("Token") or "") < 2048
+        fields = _ascii_token(
+            _openssl_verify_token(token, env.core.config.ca.cert_file, env.tmp_path)
+        )
+        assert (fields["c"], fields["C"]) == ("14085551000", "15551234567")
+        assert base64.b64decode(fields["i"]) == b"1-3037@127.0.0.1" == request.call_ids[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_call_id_gets_an_undefined_token_and_a_warning(env: Env) -> None:
+    """A Call-ID that would push the signed token past 1,024 bytes: the token says
+    UNDEFINED (the device then skips the Call-ID check), the answer still echoes the
+    request's CallId, and a warning names the sizes."""
+    head, body = split_vector(OSP / "opensips-3.6" / "authorization-request.http")
+    long_id = b"x" * 147  # the i= line fits the device's 199 characters; the token does not
+    body = body.replace(b"MS0zMDM3QDEyNy4wLjAuMQ==", base64.b64encode(long_id))
+    with capturedLogs() as events:
+        answer = await env.post(body, head=head)
+    assert answer.code == 200
+    ca_pem = env.core.config.ca.cert_file
+    for destination in _destinations(answer.body):
+        assert destination.findtext("CallId") == base64.b64encode(long_id).decode()
+        token = base64.b64decode(destination.findtext("Token") or "")
+        assert len(token) <= 1024
+        fields = _ascii_token(_openssl_verify_token(token, ca_pem, env.tmp_path))
+        assert base64.b64decode(fields["i"]) == b"UNDEFINED"
+    dropped = [e for e in events if e.get("log_format", "").startswith("token_call_id_dropped")]
+    assert len(dropped) == len(_destinations(answer.body))
+    assert all(e["call_id_bytes"] == 147 and e["limit"] == 1024 for e in dropped)
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_too_large_even_without_call_id_is_400(env: Env) -> None:
+    """Hostile but well-formed: the longest numbers (131 digits calling, 128 called, the
+    most the route lookup takes) make every signed token too large: HTTP 200 with OSP
+    status 400, never a token the proxy would drop."""
+    head, body = split_vector(OSP / "opensips-3.6" / "authorization-request.http")
+    body = body.replace(b"\n14085551000</SourceInfo>", b"\n" + b"1" * 131 + b"</SourceInfo>")
+    body = body.replace(
+        b"\n15551234567</DestinationInfo>", b"\n1" + b"5" * 127 + b"</DestinationInfo>"
+    )
+    answer = await env.post(body, head=head)
+    assert answer.code == 200  # OSP answers in the body
+    assert b"<Code>400</Code>" in answer.body, answer.body
 
 
 @pytest_twisted.ensureDeferred

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from osp_server.config import ConfigError, load_config
+from osp_server.osp.tokens import DEFAULT_MAX_TOKEN_BYTES, MAX_TOKEN_BYTES, MIN_TOKEN_LIMIT
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,6 +25,7 @@ def test_builtin_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert config.ca.profile == "secure"
     assert config.ca.key_type == "rsa2048"
     assert config.enrollment.allow_plain_http is False
+    assert config.osp.max_token_bytes == DEFAULT_MAX_TOKEN_BYTES == 1024
 
 
 def test_example_config_parses_and_documents_every_key() -> None:
@@ -44,6 +46,7 @@ def test_example_config_parses_and_documents_every_key() -> None:
         "server_names",
         "allow_plain_http",
         "token_format",
+        "max_token_bytes",
         "request_timeout_seconds",
     ):
         assert f"{key} =" in text, key
@@ -79,6 +82,11 @@ def test_relative_paths_resolve_from_the_file(tmp_path: Path) -> None:
         ("[tls]\nserver_names = []\n", "tls.server_names"),
         ("[listeners]\nhttp = ''\n", "listeners.http"),
         ("[osp]\ntoken_format = 'jwt'\n", "osp.token_format"),
+        ("[osp]\nmax_token_bytes = 255\n", "osp.max_token_bytes: must be between 256 and 3000"),
+        ("[osp]\nmax_token_bytes = 3001\n", "osp.max_token_bytes: must be between 256 and 3000"),
+        ("[osp]\nmax_token_bytes = '1024'\n", "osp.max_token_bytes: must be an integer"),
+        ("[osp]\nmax_token_bytes = true\n", "osp.max_token_bytes: must be an integer"),
+        ("[osp]\nmax_token_bytes = 1024.0\n", "osp.max_token_bytes: must be an integer"),
         ("listeners = 3\n", "[listeners] must be a table"),
         ("[server\n", "invalid TOML"),
     ],
@@ -100,3 +108,11 @@ def test_missing_and_non_utf8_files(tmp_path: Path) -> None:
     path.write_bytes(b"[server]\ndata_dir = '\xff'\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(path)
+
+
+@pytest.mark.parametrize("value", [256, 1024, 3000])
+def test_max_token_bytes_range_matches_the_token_factory(tmp_path: Path, value: int) -> None:
+    # The config range is the factory's: nothing the file accepts is refused later.
+    assert (MIN_TOKEN_LIMIT, MAX_TOKEN_BYTES) == (256, 3000)
+    config = load_config(_write(tmp_path, f"[osp]\nmax_token_bytes = {value}\n"))
+    assert config.osp.max_token_bytes == value

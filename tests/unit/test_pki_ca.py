@@ -26,6 +26,7 @@ from pyasn1.codec.der import decoder as der_decoder
 from pyasn1_alt_modules import rfc5280
 
 from osp_server.pki.ca import (
+    TOKEN_SIGNER_SERIAL_BITS,
     CAError,
     CASubject,
     CertificateAuthority,
@@ -610,6 +611,32 @@ def test_new_serial_properties() -> None:
     for bit in range(64):
         ones = sum((value >> bit) & 1 for value in low)
         assert 4000 < ones < 6000, bit
+
+
+def test_new_serial_short_for_the_token_signer() -> None:
+    """71 bits: 9 DER octets, the top bit fixed and 70 random bits (still >= 64, P1)."""
+    serials = [new_serial(TOKEN_SIGNER_SERIAL_BITS) for _ in range(10_000)]
+    assert TOKEN_SIGNER_SERIAL_BITS == 71
+    assert len(set(serials)) == len(serials)
+    assert all(s.bit_length() == 71 for s in serials)
+    assert all(len(s.to_bytes((s.bit_length() + 8) // 8, "big")) == 9 for s in serials)
+    for bit in range(70):
+        ones = sum((value >> bit) & 1 for value in serials)
+        assert 4000 < ones < 6000, bit
+
+
+@pytest.mark.parametrize("bits", [0, 1, 64, 160, 256])
+def test_new_serial_refuses_too_few_random_bits_or_too_many_octets(bits: int) -> None:
+    with pytest.raises(ValueError, match="serial bits"):
+        new_serial(bits)
+
+
+def test_new_serial_bounds() -> None:
+    assert new_serial(65).bit_length() == 65
+    assert new_serial(159).bit_length() == 159
+    assert new_serial().bit_length() == 159
+    with pytest.raises(TypeError):
+        new_serial(True)
 
 
 # --------------------------------------------------------------- DER helpers

@@ -31,6 +31,7 @@ from osp_server.pki.ca import (
     DeviceSubject,
     RevokedEntry,
     create_ca,
+    is_compact_token_signer,
 )
 from osp_server.pki.csr import CSRPolicyError, ValidatedCSR, validate_csr
 from osp_server.pki.profile import Profile
@@ -443,28 +444,80 @@ def test_server_certificate_refuses_weak_key(
         )
 
 
-@pytest.mark.parametrize("label", ["legacy", "secure-ec"])
-def test_token_signer_is_sha256(
-    cas: dict[str, tuple[CertificateAuthority, Path]], label: str
+# The token signer is not a PKIX certificate for TLS or for chaining: it exists to be
+# embedded in every signed token, which OpenSIPS/Kamailio drop above 1,024 raw bytes.
+# It carries keyUsage digitalSignature only. RFC 5280 §4.2.1.1 wants an AKI in every
+# certificate a conforming CA issues, and pkilint says so; nothing needs it here,
+# because devices verify tokens with PKCS7_NOCHAIN against their CA set and find our
+# CA by its name (and a wrong candidate fails the signature check, it is not trusted).
+# That is the one finding we accept, and only for the token signer.
+TOKEN_SIGNER_LINT = ["pkix.authority_key_identifier_extension_absent (ERROR)"]
+
+
+@pytest.mark.parametrize("label", ["legacy", "secure", "secure-ec"])
+@pytest.mark.parametrize("key_kind", ["ec", "rsa"])
+def test_token_signer_is_compact_and_sha256(
+    cas: dict[str, tuple[CertificateAuthority, Path]], tmp_path: Path, label: str, key_kind: str
 ) -> None:
-    ca, _ = cas[label]
-    key = ec.generate_private_key(ec.SECP256R1())
-    certificate = ca.issue_token_signer(
-        key.public_key(), common_name="osp-server token signer", validity=YEAR, now=NOW
+    ca, ca_pem = cas[label]
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+        ec.generate_private_key(ec.SECP256R1())
+        if key_kind == "ec"
+        else rsa.generate_private_key(public_exponent=65537, key_size=2048)
     )
+    certificate = ca.issue_token_signer(
+        key.public_key(), common_name="OSP tokens", validity=YEAR, now=NOW
+    )
+    certificate_der = der(certificate)
     assert certificate.signature_hash_algorithm is not None
     assert certificate.signature_hash_algorithm.name == "sha256"
     certificate.verify_directly_issued_by(ca.certificate)
+    assert certificate.subject.rfc4514_string() == "CN=OSP tokens"
+    assert certificate.issuer == ca.certificate.subject
+
+    # keyUsage digitalSignature (critical) is the only extension.
+    extensions = list(certificate.extensions)
+    assert [ext.oid for ext in extensions] == [x509.KeyUsage.oid]
     usage = certificate.extensions.get_extension_for_class(x509.KeyUsage)
     assert usage.critical and usage.value.digital_signature
     assert not usage.value.key_encipherment and not usage.value.key_cert_sign
-    with pytest.raises(x509.ExtensionNotFound):
-        certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
-    assert not certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    assert_toolkit_profile(der(certificate))
-    assert lint_errors(der(certificate)) == []
+    assert not usage.value.crl_sign and not usage.value.content_commitment
+    assert is_compact_token_signer(certificate)
+
+    # Serial (SECURITY.md P1): positive, 71 bits (70 random), 9 octets in DER.
+    tbs = decode_certificate(certificate_der)["tbsCertificate"]
+    serial = int(tbs["serialNumber"])
+    assert serial == certificate.serial_number and serial.bit_length() == 71
+    assert len(der_encoder.encode(tbs["serialNumber"])) - 2 == 9
+    again = ca.issue_token_signer(key.public_key(), common_name="t", validity=YEAR, now=NOW)
+    assert again.serial_number != serial
+
+    assert_toolkit_profile(certificate_der)
+    assert_openssl_verifies(ca_pem, write_pem(tmp_path / "signer.pem", certificate))
+    assert lint_errors(certificate_der) == TOKEN_SIGNER_LINT
     with pytest.raises(CAError, match="token signer name"):
         ca.issue_token_signer(key.public_key(), common_name="t\u00f6ken", validity=YEAR, now=NOW)
+
+
+def test_token_signer_is_smaller_than_a_pkix_end_entity(
+    cas: dict[str, tuple[CertificateAuthority, Path]],
+) -> None:
+    """What compactness buys: no basicConstraints, SKI, AKI, and an 11-octet shorter serial."""
+    ca, _ = cas["secure"]
+    key = ec.generate_private_key(ec.SECP256R1())
+    compact = der(ca.issue_token_signer(key.public_key(), common_name="x", validity=YEAR, now=NOW))
+    server = ca.issue_server_certificate(key.public_key(), ["x"], validity=YEAR, now=NOW)
+    # The server certificate also has EKU (~22 bytes) and SAN (~12 bytes).
+    assert len(der(server)) - len(compact) >= 90 + 22
+    assert not is_compact_token_signer(server)
+
+
+def test_is_compact_token_signer_refuses_other_shapes(
+    cas: dict[str, tuple[CertificateAuthority, Path]], sha256_csr: ValidatedCSR
+) -> None:
+    ca, _ = cas["secure"]
+    assert not is_compact_token_signer(issue(ca, sha256_csr))
+    assert not is_compact_token_signer(ca.certificate)
 
 
 # --------------------------------------------------------------- CRL

@@ -22,15 +22,20 @@ from cryptography.x509.oid import NameOID
 from defusedxml import ElementTree
 
 from osp_server.osp.tokens import (
+    DEFAULT_MAX_TOKEN_BYTES,
     MAX_TOKEN_BYTES,
+    CallIdDropped,
     TokenClaims,
     TokenError,
     TokenFactory,
     TokenFormat,
     TokenSigner,
+    TokenTooLargeError,
     build_ascii_token,
     build_xml_token,
+    reference_claims,
 )
+from osp_server.pki.ca import CASubject, CertificateAuthority, create_ca
 from tests.conftest import VECTORS
 
 TOKENS_DIR = VECTORS / "osp" / "tokens"
@@ -189,7 +194,9 @@ def _signer(pki: _Pki, kind: str) -> TokenSigner:
     return TokenSigner(cert, key)
 
 
-def _openssl(tmp_path: Path, token: bytes, ca_pem: Path, *, nochain: bool) -> tuple[int, bytes]:
+def _openssl(
+    tmp_path: Path, token: bytes, ca_pem: Path, *, nochain: bool, purpose_any: bool = True
+) -> tuple[int, bytes]:
     """Verify a DER token like the device does; return (exit code, content)."""
     assert OPENSSL is not None
     src = tmp_path / "token.der"
@@ -197,12 +204,16 @@ def _openssl(tmp_path: Path, token: bytes, ca_pem: Path, *, nochain: bool) -> tu
     src.write_bytes(token)
     out.unlink(missing_ok=True)
     # `openssl smime -nochain` sets PKCS7_NOCHAIN, the flag the toolkit passes to
-    # PKCS7_verify; `openssl cms` is the ordinary CMS check.
+    # PKCS7_verify; `openssl cms` is the ordinary CMS check. Without `-purpose any`
+    # OpenSSL applies its default S/MIME signing purpose check as well.
     command = "smime" if nochain else "cms"
     args = [OPENSSL, command, "-verify", "-inform", "DER", "-binary"]
     if nochain:
         args.append("-nochain")
-    args += ["-CAfile", str(ca_pem), "-purpose", "any", "-in", str(src), "-out", str(out)]
+    args += ["-CAfile", str(ca_pem)]
+    if purpose_any:
+        args += ["-purpose", "any"]
+    args += ["-in", str(src), "-out", str(out)]
     proc = subprocess.run(args, capture_output=True, check=False, timeout=30)
     content = out.read_bytes() if out.exists() else b""
     return proc.returncode, content
@@ -426,7 +437,12 @@ def test_signed_token_shape_matches_vector(pki: _Pki, kind: str, tmp_path: Path)
     token = signer.sign(build_xml_token(_claims()))
     ours = _shape(_cms_print(token, tmp_path))
     theirs = _shape(_cms_print(vector, tmp_path))
-    assert ours == theirs
+    # The one deliberate difference: no signed attributes (NoAttributes), which saves
+    # ~165 bytes; the signature then covers the content digest directly (RFC 2315
+    # §9.3), which PKCS7_verify accepts like the attribute form.
+    assert theirs["signed_attrs"] == ["contentType", "signingTime", "messageDigest"]
+    assert ours["signed_attrs"] == []
+    assert {**ours, "signed_attrs": None} == {**theirs, "signed_attrs": None}
     assert ours["signedData"] and ours["data"] and ours["embedded"] and ours["crls_absent"]
     assert ours["certificates"] == 1
     certs = pkcs7.load_der_pkcs7_certificates(token)
@@ -447,6 +463,7 @@ def test_signed_ascii_content(pki: _Pki, tmp_path: Path) -> None:
 
 
 def test_signed_token_sizes_with_largest_claims(pki: _Pki) -> None:
+    """Under the hard cap (3000, Asterisk) even the largest XML claims fit when signed."""
     claims = _claims(
         calling="1" * 131,
         called="2" * 131,
@@ -456,11 +473,22 @@ def test_signed_token_sizes_with_largest_claims(pki: _Pki) -> None:
         protocol="h323-Q931",
     )
     for kind in ("ec", "rsa"):
-        token = TokenFactory(default_format="signed", signer=_signer(pki, kind)).build(claims)
+        factory = TokenFactory(
+            default_format="signed",
+            signer=_signer(pki, kind),
+            signed_content="xml",
+            max_token_bytes=MAX_TOKEN_BYTES,
+        )
+        token = factory.build(claims)
         assert len(token) <= MAX_TOKEN_BYTES
     # A signer certificate bloated by extensions must be refused, not sent.
-    with pytest.raises(TokenError, match="at most 3000"):
-        TokenFactory(default_format="signed", signer=_signer(pki, "huge")).build(claims)
+    with pytest.raises(TokenTooLargeError, match="at most 3000"):
+        TokenFactory(
+            default_format="signed",
+            signer=_signer(pki, "huge"),
+            signed_content="xml",
+            max_token_bytes=MAX_TOKEN_BYTES,
+        ).build(claims)
 
 
 def test_signer_refuses_mismatched_or_weak_keys(pki: _Pki) -> None:
@@ -583,3 +611,235 @@ def test_non_claims_are_refused() -> None:
     bogus: Any = {"calling": "1"}
     with pytest.raises(TokenError):
         build_xml_token(bogus)
+
+
+# --- our CA's compact signer and the 1,024-byte limit -------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _OurPki:
+    """A CA made by osp_server.pki and its compact token signers (EC and RSA keys)."""
+
+    ca: CertificateAuthority
+    ca_pem: Path
+    signers: dict[str, TokenSigner]
+
+
+@pytest.fixture(scope="module", params=["rsa2048", "ec-p256"])
+def our_pki(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> _OurPki:
+    """The default RSA-2048 CA and an EC P-256 CA, as osp-server creates them."""
+    key_type = request.param
+    tmp = tmp_path_factory.mktemp(f"our-{key_type}")
+    ca = create_ca(
+        tmp / "ca.key",
+        tmp / "ca.pem",
+        key_type=key_type,
+        subject=CASubject(common_name="OSP Server CA", organization="OSP Server"),
+        validity=timedelta(days=3650),
+        profile="secure",
+        now=datetime.now(UTC),
+    )
+    signers = {}
+    for kind in ("ec", "rsa"):
+        key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+            ec.generate_private_key(ec.SECP256R1())
+            if kind == "ec"
+            else rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        )
+        cert = ca.issue_token_signer(
+            key.public_key(),
+            common_name="OSP tokens",
+            validity=timedelta(days=730),
+            now=datetime.now(UTC),
+        )
+        signers[kind] = TokenSigner(cert, key)
+    return _OurPki(ca=ca, ca_pem=tmp / "ca.pem", signers=signers)
+
+
+def _fresh_claims(**changes: Any) -> TokenClaims:
+    """Claims valid now (openssl checks the signer certificate's dates, not the token's)."""
+    return dataclasses.replace(reference_claims(datetime.now(UTC)), **changes)
+
+
+@needs_openssl
+@pytest.mark.parametrize("purpose_any", [True, False])
+def test_compact_signed_ascii_token_verifies_like_a_device(
+    our_pki: _OurPki, tmp_path: Path, purpose_any: bool
+) -> None:
+    """Default signed token: ASCII content, no attributes, compact EC signer, <= 1024."""
+    claims = _fresh_claims()
+    factory = TokenFactory(default_format="signed", signer=our_pki.signers["ec"])
+    token = factory.build(claims)
+    assert len(token) <= DEFAULT_MAX_TOKEN_BYTES
+    for nochain in (True, False):
+        code, content = _openssl(
+            tmp_path, token, our_pki.ca_pem, nochain=nochain, purpose_any=purpose_any
+        )
+        assert code == 0
+        fields = dict(_ascii_pairs(content))
+        assert (fields["c"], fields["C"]) == (claims.calling, claims.called)
+        assert base64.b64decode(fields["i"]) == claims.call_id
+        assert int(fields["I"]) == claims.transaction_id
+    printed = _shape(_cms_print(token, tmp_path))
+    assert printed["signed_attrs"] == [] and printed["certificates"] == 1
+    assert printed["crls_absent"] and printed["signedData"] and printed["data"]
+
+
+@needs_openssl
+def test_compact_signed_token_fails_under_another_ca(
+    our_pki: _OurPki, pki: _Pki, tmp_path: Path
+) -> None:
+    for signer in our_pki.signers.values():
+        token = TokenFactory(
+            default_format="signed", signer=signer, max_token_bytes=MAX_TOKEN_BYTES
+        ).build(_fresh_claims())
+        for nochain in (True, False):
+            code, content = _openssl(tmp_path, token, pki.other_ca_pem, nochain=nochain)
+            assert code != 0 and content == b""
+        tampered = token.replace(b"C=15551234567", b"C=15551234568")
+        assert tampered != token
+        code, _ = _openssl(tmp_path, tampered, our_pki.ca_pem, nochain=True)
+        assert code != 0
+
+
+def test_signed_content_is_ascii_by_default_xml_on_request(our_pki: _OurPki) -> None:
+    signer = our_pki.signers["ec"]
+    claims = _fresh_claims()
+    ascii_token = TokenFactory(default_format="signed", signer=signer).build(claims)
+    xml_factory = TokenFactory(
+        default_format="signed", signer=signer, signed_content="xml", max_token_bytes=3000
+    )
+    xml_token = xml_factory.build(claims)
+    assert b"\nV=1\n" not in ascii_token and b"V=1\nr=" in ascii_token
+    assert b"<TokenInfo" in xml_token and b"<TokenInfo" not in ascii_token
+    # The XML form costs about 330 bytes more: more than a third of the budget.
+    assert len(xml_token) - len(ascii_token) > 300
+
+
+def test_reference_sizes_fit_the_default_limit(our_pki: _OurPki) -> None:
+    """Every format osp-server sends by default fits 1,024 bytes with a 40-byte Call-ID."""
+    claims = _fresh_claims()
+    assert claims.call_id is not None and len(claims.call_id) == 40
+    factory = TokenFactory(default_format="signed", signer=our_pki.signers["ec"])
+    for fmt in ("signed", "xml", "ascii"):
+        assert factory.raw_size(claims, token_format=fmt) <= DEFAULT_MAX_TOKEN_BYTES, fmt
+    # An RSA-2048 signer key does not fit under either CA (the start-up check refuses).
+    rsa_factory = TokenFactory(default_format="signed", signer=our_pki.signers["rsa"])
+    assert rsa_factory.raw_size(claims) > DEFAULT_MAX_TOKEN_BYTES
+    with pytest.raises(TokenTooLargeError, match="even with CallId UNDEFINED"):
+        rsa_factory.build(claims)
+
+
+@pytest.mark.parametrize("limit", [255, 3001, 0, -1])
+def test_factory_limit_is_validated(limit: int) -> None:
+    with pytest.raises(TokenError, match="max_token_bytes"):
+        TokenFactory(default_format="xml", signer=None, max_token_bytes=limit)
+    bogus: Any = "1024"
+    with pytest.raises(TokenError, match="max_token_bytes"):
+        TokenFactory(default_format="xml", signer=None, max_token_bytes=bogus)
+
+
+def test_factory_limit_applies_to_every_format() -> None:
+    claims = _claims()
+    factory = TokenFactory(default_format="xml", signer=None, max_token_bytes=256)
+    assert factory.max_token_bytes == 256
+    assert len(factory.build(claims, token_format="ascii")) <= 256
+    # The XML token (~490 bytes) does not fit 256 even with CallId UNDEFINED.
+    assert factory.raw_size(claims) > 256
+    with pytest.raises(TokenTooLargeError, match=r"at most 256\) even with CallId UNDEFINED"):
+        factory.build(claims)
+
+
+def _recording_factory(
+    fmt: TokenFormat, signer: TokenSigner | None, **kwargs: Any
+) -> tuple[TokenFactory, list[CallIdDropped]]:
+    events: list[CallIdDropped] = []
+    factory = TokenFactory(
+        default_format=fmt, signer=signer, on_call_id_dropped=events.append, **kwargs
+    )
+    return factory, events
+
+
+# Hostile but valid values: the longest numbers and Call-ID a device can send.
+LONG_NUMBERS = {"calling": "1" * 131, "called": "2" * 131}
+
+
+@needs_openssl
+@pytest.mark.parametrize(
+    ("fmt", "changes"),
+    [
+        # Signed ASCII: a 147-byte Call-ID keeps the `i=` line at 198 characters but
+        # pushes the token past 1,024 bytes under an RSA-2048 CA (~1,080).
+        ("signed", {"call_id": b"c" * 147}),
+        # Signed ASCII: a 200-byte Call-ID breaks the device's 199-character line.
+        ("signed", {"call_id": b"c" * 200}),
+        # ASCII: the same line limit.
+        ("ascii", {"call_id": b"c" * 256}),
+        # XML: 131-digit numbers and a 256-byte Call-ID make ~1,060 bytes.
+        ("xml", {"call_id": b"c" * 256, **LONG_NUMBERS}),
+    ],
+)
+def test_long_call_id_falls_back_to_undefined(
+    our_pki: _OurPki, tmp_path: Path, fmt: TokenFormat, changes: dict[str, Any]
+) -> None:
+    claims = _fresh_claims(**changes)
+    factory, events = _recording_factory(fmt, our_pki.signers["ec"])
+    if fmt == "signed" and len(claims.call_id or b"") == 147:
+        if isinstance(our_pki.ca.certificate.public_key(), ec.EllipticCurvePublicKey):
+            # Under the smaller EC CA this Call-ID still fits: no fallback.
+            assert len(factory.build(claims)) <= 1024 and events == []
+            return
+    token = factory.build(claims)
+    assert len(token) <= DEFAULT_MAX_TOKEN_BYTES
+    assert len(events) == 1
+    event = events[0]
+    assert event.token_format == fmt and event.limit == 1024 and event.size == len(token)
+    assert event.call_id_bytes == len(claims.call_id or b"")
+    assert event.transaction_id == claims.transaction_id
+    assert "bytes (at most" in event.reason or "ASCII token line 'i'" in event.reason
+    undefined = base64.b64encode(b"UNDEFINED")
+    if fmt == "signed":
+        code, content = _openssl(tmp_path, token, our_pki.ca_pem, nochain=True)
+        assert code == 0
+    else:
+        content = token
+    if fmt == "xml":
+        assert _xml_root(content).findtext("CallId") == undefined.decode()
+        assert _xml_root(content).findtext("SourceInfo") == claims.calling
+    else:
+        fields = dict(_ascii_pairs(content))
+        assert fields["i"] == undefined.decode() and fields["c"] == claims.calling
+
+
+def test_fallback_without_a_callback_is_silent() -> None:
+    claims = _claims(call_id=b"c" * 256)
+    token = TokenFactory(default_format="ascii", signer=None).build(claims)
+    assert dict(_ascii_pairs(token))["i"] == base64.b64encode(b"UNDEFINED").decode()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        # Too large whatever the Call-ID: the longest numbers and network id.
+        {**LONG_NUMBERS, "destination_network_id": "n" * 127, "call_id": b"c" * 40},
+        {**LONG_NUMBERS, "destination_network_id": "n" * 127, "call_id": None},
+        # A 250-character signal address breaks an ASCII line on its own.
+        {"signal_address": "[" + "a" * 250 + "]:5060"},
+    ],
+)
+def test_too_large_without_the_call_id_is_refused(
+    our_pki: _OurPki, changes: dict[str, Any]
+) -> None:
+    factory, events = _recording_factory("signed", our_pki.signers["ec"])
+    with pytest.raises(TokenTooLargeError):
+        factory.build(_fresh_claims(**changes))
+    assert events == []
+
+
+def test_malformed_call_id_is_refused_not_dropped() -> None:
+    factory, events = _recording_factory("xml", None)
+    for call_id in (b"x" * 257, b""):
+        with pytest.raises(TokenError) as info:
+            factory.build(_claims(call_id=call_id))
+        assert not isinstance(info.value, TokenTooLargeError)
+    assert events == []
