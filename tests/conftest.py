@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from osp_server.config import Config, parse_config
+from osp_server.storage.db import Database, create_db_engine, upgrade_schema
 
 REPO = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -57,6 +58,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{tmp_path / 'osp.sqlite3'}"
     else:
         yield from _postgres_database()
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """A migrated database on each engine, used from the calling thread (no reactor)."""
+    engine = create_db_engine(database_url)
+    upgrade_schema(engine)
+    database = Database(engine, None)
+    yield database
+    database.stop()
 
 
 def make_config(tmp_path: Path, database_url: str | None = None, **sections: Any) -> Config:

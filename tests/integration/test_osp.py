@@ -134,6 +134,20 @@ class Env:
         return await self.post(body, **kw), body
 
 
+def spy_call_ended(env: Env) -> list[int]:
+    """The transaction ids the service tells the routing policy have ended, from now on."""
+    ended: list[int] = []
+    policy = env.server.components.policy
+    original = policy.call_ended
+
+    def spy(transaction_id: int) -> None:
+        ended.append(transaction_id)
+        original(transaction_id)
+
+    policy.call_ended = spy  # type: ignore[method-assign]
+    return ended
+
+
 def enroll(server: RunningServer, tmp_path: Path, customer: str, device: str) -> Device:
     """Enroll over TEP (HTTPS) as a device would, and keep its files."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -837,15 +851,7 @@ async def test_stalled_storage_gives_503(env: Env, monkeypatch: pytest.MonkeyPat
 
 @pytest_twisted.ensureDeferred
 async def test_only_the_authorized_device_ends_its_call(env: Env) -> None:
-    ended: list[int] = []
-    policy = env.server.components.policy
-    original = policy.call_ended
-
-    def spy(transaction_id: int) -> None:
-        ended.append(transaction_id)
-        original(transaction_id)
-
-    policy.call_ended = spy  # type: ignore[method-assign]
+    ended = spy_call_ended(env)
     answer, _ = await env.vector("authorization-request.http")
     txid = ElementTree.fromstring(answer.body).findtext("AuthorizationResponse/TransactionId") or ""
     _, usage = split_vector(OSP / "usage-indication.http")

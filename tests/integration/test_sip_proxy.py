@@ -21,7 +21,7 @@ from osp_server.osp.codec import decode_request
 from osp_server.osp.messages import AuthorizationRequest
 from osp_server.storage import calls
 from tests.conftest import VECTORS
-from tests.integration.test_osp import Env, _env_fixture
+from tests.integration.test_osp import Env, _env_fixture, spy_call_ended
 from tests.integration.wire import split_vector
 from tests.unit.osp_checker import check_osp_response
 
@@ -118,15 +118,7 @@ async def test_a_leg_without_its_stop_is_listed_as_unfinished(env: Env, database
 
 @pytest_twisted.ensureDeferred
 async def test_the_call_limit_slot_is_released_at_stop_not_at_answer(env: Env) -> None:
-    ended: list[int] = []
-    policy = env.server.components.policy
-    original = policy.call_ended
-
-    def spy(transaction_id: int) -> None:
-        ended.append(transaction_id)
-        original(transaction_id)
-
-    policy.call_ended = spy  # type: ignore[method-assign]
+    ended = spy_call_ended(env)
     head, body = split_vector(OPENSIPS / "authorization-request.http")
     answer = await env.post(body, head=head)
     assert answer.code == 200

@@ -3,7 +3,6 @@ version bumps, exact decimal costs, CSV round trips and refusals that change not
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
 
@@ -19,18 +18,9 @@ from osp_server.routing.csvio import (
 )
 from osp_server.routing.model import BlockRule, Route
 from osp_server.storage import routes as store
-from osp_server.storage.db import Database, create_db_engine, upgrade_schema
+from osp_server.storage.db import Database
 from osp_server.storage.schema import route_blocks, route_version, routes
 from osp_server.testing import make_route, make_routing_request
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    engine = create_db_engine(database_url)
-    upgrade_schema(engine)
-    database = Database(engine, None)
-    yield database
-    database.stop()
 
 
 def _route(prefix: str, destination: str, **fields: object) -> Route:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -26,15 +25,6 @@ from osp_server.storage.errors import ConflictError, NotFoundError
 from osp_server.storage.schema import metadata, usage_records
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    engine = create_db_engine(database_url)
-    upgrade_schema(engine)
-    database = Database(engine, None)
-    yield database
-    database.stop()
 
 
 def test_migrations_match_the_tables(db: Database) -> None:

@@ -4,13 +4,12 @@ that carries the usage records stored before legs had a state."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
-import pytest
 from sqlalchemy import Connection, column, insert, select, table
 
 from osp_server.osp.codec import decode_request
@@ -44,15 +43,6 @@ def _device(conn: Connection) -> int:
     return device_store.add_device(
         conn, customer_id="1000", device_id="1000", username="u", now=NOW
     ).pk
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    engine = create_db_engine(database_url)
-    upgrade_schema(engine)
-    database = Database(engine, None)
-    yield database
-    database.stop()
 
 
 def _store(db: Database, device_pk: int, path: Path) -> calls.StoredUsage:
@@ -96,29 +86,23 @@ def test_export_pages_carry_the_final_values(db: Database) -> None:
     device_pk = db.transact_sync(_device)
     _store(db, device_pk, START)
     _store(db, device_pk, TEST_APP)
-    rows = db.transact_sync(calls.usage_page, after_id=0, since=None, until=None, limit=10)
-    assert [r["state"] for r in rows] == ["start", "stop", "stop"]
-    unfinished = db.transact_sync(
-        calls.usage_page,
-        after_id=0,
-        since=None,
-        until=None,
-        limit=10,
-        unfinished_before=datetime(2026, 11, 30, tzinfo=UTC),
-    )
-    assert [r["transaction_id"] for r in unfinished] == [TRANSACTION_ID]
-    _store(db, device_pk, STOP)
-    assert (
-        db.transact_sync(
+
+    def page(unfinished_before: datetime | None = None) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = db.transact_sync(
             calls.usage_page,
             after_id=0,
             since=None,
             until=None,
             limit=10,
-            unfinished_before=datetime(2026, 11, 30, tzinfo=UTC),
+            unfinished_before=unfinished_before,
         )
-        == []
-    )
+        return rows
+
+    assert [r["state"] for r in page()] == ["start", "stop", "stop"]
+    tomorrow = datetime(2026, 11, 30, tzinfo=UTC)
+    assert [r["transaction_id"] for r in page(tomorrow)] == [TRANSACTION_ID]
+    _store(db, device_pk, STOP)
+    assert page(tomorrow) == []
 
 
 def test_migration_carries_records_stored_before_legs(database_url: str) -> None:
