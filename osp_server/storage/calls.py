@@ -196,21 +196,21 @@ def _store_report(conn: Connection, device_pk: int, report: LegReport, now: date
         "destination": report.key.destination,
         "component_id": report.key.component_id,
     }
+    # Most reports open a leg: try the insert first (one statement). When the leg
+    # exists (or another transaction is inserting it: PostgreSQL waits for that one's
+    # commit), read it locked and merge.
+    statement = (
+        _dialect_insert(conn, usage_records)
+        .values(**key_values, **_leg_columns(new_record(report), now), received_at=now)
+        .on_conflict_do_nothing(index_elements=list(_LEG_KEY_COLUMNS))
+        # rowcount is -1 here on psycopg: ask for the new row's id instead.
+        .returning(usage_records.c.id)
+    )
+    if conn.execute(statement).first() is not None:
+        return "inserted"
     row = _find_leg(conn, key_values)
     if row is None:
-        statement = (
-            _dialect_insert(conn, usage_records)
-            .values(**key_values, **_leg_columns(new_record(report), now), received_at=now)
-            .on_conflict_do_nothing(index_elements=list(_LEG_KEY_COLUMNS))
-            # rowcount is -1 here on psycopg: ask for the new row's id instead.
-            .returning(usage_records.c.id)
-        )
-        if conn.execute(statement).first() is not None:
-            return "inserted"
-        # Another transaction inserted this leg first (PostgreSQL): merge into its row.
-        row = _find_leg(conn, key_values)
-        if row is None:
-            raise StorageError("a usage record vanished while being stored")
+        raise StorageError("a usage record vanished while being stored")
     merged, outcome = apply_report(_leg_record(report.key, row), report)
     if outcome == "updated":
         conn.execute(
