@@ -51,9 +51,11 @@ class IRoutingPolicy(Interface):
         "no": return `RoutingDecision.no_route`, `.blocked` or `.refused`."""
 
     def call_ended(transaction_id: int) -> None:
-        """Usage for ``transaction_id`` was reported: release anything held for the
-        call (e.g. call-limit slots). May be called more than once, or for ids the
-        policy never saw."""
+        """The call of ``transaction_id`` is over: release anything held for it (e.g.
+        call-limit slots). Called when the originating device reports the leg's end,
+        and at once when an authorization does not end in a recorded transaction (a
+        refusal, a value that cannot go into a token, a storage failure, a cancelled
+        request). May be called more than once, or for ids the policy never saw."""
 
 
 class IEnrollmentAuthorizer(Interface):

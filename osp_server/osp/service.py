@@ -44,7 +44,7 @@ from osp_server.osp.tokens import TokenClaims, TokenError, TokenFactory
 from osp_server.osp.usage_reports import leg_report
 from osp_server.routing.model import RoutingDecision, RoutingRequest
 from osp_server.storage import calls
-from osp_server.storage.db import Database
+from osp_server.storage.db import Database, StorageError
 
 log = Logger()
 
@@ -112,10 +112,40 @@ class OSPService:
     async def authorize(
         self, identity: DeviceIdentity, request: AuthorizationRequest
     ) -> AuthorizationResult:
-        """Route the call, make a token per destination, record the transaction."""
+        """Route the call, make a token per destination, record the transaction.
+
+        Routing may reserve call-limit slots for the transaction; every path that does
+        not end in a recorded transaction releases them at once (``call_ended``):
+        refusals, values that cannot go into a token or the answer, storage failures,
+        cancellation, and a TransactionId that was already taken (retried with a new
+        one, at most :data:`MAX_TRANSACTION_ID_ATTEMPTS` times).
+        """
         check_claimed_identity(identity, request.customer_id, request.device_id)
         now = self._clock().replace(microsecond=0)
-        transaction_id = secrets.randbits(63) or 1
+        for _attempt in range(MAX_TRANSACTION_ID_ATTEMPTS):
+            transaction_id = secrets.randbits(63) or 1
+            result: AuthorizationResult | None = None
+            try:
+                result = await self._authorize_as(identity, request, transaction_id, now)
+            finally:
+                if result is None or result.transaction_id is None:
+                    self._policy.call_ended(transaction_id)
+            if result is not None:
+                return result
+        # 63 random bits: only a broken random source or storage gets here.
+        raise StorageError(f"no free TransactionId after {MAX_TRANSACTION_ID_ATTEMPTS} attempts")
+
+    async def _authorize_as(
+        self,
+        identity: DeviceIdentity,
+        request: AuthorizationRequest,
+        transaction_id: int,
+        now: datetime,
+    ) -> AuthorizationResult | None:
+        """Authorize under ``transaction_id``; ``None`` when that id is already taken.
+
+        The result carries a TransactionId only when the transaction was recorded.
+        """
         routing_request = RoutingRequest(
             customer_id=identity.customer_id,
             device_id=identity.device_id,
@@ -134,7 +164,6 @@ class OSPService:
         )
         if not decision.ok or not decision.destinations:
             return self._refusal(request, decision, now)
-
         valid_after = now - timedelta(seconds=self._config.token_backdate_seconds)
         valid_until = now + timedelta(seconds=self._config.token_validity_seconds)
         amount = self._config.call_time_limit_seconds
@@ -188,10 +217,6 @@ class OSPService:
                     alternates=alternates,
                 )
             )
-        transaction_id = await self._record(identity, request, decision, transaction_id, now)
-        if transaction_id != routing_request.transaction_id:
-            # Practically never (63 random bits); the tokens must carry the stored id.
-            return await self.authorize(identity, request)
         response = AuthorizationResponse(
             message_id=request.message_id,
             component_id=request.component_id,
@@ -200,9 +225,12 @@ class OSPService:
             transaction_id=transaction_id,
             destinations=tuple(destinations),
         )
-        return AuthorizationResult(
-            encode_authorization_response(response), 200, transaction_id, len(destinations)
-        )
+        # Encoded before recording: a value that cannot be echoed back (OSPEncodeError)
+        # must not leave a transaction behind.
+        body = encode_authorization_response(response)
+        if not await self._record(identity, request, decision, transaction_id, now):
+            return None
+        return AuthorizationResult(body, 200, transaction_id, len(destinations))
 
     async def _record(
         self,
@@ -211,13 +239,14 @@ class OSPService:
         decision: RoutingDecision,
         transaction_id: int,
         now: datetime,
-    ) -> int:
+    ) -> bool:
+        """Record the authorization; False when ``transaction_id`` is already taken."""
         expires = now + timedelta(seconds=self._config.transaction_ttl_seconds)
         summary = [
             {"address": d.signal_address, "protocol": d.protocol, "network_id": d.network_id}
             for d in decision.destinations
         ]
-        stored = await self._db.transact(
+        stored: bool = await self._db.transact(
             calls.insert_transaction,
             transaction_id=transaction_id,
             device_pk=identity.device_pk,
@@ -229,7 +258,7 @@ class OSPService:
             now=now,
             expires_at=expires,
         )
-        return transaction_id if stored else 0
+        return stored
 
     def _refusal(
         self, request: AuthorizationRequest, decision: RoutingDecision, now: datetime
