@@ -74,6 +74,7 @@ from osp_server.pki.ca import (
     load_or_create_ca,
     write_private_key,
 )
+from osp_server.readiness import Readiness
 from osp_server.routing.policy import DefaultRoutingPolicy
 from osp_server.routing.refresh import RouteRefresher
 from osp_server.storage import certificates as cert_store
@@ -120,6 +121,7 @@ class Core:
     ca_created: bool
     clock: Callable[[], datetime] = utcnow
     metrics: Metrics = field(default_factory=Metrics)
+    readiness: Readiness = field(default_factory=Readiness)
     # CPU-heavy work (password hashing, CSR checks, signing) runs here, never on the
     # reactor thread and never on the reactor's shared pool (which callers may fill).
     cpu_pool: ThreadPool = field(
@@ -504,7 +506,7 @@ def build_components(core: Core) -> Components:
         clock=core.clock,
         authorizer=build_enrollment_authorizer(core),
     )
-    health = HealthResource(core.storage_probe)
+    health = HealthResource(core.storage_probe, core.readiness)
     plain_root = Resource()
     plain_root.putChild(b"health", health)
     plain_root.putChild(
@@ -533,6 +535,7 @@ def build_components(core: Core) -> Components:
         authenticator,
         metrics=core.metrics,
         answer_reauthorization=core.config.osp.reauthorization_fixed_clients,
+        ready=core.readiness.is_ready,
     )
 
     https_root = Resource()
@@ -736,6 +739,8 @@ def _assemble(core: Core, config: Config, reactor: Any) -> MultiService:
         )
         refresher.setName("routes")
         refresher.setServiceParent(top)
+        # Listeners bind before the first load: until it is done /osp answers 503.
+        core.readiness.wait_for("routes", refresher.when_loaded())
     reaper = TransactionReaper(core.db, reactor, clock=core.clock)
     reaper.setName("reaper")
     reaper.setServiceParent(top)

@@ -57,8 +57,12 @@ class OSPResource(Resource):
         identify: Callable[[Request], PeerCertificate | None] = peer_certificate,
         max_in_flight: int = MAX_IN_FLIGHT,
         answer_reauthorization: bool = False,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         super().__init__()
+        # False until start-up work the answers depend on (the first route load) is
+        # done: until then, HTTP 503 so that devices use their next service point.
+        self._ready = ready
         self._service = service
         self._authenticator = authenticator
         self._metrics = metrics
@@ -82,6 +86,9 @@ class OSPResource(Resource):
         source = str(getattr(request.getClientAddress(), "host", "unknown"))
 
         async def handle() -> Response:
+            if not self._ready():
+                self._observe("starting", 503, started)
+                return error_response(503, "starting")
             if self._in_flight >= self._max_in_flight:
                 self._observe("overload", 503, started)
                 return error_response(503, "overloaded")

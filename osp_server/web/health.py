@@ -1,5 +1,8 @@
 """``GET /health``: 200 when storage answers, 503 when it does not (small JSON).
 
+While start-up work is still running (the first route load), 503 with
+``"status": "starting"`` and what it waits for.
+
 A background probe pings storage every second; the resource answers from the last
 result at once, so a stalled database turns /health into 503 within seconds without
 making the load balancer's checks wait for it (SECURITY.md R5).  With no recent
@@ -16,6 +19,7 @@ from twisted.internet.task import LoopingCall
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from osp_server.readiness import Readiness
 from osp_server.storage.db import Database
 from osp_server.web.responses import Response, render_async
 
@@ -75,10 +79,15 @@ class StorageProbe:
             self._loop.stop()
 
 
-def _answer(ok: bool) -> Response:
+def _answer(ok: bool, starting: tuple[str, ...] = ()) -> Response:
     state = "ok" if ok else "unavailable"
-    body = json.dumps({"status": state, "storage": state}).encode()
-    return Response(200 if ok else 503, body + b"\n", b"application/json")
+    document: dict[str, object] = {"status": state, "storage": state}
+    if starting:
+        # Listening, but not taking OSP traffic yet (e.g. the first route load).
+        document["status"] = "starting"
+        document["waiting_for"] = list(starting)
+    body = json.dumps(document).encode()
+    return Response(200 if ok and not starting else 503, body + b"\n", b"application/json")
 
 
 class HealthResource(Resource):
@@ -86,9 +95,10 @@ class HealthResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, probe: StorageProbe) -> None:
+    def __init__(self, probe: StorageProbe, readiness: Readiness | None = None) -> None:
         super().__init__()
         self._probe = probe
+        self._readiness = readiness if readiness is not None else Readiness()
 
     def render_GET(self, request: Request) -> int:
         """The cached verdict at once, or a live probe when there is none."""
@@ -97,7 +107,7 @@ class HealthResource(Resource):
             ok = self._probe.fresh_answer()
             if ok is None:
                 ok = await self._probe.probe_once()
-            return _answer(ok)
+            return _answer(ok, self._readiness.waiting_for())
 
         return render_async(request, answer)
 

@@ -80,5 +80,6 @@ def render_async(
         if not d.called:
             d.cancel()
 
-    request.notifyFinish().addErrback(disconnected)
+    if not request.finished:  # answered at once (e.g. a refusal): nothing to cancel
+        request.notifyFinish().addErrback(disconnected)
     return NOT_DONE_YET

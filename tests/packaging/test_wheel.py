@@ -125,7 +125,8 @@ def test_twistd_osp_runs_answers_health_and_stops_on_sigterm(
     lines: list[str] = []
     ports: dict[str, int] = {}
     deadline = time.monotonic() + 90
-    while len(ports) < 2 and time.monotonic() < deadline:
+    ready = False
+    while (len(ports) < 2 or not ready) and time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line:
             break
@@ -133,8 +134,11 @@ def test_twistd_osp_runs_answers_health_and_stops_on_sigterm(
         match = re.search(r"(https?) listening on 127\.0\.0\.1:(\d+)", line)
         if match:
             ports[match.group(1)] = int(match.group(2))
+        # /health says "starting" (503) until the first route load is done.
+        ready = ready or "taking OSP traffic" in line
     log = "".join(lines)
     assert set(ports) == {"http", "https"}, log
+    assert ready, log
     assert re.search(r"CA fingerprint SHA-256 ([0-9A-F]{2}:){31}[0-9A-F]{2}", log), log
     assert re.search(r"CA fingerprint MD5 \(enroll -fprint\) [0-9a-f]{32}", log), log
 
