@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -45,6 +45,7 @@ from osp_server.enrollment.throttle import EnrollmentThrottle
 from osp_server.interfaces import (
     ExtensionLoadError,
     IEnrollmentAuthorizer,
+    IRouteTablesConsumer,
     IRoutingPolicy,
     load_enrollment_authorizer,
     load_routing_policy,
@@ -75,8 +76,7 @@ from osp_server.pki.ca import (
     write_private_key,
 )
 from osp_server.readiness import Readiness
-from osp_server.routing.policy import DefaultRoutingPolicy
-from osp_server.routing.refresh import RouteRefresher
+from osp_server.routing.refresh import ReplaceableTables, RouteRefresher
 from osp_server.storage import certificates as cert_store
 from osp_server.storage.certificates import CertificateKind
 from osp_server.storage.db import (
@@ -582,18 +582,22 @@ def build_enrollment_authorizer(core: Core) -> IEnrollmentAuthorizer | None:
     if not name:
         return None
     try:
-        return load_enrollment_authorizer(name)
+        return load_enrollment_authorizer(name, **core.config.plugin_options(name))
     except ExtensionLoadError as e:
-        raise StartupError(f"{core.config.source}: enrollment.authorizer: {e}") from None
+        raise StartupError(
+            f"{core.config.source}: enrollment.authorizer (options: [plugins.{name}]): {e}"
+        ) from None
 
 
 def build_routing_policy(core: Core) -> IRoutingPolicy:
     """The configured routing policy, checked against IRoutingPolicy."""
     name = core.config.osp.routing_policy
     try:
-        return load_routing_policy(name)
+        return load_routing_policy(name, **core.config.plugin_options(name))
     except ExtensionLoadError as e:
-        raise StartupError(f"{core.config.source}: osp.routing_policy: {e}") from None
+        raise StartupError(
+            f"{core.config.source}: osp.routing_policy (options: [plugins.{name}]): {e}"
+        ) from None
 
 
 class ListenerService(Service):
@@ -733,9 +737,12 @@ def _assemble(core: Core, config: Config, reactor: Any) -> MultiService:
     core_service = CoreService(components)
     core_service.setName("core")
     core_service.setServiceParent(top)
-    if isinstance(components.policy, DefaultRoutingPolicy):
+    if IRouteTablesConsumer.providedBy(components.policy):
         refresher = RouteRefresher(
-            core.db, components.policy, reactor, interval=config.osp.route_refresh_seconds
+            core.db,
+            cast(ReplaceableTables, components.policy),
+            reactor,
+            interval=config.osp.route_refresh_seconds,
         )
         refresher.setName("routes")
         refresher.setServiceParent(top)

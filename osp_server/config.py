@@ -9,9 +9,11 @@ directory when running on built-in defaults).
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, cast
 
 KeyType = Literal["rsa2048", "rsa3072", "rsa4096", "ec-p256"]
@@ -120,6 +122,13 @@ class Config:
     tls: TLSConfig
     enrollment: EnrollmentConfig = field(default_factory=EnrollmentConfig)
     osp: OSPConfig = field(default_factory=OSPConfig)
+    plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """``[plugins.NAME]`` tables: the keyword arguments of the routing policy or
+    enrollment authorizer registered as NAME (its factory validates them)."""
+
+    def plugin_options(self, name: str) -> dict[str, Any]:
+        """The keyword arguments for the extension ``name`` (empty when not configured)."""
+        return dict(self.plugins.get(name, {}))
 
 
 class _Section:
@@ -220,7 +229,7 @@ class _Section:
             raise self.error(unknown[0], "unknown key")
 
 
-_SECTIONS = ("server", "listeners", "database", "ca", "tls", "enrollment", "osp")
+_SECTIONS = ("server", "listeners", "database", "ca", "tls", "enrollment", "osp", "plugins")
 
 
 def load_config(path: Path | None = None) -> Config:
@@ -350,6 +359,8 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
     )
     osp_s.finish()
 
+    plugins = _plugin_tables(source, document.get("plugins", {}))
+
     return Config(
         source=source,
         data_dir=data_dir,
@@ -359,7 +370,26 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
         tls=tls,
         enrollment=enrollment,
         osp=osp,
+        plugins=plugins,
     )
+
+
+def _plugin_tables(source: str, data: object) -> Mapping[str, Mapping[str, Any]]:
+    """``[plugins.NAME]`` tables, kept as TOML gave them; each extension's factory
+    checks its own keys and values at start-up."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: [plugins] must hold one table per extension")
+    tables: dict[str, Mapping[str, Any]] = {}
+    for name, options in data.items():
+        if not isinstance(options, dict):
+            raise ConfigError(
+                f"{source}: plugins.{name}: must be a table of the extension's options"
+            )
+        for key in options:
+            if not key.isidentifier():
+                raise ConfigError(f"{source}: plugins.{name}.{key}: not a valid option name")
+        tables[name] = MappingProxyType(dict(options))
+    return MappingProxyType(tables)
 
 
 def validity(days: int) -> timedelta:

@@ -7,7 +7,10 @@ Write a class that declares ``@implementer(IRoutingPolicy)``, register its facto
     mypolicy = "mypackage.routing:MyPolicy"
 
 and select it by name in the config. At start-up the server calls the factory with
-the keyword arguments from the config and checks the result with ``verifyObject``.
+the keyword arguments from the config's ``[plugins.NAME]`` table (the factory checks
+them: raise ``TypeError`` or ``ValueError`` for a bad one, and start-up stops with a
+line naming the table) and checks the result with ``verifyObject``. A policy that
+also provides `IRouteTablesConsumer` gets the route tables from storage, reloaded live.
 A Twisted plugin (an object in a ``twisted/plugins/`` module providing ``IPlugin``
 and `IRoutingPolicyFactory`) works too. `osp_server.testing` has fakes and a
 verification helper for your tests; `osp_server.routing.example` is a small example.
@@ -67,6 +70,17 @@ class IEnrollmentAuthorizer(Interface):
     ) -> EnrollmentVerdict | Deferred[EnrollmentVerdict]:
         """Return ``"issue"``, ``"pending"`` (an operator decides later) or
         ``"reject"``. ``csr_sha256`` is the hex SHA-256 of the CSR DER."""
+
+
+class IRouteTablesConsumer(Interface):
+    """A routing policy that routes on the route tables kept in storage (``osp-admin
+    route ...``). Declare it beside `IRoutingPolicy` and the server loads the tables
+    at start, then hands every new version to `replace` (within
+    ``[osp] route_refresh_seconds``, on every node)."""
+
+    def replace(tables: Any) -> None:
+        """Use ``tables`` (an `osp_server.routing.table.RouteTables` snapshot) from
+        the next request on. Called on the reactor thread; must not block."""
 
 
 class IRoutingPolicyFactory(Interface):

@@ -7,7 +7,13 @@ and accept `call_ended`. Register the class as an entry point::
     [project.entry-points."osp_server.routing_policies"]
     static = "osp_server.routing.example:StaticRoutingPolicy"
 
-and select it in the config with its keyword arguments (``destinations = [...]``).
+and select it in the config, its keyword arguments in its own table::
+
+    [osp]
+    routing_policy = "static"
+
+    [plugins.static]
+    destinations = ["[10.0.0.1]:5060", "gw.example.net:5060"]
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import Final
 
 from zope.interface import implementer
 
-from osp_server.interfaces import IRoutingPolicy
+from osp_server.interfaces import IRouteTablesConsumer, IRoutingPolicy
 from osp_server.routing.model import Route, RoutedDestination, RoutingDecision, RoutingRequest
 from osp_server.routing.table import RouteTables
 
@@ -132,7 +132,7 @@ def order_routes(routes: Sequence[Route], rng: random.Random) -> list[Route]:
     return ordered
 
 
-@implementer(IRoutingPolicy)
+@implementer(IRoutingPolicy, IRouteTablesConsumer)
 class DefaultRoutingPolicy:
     """Block rules, then longest-prefix match on the called number, then priority /
     least cost / weights, skipping routes at their call limit.
