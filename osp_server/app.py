@@ -8,17 +8,13 @@ listening, so tests can listen on port 0; ``build_service()`` adds the listeners
 from __future__ import annotations
 
 import gc
-import hashlib
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, cast
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy.exc import SQLAlchemyError
 
 from OpenSSL import SSL
@@ -38,7 +34,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 
-from osp_server.config import Config, KeyType, validity
+from osp_server.config import Config, validity
 from osp_server.enrollment.resource import TepResource
 from osp_server.enrollment.service import EnrollmentService
 from osp_server.enrollment.throttle import EnrollmentThrottle
@@ -69,16 +65,11 @@ from osp_server.pki.ca import (
     CAPrivateKey,
     CASubject,
     CertificateAuthority,
-    check_private_key_file_mode,
-    generate_private_key,
     is_compact_token_signer,
     load_or_create_ca,
-    write_private_key,
 )
 from osp_server.readiness import Readiness
 from osp_server.routing.refresh import ReplaceableTables, RouteRefresher
-from osp_server.storage import certificates as cert_store
-from osp_server.storage.certificates import CertificateKind
 from osp_server.storage.db import (
     Database,
     StorageError,
@@ -87,6 +78,7 @@ from osp_server.storage.db import (
     upgrade_schema,
 )
 from osp_server.tls.context import ReloadableServerTLS, TLSMaterial
+from osp_server.tls.issued import IssuedFiles, MaterialError, provide, provide_now
 from osp_server.web.crl import CRLResource
 from osp_server.web.health import HealthResource, StorageProbe
 from osp_server.web.site import OSPSite
@@ -95,7 +87,6 @@ log = Logger()
 
 
 CPU_THREADS = 2
-RENEW_BEFORE = timedelta(days=30)
 TOKEN_SIGNER_VALIDITY = timedelta(days=730)
 # Short: the signer's subject travels inside every signed token.
 TOKEN_SIGNER_NAME = "OSP tokens"
@@ -192,104 +183,21 @@ def prepare(config: Config, reactor: Any, *, clock: Callable[[], datetime] = utc
     return Core(config=config, reactor=reactor, db=db, ca=ca, ca_created=created, clock=clock)
 
 
-def _load_key(path: Path) -> CAPrivateKey:
-    check_private_key_file_mode(path)
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{path}: an RSA or EC private key is required")
-    return key
+def issued_material(core: Core, files: IssuedFiles) -> tuple[CAPrivateKey, x509.Certificate]:
+    """The key and certificate of ``files`` at start-up (blocking): the operator's as
+    they are, or ours, issued or renewed (osp_server.tls.issued)."""
+    try:
+        return provide_now(
+            files, ca_subject=core.ca.certificate.subject, now=core.clock(), db=core.db
+        )
+    except MaterialError as e:
+        raise StartupError(str(e)) from None
 
 
-def issued_material(
-    core: Core,
-    *,
-    cert_file: Path,
-    key_file: Path,
-    key_type: KeyType,
-    kind: CertificateKind,
-    issue: Callable[[CAPrivateKey, datetime], x509.Certificate],
-    renew_before: timedelta = RENEW_BEFORE,
-    current: Callable[[x509.Certificate], bool] | None = None,
-) -> tuple[CAPrivateKey, x509.Certificate]:
-    """A key and certificate from files, or issued by our CA (and recorded) when absent.
-
-    A certificate we issued ourselves is renewed at start-up when it expires within
-    ``renew_before``, or when ``current`` says it no longer has the profile we issue
-    (e.g. a token signer from an earlier version); an operator's files are used as
-    they are.
-    """
-    now = core.clock()
-    if cert_file.exists() or key_file.exists():
-        try:
-            key = _load_key(key_file)
-            cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
-        except CAError as e:
-            raise StartupError(str(e)) from None
-        except (OSError, ValueError, TypeError) as e:
-            raise StartupError(f"{kind} certificate {cert_file} / key {key_file}: {e}") from None
-        ours = cert.issuer == core.ca.certificate.subject and _recorded(core, cert)
-        if not ours:
-            return key, cert
-        outdated = current is not None and not current(cert)
-        if not outdated and cert.not_valid_after_utc - now > renew_before:
-            return key, cert
-        if outdated:
-            log.info(
-                "re-issuing the {kind} certificate (serial {serial:x}): issued by an "
-                "earlier version, not the current profile",
-                kind=kind,
-                serial=cert.serial_number,
-            )
-        else:
-            log.info(
-                "renewing the {kind} certificate (expires {at})",
-                kind=kind,
-                at=cert.not_valid_after_utc.isoformat(),
-            )
-        cert_file.unlink()
-        key_file.unlink()
-    key = generate_private_key(key_type)
-    cert = issue(key, now)
-    for directory in {cert_file.parent, key_file.parent}:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_private_key(key_file, key)
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    der = cert.public_bytes(serialization.Encoding.DER)
-    core.db.transact_sync(
-        cert_store.insert_certificate,
-        serial=cert.serial_number,
-        device_pk=None,
-        kind=kind,
-        subject=cert.subject.rfc4514_string(),
-        sha256=hashlib.sha256(der).hexdigest(),
-        der=der,
-        not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc,
-        profile="secure",
-        now=now,
-    )
-    log.info(
-        "issued the {kind} certificate {subject} (serial {serial:x})",
-        kind=kind,
-        subject=cert.subject.rfc4514_string(),
-        serial=cert.serial_number,
-    )
-    return key, cert
-
-
-def _recorded(core: Core, cert: x509.Certificate) -> bool:
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return (
-        core.db.transact_sync(cert_store.get_by_fingerprint, hashlib.sha256(der).hexdigest())
-        is not None
-    )
-
-
-def server_tls_material(core: Core) -> tuple[CAPrivateKey, x509.Certificate]:
-    """The HTTPS listeners' key and certificate: the operator's files, or issued by our CA."""
+def server_files(core: Core) -> IssuedFiles:
+    """The HTTPS listeners' key and certificate files, and how our CA issues them."""
     tls = core.config.tls
-    return issued_material(
-        core,
+    return IssuedFiles(
         cert_file=tls.cert_file,
         key_file=tls.key_file,
         key_type="rsa2048",
@@ -310,17 +218,19 @@ def token_signer(core: Core) -> TokenSigner:
     directory = core.config.data_dir / "tokens"
     key, cert = issued_material(
         core,
-        cert_file=directory / "signer.pem",
-        key_file=directory / "signer.key",
-        key_type="ec-p256" if core.config.osp.token_signer_key == "ec-p256" else "rsa2048",
-        kind="token_signer",
-        issue=lambda key, now: core.ca.issue_token_signer(
-            key.public_key(),
-            common_name=TOKEN_SIGNER_NAME,
-            validity=TOKEN_SIGNER_VALIDITY,
-            now=now,
+        IssuedFiles(
+            cert_file=directory / "signer.pem",
+            key_file=directory / "signer.key",
+            key_type="ec-p256" if core.config.osp.token_signer_key == "ec-p256" else "rsa2048",
+            kind="token_signer",
+            issue=lambda key, now: core.ca.issue_token_signer(
+                key.public_key(),
+                common_name=TOKEN_SIGNER_NAME,
+                validity=TOKEN_SIGNER_VALIDITY,
+                now=now,
+            ),
+            current=is_compact_token_signer,
         ),
-        current=is_compact_token_signer,
     )
     return TokenSigner(cert, key)
 
@@ -395,15 +305,23 @@ def token_factory(core: Core, signer: TokenSigner) -> TokenFactory:
 
 
 class ServerCertificate:
-    """The HTTPS listeners' key and certificate, read once and on reload only."""
+    """The HTTPS listeners' key and certificate, read at start and on reload only."""
 
     def __init__(self, core: Core) -> None:
         self._core = core
-        self.key, self.cert = server_tls_material(core)
+        self.key, self.cert = issued_material(core, server_files(core))
 
-    def refresh(self) -> None:
-        """Read the files again (blocking: call in a thread)."""
-        self.key, self.cert = server_tls_material(self._core)
+    async def refresh(self) -> None:
+        """Read the files again, or renew ours (SIGHUP): storage on the database pool,
+        files and crypto on the CPU pool, nothing blocking on the reactor thread."""
+        core = self._core
+        self.key, self.cert = await provide(
+            server_files(core),
+            ca_subject=core.ca.certificate.subject,
+            now=core.clock(),
+            run_db=core.db.transact,
+            run_blocking=lambda fn: deferToThreadPool(core.reactor, core.cpu_pool, fn),
+        )
 
 
 class RefusableTLSFactory(TLSMemoryBIOFactory):
@@ -453,10 +371,7 @@ class Components:
     def reload_tls(self) -> Deferred[None]:
         """Re-read the certificate files (in a thread) and rebuild every TLS context
         (SIGHUP).  On failure the listeners keep the contexts they have."""
-        core = self.core
-        d: Deferred[None] = deferToThreadPool(
-            core.reactor, core.cpu_pool, self.server_certificate.refresh
-        )
+        d: Deferred[None] = Deferred.fromCoroutine(self.server_certificate.refresh())
 
         def rebuild(_: None) -> None:
             for creator in (self.https_tls, self.mtls_tls, self.legacy_tls):

@@ -289,3 +289,68 @@ async def test_reload_rereads_the_certificate_files(
     await server.components.reload_tls()
     _, after = await deferToThread(_handshake, server.https_port, ca_pem, tmp_path)
     assert after.serial_number != before.serial_number
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_renews_ours_on_the_pools_and_deletes_nothing(
+    server: RunningServer, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGHUP renews our own expiring certificate: storage through the database pool
+    (never transact_sync on the reactor or the CPU pool), the old files kept aside."""
+    from datetime import timedelta
+
+    core = server.components.core
+    before = server.components.server_certificate.cert
+
+    def no_blocking_storage(*args: object, **kwargs: object) -> None:
+        raise AssertionError("transact_sync called during a reload")
+
+    monkeypatch.setattr(core.db, "transact_sync", no_blocking_storage)
+    later = before.not_valid_after_utc - timedelta(days=10)  # inside the renewal window
+    monkeypatch.setattr(core, "clock", lambda: later)
+    old_pem = config.tls.cert_file.read_bytes()
+    await server.components.reload_tls()
+    after = server.components.server_certificate.cert
+    assert after.serial_number != before.serial_number
+    previous = config.tls.cert_file.with_name(config.tls.cert_file.name + ".previous")
+    assert previous.read_bytes() == old_pem
+    assert config.tls.key_file.with_name(config.tls.key_file.name + ".previous").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_never_touches_an_operators_files(
+    server: RunningServer, config: Config, tmp_path: Path
+) -> None:
+    """An operator's certificate (not recorded by us) is used as it is, even expiring."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "operator")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=2))
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    config.tls.cert_file.write_bytes(pem)
+    config.tls.key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    await server.components.reload_tls()
+    assert server.components.server_certificate.cert == cert
+    assert config.tls.cert_file.read_bytes() == pem
+    assert not config.tls.cert_file.with_name(config.tls.cert_file.name + ".previous").exists()

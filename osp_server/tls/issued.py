@@ -1,0 +1,202 @@
+"""Key and certificate files the server issues itself from its CA (HTTPS, token signer).
+
+One implementation for start-up (blocking, before the reactor runs) and for SIGHUP
+(on the reactor: storage on the database pool, files and crypto on the CPU pool): the
+logic is a coroutine that asks the caller's runners for every blocking step.
+
+* Files present and not issued by us (another issuer, or not recorded): the operator's,
+  used as they are and never touched.
+* Ours and still current: used as they are.
+* Ours and expiring within ``renew_before``, or not of the current profile: renewed. The
+  old files are set aside as ``<name>.previous`` (never deleted), the new key (0600) and
+  certificate are written as new files, and the certificate is recorded.
+* Absent: issued, written and recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from osp_server.pki.ca import (
+    CAError,
+    CAPrivateKey,
+    check_private_key_file_mode,
+    generate_private_key,
+    write_private_key,
+)
+from osp_server.pki.profile import KeyType
+from osp_server.storage import certificates as cert_store
+from osp_server.storage.certificates import CertificateKind
+from osp_server.storage.db import Database
+
+log = Logger()
+
+T = TypeVar("T")
+RENEW_BEFORE = timedelta(days=30)
+
+RunDB = Callable[..., Deferred[Any]]
+"""``run_db(fn, *args, **kwargs)``: ``fn(connection, ...)`` in one transaction."""
+RunBlocking = Callable[[Callable[[], Any]], Deferred[Any]]
+"""``run_blocking(fn)``: ``fn()`` where blocking is allowed."""
+
+
+class MaterialError(Exception):
+    """The files cannot be read or written; the message names them."""
+
+
+@dataclass(frozen=True)
+class IssuedFiles:
+    """Where a key and certificate live and how our CA issues a new pair."""
+
+    cert_file: Path
+    key_file: Path
+    key_type: KeyType
+    kind: CertificateKind
+    issue: Callable[[CAPrivateKey, datetime], x509.Certificate]
+    renew_before: timedelta = RENEW_BEFORE
+    current: Callable[[x509.Certificate], bool] | None = None
+    """False for a certificate of ours that no longer has the profile we issue."""
+
+
+def _load_key(path: Path) -> CAPrivateKey:
+    check_private_key_file_mode(path)
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path}: an RSA or EC private key is required")
+    return key
+
+
+def read_files(files: IssuedFiles) -> tuple[CAPrivateKey, x509.Certificate]:
+    """The key and certificate on disk (blocking); :class:`MaterialError` if unusable."""
+    try:
+        return _load_key(files.key_file), x509.load_pem_x509_certificate(
+            files.cert_file.read_bytes()
+        )
+    except CAError as e:
+        raise MaterialError(str(e)) from None
+    except (OSError, ValueError, TypeError) as e:
+        raise MaterialError(
+            f"{files.kind} certificate {files.cert_file} / key {files.key_file}: {e}"
+        ) from None
+
+
+def _set_aside(files: IssuedFiles) -> None:
+    # Renaming keeps the old pair (ours) for the operator and frees the names for new
+    # files, which are only ever created, never written over.
+    for path in (files.cert_file, files.key_file):
+        if path.exists():
+            os.replace(path, path.with_name(path.name + ".previous"))
+
+
+def _issue_and_write(files: IssuedFiles, now: datetime) -> tuple[CAPrivateKey, x509.Certificate]:
+    key = generate_private_key(files.key_type)
+    cert = files.issue(key, now)
+    try:
+        for directory in {files.cert_file.parent, files.key_file.parent}:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private_key(files.key_file, key)
+        files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    except CAError as e:
+        raise MaterialError(str(e)) from None
+    except OSError as e:
+        raise MaterialError(f"{files.kind} certificate {files.cert_file}: {e}") from None
+    return key, cert
+
+
+def _sha256(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+async def provide(
+    files: IssuedFiles,
+    *,
+    ca_subject: x509.Name,
+    now: datetime,
+    run_db: RunDB,
+    run_blocking: RunBlocking,
+) -> tuple[CAPrivateKey, x509.Certificate]:
+    """The key and certificate to use, issuing or renewing ours (module docstring)."""
+    if files.cert_file.exists() or files.key_file.exists():
+        key, cert = await run_blocking(lambda: read_files(files))
+        if cert.issuer != ca_subject:
+            return key, cert
+        if await run_db(cert_store.get_by_fingerprint, _sha256(cert)) is None:
+            return key, cert  # not recorded by us: an operator's certificate
+        outdated = files.current is not None and not files.current(cert)
+        if not outdated and cert.not_valid_after_utc - now > files.renew_before:
+            return key, cert
+        if outdated:
+            log.info(
+                "re-issuing the {kind} certificate (serial {serial:x}): issued by an "
+                "earlier version, not the current profile",
+                kind=files.kind,
+                serial=cert.serial_number,
+            )
+        else:
+            log.info(
+                "renewing the {kind} certificate (expires {at})",
+                kind=files.kind,
+                at=cert.not_valid_after_utc.isoformat(),
+            )
+        await run_blocking(lambda: _set_aside(files))
+    key, cert = await run_blocking(lambda: _issue_and_write(files, now))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    await run_db(
+        cert_store.insert_certificate,
+        serial=cert.serial_number,
+        device_pk=None,
+        kind=files.kind,
+        subject=cert.subject.rfc4514_string(),
+        sha256=hashlib.sha256(der).hexdigest(),
+        der=der,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        profile="secure",
+        now=now,
+    )
+    log.info(
+        "issued the {kind} certificate {subject} (serial {serial:x})",
+        kind=files.kind,
+        subject=cert.subject.rfc4514_string(),
+        serial=cert.serial_number,
+    )
+    return key, cert
+
+
+def provide_now(
+    files: IssuedFiles, *, ca_subject: x509.Name, now: datetime, db: Database
+) -> tuple[CAPrivateKey, x509.Certificate]:
+    """:func:`provide`, blocking on the calling thread (start-up, before the reactor)."""
+
+    def run_db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        return maybeDeferred(db.transact_sync, fn, *args, **kwargs)
+
+    def run_blocking(fn: Callable[[], Any]) -> Deferred[Any]:
+        return maybeDeferred(fn)
+
+    d = Deferred.fromCoroutine(
+        provide(files, ca_subject=ca_subject, now=now, run_db=run_db, run_blocking=run_blocking)
+    )
+    results: list[Any] = []
+    d.addBoth(results.append)
+    (result,) = results  # every step above ran synchronously
+    if isinstance(result, Failure):
+        result.raiseException()
+    key: CAPrivateKey
+    cert: x509.Certificate
+    key, cert = result
+    return key, cert
