@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from cryptography import x509
-from sqlalchemy.exc import SQLAlchemyError
 
 from OpenSSL import SSL
 from twisted.application.service import MultiService, Service
@@ -63,20 +62,13 @@ from osp_server.osp.tokens import (
 from osp_server.pki.ca import (
     CAError,
     CAPrivateKey,
-    CASubject,
     CertificateAuthority,
     is_compact_token_signer,
-    load_or_create_ca,
+    open_ca,
 )
 from osp_server.readiness import Readiness
 from osp_server.routing.refresh import ReplaceableTables, RouteRefresher
-from osp_server.storage.db import (
-    Database,
-    StorageError,
-    check_durability,
-    create_db_engine,
-    upgrade_schema,
-)
+from osp_server.storage.db import Database, StorageError, open_database
 from osp_server.tls.context import ReloadableServerTLS, TLSMaterial
 from osp_server.tls.issued import IssuedFiles, MaterialError, provide, provide_now
 from osp_server.web.crl import CRLResource
@@ -123,56 +115,16 @@ class Core:
         self.storage_probe = StorageProbe(self.db, self.reactor)
 
 
-def open_database(config: Config, reactor: Any) -> Database:
-    """Engine + migrations + durability check (blocking; start-up and CLI only)."""
-    engine = create_db_engine(
-        config.database.url,
-        pool_size=config.database.threads,
-        timeout_seconds=config.database.timeout_seconds,
-    )
-    try:
-        upgrade_schema(engine)
-        with engine.connect() as conn:
-            check_durability(conn)
-    except (SQLAlchemyError, OSError) as e:
-        engine.dispose()
-        raise StorageError(f"cannot open the database: {type(e).__name__}: {e}") from None
-    return Database(
-        engine,
-        reactor,
-        threads=config.database.threads,
-        timeout_seconds=config.database.timeout_seconds,
-    )
-
-
-def open_ca(config: Config, *, now: datetime) -> tuple[CertificateAuthority, bool]:
-    """Load the operator's CA or create ours on first start."""
-    c = config.ca
-    for directory in {c.key_file.parent, c.cert_file.parent}:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return load_or_create_ca(
-        c.key_file,
-        c.cert_file,
-        key_type=c.key_type,
-        subject=CASubject(
-            common_name=c.common_name, organization=c.organization, country=c.country
-        ),
-        validity=validity(c.validity_days),
-        profile=c.profile,
-        now=now,
-    )
-
-
 def prepare(config: Config, reactor: Any, *, clock: Callable[[], datetime] = utcnow) -> Core:
     """Blocking start-up: CA, database, migrations.  Raises StartupError with a clear line."""
     try:
-        ca, created = open_ca(config, now=clock())
+        ca, created = open_ca(config.ca, now=clock())
     except CAError as e:
         raise StartupError(f"CA: {e}") from None
     except OSError as e:
         raise StartupError(f"CA: {e.filename or config.ca.key_file}: {e.strerror}") from None
     try:
-        db = open_database(config, reactor)
+        db = open_database(config.database, reactor)
     except Exception as e:
         raise StartupError(f"database {config.database.url.split('@')[-1]}: {e}") from None
     if ca.profile == "legacy":

@@ -21,10 +21,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from osp_server import passwords
 from osp_server.config import Config, ConfigError, load_config
-from osp_server.pki.ca import CAError
+from osp_server.pki.ca import CAError, open_ca
 from osp_server.storage import certificates as cert_store
 from osp_server.storage import devices as device_store
-from osp_server.storage.db import Database, StorageError, schema_status, upgrade_schema
+from osp_server.storage.db import (
+    Database,
+    StorageError,
+    open_database,
+    schema_status,
+    upgrade_schema,
+)
 from osp_server.storage.errors import ConflictError, NotFoundError
 
 EXIT_OK = 0
@@ -53,9 +59,7 @@ class Context:
     def db(self) -> Database:
         """The database, migrated to the current schema."""
         if self._db is None:
-            from osp_server.app import open_database
-
-            self._db = open_database(self.config, None)
+            self._db = open_database(self.config.database, None)
         return self._db
 
     def now(self) -> datetime:
@@ -161,9 +165,8 @@ def _ca_row(ca: Any, created: bool | None = None) -> dict[str, Any]:
 
 def cmd_ca_init(ctx: Context, _args: argparse.Namespace) -> None:
     """Create the CA key and certificate (or show the existing one)."""
-    from osp_server.app import open_ca
 
-    ca, created = open_ca(ctx.config, now=ctx.now())
+    ca, created = open_ca(ctx.config.ca, now=ctx.now())
     emit_one(ctx, _ca_row(ca, created))
 
 

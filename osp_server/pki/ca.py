@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
+from osp_server.config import CAConfig
 from osp_server.pki import legacy
 from osp_server.pki.csr import ValidatedCSR
 from osp_server.pki.names import InvalidNameError, check_printable, device_name, printable_name
@@ -884,3 +885,22 @@ def load_or_create_ca(
         now=now,
     )
     return ca, True
+
+
+def open_ca(config: CAConfig, *, now: datetime) -> tuple[CertificateAuthority, bool]:
+    """Load the operator's CA, or create ours on first start (True when created)."""
+    for directory in {config.key_file.parent, config.cert_file.parent}:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return load_or_create_ca(
+        config.key_file,
+        config.cert_file,
+        key_type=config.key_type,
+        subject=CASubject(
+            common_name=config.common_name,
+            organization=config.organization,
+            country=config.country,
+        ),
+        validity=timedelta(days=config.validity_days),
+        profile=config.profile,
+        now=now,
+    )

@@ -28,6 +28,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from osp_server.config import DatabaseConfig
+
 log = Logger()
 
 T = TypeVar("T")
@@ -231,3 +233,18 @@ class Database:
             return conn.execute(text("SELECT 1")).scalar() == 1
 
         return self.transact(probe)
+
+
+def open_database(config: DatabaseConfig, reactor: Any) -> Database:
+    """Engine + migrations + durability check (blocking; start-up and CLI only)."""
+    engine = create_db_engine(
+        config.url, pool_size=config.threads, timeout_seconds=config.timeout_seconds
+    )
+    try:
+        upgrade_schema(engine)
+        with engine.connect() as conn:
+            check_durability(conn)
+    except (SQLAlchemyError, OSError) as e:
+        engine.dispose()
+        raise StorageError(f"cannot open the database: {type(e).__name__}: {e}") from None
+    return Database(engine, reactor, threads=config.threads, timeout_seconds=config.timeout_seconds)
