@@ -16,10 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, select
-
+from osp_server.storage import certificates as cert_store
 from osp_server.storage.db import Database
-from osp_server.storage.schema import certificates, customers, devices
 from osp_server.tls.identity import PeerCertificate
 
 CACHE_SECONDS = 2.0
@@ -46,49 +44,25 @@ class _Record:
     not_after: datetime | None
 
 
-def _lookup(conn: Connection, sha256: str) -> _Record:
-    row = (
-        conn.execute(
-            select(
-                certificates.c.serial,
-                certificates.c.kind,
-                certificates.c.state,
-                certificates.c.not_before,
-                certificates.c.not_after,
-                devices.c.id,
-                devices.c.customer_id,
-                devices.c.device_id,
-                devices.c.state.label("device_state"),
-                customers.c.route_table,
-                customers.c.token_format,
-            )
-            .select_from(
-                certificates.join(devices, certificates.c.device_pk == devices.c.id).join(
-                    customers, devices.c.customer_id == customers.c.customer_id
-                )
-            )
-            .where(certificates.c.sha256 == sha256)
-        )
-        .mappings()
-        .first()
-    )
+def _judge(row: cert_store.PresentedCertificate | None) -> _Record:
+    """Whether a presented certificate authenticates a device, and why not."""
     if row is None:
         return _Record(None, "certificate not issued by this server", None, None)
-    if row["kind"] != "device":
+    if row.kind != "device":
         return _Record(None, "not a device certificate", None, None)
-    if row["state"] != "valid":
-        return _Record(None, f"certificate {row['serial']} is revoked", None, None)
-    if row["device_state"] != "active":
-        return _Record(None, f"device {row['device_id']} is disabled", None, None)
+    if row.state != "valid":
+        return _Record(None, f"certificate {row.serial} is revoked", None, None)
+    if row.device_state != "active":
+        return _Record(None, f"device {row.device_id} is disabled", None, None)
     identity = DeviceIdentity(
-        device_pk=row["id"],
-        customer_id=row["customer_id"],
-        device_id=row["device_id"],
-        serial=row["serial"],
-        route_table=row["route_table"],
-        token_format=row["token_format"],
+        device_pk=row.device_pk,
+        customer_id=row.customer_id,
+        device_id=row.device_id,
+        serial=row.serial,
+        route_table=row.route_table,
+        token_format=row.token_format,
     )
-    return _Record(identity, "ok", row["not_before"], row["not_after"])
+    return _Record(identity, "ok", row.not_before, row.not_after)
 
 
 class DeviceAuthenticator:
@@ -117,7 +91,9 @@ class DeviceAuthenticator:
         if cached is not None and now_m - cached[0] < self._ttl:
             record = cached[1]
         else:
-            record = await self._db.transact(_lookup, peer.sha256)
+            record = _judge(
+                await self._db.transact(cert_store.presented_certificate, peer.sha256)
+            )
             self._cache[peer.sha256] = (now_m, record)
             self._cache.move_to_end(peer.sha256)
             while len(self._cache) > CACHE_ENTRIES:

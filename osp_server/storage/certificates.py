@@ -9,7 +9,7 @@ from typing import Literal
 from sqlalchemy import Connection, insert, select, update
 
 from osp_server.storage.errors import NotFoundError
-from osp_server.storage.schema import certificates, devices
+from osp_server.storage.schema import certificates, customers, devices
 
 CertificateKind = Literal["device", "server", "token_signer"]
 
@@ -148,3 +148,50 @@ def revoked_certificates(conn: Connection) -> list[CertificateRecord]:
     """Every revoked certificate (for the CRL)."""
     q = _select().where(certificates.c.state == "revoked").order_by(certificates.c.revoked_at)
     return [_record(r) for r in conn.execute(q).mappings()]
+
+
+@dataclass(frozen=True)
+class PresentedCertificate:
+    """A recorded certificate with its device and customer, as mutual TLS needs them."""
+
+    serial: str
+    kind: str
+    state: str
+    not_before: datetime
+    not_after: datetime
+    device_pk: int
+    customer_id: str
+    device_id: str
+    device_state: str
+    route_table: str | None
+    token_format: str | None
+
+
+def presented_certificate(conn: Connection, sha256: str) -> PresentedCertificate | None:
+    """The recorded certificate with this SHA-256 fingerprint and its device, if any."""
+    row = (
+        conn.execute(
+            select(
+                certificates.c.serial,
+                certificates.c.kind,
+                certificates.c.state,
+                certificates.c.not_before,
+                certificates.c.not_after,
+                devices.c.id.label("device_pk"),
+                devices.c.customer_id,
+                devices.c.device_id,
+                devices.c.state.label("device_state"),
+                customers.c.route_table,
+                customers.c.token_format,
+            )
+            .select_from(
+                certificates.join(devices, certificates.c.device_pk == devices.c.id).join(
+                    customers, devices.c.customer_id == customers.c.customer_id
+                )
+            )
+            .where(certificates.c.sha256 == sha256)
+        )
+        .mappings()
+        .first()
+    )
+    return None if row is None else PresentedCertificate(**row)

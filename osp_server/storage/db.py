@@ -29,6 +29,18 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from osp_server.config import DatabaseConfig
+from osp_server.storage.errors import DurabilityError, StorageError
+
+__all__ = [
+    "Database",
+    "DurabilityError",
+    "StorageError",
+    "check_durability",
+    "create_db_engine",
+    "open_database",
+    "schema_status",
+    "upgrade_schema",
+]
 
 log = Logger()
 
@@ -36,14 +48,6 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-
-
-class StorageError(Exception):
-    """The database could not be reached or refused the operation (a temporary failure)."""
-
-
-class DurabilityError(StorageError):
-    """The database runs without the settings that make a commit durable (R9)."""
 
 
 def normalize_url(url: str) -> str:

@@ -1,4 +1,4 @@
-"""Domain errors raised by the storage functions."""
+"""Every error the storage layer raises: temporary failures and domain errors."""
 
 from __future__ import annotations
 
@@ -9,3 +9,11 @@ class NotFoundError(LookupError):
 
 class ConflictError(ValueError):
     """The row would violate a uniqueness rule (it already exists)."""
+
+
+class StorageError(Exception):
+    """The database could not be reached or refused the operation (a temporary failure)."""
+
+
+class DurabilityError(StorageError):
+    """The database runs without the settings that make a commit durable (R9)."""

@@ -6,8 +6,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection
-
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
@@ -22,10 +20,10 @@ CRL_NEXT_UPDATE = timedelta(days=1)
 CRL_REFRESH_SECONDS = 60.0
 
 
-def _revoked(conn: Connection) -> list[RevokedEntry]:
+def _revoked(records: list[cert_store.CertificateRecord]) -> list[RevokedEntry]:
     return [
         RevokedEntry(serial=int(r.serial, 16), revoked_at=r.revoked_at, reason=None)
-        for r in cert_store.revoked_certificates(conn)
+        for r in records
         if r.revoked_at is not None
     ]
 
@@ -58,7 +56,7 @@ class CRLResource(Resource):
             now_s = self._reactor.seconds()
             if self._cached is None or now_s - self._cached[0] > CRL_REFRESH_SECONDS:
                 try:
-                    revoked = await self._db.transact(_revoked)
+                    revoked = _revoked(await self._db.transact(cert_store.revoked_certificates))
                 except StorageError:
                     if self._cached is None:
                         return error_response(503, "CRL temporarily unavailable")

@@ -833,16 +833,14 @@ async def test_odd_request_values_never_give_5xx(env: Env) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_stalled_storage_gives_503(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    from osp_server.osp import authn
-
     env.server.components.authenticator.invalidate()
-    original = authn._lookup
+    original = cert_store.presented_certificate
 
     def slow(conn: Any, sha256: str) -> Any:
         time.sleep(1.5)
         return original(conn, sha256)
 
-    monkeypatch.setattr(authn, "_lookup", slow)
+    monkeypatch.setattr(cert_store, "presented_certificate", slow)
     monkeypatch.setattr(env.core.db, "_timeout", 0.3)
     answer, _ = await env.vector("authorization-request.http")
     assert answer.code == 503
