@@ -390,7 +390,12 @@ class OSPService:
         await self._db.transact(
             calls.store_capabilities,
             device_pk=identity.device_pk,
-            indication=indication,
+            almost_out_of_resources=indication.almost_out_of_resources,
+            details={
+                "device_info": indication.device_info,
+                "source_alternates": [list(p) for p in indication.source_alternates],
+                "osp_version": indication.osp_version,
+            },
             now=now,
         )
         return encode_capabilities_confirmation(

@@ -21,7 +21,6 @@ from osp_server.cdr.legs import (
     apply_report,
     new_record,
 )
-from osp_server.osp.messages import CapabilitiesIndication
 from osp_server.storage.db import StorageError
 from osp_server.storage.schema import capabilities, devices, transactions, usage_records
 
@@ -249,20 +248,20 @@ def store_usage(
 
 
 def store_capabilities(
-    conn: Connection, *, device_pk: int, indication: CapabilitiesIndication, now: datetime
+    conn: Connection,
+    *,
+    device_pk: int,
+    almost_out_of_resources: bool | None,
+    details: dict[str, Any],
+    now: datetime,
 ) -> None:
-    """Keep the device's latest availability (one row per device)."""
-    details = json.dumps(
-        {
-            "device_info": indication.device_info,
-            "source_alternates": [list(p) for p in indication.source_alternates],
-            "osp_version": indication.osp_version,
-        }
-    )
+    """Keep the device's latest availability (one row per device); ``details`` is what
+    else the indication said (stored as JSON)."""
+    details_json = json.dumps(details)
     statement = _dialect_insert(conn, capabilities).values(
         device_pk=device_pk,
-        almost_out_of_resources=indication.almost_out_of_resources,
-        details=details,
+        almost_out_of_resources=almost_out_of_resources,
+        details=details_json,
         updated_at=now,
     )
     conn.execute(
