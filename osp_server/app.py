@@ -7,8 +7,6 @@ listening, so tests can listen on port 0; ``build_service()`` adds the listeners
 
 from __future__ import annotations
 
-import gc
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,13 +16,11 @@ from cryptography import x509
 
 from OpenSSL import SSL
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IAddress,
-    IListeningPort,
     IProtocolFactory,
-    IStreamServerEndpoint,
 )
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -68,6 +64,7 @@ from osp_server.pki.ca import (
 )
 from osp_server.readiness import Readiness
 from osp_server.routing.refresh import ReplaceableTables, RouteRefresher
+from osp_server.services import ListenerService, ProcessService
 from osp_server.storage.db import Database, StorageError, open_database
 from osp_server.tls.context import ReloadableServerTLS, TLSMaterial
 from osp_server.tls.issued import IssuedFiles, MaterialError, provide, provide_now
@@ -467,80 +464,9 @@ def build_routing_policy(core: Core) -> IRoutingPolicy:
         ) from None
 
 
-class ListenerService(Service):
-    """Listens on a Twisted endpoint and logs the address it got.
-
-    It binds in ``privilegedStartService``, which twistd calls before the reactor
-    runs: a port in use then stops start-up with one line and a non-zero status,
-    instead of leaving a server without that listener.
-    """
-
-    def __init__(
-        self,
-        reactor: Any,
-        description: str,
-        endpoint: IStreamServerEndpoint,
-        factory: IProtocolFactory,
-    ) -> None:
-        self._reactor = reactor
-        self.description = description
-        self.endpoint = endpoint
-        self.factory = factory
-        self.port: IListeningPort | None = None
-        self._listening: Deferred[IListeningPort] | None = None
-
-    def _listening_on(self, port: IListeningPort) -> IListeningPort:
-        self.port = port
-        host = port.getHost()
-        log.info(
-            "{name} listening on {host}:{port} ({description})",
-            name=self.name,
-            host=getattr(host, "host", "?"),
-            port=getattr(host, "port", "?"),
-            description=self.description,
-        )
-        return port
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        d = self.endpoint.listen(self.factory)
-        failures: list[Failure] = []
-        d.addCallbacks(self._listening_on, failures.append)
-        if failures:  # TCP, SSL and UNIX endpoints answer at once
-            raise SystemExit(
-                f"osp-server: {self.name} listener {self.description}: "
-                f"{failures[0].getErrorMessage()}"
-            )
-        self._listening = d
-
-    def startService(self) -> None:
-        super().startService()
-        if self._listening is None and self.port is None:
-            # Started without privilegedStartService (e.g. embedded): listen now.
-            d = self.endpoint.listen(self.factory)
-
-            def failed(failure: Failure) -> None:
-                log.failure(
-                    "{name}: cannot listen on {description}",
-                    failure,
-                    name=self.name,
-                    description=self.description,
-                )
-                self._reactor.callWhenRunning(self._reactor.stop)
-
-            d.addCallbacks(self._listening_on, failed)
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self.port is None:
-            return None
-        port, self.port = self.port, None
-        stopped: Deferred[None] = maybeDeferred(port.stopListening)  # type: ignore[call-overload]
-        return stopped
-
-
 class CoreService(Service):
-    """Starts and stops the database pool and installs the SIGHUP reload."""
+    """Starts and stops the database and CPU pools and the storage probe; ``reload``
+    is what SIGHUP does (the twistd process installs the handler: ProcessService)."""
 
     def __init__(self, components: Components) -> None:
         self.components = components
@@ -560,18 +486,6 @@ class CoreService(Service):
         core.db.start()
         core.cpu_pool.start()
         core.storage_probe.start()
-        # Start-up objects (CA, tables, modules) live as long as the process: keep
-        # them out of the collector, whose full passes stalled the reactor 50-90 ms
-        # under load (bench/authorization.py).
-        gc.collect()
-        gc.freeze()
-        try:
-            signal.signal(signal.SIGHUP, self._on_sighup)
-        except ValueError:  # not the main thread (tests)
-            pass
-
-    def _on_sighup(self, _signum: int, _frame: object) -> None:
-        self.components.core.reactor.callFromThread(self.reload)
 
     def reload(self) -> None:
         """Rebuild TLS contexts from the files (SIGHUP)."""
@@ -585,8 +499,21 @@ class CoreService(Service):
         self.components.core.db.stop()
 
 
+def build_process_service(config: Config, reactor: Any) -> MultiService:
+    """What ``twistd osp`` runs: :func:`build_service` plus the process-wide set-up
+    (SIGHUP handler, start-up objects frozen out of the garbage collector), which
+    in-process users such as tests do not want."""
+    top = build_service(config, reactor)
+    core_service = top.getServiceNamed("core")
+    assert isinstance(core_service, CoreService)
+    process = ProcessService(reactor, reload=core_service.reload)
+    process.setName("process")
+    process.setServiceParent(top)
+    return top
+
+
 def build_service(config: Config, reactor: Any) -> MultiService:
-    """The whole server as one MultiService (what ``twistd osp`` runs)."""
+    """The whole server as one MultiService, without process-wide side effects."""
     core = prepare(config, reactor)
     try:
         return _assemble(core, config, reactor)

@@ -754,8 +754,9 @@ async def test_reauthorization_for_fixed_clients(env_fixed_reauth: Env) -> None:
 async def test_imported_routes_reach_the_running_service(tmp_path: Path, database_url: str) -> None:
     """The composition root's service tree: routes imported into storage (as osp-admin
     does from another process) are picked up without a restart."""
-    from osp_server.app import ListenerService, build_service
+    from osp_server.app import build_service
     from osp_server.routing.refresh import RouteRefresher
+    from osp_server.services import ListenerService
     from osp_server.storage import routes as route_store
     from tests.integration.harness import reactor
 

@@ -154,6 +154,17 @@ def test_twistd_osp_runs_answers_health_and_stops_on_sigterm(
     )
     assert admin.returncode == 0, admin.stderr
 
+    # SIGHUP reloads the TLS material (the twistd process installs the handler).
+    process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        lines.append(line)
+        if not line or "SIGHUP: reloading TLS material" in line:
+            break
+    assert "SIGHUP: reloading TLS material" in lines[-1], "".join(lines)
+    assert process.poll() is None
+
     process.send_signal(signal.SIGTERM)
     rest, _ = process.communicate(timeout=30)
     # twistd re-raises the signal after a clean shutdown, so the status reports SIGTERM.
