@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from osp_server.admin.cli import AdminError, Context, emit, emit_one
+from osp_server.admin.context import AdminError, Context, Subparsers, emit, emit_one
 from osp_server.routing.csvio import (
     RouteFileError,
     parse_blocks_csv,
@@ -210,9 +210,9 @@ def cmd_route_version(ctx: Context, _args: argparse.Namespace) -> None:
     emit_one(ctx, {"version": ctx.db.transact_sync(route_store.current_version)})
 
 
-def register(groups: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add the ``route`` command group to ``osp-admin``'s subparsers."""
-    route = groups.add_parser("route", help="routes and block rules").add_subparsers(
+    route = subparsers.add_parser("route", help="routes and block rules").add_subparsers(
         dest="command", required=True
     )
     for name, func, what in (

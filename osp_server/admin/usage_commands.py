@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from osp_server.admin.cli import AdminError, Context
+from osp_server.admin.context import AdminError, Context, Subparsers
 from osp_server.storage import calls
 
 PAGE_ROWS = 5000
@@ -86,9 +86,9 @@ def cmd_usage_export(ctx: Context, args: argparse.Namespace) -> None:
         after = rows[-1]["id"]
 
 
-def register(groups: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add the ``usage`` command group."""
-    usage = groups.add_parser("usage", help="usage records (CDRs)").add_subparsers(
+    usage = subparsers.add_parser("usage", help="usage records (CDRs)").add_subparsers(
         dest="command", required=True
     )
     p = usage.add_parser(

@@ -49,7 +49,7 @@ def test_customer_and_device_lifecycle(run: Run) -> None:
 def test_password_is_hashed_with_argon2id(run: Run, tmp_path: Path) -> None:
     run.json("customer", "add", "1")
     run.json("device", "add", "1", "2", "--username", "u", "--password-stdin", stdin="s3cret\n")
-    from osp_server.admin.cli import Context
+    from osp_server.admin.context import Context
     from osp_server.config import load_config
     from osp_server.storage import devices
 

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from osp_server.admin.cli import Context
+from osp_server.admin.context import Context
 from osp_server.config import load_config
 from osp_server.storage import enrollments
 from tests.unit.admin_runner import AdminRunner, write_config

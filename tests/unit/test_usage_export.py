@@ -12,7 +12,8 @@ import pytest
 import pytest_twisted
 from sqlalchemy import Connection
 
-from osp_server.admin.cli import Context, main
+from osp_server.admin.cli import main
+from osp_server.admin.context import Context
 from osp_server.config import load_config
 from osp_server.maintenance import TransactionReaper
 from osp_server.osp.codec import decode_request

@@ -1,0 +1,22 @@
+"""``osp-admin audit``: show the newest audit log entries."""
+
+from __future__ import annotations
+
+import argparse
+
+from osp_server.admin.context import Context, Subparsers, emit
+
+
+def cmd_audit(ctx: Context, args: argparse.Namespace) -> None:
+    """Show the newest audit log entries."""
+    from osp_server.storage import audit
+
+    rows = [vars(e) for e in ctx.db.transact_sync(audit.recent, limit=args.limit)]
+    emit(ctx, rows, ["at", "actor", "action", "subject", "serial", "detail"])
+
+
+def register(subparsers: Subparsers) -> None:
+    """Add the ``audit`` command (a group of one: it has no subcommands)."""
+    p = subparsers.add_parser("audit", help="show the audit log")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_audit)

@@ -1,0 +1,78 @@
+"""``osp-admin cert``: list issued certificates and revoke them."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from osp_server.admin.context import Context, Subparsers, emit, emit_one
+from osp_server.storage import certificates as cert_store
+from osp_server.storage import devices as device_store
+
+
+def _cert_row(c: cert_store.CertificateRecord) -> dict[str, Any]:
+    return {
+        "serial": c.serial,
+        "kind": c.kind,
+        "customer_id": c.customer_id,
+        "device_id": c.device_id,
+        "state": c.state,
+        "profile": c.profile,
+        "not_before": c.not_before,
+        "not_after": c.not_after,
+        "subject": c.subject,
+        "revoked_at": c.revoked_at,
+    }
+
+
+def cmd_cert_list(ctx: Context, args: argparse.Namespace) -> None:
+    """List issued certificates."""
+
+    def load(conn: Any) -> list[cert_store.CertificateRecord]:
+        device_pk = None
+        if args.customer and args.device:
+            device_pk = device_store.get_device(conn, args.customer, args.device).pk
+        return cert_store.list_certificates(conn, device_pk=device_pk, kind=args.kind)
+
+    rows = [_cert_row(c) for c in ctx.db.transact_sync(load)]
+    emit(ctx, rows, ["serial", "kind", "customer_id", "device_id", "state", "not_after"])
+
+
+def cmd_cert_revoke(ctx: Context, args: argparse.Namespace) -> None:
+    """Revoke a certificate: the /osp listeners refuse it from the next request on."""
+    from osp_server.storage import audit
+
+    def work(conn: Any) -> cert_store.CertificateRecord:
+        record = cert_store.revoke(conn, args.serial, now=ctx.now(), reason=args.reason)
+        audit.record(
+            conn,
+            at=ctx.now(),
+            actor="osp-admin",
+            action="certificate.revoked",
+            subject=f"customer {record.customer_id} device {record.device_id}",
+            serial=record.serial,
+            detail={"reason": args.reason},
+        )
+        return record
+
+    emit_one(ctx, _cert_row(ctx.db.transact_sync(work)))
+
+
+def register(subparsers: Subparsers) -> None:
+    """Add the ``cert`` command group."""
+    ce = subparsers.add_parser("cert", help="issued certificates").add_subparsers(
+        dest="command", required=True
+    )
+    p = ce.add_parser("list", help="list certificates")
+    p.add_argument("--customer")
+    p.add_argument("--device")
+    p.add_argument("--kind", choices=["device", "server", "token_signer"])
+    p.set_defaults(func=cmd_cert_list)
+    p = ce.add_parser("revoke", help="revoke a certificate by serial (hex)")
+    p.add_argument("serial")
+    p.add_argument(
+        "--reason",
+        choices=["unspecified", "keyCompromise", "superseded", "cessationOfOperation"],
+        default="unspecified",
+    )
+    p.set_defaults(func=cmd_cert_revoke)

@@ -1,0 +1,125 @@
+"""What every ``osp-admin`` command shares: its `Context`, output and errors.
+
+A command is a function ``cmd_*(ctx: Context, args: argparse.Namespace) -> None``
+in a ``*_commands.py`` module.  It writes through `emit` (a table, or JSON with
+``--json``) or `emit_one` (one record) and reports an operator mistake by raising
+`AdminError`; ``cli.main`` turns that (and the storage, config and CA errors) into
+one line on stderr and exit status `EXIT_ERROR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, TextIO, TypeAlias
+
+from osp_server.config import Config
+from osp_server.storage.db import Database, open_database
+
+if TYPE_CHECKING:
+    from osp_server.pki.ca import CertificateAuthority
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+"""What a command group's ``register(subparsers)`` adds its group to."""
+
+
+class AdminError(Exception):
+    """An operator mistake or refused operation: printed as one line."""
+
+
+@dataclass
+class Context:
+    """What a command needs: config, output stream, format, lazily opened storage."""
+
+    config: Config
+    out: TextIO
+    as_json: bool
+    stdin: TextIO
+    _db: Database | None = None
+
+    @property
+    def db(self) -> Database:
+        """The database, migrated to the current schema."""
+        if self._db is None:
+            self._db = open_database(self.config.database, None)
+        return self._db
+
+    def now(self) -> datetime:
+        """The current UTC time."""
+        return datetime.now(UTC)
+
+    def close(self) -> None:
+        """Release connections."""
+        if self._db is not None:
+            self._db.engine.dispose()
+
+
+Command: TypeAlias = Callable[[Context, argparse.Namespace], None]
+"""A command function, set on its parser with ``set_defaults(func=...)``."""
+
+
+def error_line(error: BaseException) -> str:
+    """The one stderr line (newline included) that reports ``error``."""
+    return f"osp-admin: error: {' '.join(str(error).split())}\n"
+
+
+def load_existing_ca(ctx: Context) -> CertificateAuthority:
+    """The configured CA, loaded from its files; `AdminError` when there is none yet."""
+    from osp_server.pki.ca import load_ca
+
+    c = ctx.config.ca
+    if not c.cert_file.exists():
+        raise AdminError(f"no CA at {c.cert_file}: run `osp-admin ca init` or start the server")
+    return load_ca(c.key_file, c.cert_file, profile=c.profile)
+
+
+def emit(ctx: Context, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Print rows as an aligned table, or as a JSON list with ``--json``."""
+    if ctx.as_json:
+        json.dump(list(rows), ctx.out, indent=2, default=_json_default)
+        ctx.out.write("\n")
+        return
+    if not rows:
+        ctx.out.write("(none)\n")
+        return
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    ctx.out.write("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    ctx.out.write("\n")
+    for row in cells:
+        ctx.out.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        ctx.out.write("\n")
+
+
+def emit_one(ctx: Context, row: dict[str, Any]) -> None:
+    """Print one record as ``key: value`` lines, or a JSON object."""
+    if ctx.as_json:
+        json.dump(row, ctx.out, indent=2, default=_json_default)
+        ctx.out.write("\n")
+        return
+    width = max(len(k) for k in row)
+    for k, v in row.items():
+        ctx.out.write(f"{k.ljust(width)}  {_cell(v)}\n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%SZ")
+    return str(value)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)

@@ -1,0 +1,41 @@
+"""``osp-admin db``: apply migrations and show the schema revision."""
+
+from __future__ import annotations
+
+import argparse
+
+from osp_server.admin.context import Context, Subparsers, emit_one
+from osp_server.storage.db import schema_status, upgrade_schema
+
+
+def cmd_db_upgrade(ctx: Context, _args: argparse.Namespace) -> None:
+    """Apply pending migrations."""
+    from osp_server.storage.db import create_db_engine
+
+    engine = create_db_engine(ctx.config.database.url)
+    try:
+        revision = upgrade_schema(engine)
+    finally:
+        engine.dispose()
+    emit_one(ctx, {"schema_revision": revision})
+
+
+def cmd_db_status(ctx: Context, _args: argparse.Namespace) -> None:
+    """Show the schema revision of the database and of this code."""
+    from osp_server.storage.db import create_db_engine
+
+    engine = create_db_engine(ctx.config.database.url)
+    try:
+        current, head = schema_status(engine)
+    finally:
+        engine.dispose()
+    emit_one(ctx, {"current": current, "head": head, "up_to_date": current == head})
+
+
+def register(subparsers: Subparsers) -> None:
+    """Add the ``db`` command group."""
+    db = subparsers.add_parser("db", help="database schema").add_subparsers(
+        dest="command", required=True
+    )
+    db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
+    db.add_parser("status", help="schema revision").set_defaults(func=cmd_db_status)
