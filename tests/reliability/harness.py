@@ -41,6 +41,7 @@ OSP_ADMIN = BIN / "osp-admin"
 
 MAX_ANSWER_BYTES = 1 << 20
 _LISTENING = re.compile(rb"(https?) listening on 127\.0\.0\.1:(\d+)")
+_READY = b"taking OSP traffic"
 _ISSUED = re.compile(rb"status=0&certificate=([A-Za-z0-9+/]+={0,2})\n")
 _STATUS = re.compile(rb"status=([0-9]+)\n")
 TEP_HEAD = (
@@ -151,7 +152,8 @@ class TwistdServer:
         self._logs: list[Path] = []
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start a new server process and wait until both listeners report their port."""
+        """Start a new server process; wait until both listeners report their port and
+        the server says it takes OSP traffic."""
         assert self.process is None, "the previous server still runs"
         log_path = self.workdir / f"twistd-{self.starts}.log"
         self._logs.append(log_path)
@@ -168,8 +170,10 @@ class TwistdServer:
         self.starts += 1
         deadline = time.monotonic() + timeout
         while True:
-            ports = {m[0]: int(m[1]) for m in _LISTENING.findall(log_path.read_bytes())}
-            if set(ports) == {b"http", b"https"}:
+            text = log_path.read_bytes()
+            ports = {m[0]: int(m[1]) for m in _LISTENING.findall(text)}
+            # /osp answers 503 until the first route load: wait for the ready line too.
+            if set(ports) == {b"http", b"https"} and _READY in text:
                 self.http_port, self.https_port = ports[b"http"], ports[b"https"]
                 return
             if self.process.poll() is not None or time.monotonic() > deadline:
