@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -118,6 +119,18 @@ class OSPResource(Resource):
             self._observe("refused", 403, started)
             return error_response(403, "client certificate refused")
         request.osp_device_id = identity.device_id  # type: ignore[attr-defined]
+
+        def internal_error(stage: str) -> Response:
+            # A bug, never the device's fault: call only from an except block, so that
+            # log.failure records the traceback (in the log, never in the answer).
+            log.failure(
+                "OSP message from device {device} failed while {stage}",
+                device=identity.device_id,
+                stage=stage,
+            )
+            self._observe("error", 500, started)
+            return error_response(500, "internal error")
+
         try:
             message = decode_request(body)
         except OSPDecodeError as e:
@@ -128,6 +141,10 @@ class OSPResource(Resource):
             )
             self._observe("malformed", 400, started)
             return error_response(400, "malformed OSP message")
+        except Exception:
+            # Only OSPDecodeError means bad input; anything else is a decoder bug, and
+            # answering it 400 would blame every device for it.
+            return internal_error("decoding")
         try:
             if isinstance(message, AuthorizationRequest):
                 result = await self._service.authorize(identity, message)
@@ -162,6 +179,12 @@ class OSPResource(Resource):
             )
             self._observe("identity", 403, started)
             return error_response(403, "message identity does not match the certificate")
+        except (StorageError, CancelledError):
+            # StorageError: render_POST answers 503 (devices fail over).  CancelledError:
+            # the client went away; render_async drops the request without an answer.
+            raise
+        except Exception:
+            return internal_error("answering")
         kind = (
             "ReauthorizationRequest"
             if isinstance(message, ReauthorizationRequest)
