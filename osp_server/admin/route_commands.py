@@ -17,6 +17,8 @@ from typing import Any, Final
 
 from osp_server.admin.context import AdminError, Context, Subparsers, emit, emit_one
 from osp_server.routing.csvio import (
+    BLOCK_COLUMNS,
+    ROUTE_COLUMNS,
     RouteFileError,
     parse_blocks_csv,
     parse_routes_csv,
@@ -29,18 +31,6 @@ from osp_server.storage import routes as route_store
 MAX_FILE_BYTES: Final = 64 * 1024 * 1024
 """Route files larger than this are refused before they are read."""
 
-ROUTE_COLUMNS: Final = (
-    "table",
-    "prefix",
-    "destination",
-    "protocol",
-    "priority",
-    "weight",
-    "cost",
-    "network_id",
-    "call_limit",
-)
-BLOCK_COLUMNS: Final = ("table", "kind", "prefix", "description")
 
 
 def route_row(route: Route) -> dict[str, Any]:

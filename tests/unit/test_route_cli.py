@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from osp_server.admin import route_commands
-from osp_server.routing.csvio import parse_blocks_csv, parse_routes_csv
+from osp_server.routing.csvio import ROUTE_COLUMNS, parse_blocks_csv, parse_routes_csv
 from tests.unit.admin_runner import AdminRunner
 
 ROUTES = (
@@ -66,7 +66,7 @@ def test_import_list_export(run: Run) -> None:
     code, out, _ = run("route", "list")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == [c.upper() for c in route_commands.ROUTE_COLUMNS]
+    assert lines[0].split() == [c.upper() for c in ROUTE_COLUMNS]
     assert lines[2].split() == [
         "default",
         "1408",
@@ -82,7 +82,7 @@ def test_import_list_export(run: Run) -> None:
 
     code, exported, _ = run("route", "export")
     assert code == 0
-    assert exported.splitlines()[0] == ",".join(route_commands.ROUTE_COLUMNS)
+    assert exported.splitlines()[0] == ",".join(ROUTE_COLUMNS)
     assert set(parse_routes_csv(exported)) == set(parse_routes_csv(ROUTES))
     exported_json = run.json("route", "export", "--table", "default")
     assert [r["cost"] for r in exported_json] == ["0.05", "0.0125"]
