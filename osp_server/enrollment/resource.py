@@ -26,6 +26,7 @@ from osp_server.enrollment.wire import (
 )
 from osp_server.metrics import Metrics
 from osp_server.web.responses import Response, render_async
+from osp_server.web.site import note_device
 
 log = Logger()
 
@@ -102,7 +103,7 @@ class TepResource(Resource):
             if isinstance(parsed, CACertRequest):
                 self._count("getcacert", TepStatus.ISSUED)
                 return _answer(render_certificate(self._service.ca_certificate_der))
-            request.osp_device_id = parsed.device_id  # type: ignore[attr-defined]
+            note_device(request, parsed.device_id)
             if not self._allow_enrollment:
                 log.warn(
                     "TEP {operation} from {source} refused on the {listener} listener: "

@@ -33,6 +33,7 @@ from osp_server.osp.tokens import TokenError
 from osp_server.storage.db import StorageError
 from osp_server.tls.identity import PeerCertificate, peer_certificate
 from osp_server.web.responses import Response, error_response, render_async
+from osp_server.web.site import note_device
 
 log = Logger()
 
@@ -118,7 +119,7 @@ class OSPResource(Resource):
             log.warn("OSP request from {source} refused: {reason}", source=source, reason=reason)
             self._observe("refused", 403, started)
             return error_response(403, "client certificate refused")
-        request.osp_device_id = identity.device_id  # type: ignore[attr-defined]
+        note_device(request, identity.device_id)
 
         def internal_error(stage: str) -> Response:
             # A bug, never the device's fault: call only from an except block, so that

@@ -36,11 +36,22 @@ _TOO_LARGE = (
 )
 
 
+def note_device(request: Request, device_id: str) -> None:
+    """Name the device a request came from, for the access log line."""
+    if isinstance(request, CappedRequest):
+        request.osp_device_id = device_id
+
+
 class CappedRequest(Request):
-    """A request that refuses bodies larger than its site's cap, as early as possible."""
+    """A request that refuses bodies larger than its site's cap, as early as possible.
+
+    ``osp_device_id`` is the device the request came from, once a resource knows it
+    (:func:`note_device`); the access log prints it.
+    """
 
     _refused = False
     _received = 0
+    osp_device_id: str | None = None
 
     def _limit(self) -> int:
         site = getattr(self.channel, "site", None)
@@ -176,5 +187,5 @@ class OSPSite(Site):
             length=request.sentLength,
             elapsed_ms=elapsed_ms,
             peer=getattr(peer, "host", None),
-            device_id=getattr(request, "osp_device_id", None),
+            device_id=request.osp_device_id if isinstance(request, CappedRequest) else None,
         )
