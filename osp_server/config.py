@@ -14,18 +14,21 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
-KeyType = Literal["rsa2048", "rsa3072", "rsa4096", "ec-p256"]
-Profile = Literal["secure", "legacy"]
+# Defined once, beside the code that gives them meaning. Both are pure modules that do
+# not import this one (no cycle); TokenFormat stays importable from here.
+from osp_server.osp.tokens import DEFAULT_MAX_TOKEN_BYTES, MAX_TOKEN_BYTES, MIN_TOKEN_LIMIT
+from osp_server.osp.tokens import TokenFormat as TokenFormat
+from osp_server.pki.profile import KeyType, Profile
+
 EnrollmentPolicy = Literal["auto", "manual"]
 RenewalPolicy = Literal["keep", "revoke"]
-TokenFormat = Literal["signed", "xml", "ascii"]
 
-_KEY_TYPES: tuple[KeyType, ...] = ("rsa2048", "rsa3072", "rsa4096", "ec-p256")
-_PROFILES: tuple[Profile, ...] = ("secure", "legacy")
-_RENEWAL: tuple[RenewalPolicy, ...] = ("keep", "revoke")
-_TOKEN_FORMATS: tuple[TokenFormat, ...] = ("signed", "xml", "ascii")
+_KEY_TYPES: tuple[KeyType, ...] = get_args(KeyType)
+_PROFILES: tuple[Profile, ...] = get_args(Profile)
+_RENEWAL: tuple[RenewalPolicy, ...] = get_args(RenewalPolicy)
+_TOKEN_FORMATS: tuple[TokenFormat, ...] = get_args(TokenFormat)
 _SIGNER_KEYS: tuple[str, ...] = ("ec-p256", "rsa2048")
 
 
@@ -107,7 +110,7 @@ class OSPConfig:
     route_refresh_seconds: float = 5.0
     reauthorization_fixed_clients: bool = False
     # Largest raw token sent; 1024 fits the OpenSIPS/Kamailio 2,048-byte base64 buffer.
-    max_token_bytes: int = 1024
+    max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES
 
 
 @dataclass(frozen=True)
@@ -266,14 +269,20 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
     listeners = ListenerConfig(
         http=lst.string("http", ListenerConfig.http),
         https=lst.string("https", ListenerConfig.https),
-        osp_mtls=lst.optional_string("osp_mtls", None),
-        legacy_osp=lst.optional_string("legacy_osp", None),
+        osp_mtls=lst.optional_string("osp_mtls", ListenerConfig.osp_mtls),
+        legacy_osp=lst.optional_string("legacy_osp", ListenerConfig.legacy_osp),
         metrics=lst.optional_string("metrics", ListenerConfig.metrics),
         request_timeout_seconds=lst.number(
-            "request_timeout_seconds", 30.0, minimum=1.0, maximum=3600.0
+            "request_timeout_seconds",
+            ListenerConfig.request_timeout_seconds,
+            minimum=1.0,
+            maximum=3600.0,
         ),
         max_connections_per_address=lst.integer(
-            "max_connections_per_address", 64, minimum=1, maximum=100000
+            "max_connections_per_address",
+            ListenerConfig.max_connections_per_address,
+            minimum=1,
+            maximum=100000,
         ),
     )
     lst.finish()
@@ -284,8 +293,10 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
         raise db.error("url", f"must be a sqlite:/// or postgresql:// URL, got {url!r}")
     database = DatabaseConfig(
         url=url,
-        threads=db.integer("threads", 4, minimum=1, maximum=64),
-        timeout_seconds=db.number("timeout_seconds", 5.0, minimum=0.5, maximum=600.0),
+        threads=db.integer("threads", DatabaseConfig.threads, minimum=1, maximum=64),
+        timeout_seconds=db.number(
+            "timeout_seconds", DatabaseConfig.timeout_seconds, minimum=0.5, maximum=600.0
+        ),
     )
     db.finish()
 
@@ -293,12 +304,14 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
     ca = CAConfig(
         key_file=ca_s.path("key_file", data_dir / "ca" / "ca.key", base),
         cert_file=ca_s.path("cert_file", data_dir / "ca" / "ca.pem", base),
-        key_type=cast(KeyType, ca_s.choice("key_type", "rsa2048", _KEY_TYPES)),
+        key_type=cast(KeyType, ca_s.choice("key_type", CAConfig.key_type, _KEY_TYPES)),
         common_name=ca_s.string("common_name", CAConfig.common_name),
         organization=ca_s.optional_string("organization", CAConfig.organization),
-        country=ca_s.optional_string("country", None),
-        validity_days=ca_s.integer("validity_days", 3650, minimum=1, maximum=36500),
-        profile=cast(Profile, ca_s.choice("profile", "secure", _PROFILES)),
+        country=ca_s.optional_string("country", CAConfig.country),
+        validity_days=ca_s.integer(
+            "validity_days", CAConfig.validity_days, minimum=1, maximum=36500
+        ),
+        profile=cast(Profile, ca_s.choice("profile", CAConfig.profile, _PROFILES)),
     )
     if ca.country is not None and (len(ca.country) != 2 or not ca.country.isalpha()):
         raise ca_s.error("country", f"must be a two-letter country code, got {ca.country!r}")
@@ -311,50 +324,82 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
         cert_file=tls_s.path("cert_file", data_dir / "tls" / "server.pem", base),
         key_file=tls_s.path("key_file", data_dir / "tls" / "server.key", base),
         server_names=tls_s.string_list("server_names", TLSConfig.server_names),
-        validity_days=tls_s.integer("validity_days", 397, minimum=1, maximum=3650),
+        validity_days=tls_s.integer(
+            "validity_days", TLSConfig.validity_days, minimum=1, maximum=3650
+        ),
     )
     tls_s.finish()
 
     en = section("enrollment")
     enrollment = EnrollmentConfig(
         certificate_validity_days=en.integer(
-            "certificate_validity_days", 365, minimum=1, maximum=3650
+            "certificate_validity_days",
+            EnrollmentConfig.certificate_validity_days,
+            minimum=1,
+            maximum=3650,
         ),
-        allow_plain_http=en.boolean("allow_plain_http", False),
-        renewal=cast(RenewalPolicy, en.choice("renewal", "keep", _RENEWAL)),
-        secret_ttl_hours=en.integer("secret_ttl_hours", 72, minimum=1, maximum=24 * 365),
-        throttle_failures=en.integer("throttle_failures", 5, minimum=1, maximum=1000),
+        allow_plain_http=en.boolean("allow_plain_http", EnrollmentConfig.allow_plain_http),
+        renewal=cast(RenewalPolicy, en.choice("renewal", EnrollmentConfig.renewal, _RENEWAL)),
+        secret_ttl_hours=en.integer(
+            "secret_ttl_hours", EnrollmentConfig.secret_ttl_hours, minimum=1, maximum=24 * 365
+        ),
+        throttle_failures=en.integer(
+            "throttle_failures", EnrollmentConfig.throttle_failures, minimum=1, maximum=1000
+        ),
         throttle_window_seconds=en.integer(
-            "throttle_window_seconds", 300, minimum=1, maximum=86400
+            "throttle_window_seconds",
+            EnrollmentConfig.throttle_window_seconds,
+            minimum=1,
+            maximum=86400,
         ),
-        throttle_per_address=en.integer("throttle_per_address", 30, minimum=1, maximum=100000),
-        authorizer=en.optional_string("authorizer", None),
+        throttle_per_address=en.integer(
+            "throttle_per_address",
+            EnrollmentConfig.throttle_per_address,
+            minimum=1,
+            maximum=100000,
+        ),
+        authorizer=en.optional_string("authorizer", EnrollmentConfig.authorizer),
     )
     en.finish()
 
     osp_s = section("osp")
     osp = OSPConfig(
-        token_format=cast(TokenFormat, osp_s.choice("token_format", "signed", _TOKEN_FORMATS)),
-        token_signer_key=osp_s.choice("token_signer_key", "ec-p256", _SIGNER_KEYS),
-        token_validity_seconds=osp_s.integer(
-            "token_validity_seconds", 300, minimum=10, maximum=86400
+        token_format=cast(
+            TokenFormat, osp_s.choice("token_format", OSPConfig.token_format, _TOKEN_FORMATS)
         ),
-        token_backdate_seconds=osp_s.integer("token_backdate_seconds", 60, minimum=0, maximum=3600),
+        token_signer_key=osp_s.choice("token_signer_key", OSPConfig.token_signer_key, _SIGNER_KEYS),
+        token_validity_seconds=osp_s.integer(
+            "token_validity_seconds", OSPConfig.token_validity_seconds, minimum=10, maximum=86400
+        ),
+        token_backdate_seconds=osp_s.integer(
+            "token_backdate_seconds", OSPConfig.token_backdate_seconds, minimum=0, maximum=3600
+        ),
         call_time_limit_seconds=osp_s.integer(
-            "call_time_limit_seconds", 3600, minimum=1, maximum=7 * 86400
+            "call_time_limit_seconds",
+            OSPConfig.call_time_limit_seconds,
+            minimum=1,
+            maximum=7 * 86400,
         ),
         transaction_ttl_seconds=osp_s.integer(
-            "transaction_ttl_seconds", 86400, minimum=60, maximum=90 * 86400
+            "transaction_ttl_seconds",
+            OSPConfig.transaction_ttl_seconds,
+            minimum=60,
+            maximum=90 * 86400,
         ),
-        routing_policy=osp_s.string("routing_policy", "default"),
+        routing_policy=osp_s.string("routing_policy", OSPConfig.routing_policy),
         route_refresh_seconds=osp_s.number(
-            "route_refresh_seconds", 5.0, minimum=0.5, maximum=3600.0
+            "route_refresh_seconds", OSPConfig.route_refresh_seconds, minimum=0.5, maximum=3600.0
         ),
-        reauthorization_fixed_clients=osp_s.boolean("reauthorization_fixed_clients", False),
-        # 3000 is the hard cap of osp_server.osp.tokens (Asterisk's 4,096-byte buffer);
-        # 256 leaves room for an unsigned ASCII token with ordinary values (~180 bytes).
+        reauthorization_fixed_clients=osp_s.boolean(
+            "reauthorization_fixed_clients", OSPConfig.reauthorization_fixed_clients
+        ),
+        # The token factory's own range: nothing the file accepts is refused later. The
+        # hard cap is Asterisk's 4,096-byte buffer; the floor fits an unsigned ASCII token.
         max_token_bytes=osp_s.integer(
-            "max_token_bytes", OSPConfig.max_token_bytes, minimum=256, maximum=3000
+            "max_token_bytes",
+            OSPConfig.max_token_bytes,
+            minimum=MIN_TOKEN_LIMIT,
+            maximum=MAX_TOKEN_BYTES,
         ),
     )
     osp_s.finish()

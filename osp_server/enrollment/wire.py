@@ -16,6 +16,8 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from osp_server.pki.der import DERError, read_single
+
 __all__ = [
     "CONTENT_TYPE",
     "MAX_BODY_BYTES",
@@ -201,21 +203,11 @@ def parse_fields(body: bytes) -> tuple[tuple[str, bytes], ...]:
 
 def _der_sequence_framed(data: bytes) -> bool:
     """True if ``data`` is exactly one definite-length DER SEQUENCE (cheap sanity check)."""
-    if len(data) < 2 or data[0] != 0x30:
+    try:
+        read_single(data, 0x30)
+    except DERError:
         return False
-    first = data[1]
-    if first < 0x80:
-        header, length = 2, first
-    else:
-        count = first & 0x7F
-        # 0x80 is BER indefinite length; DER caps us far below 4 length octets anyway.
-        if count == 0 or count > 4 or len(data) < 2 + count:
-            return False
-        length = int.from_bytes(data[2 : 2 + count], "big")
-        header = 2 + count
-        if length < 0x80 or data[2] == 0:  # not the minimal encoding DER requires
-            return False
-    return header + length == len(data)
+    return True
 
 
 def _decode_csr(value: bytes) -> bytes:

@@ -25,7 +25,6 @@ import os
 import re
 import secrets
 import stat
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,16 +40,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorit
 from osp_server.config import CAConfig
 from osp_server.pki import legacy
 from osp_server.pki.csr import ValidatedCSR
+from osp_server.pki.der import DERError, children, read_single
+from osp_server.pki.files import FileWriteError, write_new_file
 from osp_server.pki.names import InvalidNameError, check_printable, device_name, printable_name
 from osp_server.pki.profile import (
     DEVICE_BACKDATE,
     UTCTIME_LIMIT,
-    DERError,
     KeyType,
     Profile,
     cap_not_after,
-    children,
-    read_single,
     to_utc,
     toolkit_compatibility_problems,
 )
@@ -205,61 +203,12 @@ def check_private_key_file_mode(path: Path) -> None:
     _check_mode(path, st)
 
 
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_new_file(path: Path, data: bytes, mode: int, what: str) -> None:
-    """Create *path* with *data* and *mode*, never replacing an existing file.
-
-    The data goes to a private temporary file (``mkstemp`` creates it 0600) that is
-    then hard-linked into place, so *path* appears complete or not at all and a key is
-    never readable by others, even briefly.
-    """
-    if path.exists() or path.is_symlink():
-        raise CAError(f"{path}: {what} already exists; refusing to overwrite it")
+    """Create *path* (never replacing a file) with :func:`~osp_server.pki.files.write_new_file`."""
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise CAError(f"{path}: cannot create the {what}: {exc.strerror}") from exc
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise CAError(f"{path}: {what} already exists; refusing to overwrite it") from None
-        except OSError:
-            # No hard links on this file system: O_EXCL still refuses to overwrite and
-            # creates the file with *mode* at most.
-            _write_exclusive(path, data, mode, what)
-    except OSError as exc:
-        raise CAError(f"{path}: cannot write the {what}: {exc.strerror}") from exc
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-    _fsync_directory(path.parent)
-
-
-def _write_exclusive(path: Path, data: bytes, mode: int, what: str) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        raise CAError(f"{path}: {what} already exists; refusing to overwrite it") from None
-    with os.fdopen(fd, "wb") as handle:
-        os.fchmod(handle.fileno(), mode)
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+        write_new_file(path, data, mode, what)
+    except FileWriteError as exc:
+        raise CAError(str(exc)) from exc
 
 
 def write_private_key(path: Path, key: CAPrivateKey) -> None:

@@ -20,7 +20,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.threads import deferToThread
 
-from osp_server.enrollment.client import main as osp_enroll
+from osp_server.client.enroll import main as osp_enroll
 from osp_server.enrollment.service import approve
 from osp_server.routing.model import Route
 from osp_server.routing.table import RouteTables

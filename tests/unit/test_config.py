@@ -6,7 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from osp_server.config import ConfigError, load_config
+from osp_server.config import (
+    CAConfig,
+    ConfigError,
+    DatabaseConfig,
+    EnrollmentConfig,
+    ListenerConfig,
+    OSPConfig,
+    TLSConfig,
+    load_config,
+    parse_config,
+)
 from osp_server.osp.tokens import DEFAULT_MAX_TOKEN_BYTES, MAX_TOKEN_BYTES, MIN_TOKEN_LIMIT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,3 +126,14 @@ def test_max_token_bytes_range_matches_the_token_factory(tmp_path: Path, value: 
     assert (MIN_TOKEN_LIMIT, MAX_TOKEN_BYTES) == (256, 3000)
     config = load_config(_write(tmp_path, f"[osp]\nmax_token_bytes = {value}\n"))
     assert config.osp.max_token_bytes == value
+
+
+def test_builtin_defaults_are_the_dataclass_defaults(tmp_path: Path) -> None:
+    # Each default is written once, in its dataclass; the parser falls back to it.
+    config = parse_config({}, source="test", base=tmp_path)
+    assert config.listeners == ListenerConfig()
+    assert config.database == DatabaseConfig(url=config.database.url)
+    assert config.ca == CAConfig(key_file=config.ca.key_file, cert_file=config.ca.cert_file)
+    assert config.tls == TLSConfig(cert_file=config.tls.cert_file, key_file=config.tls.key_file)
+    assert config.enrollment == EnrollmentConfig()
+    assert config.osp == OSPConfig()

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from osp_server.enrollment import client, wire
+from osp_server.client import enroll as client
+from osp_server.enrollment import wire
 from osp_server.enrollment.wire import TepOperation, TepStatus
 from tests.conftest import VECTORS
 
@@ -440,7 +441,7 @@ def test_poll_interval_doubles_up_to_sixty_seconds(
         pauses.append(seconds)
         assert len(pauses) < 20, "the client keeps polling"
 
-    monkeypatch.setattr("osp_server.enrollment.client.time.sleep", fake_sleep)
+    monkeypatch.setattr("osp_server.client.enroll.time.sleep", fake_sleep)
     script = Script(ca, [TepStatus.PENDING] * 6 + [TepStatus.ISSUED])
     server = serve(script)
     argv = _args(ca, server, tmp_path, "--poll-interval", "5", "--max-wait", "600")
@@ -475,6 +476,29 @@ def test_pending_timeout_then_resume_with_saved_key(
     assert isinstance(again, wire.EnrollmentRequest)
     assert again.csr_der == first_csr.csr_der
     assert (tmp_path / "pkey.pem").read_bytes() == saved
+
+
+def test_renewal_replaces_the_certificates_and_keeps_the_key(
+    ca: CA, serve: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    server = serve(Script(ca))
+    assert client.main(_args(ca, server, tmp_path)) == client.EXIT_OK
+    key = (tmp_path / "pkey.pem").read_bytes()
+    first = x509.load_pem_x509_certificate((tmp_path / "localcert.pem").read_bytes())
+
+    argv = _args(ca, server, tmp_path, "--key", str(tmp_path / "pkey.pem"))
+    assert client.main(argv) == client.EXIT_OK
+    renewed = x509.load_pem_x509_certificate((tmp_path / "localcert.pem").read_bytes())
+    assert renewed.serial_number != first.serial_number
+    assert _spki(renewed.public_key()) == _spki(first.public_key())
+    assert (tmp_path / "pkey.pem").read_bytes() == key
+    assert _mode(tmp_path / "pkey.pem") == 0o600
+    assert _mode(tmp_path / "localcert.pem") == 0o644 == _mode(tmp_path / "cacert_0.pem")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cacert_0.pem",
+        "localcert.pem",
+        "pkey.pem",
+    ]
 
 
 # --- refusals -----------------------------------------------------------------------------

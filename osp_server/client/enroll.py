@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import datetime
 import hashlib
 import hmac
@@ -25,7 +24,6 @@ import re
 import secrets
 import ssl
 import sys
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -40,6 +38,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 from osp_server.enrollment import wire
+from osp_server.pki.der import DERError, children, read_single
+from osp_server.pki.files import FileWriteError, write_new_file
 
 __all__ = [
     "EXIT_LOCAL",
@@ -143,53 +143,18 @@ def parse_fingerprint(text: str) -> bytes:
 # --- DER helpers: the SPKI comparison must be on the exact bytes (TEP.md §6) -------------
 
 
-def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag, content start, end) of the DER element at ``pos``; ValueError if malformed."""
-    if pos + 2 > len(data):
-        raise ValueError("truncated DER element")
-    tag = data[pos]
-    if tag & 0x1F == 0x1F:
-        raise ValueError("unexpected high tag number")
-    first = data[pos + 1]
-    if first < 0x80:
-        start, length = pos + 2, first
-    else:
-        count = first & 0x7F
-        if count == 0 or count > 4 or pos + 2 + count > len(data):
-            raise ValueError("bad DER length")
-        start = pos + 2 + count
-        length = int.from_bytes(data[pos + 2 : start], "big")
-    end = start + length
-    if end > len(data):
-        raise ValueError("truncated DER element")
-    return tag, start, end
-
-
-def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
-    """(tag, element start, element end) of each element inside a constructed value."""
-    out = []
-    pos = start
-    while pos < end:
-        tag, _, elem_end = _tlv(data, pos)
-        if elem_end > end:
-            raise ValueError("DER element overruns its parent")
-        out.append((tag, pos, elem_end))
-        pos = elem_end
-    return out
-
-
 def _nth_field(der: bytes, index: int, *, skip_explicit_version: bool) -> bytes:
-    _, start, _ = _tlv(der, 0)
-    tag, inner_start, inner_end = _tlv(der, start)
-    if tag != 0x30:
-        raise ValueError("not a SEQUENCE")
-    fields = _children(der, inner_start, inner_end)
-    if skip_explicit_version and fields and fields[0][0] == 0xA0:
+    """The SEQUENCE at *index* in the first element (TBSCertificate, CertificationRequestInfo)."""
+    top = read_single(der, 0x30)
+    info = next(children(der, top), None)
+    if info is None or info.tag != 0x30:
+        raise DERError("not a SEQUENCE")
+    fields = list(children(der, info))
+    if skip_explicit_version and fields and fields[0].tag == 0xA0:
         fields = fields[1:]
-    if len(fields) <= index or fields[index][0] != 0x30:
-        raise ValueError("SubjectPublicKeyInfo not found")
-    _, elem_start, elem_end = fields[index]
-    return der[elem_start:elem_end]
+    if len(fields) <= index or fields[index].tag != 0x30:
+        raise DERError("SubjectPublicKeyInfo not found")
+    return der[fields[index].start : fields[index].end]
 
 
 def _certificate_spki(der: bytes) -> bytes:
@@ -364,7 +329,7 @@ def _prepare_material(args: argparse.Namespace, out_dir: Path) -> _Material:
                 )
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             # Saved now, before anything is sent, so a pending enrollment can be resumed.
-            _write_new_file(key_file, _key_pem(key))
+            _write_key(key_file, key)
             key_path = key_file
             _info(f"generated an RSA-2048 key in {key_file}")
         csr_der = _make_csr(key, args.device)
@@ -393,60 +358,36 @@ def _same_file(a: Path, b: Path) -> bool:
 # --- files ------------------------------------------------------------------------------
 
 
-def _write_replace(path: Path, data: bytes, mode: int) -> None:
-    """Atomically replace ``path``; the temporary file is 0600 until it is complete."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _write_file(path: Path, data: bytes, mode: int, what: str, *, replace: bool) -> None:
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        write_new_file(path, data, mode, what, replace=replace)
+    except FileWriteError as exc:
+        raise EnrollError(str(exc), EXIT_LOCAL) from None
 
 
-def _write_new_file(path: Path, data: bytes) -> None:
+def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
     """Create ``path`` with mode 0600, complete or not at all, never overwriting."""
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(tmp, path)  # atomic, and fails if the name exists
-    except FileExistsError:
-        raise EnrollError(f"{path} already exists; not overwriting it", EXIT_LOCAL) from None
-    except OSError as exc:
-        raise EnrollError(f"cannot write {path}: {exc.strerror}", EXIT_LOCAL) from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    _write_file(path, _key_pem(key), 0o600, "private key file", replace=False)
 
 
 def _save_results(
     out_dir: Path, ca: x509.Certificate, cert: x509.Certificate, material: _Material
 ) -> list[Path]:
+    # The certificates are replaced on a renewal; the key never is.
     written = []
-    try:
-        ca_path = out_dir / "cacert_0.pem"
-        _write_replace(ca_path, ca.public_bytes(serialization.Encoding.PEM), 0o644)
-        written.append(ca_path)
-        key_file = out_dir / "pkey.pem"
-        if material.key is not None:
-            if material.key_path is None or not _same_file(material.key_path, key_file):
-                _write_new_file(key_file, _key_pem(material.key))
-            written.append(key_file)
-        cert_path = out_dir / "localcert.pem"
-        _write_replace(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-        written.append(cert_path)
-    except OSError as exc:
-        raise EnrollError(f"cannot write to {out_dir}: {exc.strerror}", EXIT_LOCAL) from None
+    ca_path = out_dir / "cacert_0.pem"
+    ca_pem = ca.public_bytes(serialization.Encoding.PEM)
+    _write_file(ca_path, ca_pem, 0o644, "CA certificate file", replace=True)
+    written.append(ca_path)
+    key_file = out_dir / "pkey.pem"
+    if material.key is not None:
+        if material.key_path is None or not _same_file(material.key_path, key_file):
+            _write_key(key_file, material.key)
+        written.append(key_file)
+    cert_path = out_dir / "localcert.pem"
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    _write_file(cert_path, cert_pem, 0o644, "certificate file", replace=True)
+    written.append(cert_path)
     return written
 
 
