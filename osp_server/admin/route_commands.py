@@ -32,7 +32,6 @@ MAX_FILE_BYTES: Final = 64 * 1024 * 1024
 """Route files larger than this are refused before they are read."""
 
 
-
 def route_row(route: Route) -> dict[str, Any]:
     """A route as a JSON-friendly dict (the cost as an exact decimal string)."""
     return {

@@ -44,6 +44,7 @@ from typing import Any, Generic, TypeVar
 from lxml import etree
 
 from osp_server.osp.messages import (
+    MAX_DESTINATIONS,
     NUMBER_TYPES,
     SIGNALING_PROTOCOLS,
     AuthorizationRequest,
@@ -88,7 +89,6 @@ MAX_ATTR_CHARS = 1024
 # Element text of 4096 bytes or more overflows the device's stack buffer (OSP.md §2.2).
 MAX_VALUE_BYTES = 4095
 MAX_ID_CHARS = 64
-MAX_DESTINATIONS = 12
 TXID_LIMIT = 1 << 64  # TransactionId is a uint64 on the wire
 OUR_TXID_LIMIT = 1 << 63  # what we hand out (OSP.md §3.2 [2])
 

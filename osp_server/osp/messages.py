@@ -21,6 +21,9 @@ TypedValues = tuple[tuple[str, str], ...]
 # any other DestinationInfo type (routingnumber, cic, npdi, spid ...) is extra data.
 NUMBER_TYPES = frozenset({"e164", "sip", "url"})
 
+MAX_DESTINATIONS = 12
+"""Devices ask for 1..12 destinations (MaximumDestinations, OSP.md §3.1)."""
+
 # SignalingProtocol values the toolkit accepts in a Destination (OSP.md §3.2 [7]).
 SIGNALING_PROTOCOLS = frozenset(
     {"sip", "h323-Q931", "h323-LRQ", "iax", "fax-T37", "fax-T38", "skype", "smpp", "xmpp", "sms"}

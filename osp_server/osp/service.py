@@ -18,7 +18,7 @@ from typing import cast
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from osp_server.config import OSPConfig, TokenFormat
+from osp_server.config import OSPConfig
 from osp_server.interfaces import IRoutingPolicy
 from osp_server.osp.authn import DeviceIdentity
 from osp_server.osp.codec import (
@@ -40,7 +40,7 @@ from osp_server.osp.messages import (
     UsageConfirmation,
     UsageIndicationMessage,
 )
-from osp_server.osp.tokens import TokenClaims, TokenError, TokenFactory
+from osp_server.osp.tokens import TokenClaims, TokenError, TokenFactory, TokenFormat
 from osp_server.osp.usage_reports import leg_report
 from osp_server.routing.model import RoutingDecision, RoutingRequest
 from osp_server.storage import calls

@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from osp_server.osp.messages import SIGNALING_PROTOCOLS
+
 __all__ = [
     "DEFAULT_MAX_TOKEN_BYTES",
     "MAX_ASCII_TOKEN_BYTES",
@@ -79,10 +81,6 @@ _MAX_TRANSACTION_ID: Final = 2**63 - 1
 
 # The device treats a token call id equal to these bytes as "no call id to compare".
 UNDEFINED_CALL_ID: Final = b"UNDEFINED"
-
-SIGNALING_PROTOCOLS: Final = frozenset(
-    {"sip", "h323-Q931", "h323-LRQ", "iax", "fax-T37", "fax-T38", "skype", "smpp", "xmpp", "sms"}
-)
 
 # Numbers as signalled: digits and the dial-string symbols; letters, '.', '-' and '_'
 # are tolerated for technology prefixes. Nothing that XML or the ASCII parser treats

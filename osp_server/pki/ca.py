@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import Final, get_args
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -88,7 +88,7 @@ TOKEN_SIGNER_SERIAL_BITS: Final = 71
 _CA_BACKDATE: Final = timedelta(hours=1)
 _DNS_LABEL: Final = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _DNS_RE: Final = re.compile(rf"(\*\.)?({_DNS_LABEL}\.)*{_DNS_LABEL}")
-_KEY_TYPES: Final = ("rsa2048", "rsa3072", "rsa4096", "ec-p256")
+_KEY_TYPES: Final = get_args(KeyType)
 
 
 class CAError(Exception):

@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import SignatureAlgorithmOID
 
-from osp_server.pki.profile import TLV, DERError, Profile, children, read_single
+from osp_server.pki.der import TLV, DERError, children, read_single
+from osp_server.pki.profile import Profile
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import SignatureAlgorithmOID
 
-from osp_server.pki.profile import DERError, children, encode_tlv, read_single
+from osp_server.pki.der import DERError, children, encode_tlv, read_single
 
 __all__ = [
     "MD5_WITH_RSA_ALGORITHM_IDENTIFIER",

@@ -22,26 +22,16 @@ from osp_server.pki.der import (
     TLV,
     DERError,
     children,
-    encode_length,
-    encode_tlv,
     read_single,
-    read_tlv,
 )
 
 __all__ = [
     "DEVICE_BACKDATE",
-    "TLV",
     "TOOLKIT_ALLOWED_TAGS",
     "UTCTIME_LIMIT",
-    "DERError",
     "KeyType",
     "Profile",
     "cap_not_after",
-    "children",
-    "encode_length",
-    "encode_tlv",
-    "read_single",
-    "read_tlv",
     "to_utc",
     "toolkit_compatibility_problems",
 ]

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final, Literal
 
+from osp_server.osp.messages import SIGNALING_PROTOCOLS
+
 DEFAULT_TABLE: Final = "default"
 """The table every customer falls back to (and the table of customers without one)."""
 
@@ -27,9 +29,7 @@ MAX_INT_FIELD: Final = 2**31 - 1
 MAX_COST: Final = Decimal(10) ** 12
 MAX_COST_FRACTION_DIGITS: Final = 8
 
-PROTOCOLS: Final = frozenset(
-    {"sip", "h323-Q931", "h323-LRQ", "iax", "fax-T37", "fax-T38", "skype", "smpp", "xmpp", "sms"}
-)
+PROTOCOLS: Final = SIGNALING_PROTOCOLS
 """``SignalingProtocol`` values the OSP Toolkit accepts (OSP.md §3.2 note 7)."""
 
 BLOCK_KINDS: Final = frozenset({"source", "destination"})

@@ -18,11 +18,10 @@ from typing import Final
 from zope.interface import implementer
 
 from osp_server.interfaces import IRouteTablesConsumer, IRoutingPolicy
+from osp_server.osp.messages import MAX_DESTINATIONS
 from osp_server.routing.model import Route, RoutedDestination, RoutingDecision, RoutingRequest
 from osp_server.routing.table import RouteTables
 
-MAX_DESTINATIONS: Final = 12
-"""OSP devices ask for 1..12 destinations (OSP.md §3.1); never return more."""
 MAX_CALL_HOLD_SECONDS: Final = 4 * 3600.0
 """A counted call is released after this long even if its end is never reported."""
 MAX_TRACKED_CALLS: Final = 1_000_000

@@ -38,6 +38,7 @@ from osp_server.pki.ca import (
     generate_private_key,
     write_private_key,
 )
+from osp_server.pki.files import FileWriteError, write_new_file
 from osp_server.pki.profile import KeyType
 from osp_server.storage import certificates as cert_store
 from osp_server.storage.certificates import CertificateKind
@@ -109,8 +110,13 @@ def _issue_and_write(files: IssuedFiles, now: datetime) -> tuple[CAPrivateKey, x
         for directory in {files.cert_file.parent, files.key_file.parent}:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_private_key(files.key_file, key)
-        files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    except CAError as e:
+        write_new_file(
+            files.cert_file,
+            cert.public_bytes(serialization.Encoding.PEM),
+            0o644,
+            f"{files.kind} certificate file",
+        )
+    except (CAError, FileWriteError) as e:
         raise MaterialError(str(e)) from None
     except OSError as e:
         raise MaterialError(f"{files.kind} certificate {files.cert_file}: {e}") from None

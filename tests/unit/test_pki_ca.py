@@ -38,16 +38,18 @@ from osp_server.pki.ca import (
     new_serial,
     write_private_key,
 )
-from osp_server.pki.profile import (
-    UTCTIME_LIMIT,
+from osp_server.pki.der import (
     DERError,
-    KeyType,
-    Profile,
     children,
     encode_length,
     encode_tlv,
     read_single,
     read_tlv,
+)
+from osp_server.pki.profile import (
+    UTCTIME_LIMIT,
+    KeyType,
+    Profile,
     toolkit_compatibility_problems,
 )
 from tests.conftest import VECTORS

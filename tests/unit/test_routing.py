@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 
+from osp_server.osp.messages import MAX_DESTINATIONS
 from osp_server.routing.model import (
     BlockRule,
     InvalidRouteField,
@@ -20,7 +21,6 @@ from osp_server.routing.model import (
 from osp_server.routing.policy import (
     CALL_LIMIT_DESCRIPTION,
     MAX_CALL_HOLD_SECONDS,
-    MAX_DESTINATIONS,
     CallCounter,
     DefaultRoutingPolicy,
     order_routes,
