@@ -300,6 +300,14 @@ class UsageConfirmation:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UsageConfirmationMessage:
+    """The answer to a UsageIndication message: one confirmation per component."""
+
+    message_id: str
+    confirmations: tuple[UsageConfirmation, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CapabilitiesConfirmation:
     """A CapabilitiesConfirmation: Timestamp + Status only (the device ignores the rest)."""
 

@@ -11,7 +11,9 @@ which makes devices fail over to their next service point.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
@@ -19,8 +21,17 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from osp_server.metrics import Metrics
-from osp_server.osp.authn import DeviceAuthenticator
-from osp_server.osp.codec import MAX_BODY_BYTES, OSPDecodeError, OSPEncodeError, decode_request
+from osp_server.osp.authn import DeviceAuthenticator, DeviceIdentity
+from osp_server.osp.codec import (
+    MAX_BODY_BYTES,
+    OSPDecodeError,
+    OSPEncodeError,
+    decode_request,
+    encode_authorization_response,
+    encode_capabilities_confirmation,
+    encode_reauthorization_response,
+    encode_usage_confirmations,
+)
 from osp_server.osp.messages import (
     AuthorizationRequest,
     CapabilitiesIndication,
@@ -43,6 +54,53 @@ CONTENT_TYPE = b"text/plain"
 
 def _ok(body: bytes) -> Response:
     return Response(200, body, CONTENT_TYPE)
+
+
+def _no_abandon(service: OSPService, value: object) -> None:
+    """Nothing to release when the answer cannot be encoded."""
+
+
+@dataclass(frozen=True)
+class MessageRoute:
+    """How one OSP message type is answered: the service call, the encoder of its
+    answer, the metrics label, the OSP status for the metrics, and what to release when
+    the answer cannot be encoded. The one place a new message type is added (with its
+    dataclass and decoder in messages.py / codec.py)."""
+
+    label: str
+    answer: Callable[[OSPService, DeviceIdentity, Any], Awaitable[Any]]
+    encode: Callable[[Any], bytes]
+    status: Callable[[Any], int] = lambda value: 200
+    abandon: Callable[[OSPService, Any], None] = _no_abandon
+
+
+MESSAGE_ROUTES: Final[Mapping[type, MessageRoute]] = {
+    AuthorizationRequest: MessageRoute(
+        label="authorization",
+        answer=lambda service, identity, m: service.authorize(identity, m),
+        encode=lambda result: encode_authorization_response(result.response),
+        status=lambda result: result.status_code,
+        abandon=lambda service, result: service.abandon(result),
+    ),
+    UsageIndicationMessage: MessageRoute(
+        label="usage",
+        answer=lambda service, identity, m: service.usage(identity, m),
+        encode=lambda answer: encode_usage_confirmations(answer.message_id, answer.confirmations),
+    ),
+    CapabilitiesIndication: MessageRoute(
+        label="capabilities",
+        answer=lambda service, identity, m: service.capabilities(identity, m),
+        encode=encode_capabilities_confirmation,
+    ),
+}
+"""Message type → how it is answered. A type not here is answered HTTP 501."""
+
+REAUTHORIZATION_ROUTE: Final = MessageRoute(
+    label="reauthorization",
+    answer=lambda service, identity, m: service.reauthorize(identity, m),
+    encode=encode_reauthorization_response,
+)
+"""Only for patched clients: stock 4.33.1 clients crash on any ReauthorizationResponse."""
 
 
 class OSPResource(Resource):
@@ -71,8 +129,10 @@ class OSPResource(Resource):
         self._identify = identify
         self._max_in_flight = max_in_flight
         self._in_flight = 0
-        # Off by default: stock 4.33.1 clients crash on any ReauthorizationResponse.
-        self._answer_reauthorization = answer_reauthorization
+        self._routes: dict[type, MessageRoute] = dict(MESSAGE_ROUTES)
+        if answer_reauthorization:
+            # Off by default: stock 4.33.1 clients crash on any ReauthorizationResponse.
+            self._routes[ReauthorizationRequest] = REAUTHORIZATION_ROUTE
 
     def _observe(self, message: str, code: int, started: float) -> None:
         if self._metrics is not None:
@@ -146,23 +206,17 @@ class OSPResource(Resource):
             # Only OSPDecodeError means bad input; anything else is a decoder bug, and
             # answering it 400 would blame every device for it.
             return internal_error("decoding")
+        route = self._routes.get(type(message))
         try:
-            if isinstance(message, AuthorizationRequest):
-                result = await self._service.authorize(identity, message)
-                self._observe("authorization", result.status_code, started)
-                return _ok(result.body)
-            if isinstance(message, UsageIndicationMessage):
-                answer = await self._service.usage(identity, message)
-                self._observe("usage", 200, started)
-                return _ok(answer)
-            if isinstance(message, CapabilitiesIndication):
-                answer = await self._service.capabilities(identity, message)
-                self._observe("capabilities", 200, started)
-                return _ok(answer)
-            if isinstance(message, ReauthorizationRequest) and self._answer_reauthorization:
-                answer = await self._service.reauthorize(identity, message)
-                self._observe("reauthorization", 200, started)
-                return _ok(answer)
+            if route is not None:
+                value = await route.answer(self._service, identity, message)
+                try:
+                    body = route.encode(value)
+                except OSPEncodeError:
+                    route.abandon(self._service, value)
+                    raise
+                self._observe(route.label, route.status(value), started)
+                return _ok(body)
         except (TokenError, OSPEncodeError) as e:
             # A value the device sent cannot be echoed back or put in a token.
             log.info(

@@ -1,8 +1,9 @@
 """The OSP use cases: authorization (routes + tokens), usage, capabilities.
 
-Input is a decoded message and the authenticated device; output is the exact body to
-send.  Routing comes from the configured :class:`IRoutingPolicy`; tokens from the
-:class:`TokenFactory`; storage through the database pool.  A message that claims to
+Input is a decoded message and the authenticated device; output is the response
+message (a domain value: the resource encodes it).  Routing comes from the configured
+:class:`IRoutingPolicy`; tokens from the :class:`TokenFactory`; storage through the
+database pool.  A message that claims to
 come from another device than its certificate is refused (SECURITY.md P14).
 """
 
@@ -21,12 +22,6 @@ from twisted.logger import Logger
 from osp_server.config import OSPConfig
 from osp_server.interfaces import IRoutingPolicy
 from osp_server.osp.authn import DeviceIdentity
-from osp_server.osp.codec import (
-    encode_authorization_response,
-    encode_capabilities_confirmation,
-    encode_reauthorization_response,
-    encode_usage_confirmations,
-)
 from osp_server.osp.messages import (
     AuthorizationRequest,
     AuthorizationResponse,
@@ -38,6 +33,7 @@ from osp_server.osp.messages import (
     Status,
     TerminationCause,
     UsageConfirmation,
+    UsageConfirmationMessage,
     UsageIndicationMessage,
 )
 from osp_server.osp.tokens import TokenClaims, TokenError, TokenFactory, TokenFormat
@@ -79,9 +75,9 @@ def check_claimed_identity(
 
 @dataclass(frozen=True)
 class AuthorizationResult:
-    """The encoded answer plus what the metrics and logs want."""
+    """The answer to encode, plus what the metrics and logs want."""
 
-    body: bytes
+    response: AuthorizationResponse
     status_code: int
     transaction_id: int | None
     destinations: int
@@ -225,12 +221,15 @@ class OSPService:
             transaction_id=transaction_id,
             destinations=tuple(destinations),
         )
-        # Encoded before recording: a value that cannot be echoed back (OSPEncodeError)
-        # must not leave a transaction behind.
-        body = encode_authorization_response(response)
         if not await self._record(identity, request, decision, transaction_id, now):
             return None
-        return AuthorizationResult(body, 200, transaction_id, len(destinations))
+        return AuthorizationResult(response, 200, transaction_id, len(destinations))
+
+    def abandon(self, result: AuthorizationResult) -> None:
+        """The recorded authorization could not be answered (a value the device sent
+        cannot be echoed back): release what routing holds for it now."""
+        if result.transaction_id is not None:
+            self._policy.call_ended(result.transaction_id)
 
     async def _record(
         self,
@@ -284,9 +283,11 @@ class OSPService:
             status=status,
             termination_cause=cause,
         )
-        return AuthorizationResult(encode_authorization_response(response), status.code, None, 0)
+        return AuthorizationResult(response, status.code, None, 0)
 
-    async def reauthorize(self, identity: DeviceIdentity, request: ReauthorizationRequest) -> bytes:
+    async def reauthorize(
+        self, identity: DeviceIdentity, request: ReauthorizationRequest
+    ) -> ReauthorizationResponse:
         """Extend a call's authorization: for patched clients only (the caller checks the
         switch; stock 4.33.1 clients crash on any ReauthorizationResponse)."""
         check_claimed_identity(identity, request.customer_id, request.device_id)
@@ -301,7 +302,7 @@ class OSPService:
                 timestamp=now,
                 status=Status(code=404, description="Transaction-not-found"),
             )
-            return encode_reauthorization_response(response)
+            return response
         valid_after = now - timedelta(seconds=self._config.token_backdate_seconds)
         valid_until = now + timedelta(seconds=self._config.token_validity_seconds)
         calling = request.calling or stored.calling
@@ -341,9 +342,11 @@ class OSPService:
             transaction_id=stored.transaction_id,
             destination=destination,
         )
-        return encode_reauthorization_response(response)
+        return response
 
-    async def usage(self, identity: DeviceIdentity, message: UsageIndicationMessage) -> bytes:
+    async def usage(
+        self, identity: DeviceIdentity, message: UsageIndicationMessage
+    ) -> UsageConfirmationMessage:
         """Store every component into its call leg's record, then confirm each, in order.
 
         A leg reported at answer (``start``) and again at BYE (``stop``) keeps one record
@@ -375,15 +378,17 @@ class OSPService:
                 and component.transaction_id in stored.own_transactions
             ):
                 self._policy.call_ended(component.transaction_id)
-        confirmations = [
-            UsageConfirmation(component_id=c.component_id, timestamp=now, status=OK)
-            for c in message.components
-        ]
-        return encode_usage_confirmations(message.message_id, confirmations)
+        return UsageConfirmationMessage(
+            message_id=message.message_id,
+            confirmations=tuple(
+                UsageConfirmation(component_id=c.component_id, timestamp=now, status=OK)
+                for c in message.components
+            ),
+        )
 
     async def capabilities(
         self, identity: DeviceIdentity, indication: CapabilitiesIndication
-    ) -> bytes:
+    ) -> CapabilitiesConfirmation:
         """Store the device's availability and confirm."""
         check_claimed_identity(identity, indication.customer_id, indication.device_id)
         now = self._clock().replace(microsecond=0)
@@ -398,11 +403,9 @@ class OSPService:
             },
             now=now,
         )
-        return encode_capabilities_confirmation(
-            CapabilitiesConfirmation(
-                message_id=indication.message_id,
-                component_id=indication.component_id,
-                timestamp=now,
-                status=OK,
-            )
+        return CapabilitiesConfirmation(
+            message_id=indication.message_id,
+            component_id=indication.component_id,
+            timestamp=now,
+            status=OK,
         )

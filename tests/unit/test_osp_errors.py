@@ -11,6 +11,7 @@ count in ``osp_messages{message="error",code="500"}``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from io import BytesIO
 from typing import NoReturn, cast
@@ -30,6 +31,9 @@ from osp_server.osp.authn import DeviceAuthenticator, DeviceIdentity
 from osp_server.osp.codec import OSPDecodeError, decode_request
 from osp_server.osp.messages import (
     ReauthorizationRequest,
+    Status,
+    UsageConfirmation,
+    UsageConfirmationMessage,
     UsageIndication,
     UsageIndicationMessage,
 )
@@ -230,13 +234,25 @@ class _Service:
         self.pending = pending
         self.calls = 0
 
-    async def usage(self, identity: DeviceIdentity, message: UsageIndicationMessage) -> bytes:
+    async def usage(
+        self, identity: DeviceIdentity, message: UsageIndicationMessage
+    ) -> UsageConfirmationMessage:
         self.calls += 1
         if self.pending:
             await Deferred()
         if self.error is not None:
             raise self.error
-        return b"<Message/>"
+        return UsageConfirmationMessage(
+            message_id=message.message_id,
+            confirmations=tuple(
+                UsageConfirmation(
+                    component_id=c.component_id,
+                    timestamp=datetime(2026, 11, 29, tzinfo=UTC),
+                    status=Status(code=200, description="OK"),
+                )
+                for c in message.components
+            ),
+        )
 
 
 class _Posted:
@@ -350,6 +366,6 @@ def test_the_decoded_usage_still_reaches_the_service() -> None:
     service = _Service()
     posted = _post(service, _body("usage-indication.http"))
     assert posted.request.responseCode == 200
-    assert posted.body == b"<Message/>"
+    assert posted.body.count(b"<UsageConfirmation ") == 2  # encoded by the resource
     assert posted.count("usage", 200) == 1
     assert service.calls == 1

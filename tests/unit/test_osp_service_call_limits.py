@@ -4,6 +4,7 @@ is recorded: refusals, bad token values, storage failures, taken TransactionIds.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -94,7 +95,7 @@ def _authorize(service: OSPService, request: AuthorizationRequest) -> Authorizat
 def _routable(policy: DefaultRoutingPolicy) -> AuthorizationResult:
     """A normal call on the one-slot route, recorded: proves the slot was free."""
     result = _authorize(_service(FakeDatabase(), policy), _request())
-    assert result.status_code == 200 and result.destinations == 1, result.body
+    assert result.status_code == 200 and result.destinations == 1, result.response
     return result
 
 
@@ -103,7 +104,7 @@ def test_a_recorded_call_holds_its_slot_until_it_ends() -> None:
     first = _routable(policy)
     second = _authorize(_service(FakeDatabase(), policy), _request())
     assert second.status_code == 404
-    assert CALL_LIMIT_DESCRIPTION.replace(" ", "-").encode() in second.body
+    assert second.response.status.description == CALL_LIMIT_DESCRIPTION.replace(" ", "-")
     assert first.transaction_id is not None
     policy.call_ended(first.transaction_id)
     _routable(policy)
@@ -162,4 +163,22 @@ def test_a_cancelled_authorization_releases_the_slot() -> None:
     failures: list[Any] = []
     d.addErrback(failures.append)
     assert failures and len(policy.calls) == 0
+    _routable(policy)
+
+
+def test_an_answer_that_cannot_be_encoded_releases_the_slot() -> None:
+    """A recorded authorization whose answer cannot echo the device's values: the
+    resource's dispatch table answers 400 and abandons the transaction."""
+    from osp_server.osp.codec import OSPEncodeError
+    from osp_server.osp.resource import MESSAGE_ROUTES
+
+    policy = _policy()
+    service = _service(FakeDatabase(), policy)
+    request = replace(_request(), calling_type="e 164")  # not echoable as an attribute
+    result = _authorize(service, request)
+    assert result.transaction_id is not None and len(policy.calls) == 1
+    route = MESSAGE_ROUTES[AuthorizationRequest]
+    with pytest.raises(OSPEncodeError):
+        route.encode(result)
+    route.abandon(service, result)
     _routable(policy)
