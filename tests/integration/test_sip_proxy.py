@@ -1,4 +1,7 @@
-"""A SIP proxy's OSP module (OpenSIPS 3.6.8 on toolkit 4.33.1), replayed over mutual TLS.
+"""A SIP proxy's OSP module (OpenSIPS 3.6.8 on toolkit 4.33.1), replayed to the server.
+
+The captured bytes go to the real server built in memory (tests/memory.py), presented
+with the client certificate the device enrolled for, as mutual TLS presents it.
 
 The module reports each call leg twice: a UsageIndication at answer (RoleInfo State
 ``start``) and another at BYE (``stop``, with the end time and an Amount in thousandths
@@ -10,25 +13,38 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 from defusedxml import ElementTree
 
 from osp_server.admin.cli import main as admin_main
 from osp_server.osp.codec import decode_request
 from osp_server.osp.messages import AuthorizationRequest
+from osp_server.routing.table import RouteTables
 from osp_server.storage import calls
-from tests.conftest import VECTORS
-from tests.integration.test_osp import Env, _env_fixture, spy_call_ended
+from tests.conftest import VECTORS, make_config
+from tests.integration.test_osp import ROUTES, add_device_db, spy_call_ended
 from tests.integration.wire import split_vector
+from tests.memory import MemoryEnv as Env
+from tests.memory import enroll_in_memory, memory_server
 from tests.unit.osp_checker import check_osp_response
 
 OPENSIPS = VECTORS / "osp" / "opensips-3.6"
 CAPTURED_TRANSACTION_ID = b"334908090253103860"
 
-env = _env_fixture()
+
+@pytest.fixture
+def env(tmp_path: Path, database_url: str) -> Iterator[Env]:
+    """The server in memory, with routes and an enrolled device 1000/1000."""
+    config = make_config(tmp_path, database_url)
+    for server in memory_server(config):
+        add_device_db(server.core.db, "1000", "1000")
+        server.components.policy.replace(RouteTables(routes=ROUTES))  # type: ignore[attr-defined]
+        yield Env(server, tmp_path, enroll_in_memory(server, "1000", "1000"))
 
 
 def _usage(name: str, transaction_id: bytes = CAPTURED_TRANSACTION_ID) -> tuple[bytes, bytes]:
