@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from argon2 import PasswordHasher
 
+from osp_server import passwords
 from osp_server.config import Config, parse_config
+from osp_server.pki.ca import generate_private_key as PRODUCTION_GENERATE_PRIVATE_KEY
 from osp_server.storage.db import Database, create_db_engine, upgrade_schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,3 +88,49 @@ def make_config(tmp_path: Path, database_url: str | None = None, **sections: Any
     for name, values in sections.items():
         document.setdefault(name, {}).update(values)
     return parse_config(document, source="<test>", base=tmp_path)
+
+
+# --- test-speed fixtures: the same code paths, cheaper inputs --------------------------
+
+PRODUCTION_HASHER = passwords._HASHER
+"""The hasher the server uses; tests check its parameters (test_passwords_profile)."""
+
+_TEST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """argon2id with small parameters: every test that adds a device or enrolls one paid
+    ~0.3 s for RFC 9106 parameters. The hashing and verifying code paths are unchanged;
+    subprocess tests (reliability, packaging) keep the production parameters."""
+    monkeypatch.setattr(passwords, "_HASHER", _TEST_HASHER)
+    passwords._dummy_hash.cache_clear()
+    yield
+    passwords._dummy_hash.cache_clear()
+
+
+_KEY_POOL_SIZE = 6
+_key_pool: dict[str, list[Any]] = {}
+
+
+@pytest.fixture(autouse=True)
+def pooled_private_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Server-side keys (CA, HTTPS, token signer) from a per-session pool: RSA key
+    generation dominated every server start-up in tests. Within one test, successive
+    keys of a type are distinct (a round robin over the pool)."""
+    from osp_server.pki import ca
+    from osp_server.tls import issued
+
+    generate = PRODUCTION_GENERATE_PRIVATE_KEY
+    counters: dict[str, int] = {}
+
+    def pooled(key_type: Any) -> Any:
+        pool = _key_pool.setdefault(key_type, [])
+        index = counters.get(key_type, 0) % _KEY_POOL_SIZE
+        counters[key_type] = index + 1
+        while len(pool) <= index:
+            pool.append(generate(key_type))
+        return pool[index]
+
+    monkeypatch.setattr(ca, "generate_private_key", pooled)
+    monkeypatch.setattr(issued, "generate_private_key", pooled)
