@@ -156,7 +156,7 @@ class MemoryDevice:
 
     customer_id: str
     device_id: str
-    certificate: x509.Certificate
+    cert: x509.Certificate
 
 
 def enroll_in_memory(
@@ -215,16 +215,18 @@ class MemoryEnv:
     def core(self) -> Any:
         return self.server.core
 
-    async def post(
-        self, body: bytes, *, device: MemoryDevice | bool | None = True, head: bytes | None = None
-    ) -> Answer:
-        """POST ``body`` to /osp (``head``: the captured request head to reuse)."""
+    async def post(self, body: bytes, *, device: Any = True, head: bytes | None = None) -> Answer:
+        """POST ``body`` to /osp (``head``: the captured request head to reuse).
+
+        ``device``: True for the enrolled device, None or False for no certificate, or
+        any device object with a ``cert`` (the certificate it presents).
+        """
         from tests.integration.wire import build_request, split_vector
 
         if head is None:
             head, _ = split_vector(OSP_VECTORS / "authorization-request.http")
         chosen = self.device if device is True else (device or None)
-        certificate = chosen.certificate if isinstance(chosen, MemoryDevice) else None
+        certificate = None if chosen is None else chosen.cert
         raw = self.server.exchange(build_request(head, body), certificate=certificate)
         answer_head, _, answer_body = raw.partition(b"\r\n\r\n")
         return Answer(answer_head, answer_body)

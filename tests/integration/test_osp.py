@@ -10,7 +10,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -42,6 +42,7 @@ from osp_server.storage import devices as device_store
 from tests.conftest import VECTORS, make_config
 from tests.integration.harness import RunningServer, run_server
 from tests.integration.wire import Answer, build_request, exchange_sync, split_vector
+from tests.memory import MemoryEnv, enroll_in_memory, memory_server
 from tests.unit.osp_checker import check_osp_response
 
 OSP = VECTORS / "osp"
@@ -213,7 +214,33 @@ ROUTES = [
 ]
 
 
-def _env_fixture(**sections: Any) -> Any:
+def _tables() -> RouteTables:
+    return RouteTables(
+        routes=ROUTES, blocks=[BlockRule(table="default", kind="destination", prefix="1900")]
+    )
+
+
+def _env_fixture(*, memory: bool = True, **sections: Any) -> Any:
+    """A fixture: the server with ROUTES and an enrolled device 1000/1000.
+
+    ``memory`` (default): the real server built in memory (tests/memory.py), requests
+    fed to its site with the device's certificate as TLS presents it. Otherwise on
+    loopback sockets with real TLS, for what needs a handshake or real threads.
+    """
+    if memory:
+
+        @pytest.fixture
+        def in_memory(tmp_path: Path, database_url: str) -> Iterator[MemoryEnv]:
+            config = make_config(
+                tmp_path, database_url, enrollment={"throttle_per_address": 1000}, **sections
+            )
+            for server in memory_server(config):
+                add_device_db(server.core.db, "1000", "1000")
+                server.components.policy.replace(_tables())  # type: ignore[attr-defined]
+                yield MemoryEnv(server, tmp_path, enroll_in_memory(server, "1000", "1000"))
+
+        return in_memory
+
     @pytest_twisted.async_yield_fixture
     async def fixture(tmp_path: Path, database_url: str) -> AsyncIterator[Env]:
         config = make_config(
@@ -221,19 +248,22 @@ def _env_fixture(**sections: Any) -> Any:
         )
         async for server in run_server(config):
             add_device(server, "1000", "1000")
-            server.components.policy.replace(  # type: ignore[attr-defined]
-                RouteTables(
-                    routes=ROUTES,
-                    blocks=[BlockRule(table="default", kind="destination", prefix="1900")],
-                )
-            )
+            server.components.policy.replace(_tables())  # type: ignore[attr-defined]
             device = await deferToThread(enroll, server, tmp_path, "1000", "1000")
             yield Env(server, tmp_path, device)
 
     return fixture
 
 
+async def enroll_device(env: Any, customer: str, device: str) -> Any:
+    """Enroll another device into ``env``'s server the way that server is reached."""
+    if isinstance(env, MemoryEnv):
+        return enroll_in_memory(env.server, customer, device)
+    return await deferToThread(enroll, env.server, env.tmp_path, customer, device)
+
+
 env = _env_fixture()
+env_tls = _env_fixture(memory=False)
 env_xml_tokens = _env_fixture(osp={"token_format": "xml"})
 
 
@@ -280,7 +310,8 @@ def _ascii_token(content: bytes) -> dict[str, str]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_authorization_vector_over_mutual_tls(env: Env) -> None:
+async def test_authorization_vector_over_mutual_tls(env_tls: Env) -> None:
+    env = env_tls
     answer, body = await env.vector("authorization-request.http")
     request = _decoded(body)
     assert isinstance(request, AuthorizationRequest)
@@ -620,7 +651,8 @@ def _handshake_fails(port: int, device: Device | None, ca_pem: Path | None = Non
 
 
 @pytest_twisted.ensureDeferred
-async def test_foreign_and_expired_certificates_fail_the_handshake(env: Env) -> None:
+async def test_foreign_and_expired_certificates_fail_the_handshake(env_tls: Env) -> None:
+    env = env_tls
     intruder = save_device(env.tmp_path, "intruder", *self_signed("intruder", ca=False))
     result = await deferToThread(_handshake_fails, env.server.https_port, intruder)
     assert result.startswith("refused") or result == "closed", result
@@ -657,7 +689,8 @@ async def test_foreign_and_expired_certificates_fail_the_handshake(env: Env) -> 
 
 
 @pytest_twisted.ensureDeferred
-async def test_mtls_required_listener(env: Env) -> None:
+async def test_mtls_required_listener(env_tls: Env) -> None:
+    env = env_tls
     from twisted.internet.defer import maybeDeferred
     from twisted.internet.endpoints import TCP4ServerEndpoint
 
@@ -833,7 +866,8 @@ async def test_odd_request_values_never_give_5xx(env: Env) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_stalled_storage_gives_503(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_stalled_storage_gives_503(env_tls: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = env_tls
     env.server.components.authenticator.invalidate()
     original = cert_store.presented_certificate
 
@@ -856,7 +890,7 @@ async def test_only_the_authorized_device_ends_its_call(env: Env) -> None:
     _, usage = split_vector(OSP / "usage-indication.http")
     mine = re.sub(rb"<TransactionId>\s*\d+", b"<TransactionId>\n" + txid.encode(), usage)
     add_device(env.server, "1000", "2000")
-    other = await deferToThread(enroll, env.server, env.tmp_path, "1000", "2000")
+    other = await enroll_device(env, "1000", "2000")
     foreign = mine.replace(b"\n1000</DeviceId>", b"\n2000</DeviceId>")
     assert (await env.post(foreign, device=other)).code == 200
     assert ended == []
