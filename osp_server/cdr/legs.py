@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Final, Literal, TypeVar
@@ -108,22 +108,10 @@ class LegValues:
     def filled_from(self, other: LegValues) -> LegValues:
         """These values, with every ``None`` taken from ``other``."""
         return LegValues(
-            call_id=_first(self.call_id, other.call_id),
-            calling=_first(self.calling, other.calling),
-            called=_first(self.called, other.called),
-            start_time=_first(self.start_time, other.start_time),
-            alert_time=_first(self.alert_time, other.alert_time),
-            connect_time=_first(self.connect_time, other.connect_time),
-            end_time=_first(self.end_time, other.end_time),
-            amount=_first(self.amount, other.amount),
-            post_dial_delay=_first(self.post_dial_delay, other.post_dial_delay),
-            termination_cause_type=_first(
-                self.termination_cause_type, other.termination_cause_type
-            ),
-            termination_cause_code=_first(
-                self.termination_cause_code, other.termination_cause_code
-            ),
-            release_source=_first(self.release_source, other.release_source),
+            **{
+                f.name: _first(getattr(self, f.name), getattr(other, f.name))
+                for f in fields(LegValues)
+            }
         )
 
 

@@ -241,9 +241,7 @@ class OSPResource(Resource):
         except Exception:
             return internal_error("answering")
         kind = (
-            "ReauthorizationRequest"
-            if isinstance(message, ReauthorizationRequest)
-            else message.message_type
+            message.message_type
             if isinstance(message, UnsupportedMessage)
             else type(message).__name__
         )

@@ -21,7 +21,7 @@ from osp_server.cdr.legs import (
     apply_report,
     new_record,
 )
-from osp_server.storage.db import StorageError
+from osp_server.storage.errors import StorageError
 from osp_server.storage.schema import capabilities, devices, transactions, usage_records
 
 _UINT64 = 1 << 64
