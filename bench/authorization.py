@@ -193,7 +193,6 @@ class ServeSpec:
 
 def serve(spec: ServeSpec) -> int:
     """Run the real server until stdin closes; print its ports as one JSON line first."""
-    from twisted.internet import reactor as _reactor
     from twisted.internet.defer import Deferred
     from twisted.internet.endpoints import TCP4ServerEndpoint
     from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -204,12 +203,13 @@ def serve(spec: ServeSpec) -> int:
     from osp_server import passwords
     from osp_server.app import CoreService, build_components, prepare
     from osp_server.config import parse_config
+    from osp_server.reactor import global_reactor
     from osp_server.routing.table import RouteTables
     from osp_server.storage import devices as device_store
     from osp_server.storage.errors import NotFoundError
     from osp_server.web.site import OSPSite
 
-    reactor: Any = _reactor
+    reactor = global_reactor()
     data_dir = Path(spec.data_dir)
     log_stream = open(spec.log_file, "a", encoding="utf-8")
     # Access and service logs go to a file, as under `twistd --logfile`: part of the real cost.

@@ -7,6 +7,7 @@ listening, so tests can listen on port 0; ``build_service()`` adds the listeners
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -62,6 +63,7 @@ from osp_server.pki.ca import (
     is_compact_token_signer,
     open_ca,
 )
+from osp_server.reactor import IOSPReactor
 from osp_server.readiness import Readiness
 from osp_server.routing.refresh import ReplaceableTables, RouteRefresher
 from osp_server.services import ListenerService, ProcessService
@@ -95,7 +97,7 @@ class Core:
     """The objects every part of the server shares."""
 
     config: Config
-    reactor: Any
+    reactor: IOSPReactor
     db: Database
     ca: CertificateAuthority
     ca_created: bool
@@ -110,9 +112,12 @@ class Core:
 
     def __post_init__(self) -> None:
         self.storage_probe = StorageProbe(self.db, self.reactor)
+        self.db.observer = self.metrics.observe_transaction
 
 
-def prepare(config: Config, reactor: Any, *, clock: Callable[[], datetime] = utcnow) -> Core:
+def prepare(
+    config: Config, reactor: IOSPReactor, *, clock: Callable[[], datetime] = utcnow
+) -> Core:
     """Blocking start-up: CA, database, migrations.  Raises StartupError with a clear line."""
     try:
         ca, created = open_ca(config.ca, now=clock())
@@ -268,7 +273,7 @@ class ServerCertificate:
             server_files(core),
             ca_subject=core.ca.certificate.subject,
             now=core.clock(),
-            run_db=core.db.transact,
+            run_db=functools.partial(core.db.transact, "tls_certificates"),
             run_blocking=lambda fn: deferToThreadPool(core.reactor, core.cpu_pool, fn),
         )
 
@@ -499,7 +504,7 @@ class CoreService(Service):
         self.components.core.db.stop()
 
 
-def build_process_service(config: Config, reactor: Any) -> MultiService:
+def build_process_service(config: Config, reactor: IOSPReactor) -> MultiService:
     """What ``twistd osp`` runs: :func:`build_service` plus the process-wide set-up
     (SIGHUP handler, start-up objects frozen out of the garbage collector), which
     in-process users such as tests do not want."""
@@ -512,7 +517,7 @@ def build_process_service(config: Config, reactor: Any) -> MultiService:
     return top
 
 
-def build_service(config: Config, reactor: Any) -> MultiService:
+def build_service(config: Config, reactor: IOSPReactor) -> MultiService:
     """The whole server as one MultiService, without process-wide side effects."""
     core = prepare(config, reactor)
     try:
@@ -522,7 +527,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         raise
 
 
-def _assemble(core: Core, config: Config, reactor: Any) -> MultiService:
+def _assemble(core: Core, config: Config, reactor: IOSPReactor) -> MultiService:
     try:
         components = build_components(core)
     except (CAError, StorageError, OSError, ValueError, SSL.Error) as e:

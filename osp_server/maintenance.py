@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -27,7 +27,7 @@ class TransactionReaper(Service):
     def __init__(
         self,
         db: Database,
-        reactor: Any,
+        reactor: IReactorTime,
         *,
         clock: Callable[[], datetime],
         interval: float = PURGE_INTERVAL_SECONDS,
@@ -45,7 +45,10 @@ class TransactionReaper(Service):
         try:
             for _ in range(MAX_BATCHES_PER_TICK):
                 count: int = await self._db.transact(
-                    calls.purge_expired_transactions, now=self._clock(), limit=PURGE_BATCH
+                    "purge_transactions",
+                    calls.purge_expired_transactions_txn,
+                    now=self._clock(),
+                    limit=PURGE_BATCH,
                 )
                 removed += count
                 if count < PURGE_BATCH:

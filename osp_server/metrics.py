@@ -38,6 +38,27 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
+        self.db_seconds = Histogram(
+            "osp_db_transaction_seconds",
+            "Time a database transaction spent on its worker thread, commit included",
+            ["desc"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+        )
+        self.db_transactions = Counter(
+            "osp_db_transactions",
+            "Database transactions by call site and outcome: ok, error, or timeout (the "
+            "caller stopped waiting; the late thread still counts its own outcome)",
+            ["desc", "outcome"],
+            registry=self.registry,
+        )
+
+    def observe_transaction(self, desc: str, seconds: float, outcome: str) -> None:
+        """The :class:`~osp_server.storage.db.TransactionObserver` the server installs
+        (called from database worker threads; prometheus_client is thread-safe)."""
+        if outcome != "timeout":
+            self.db_seconds.labels(desc).observe(seconds)
+        self.db_transactions.labels(desc, outcome).inc()
 
 
 class MetricsResource(Resource):

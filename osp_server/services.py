@@ -16,6 +16,8 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
+    IReactorCore,
+    IReactorFromThreads,
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
@@ -34,7 +36,7 @@ class ListenerService(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorCore,
         description: str,
         endpoint: IStreamServerEndpoint,
         factory: IProtocolFactory,
@@ -100,7 +102,7 @@ class ProcessService(Service):
     """Process-wide set-up for the twistd process only: SIGHUP calls ``reload`` on the
     reactor thread, and the start-up objects are frozen out of the collector."""
 
-    def __init__(self, reactor: Any, *, reload: Callable[[], object]) -> None:
+    def __init__(self, reactor: IReactorFromThreads, *, reload: Callable[[], object]) -> None:
         self._reactor = reactor
         self._reload = reload
         self._previous: Any = None

@@ -43,12 +43,11 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> IService:
     """Build the server (blocking start-up work happens here, before the reactor runs)."""
-    from twisted.internet import reactor
-
     from osp_server.app import StartupError, build_process_service
+    from osp_server.reactor import global_reactor
 
     try:
-        service: IService = build_process_service(options["loaded_config"], reactor)
+        service: IService = build_process_service(options["loaded_config"], global_reactor())
         return service
     except StartupError as e:
         raise SystemExit(f"osp-server: {e}") from None

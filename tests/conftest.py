@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,35 +33,112 @@ def vectors() -> Path:
     return VECTORS
 
 
-def _postgres_database() -> Iterator[str]:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.exc import OperationalError
+class _PostgresServer:
+    """Creates and drops test databases on the PostgreSQL server the tests use."""
 
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"osp_test_{secrets.token_hex(6)}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as e:
-        admin.dispose()
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI but unreachable: {e}")
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL} (set CI to require it)")
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as conn:
+    def __init__(self) -> None:
+        from sqlalchemy import create_engine
+
+        self.admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        self.template: str | None = None
+
+    def url(self, name: str) -> str:
+        return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+    def create(self, template: str | None = None) -> str:
+        """A new database (a copy of ``template`` when given); skips or fails when the
+        server is unreachable."""
+        from sqlalchemy import text
+        from sqlalchemy.exc import OperationalError
+
+        name = f"osp_test_{secrets.token_hex(6)}"
+        clause = f' TEMPLATE "{template}"' if template else ""
+        try:
+            with self.admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"{clause}'))
+        except OperationalError as e:
+            if os.environ.get("CI"):
+                pytest.fail(f"PostgreSQL is required in CI but unreachable: {e}")
+            pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL} (set CI to require it)")
+        return name
+
+    def drop(self, name: str) -> None:
+        from sqlalchemy import text
+
+        with self.admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+
+    def migrated_template(self) -> str:
+        """A database migrated to head, made once per session: copying it is several
+        times cheaper than running the migrations for every test."""
+        if self.template is None:
+            name = self.create()
+            engine = create_db_engine(self.url(name))
+            try:
+                upgrade_schema(engine)
+            finally:
+                engine.dispose()  # CREATE DATABASE ... TEMPLATE needs it unused
+            self.template = name
+        return self.template
+
+    def close(self) -> None:
+        if self.template is not None:
+            self.drop(self.template)
+        self.admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database per engine: SQLite in tmp_path; PostgreSQL created, dropped."""
+@pytest.fixture(scope="session")
+def _postgres() -> Iterator[_PostgresServer]:
+    server = _PostgresServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per session (WAL mode is kept in the file)."""
+    path = tmp_path_factory.mktemp("template") / "osp.sqlite3"
+    engine = create_db_engine(f"sqlite:///{path}")
+    try:
+        upgrade_schema(engine)
+    finally:
+        engine.dispose()  # the last connection to close checkpoints the WAL into the file
+    wal = path.with_name(path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0, "template WAL not checkpointed"
+    return path
+
+
+def _engine_database(
+    request: pytest.FixtureRequest, tmp_path: Path, *, migrated: bool
+) -> Iterator[str]:
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'osp.sqlite3'}"
-    else:
-        yield from _postgres_database()
+        path = tmp_path / "osp.sqlite3"
+        if migrated:
+            shutil.copyfile(request.getfixturevalue("_sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        return
+    postgres: _PostgresServer = request.getfixturevalue("_postgres")
+    name = postgres.create(postgres.migrated_template() if migrated else None)
+    try:
+        yield postgres.url(name)
+    finally:
+        postgres.drop(name)
+
+
+ENGINES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=ENGINES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database per engine, already migrated to head (a copy of a per-session
+    template): SQLite in tmp_path; PostgreSQL created and dropped around the test."""
+    yield from _engine_database(request, tmp_path, migrated=True)
+
+
+@pytest.fixture(params=ENGINES)
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database per engine with no schema at all, for migration tests."""
+    yield from _engine_database(request, tmp_path, migrated=False)
 
 
 @pytest.fixture

@@ -23,9 +23,11 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from osp_server.app import Components, CoreService, build_components, prepare
 from osp_server.config import Config
+from osp_server.reactor import IOSPReactor
 from osp_server.web.site import OSPSite
 from tests.conftest import VECTORS
 from tests.integration.wire import Answer
@@ -33,14 +35,35 @@ from tests.integration.wire import Answer
 OSP_VECTORS = VECTORS / "osp"
 
 
+@implementer(IOSPReactor)
 class MemoryReactor(MemoryReactorClock):
-    """A memory reactor whose ``callFromThread`` runs the call at once (no threads)."""
+    """A memory reactor whose ``callFromThread`` runs the call at once (no threads).
 
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        f(*args, **kwargs)
+    It declares :class:`IOSPReactor`, so the type checker compares it with what the
+    server calls on its reactor."""
 
-    def callInThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        f(*args, **kwargs)
+    def callFromThread(
+        self,
+        callable: Callable[..., Any],  # the interface names it so
+        *args: object,
+        **kwargs: object,
+    ) -> None:
+        callable(*args, **kwargs)
+
+    def callInThread(
+        self,
+        callable: Callable[..., Any],  # the interface names it so
+        *args: object,
+        **kwargs: object,
+    ) -> None:
+        callable(*args, **kwargs)
+
+    def getThreadPool(self) -> ThreadPool:
+        """The server never uses the reactor's shared pool (it has its own pools)."""
+        raise NotImplementedError("the server must not use the reactor's thread pool")
+
+    def suggestThreadPoolSize(self, size: int) -> None:
+        """Ignored: there is no reactor thread pool here."""
 
 
 class ImmediateThreadPool:
@@ -72,6 +95,31 @@ class ImmediateThreadPool:
     def callInThread(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Run ``func`` now."""
         func(*args, **kwargs)
+
+
+class HeldThreadPool(ImmediateThreadPool):
+    """Stands in for a ThreadPool whose workers are stuck: work waits in ``held`` until
+    :meth:`release` runs it, so a test can advance the clock past a timeout first."""
+
+    def __init__(self) -> None:
+        self.held: list[Callable[[], None]] = []
+
+    def callInThreadWithCallback(
+        self,
+        on_result: Callable[[bool, Any], None] | None,
+        func: Callable[..., Any],
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        """Keep the work for :meth:`release`."""
+        run = super().callInThreadWithCallback
+        self.held.append(lambda: run(on_result, func, *args, **kwargs))
+
+    def release(self) -> None:
+        """Run everything held, in order."""
+        held, self.held = self.held, []
+        for work in held:
+            work()
 
 
 class _Certified:

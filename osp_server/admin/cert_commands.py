@@ -44,7 +44,7 @@ def cmd_cert_revoke(ctx: Context, args: argparse.Namespace) -> None:
 
     def work(conn: Any) -> cert_store.CertificateRecord:
         record = cert_store.revoke(conn, args.serial, now=ctx.now(), reason=args.reason)
-        audit.record(
+        audit.record_txn(
             conn,
             at=ctx.now(),
             actor="osp-admin",

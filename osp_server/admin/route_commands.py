@@ -168,7 +168,7 @@ def _report_delete(ctx: Context, delete: Callable[..., int], **where: Any) -> No
     """Run one delete and print how many rows went and the route version after it."""
 
     def work(conn: Any) -> tuple[int, int]:
-        return delete(conn, **where), route_store.current_version(conn)
+        return delete(conn, **where), route_store.current_version_txn(conn)
 
     count, version = ctx.db.transact_sync(work)
     emit_one(ctx, {"deleted": count, "version": version})
@@ -196,7 +196,7 @@ def cmd_route_delete_blocks(ctx: Context, args: argparse.Namespace) -> None:
 
 def cmd_route_version(ctx: Context, _args: argparse.Namespace) -> None:
     """Show the route version every node compares against."""
-    emit_one(ctx, {"version": ctx.db.transact_sync(route_store.current_version)})
+    emit_one(ctx, {"version": ctx.db.transact_sync(route_store.current_version_txn)})
 
 
 def register(subparsers: Subparsers) -> None:

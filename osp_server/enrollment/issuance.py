@@ -89,7 +89,7 @@ def issue_enrollment(
             if previous.serial != serial and previous.state == "valid":
                 cert_store.revoke(conn, previous.serial, now=now, reason="superseded")
                 revoked.append(previous.serial)
-    audit.record(
+    audit.record_txn(
         conn,
         at=now,
         actor=actor,
@@ -114,7 +114,7 @@ def record_sign_intent(
     enrollment = enrollment_store.get(conn, enrollment_id)
     if enrollment.state in ("pending", "signing"):
         enrollment_store.set_state(conn, enrollment.id, state="signing", now=now, by=actor)
-        audit.record(
+        audit.record_txn(
             conn,
             at=now,
             actor=actor,

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -95,7 +96,7 @@ class EnrollmentService:
         db: Database,
         ca: CertificateAuthority,
         config: EnrollmentConfig,
-        reactor: Any,
+        reactor: IReactorFromThreads,
         throttle: EnrollmentThrottle,
         cpu_pool: ThreadPool,
         clock: Callable[[], datetime] = _utcnow,
@@ -151,7 +152,8 @@ class EnrollmentService:
         self, action: str, request: EnrollmentRequest, source: str, **detail: Any
     ) -> None:
         await self._db.transact(
-            audit.record,
+            "tep_audit",
+            audit.record_txn,
             at=self._clock(),
             actor=f"device@{source}",
             action=action,
@@ -166,7 +168,9 @@ class EnrollmentService:
             return Outcome(TepStatus.THROTTLED, reason="throttled before authentication")
         verdict: bool | None = None  # None: no verdict (storage trouble), not a failure
         try:
-            device = await self._db.transact(_find_device, customer, device_id)
+            device = await self._db.transact(
+                "tep_find_device", _find_device_txn, customer, device_id
+            )
             auth: _Auth | None = await self._hashing.run(
                 self._in_thread, self._authenticate, device, request
             )
@@ -197,7 +201,10 @@ class EnrollmentService:
         approval: EnrollmentVerdict | None = None
         if self.authorizer is not None and request.operation is TepOperation.REQUEST:
             known = await self._db.transact(
-                enrollment_store.find, device_pk=device.pk, csr_sha256=csr.sha256_hex
+                "tep_find_enrollment",
+                enrollment_store.find_txn,
+                device_pk=device.pk,
+                csr_sha256=csr.sha256_hex,
             )
             if known is None:
                 try:
@@ -208,7 +215,14 @@ class EnrollmentService:
 
         now = self._clock()
         registered: _Registered = await self._db.transact(
-            self._register, device, request, csr.sha256_hex, source, now, approval
+            "tep_register",
+            self._register_txn,
+            device,
+            request,
+            csr.sha256_hex,
+            source,
+            now,
+            approval,
         )
         if registered.nonce_conflict:
             await self._audit("enrollment.nonce-reused", request, source, csr_sha256=csr.sha256_hex)
@@ -224,7 +238,7 @@ class EnrollmentService:
 
         try:
             issued: Issued = await self._db.transact(
-                self._issue, enrollment.id, device.pk, auth.secret_hash, now
+                "tep_issue", self._issue_txn, enrollment.id, device.pk, auth.secret_hash, now
             )
         except SecretAlreadyUsed:
             await self._audit("enrollment.denied", request, source, reason="secret already used")
@@ -277,7 +291,7 @@ class EnrollmentService:
             return _Auth("secret", secret_hash)
         return None
 
-    def _register(
+    def _register_txn(
         self,
         conn: Connection,
         device: device_store.Device,
@@ -292,7 +306,7 @@ class EnrollmentService:
             conn, device_pk=device.pk, nonce=request.nonce, csr_sha256=csr_sha256, now=now
         ):
             return _Registered(None, nonce_conflict=True)
-        existing = enrollment_store.find(conn, device_pk=device.pk, csr_sha256=csr_sha256)
+        existing = enrollment_store.find_txn(conn, device_pk=device.pk, csr_sha256=csr_sha256)
         if existing is not None or request.operation is TepOperation.RETRIEVE:
             return _Registered(existing)
         state: Literal["pending", "signing", "rejected"]
@@ -324,7 +338,7 @@ class EnrollmentService:
             "signing": "certificate.sign-intent",
             "rejected": "enrollment.rejected",
         }
-        audit.record(
+        audit.record_txn(
             conn,
             at=now,
             actor=f"device@{source}",
@@ -339,7 +353,7 @@ class EnrollmentService:
         )
         return _Registered(enrollment)
 
-    def _issue(
+    def _issue_txn(
         self,
         conn: Connection,
         enrollment_id: int,
@@ -365,7 +379,9 @@ class EnrollmentService:
         return issued
 
 
-def _find_device(conn: Connection, customer_id: str, device_id: str) -> device_store.Device | None:
+def _find_device_txn(
+    conn: Connection, customer_id: str, device_id: str
+) -> device_store.Device | None:
     try:
         return device_store.get_device(conn, customer_id, device_id)
     except NotFoundError:
@@ -417,7 +433,7 @@ def reject(
         enrollment_store.set_state(
             conn, enrollment_id, state="rejected", now=now, by=actor, reject_status=int(status)
         )
-        audit.record(
+        audit.record_txn(
             conn,
             at=now,
             actor=actor,

@@ -91,7 +91,11 @@ class DeviceAuthenticator:
         if cached is not None and now_m - cached[0] < self._ttl:
             record = cached[1]
         else:
-            record = _judge(await self._db.transact(cert_store.presented_certificate, peer.sha256))
+            record = _judge(
+                await self._db.transact(
+                    "osp_peer_certificate", cert_store.presented_certificate_txn, peer.sha256
+                )
+            )
             self._cache[peer.sha256] = (now_m, record)
             self._cache.move_to_end(peer.sha256)
             while len(self._cache) > CACHE_ENTRIES:

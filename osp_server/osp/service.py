@@ -246,7 +246,8 @@ class OSPService:
             for d in decision.destinations
         ]
         stored: bool = await self._db.transact(
-            calls.insert_transaction,
+            "osp_insert_transaction",
+            calls.insert_transaction_txn,
             transaction_id=transaction_id,
             device_pk=identity.device_pk,
             call_id=request.call_ids[0] if request.call_ids else None,
@@ -294,7 +295,9 @@ class OSPService:
         now = self._clock().replace(microsecond=0)
         stored = None
         if request.transaction_id:
-            stored = await self._db.transact(calls.get_transaction, request.transaction_id)
+            stored = await self._db.transact(
+                "osp_get_transaction", calls.get_transaction_txn, request.transaction_id
+            )
         if stored is None or stored.device_pk != identity.device_pk or not stored.destinations:
             response = ReauthorizationResponse(
                 message_id=request.message_id,
@@ -357,7 +360,8 @@ class OSPService:
         now = self._clock().replace(microsecond=0)
         reports = [leg_report(component) for component in message.components]
         stored: calls.StoredUsage = await self._db.transact(
-            calls.store_usage,
+            "osp_store_usage",
+            calls.store_usage_txn,
             device_pk=identity.device_pk,
             reports=reports,
             now=now,
@@ -393,7 +397,8 @@ class OSPService:
         check_claimed_identity(identity, indication.customer_id, indication.device_id)
         now = self._clock().replace(microsecond=0)
         await self._db.transact(
-            calls.store_capabilities,
+            "osp_store_capabilities",
+            calls.store_capabilities_txn,
             device_pk=identity.device_pk,
             almost_out_of_resources=indication.almost_out_of_resources,
             details={

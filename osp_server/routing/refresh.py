@@ -8,11 +8,12 @@ and retried on the next tick; the policy keeps its last good tables meanwhile.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -45,7 +46,7 @@ class RouteRefresher(Service):
     name = "route-refresher"
 
     def __init__(
-        self, db: Database, policy: ReplaceableTables, reactor: Any, *, interval: float
+        self, db: Database, policy: ReplaceableTables, reactor: IReactorTime, *, interval: float
     ) -> None:
         if not interval > 0:
             raise ValueError(f"route refresh interval must be positive, got {interval!r}")
@@ -104,11 +105,13 @@ class RouteRefresher(Service):
         """
         await self._lock.acquire()
         try:
-            version = await self._db.transact(route_store.current_version)
+            version = await self._db.transact("route_version", route_store.current_version_txn)
             if version == self.version:
                 self._succeeded()
                 return False
-            version, tables = await self._db.transact(route_store.load_snapshot)
+            version, tables = await self._db.transact(
+                "route_snapshot", route_store.load_snapshot_txn
+            )
             self._succeeded()
             if self.version is not None and version < self.version:
                 return False  # never go back to older tables

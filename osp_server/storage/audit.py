@@ -38,7 +38,7 @@ class AuditEntry:
     detail: dict[str, Any]
 
 
-def record(
+def record_txn(
     conn: Connection,
     *,
     at: datetime,

@@ -43,7 +43,7 @@ def _dialect_insert(conn: Connection, table: Any) -> Any:
     return module.insert(table)
 
 
-def insert_transaction(
+def insert_transaction_txn(
     conn: Connection,
     *,
     transaction_id: int,
@@ -89,7 +89,7 @@ class StoredTransaction:
     expires_at: datetime
 
 
-def get_transaction(conn: Connection, transaction_id: int) -> StoredTransaction | None:
+def get_transaction_txn(conn: Connection, transaction_id: int) -> StoredTransaction | None:
     """The recorded authorization with this id, if any."""
     row = (
         conn.execute(select(transactions).where(transactions.c.transaction_id == transaction_id))
@@ -220,7 +220,7 @@ def _store_report(conn: Connection, device_pk: int, report: LegReport, now: date
     return outcome
 
 
-def store_usage(
+def store_usage_txn(
     conn: Connection, *, device_pk: int, reports: Sequence[LegReport], now: datetime
 ) -> StoredUsage:
     """Store each report into its leg's record: insert, update, or nothing for a repeat.
@@ -247,7 +247,7 @@ def store_usage(
     return StoredUsage(outcomes["inserted"], outcomes["updated"], outcomes["repeated"], own)
 
 
-def store_capabilities(
+def store_capabilities_txn(
     conn: Connection,
     *,
     device_pk: int,
@@ -296,7 +296,7 @@ def capabilities_of(conn: Connection, device_pk: int) -> dict[str, Any] | None:
     return None if row is None else dict(row)
 
 
-def purge_expired_transactions(conn: Connection, *, now: datetime, limit: int = 10_000) -> int:
+def purge_expired_transactions_txn(conn: Connection, *, now: datetime, limit: int = 10_000) -> int:
     """Delete up to ``limit`` authorizations past their expiry; returns how many."""
     expired = (
         select(transactions.c.transaction_id)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, RowMapping, Select, insert, select, update
 
 from osp_server.storage.errors import NotFoundError
 from osp_server.storage.schema import certificates, customers, devices
@@ -77,8 +77,7 @@ def insert_certificate(
 _COLUMNS = (certificates, devices.c.customer_id, devices.c.device_id)
 
 
-def _record(r: object) -> CertificateRecord:
-    m = dict(r)  # type: ignore[call-overload]
+def _record(m: RowMapping) -> CertificateRecord:
     return CertificateRecord(
         serial=m["serial"],
         device_pk=m["device_pk"],
@@ -98,7 +97,7 @@ def _record(r: object) -> CertificateRecord:
     )
 
 
-def _select():  # type: ignore[no-untyped-def]
+def _select() -> Select[Any]:
     return select(*_COLUMNS).select_from(
         certificates.outerjoin(devices, certificates.c.device_pk == devices.c.id)
     )
@@ -144,7 +143,7 @@ def revoke(
     return get_by_serial(conn, serial)
 
 
-def revoked_certificates(conn: Connection) -> list[CertificateRecord]:
+def revoked_certificates_txn(conn: Connection) -> list[CertificateRecord]:
     """Every revoked certificate (for the CRL)."""
     q = _select().where(certificates.c.state == "revoked").order_by(certificates.c.revoked_at)
     return [_record(r) for r in conn.execute(q).mappings()]
@@ -167,7 +166,7 @@ class PresentedCertificate:
     token_format: str | None
 
 
-def presented_certificate(conn: Connection, sha256: str) -> PresentedCertificate | None:
+def presented_certificate_txn(conn: Connection, sha256: str) -> PresentedCertificate | None:
     """The recorded certificate with this SHA-256 fingerprint and its device, if any."""
     row = (
         conn.execute(

@@ -8,9 +8,10 @@ writer.  PostgreSQL (psycopg 3) gets a pool of connections and threads.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
+from typing import Any, Concatenate, NoReturn, ParamSpec, Protocol, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -29,12 +30,14 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from osp_server.config import DatabaseConfig
+from osp_server.reactor import IOSPReactor
 from osp_server.storage.errors import DurabilityError, StorageError
 
 __all__ = [
     "Database",
     "DurabilityError",
     "StorageError",
+    "TransactionObserver",
     "check_durability",
     "create_db_engine",
     "open_database",
@@ -151,13 +154,30 @@ def schema_status(engine: Engine) -> tuple[str | None, str | None]:
     return current, head
 
 
+class TransactionObserver(Protocol):
+    """Told about every transaction :meth:`Database.transact` ran (the metrics hook)."""
+
+    def __call__(self, desc: str, seconds: float, outcome: str) -> None:
+        """``desc`` is the caller's label; ``seconds`` the time spent in the worker
+        thread (queueing excluded); ``outcome`` is ``ok``, ``error`` or ``timeout``."""
+
+
+def _ignore(desc: str, seconds: float, outcome: str) -> None:
+    pass
+
+
 class Database:
-    """An engine plus the thread pool that is the only place its connections are used."""
+    """An engine plus the thread pool that is the only place its connections are used.
+
+    Work goes through :meth:`transact` as ``transact("label", something_txn, ...)``:
+    the function (named ``*_txn`` by convention) gets the connection first and runs as
+    one transaction; the label names it in the metrics (``observer``).
+    """
 
     def __init__(
         self,
         engine: Engine,
-        reactor: Any,
+        reactor: IOSPReactor | None,
         *,
         threads: int = 4,
         timeout_seconds: float = 10.0,
@@ -170,6 +190,7 @@ class Database:
         size = 1 if self.dialect == "sqlite" else threads
         self._pool = ThreadPool(minthreads=1, maxthreads=size, name="osp-db")
         self._started = False
+        self.observer: TransactionObserver = _ignore
 
     def start(self) -> None:
         """Start the worker threads (call from the reactor thread)."""
@@ -186,11 +207,13 @@ class Database:
 
     def transact(
         self,
+        desc: str,
         fn: Callable[Concatenate[Connection, P], T],
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> Deferred[T]:
-        """Run ``fn(connection, ...)`` in one transaction on the pool.
+        """Run ``fn(connection, ...)`` in one transaction on the pool; ``desc`` labels
+        it for the observer (one label per call site, never per request).
 
         The transaction commits when ``fn`` returns and rolls back when it raises.
         Driver failures and calls that take longer than the configured timeout come
@@ -198,22 +221,33 @@ class Database:
         waits for it).
         """
 
+        observer = self.observer
+
         def work() -> T:
+            started = time.perf_counter()
+            outcome = "error"
             try:
                 with self.engine.begin() as conn:
-                    return fn(conn, *args, **kwargs)
+                    result = fn(conn, *args, **kwargs)
+                outcome = "ok"
+                return result
             except SQLAlchemyError as e:
                 raise StorageError(f"database error: {type(e).__name__}: {e}") from e
+            finally:
+                observer(desc, time.perf_counter() - started, outcome)
 
         reactor = self._reactor
+        if reactor is None:
+            raise RuntimeError("this Database was opened without a reactor: use transact_sync")
         d: Deferred[T] = deferToThreadPool(reactor, self._pool, work)
         d.addTimeout(self._timeout, reactor)
-        d.addErrback(self._timed_out)
+        d.addErrback(self._timed_out, desc)
         return d
 
-    def _timed_out(self, failure: Failure) -> NoReturn:
+    def _timed_out(self, failure: Failure, desc: str) -> NoReturn:
         # Callers handle one exception type for "storage is not answering".
         if failure.check(defer.TimeoutError):
+            self.observer(desc, self._timeout, "timeout")
             raise StorageError(f"database did not answer within {self._timeout:g} s")
         failure.raiseException()
 
@@ -233,13 +267,13 @@ class Database:
     def ping(self) -> Deferred[bool]:
         """True when the database answers a trivial query."""
 
-        def probe(conn: Connection) -> bool:
+        def ping_txn(conn: Connection) -> bool:
             return conn.execute(text("SELECT 1")).scalar() == 1
 
-        return self.transact(probe)
+        return self.transact("ping", ping_txn)
 
 
-def open_database(config: DatabaseConfig, reactor: Any) -> Database:
+def open_database(config: DatabaseConfig, reactor: IOSPReactor | None) -> Database:
     """Engine + migrations + durability check (blocking; start-up and CLI only)."""
     engine = create_db_engine(
         config.url, pool_size=config.threads, timeout_seconds=config.timeout_seconds

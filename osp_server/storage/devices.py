@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, RowMapping, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from osp_server.storage.errors import ConflictError, NotFoundError
@@ -109,8 +109,7 @@ def get_customer(conn: Connection, customer_id: str) -> Customer:
     )
 
 
-def _device(row: object) -> Device:
-    r = dict(row)  # type: ignore[call-overload]
+def _device(r: RowMapping) -> Device:
     return Device(
         pk=r["id"],
         customer_id=r["customer_id"],

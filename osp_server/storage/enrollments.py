@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, RowMapping, Select, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from osp_server.storage.errors import NotFoundError
@@ -39,8 +39,7 @@ class Enrollment:
     device_id: str | None = None
 
 
-def _enrollment(row: object) -> Enrollment:
-    m = dict(row)  # type: ignore[call-overload]
+def _enrollment(m: RowMapping) -> Enrollment:
     return Enrollment(
         id=m["id"],
         device_pk=m["device_pk"],
@@ -58,7 +57,7 @@ def _enrollment(row: object) -> Enrollment:
     )
 
 
-def _select():  # type: ignore[no-untyped-def]
+def _select() -> Select[Any]:
     return select(enrollments, devices.c.customer_id, devices.c.device_id).select_from(
         enrollments.join(devices, enrollments.c.device_pk == devices.c.id)
     )
@@ -96,7 +95,7 @@ def remember_nonce(
     return existing == csr_sha256
 
 
-def find(conn: Connection, *, device_pk: int, csr_sha256: str) -> Enrollment | None:
+def find_txn(conn: Connection, *, device_pk: int, csr_sha256: str) -> Enrollment | None:
     """The enrollment of this device for this CSR, if any."""
     row = (
         conn.execute(
@@ -146,7 +145,7 @@ def create(
             )
     except IntegrityError:
         pass  # a concurrent identical request created it first
-    found = find(conn, device_pk=device_pk, csr_sha256=csr_sha256)
+    found = find_txn(conn, device_pk=device_pk, csr_sha256=csr_sha256)
     assert found is not None
     return found
 

@@ -83,7 +83,7 @@ class ImportResult:
 # --- version ---------------------------------------------------------------------------
 
 
-def current_version(conn: Connection) -> int:
+def current_version_txn(conn: Connection) -> int:
     """The route version (0 before the first change)."""
     value = conn.execute(
         select(route_version.c.version).where(route_version.c.id == _VERSION_ID)
@@ -117,13 +117,13 @@ def _bump(conn: Connection) -> int:
 # --- reading ---------------------------------------------------------------------------
 
 
-def load_snapshot(conn: Connection) -> tuple[int, RouteTables]:
+def load_snapshot_txn(conn: Connection) -> tuple[int, RouteTables]:
     """(version, tables) of the database.
 
     The version is read first: a change committed while the rows are read moves the
     version past the one returned, so a poller reloads again rather than missing it.
     """
-    version = current_version(conn)
+    version = current_version_txn(conn)
     return version, load_tables(conn)
 
 
@@ -393,7 +393,7 @@ def _apply(
     if inserts:
         conn.execute(insert(table), inserts)
     result = ImportResult(len(inserts), len(updates), len(stale), unchanged)
-    version = _bump(conn) if result.changed else current_version(conn)
+    version = _bump(conn) if result.changed else current_version_txn(conn)
     return ImportResult(result.inserted, result.updated, result.deleted, unchanged, version)
 
 

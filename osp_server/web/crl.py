@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -12,6 +11,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from osp_server.pki.ca import CertificateAuthority, RevokedEntry
+from osp_server.reactor import IOSPReactor
 from osp_server.storage import certificates as cert_store
 from osp_server.storage.db import Database, StorageError
 from osp_server.web.responses import Response, error_response, render_async
@@ -37,7 +37,7 @@ class CRLResource(Resource):
         self,
         db: Database,
         ca: CertificateAuthority,
-        reactor: Any,
+        reactor: IOSPReactor,
         clock: Callable[[], datetime],
         cpu_pool: ThreadPool,
     ) -> None:
@@ -56,7 +56,9 @@ class CRLResource(Resource):
             now_s = self._reactor.seconds()
             if self._cached is None or now_s - self._cached[0] > CRL_REFRESH_SECONDS:
                 try:
-                    revoked = _revoked(await self._db.transact(cert_store.revoked_certificates))
+                    revoked = _revoked(
+                        await self._db.transact("crl_revoked", cert_store.revoked_certificates_txn)
+                    )
                 except StorageError:
                     if self._cached is None:
                         return error_response(503, "CRL temporarily unavailable")

@@ -12,9 +12,9 @@ result (at start) the resource probes live, with a short deadline.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -31,7 +31,7 @@ STALE_AFTER_SECONDS = 3.0
 class StorageProbe:
     """Remembers when storage last answered a trivial query."""
 
-    def __init__(self, db: Database, reactor: Any) -> None:
+    def __init__(self, db: Database, reactor: IReactorTime) -> None:
         self._db = db
         self._reactor = reactor
         self.last_ok_at: float | None = None

@@ -15,7 +15,7 @@ from collections import Counter
 from io import BytesIO
 from typing import Any
 
-from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -135,7 +135,7 @@ class OSPSite(Site):
         self,
         resource: IResource,
         *,
-        reactor: Any,
+        reactor: IReactorTime,
         name: str,
         max_body_bytes: int = DEFAULT_MAX_BODY,
         request_timeout: float = 30.0,

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
 
-from twisted.internet import reactor as _reactor
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 
 from osp_server.app import Components, CoreService, build_components, prepare
 from osp_server.config import Config
+from osp_server.reactor import global_reactor
 
-reactor: Any = _reactor
+reactor = global_reactor()
 
 
 @dataclass

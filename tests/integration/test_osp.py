@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from defusedxml import ElementTree
+from prometheus_client import generate_latest
 
 from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs
@@ -511,6 +512,9 @@ async def test_usage_is_stored_once_and_confirmed_each_time(env: Env) -> None:
     assert failed["duration"] is None
     answered = next(r for r in rows if r["duration"] is not None)
     assert answered["duration"] == Decimal("30.000")
+    # Each transaction is counted under its call site's label.
+    exposition = generate_latest(env.core.metrics.registry).decode()
+    assert 'osp_db_transactions_total{desc="osp_store_usage",outcome="ok"} 2.0' in exposition
 
 
 @pytest_twisted.ensureDeferred
@@ -869,13 +873,13 @@ async def test_odd_request_values_never_give_5xx(env: Env) -> None:
 async def test_stalled_storage_gives_503(env_tls: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     env = env_tls
     env.server.components.authenticator.invalidate()
-    original = cert_store.presented_certificate
+    original = cert_store.presented_certificate_txn
 
     def slow(conn: Any, sha256: str) -> Any:
         time.sleep(1.5)
         return original(conn, sha256)
 
-    monkeypatch.setattr(cert_store, "presented_certificate", slow)
+    monkeypatch.setattr(cert_store, "presented_certificate_txn", slow)
     monkeypatch.setattr(env.core.db, "_timeout", 0.3)
     answer, _ = await env.vector("authorization-request.http")
     assert answer.code == 503

@@ -553,13 +553,13 @@ async def test_stalled_storage_is_status_6(secure: Tep, monkeypatch: pytest.Monk
     from osp_server.enrollment import service
 
     secure.add_device()
-    original = service._find_device
+    original = service._find_device_txn
 
     def slow(conn: Any, customer_id: str, device_id: str) -> Any:
         time.sleep(1.5)
         return original(conn, customer_id, device_id)
 
-    monkeypatch.setattr(service, "_find_device", slow)
+    monkeypatch.setattr(service, "_find_device_txn", slow)
     monkeypatch.setattr(secure.db, "_timeout", 0.3)
     answer = await secure.fields(enroll_fields(sha256_csr()))
     assert answer.code == 200 and status_of(answer) == 6

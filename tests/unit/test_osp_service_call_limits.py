@@ -42,7 +42,9 @@ class FakeDatabase:
         self.answers = list(answers)
         self.calls = 0
 
-    def transact(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+    def transact(
+        self, desc: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Deferred[Any]:
         self.calls += 1
         answer = self.answers.pop(0) if self.answers else True
         if isinstance(answer, Exception):
@@ -153,7 +155,9 @@ def test_a_cancelled_authorization_releases_the_slot() -> None:
     pending: Deferred[bool] = Deferred()
 
     class StalledDatabase(FakeDatabase):
-        def transact(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        def transact(
+            self, desc: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+        ) -> Deferred[Any]:
             return pending
 
     service = _service(StalledDatabase(), policy)

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from twisted.application.service import MultiService
-from twisted.internet import reactor
 from zope.interface import implementer
 
 from osp_server.app import CoreService, StartupError, build_service
 from osp_server.config import ConfigError, parse_config
 from osp_server.interfaces import IRouteTablesConsumer, IRoutingPolicy
+from osp_server.reactor import global_reactor
 from osp_server.routing.example import StaticRoutingPolicy
 from osp_server.routing.model import RoutingDecision, RoutingRequest
 from osp_server.routing.refresh import RouteRefresher
@@ -54,7 +54,7 @@ def built() -> Iterator[list[MultiService]]:
 
 
 def _build(tmp_path: Path, built: list[MultiService], **sections: Any) -> MultiService:
-    top = build_service(make_config(tmp_path, **sections), reactor)
+    top = build_service(make_config(tmp_path, **sections), global_reactor())
     built.append(top)
     return top
 

@@ -12,11 +12,11 @@ import pytest_twisted
 from sqlalchemy import Connection, update
 
 from twisted.internet import defer
-from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs
 
+from osp_server.reactor import global_reactor
 from osp_server.routing.model import BlockRule, Route
 from osp_server.routing.policy import DefaultRoutingPolicy
 from osp_server.routing.refresh import RouteRefresher
@@ -25,7 +25,7 @@ from osp_server.storage.db import Database, StorageError, create_db_engine, upgr
 from osp_server.storage.schema import routes
 from osp_server.testing import make_route, make_routing_request
 
-reactor: Any = _reactor
+reactor = global_reactor()
 
 FIRST = make_route(prefix="1678", destination="[192.0.2.1]:5060", cost=Decimal("0.01"))
 SECOND = make_route(prefix="1678", destination="[192.0.2.2]:5060", cost=Decimal("0.001"))
@@ -40,12 +40,14 @@ class FlakyDatabase(Database):
         self.error: Exception = StorageError("database error: OperationalError: gone")
         self.calls = 0
 
-    def transact(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+    def transact(
+        self, desc: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Deferred[Any]:
         self.calls += 1
         if self.fail_next:
             self.fail_next -= 1
             return defer.fail(self.error)
-        return super().transact(fn, *args, **kwargs)
+        return super().transact(desc, fn, *args, **kwargs)
 
 
 @pytest.fixture

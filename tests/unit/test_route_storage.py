@@ -40,7 +40,7 @@ def _sorted(items: list[Route]) -> list[Route]:
 
 
 def test_empty_database(db: Database) -> None:
-    assert db.transact_sync(store.current_version) == 0
+    assert db.transact_sync(store.current_version_txn) == 0
     tables = db.transact_sync(store.load_tables)
     assert tables.routes() == [] and tables.blocks() == []
     assert db.transact_sync(store.list_routes) == []
@@ -49,10 +49,10 @@ def test_empty_database(db: Database) -> None:
 def test_import_inserts_and_bumps_the_version(db: Database) -> None:
     result = db.transact_sync(store.import_routes, BASE, replace=False)
     assert (result.inserted, result.updated, result.deleted, result.unchanged) == (4, 0, 0, 0)
-    assert result.version == 1 == db.transact_sync(store.current_version)
+    assert result.version == 1 == db.transact_sync(store.current_version_txn)
     assert db.transact_sync(store.list_routes) == _sorted(BASE)
     assert db.transact_sync(store.list_routes, table="gold") == [BASE[3]]
-    version, tables = db.transact_sync(store.load_snapshot)
+    version, tables = db.transact_sync(store.load_snapshot_txn)
     assert version == 1
     assert set(tables.routes()) == set(BASE)
     assert tables.lookup("gold", "+4420") == (BASE[3],)
@@ -91,15 +91,15 @@ def test_replace_only_touches_tables_named_in_the_file(db: Database) -> None:
 def test_delete_routes(db: Database) -> None:
     db.transact_sync(store.import_routes, BASE, replace=False)
     assert db.transact_sync(store.delete_routes, table="default", prefix="99") == 0
-    assert db.transact_sync(store.current_version) == 1  # nothing deleted, no bump
+    assert db.transact_sync(store.current_version_txn) == 1  # nothing deleted, no bump
     n = db.transact_sync(
         store.delete_routes, table="default", prefix="1408", destination="[10.0.0.2]:5060"
     )
-    assert n == 1 and db.transact_sync(store.current_version) == 2
+    assert n == 1 and db.transact_sync(store.current_version_txn) == 2
     assert db.transact_sync(store.delete_routes, table="default", prefix="") == 1
     assert db.transact_sync(store.delete_routes, table="default") == 1
     assert db.transact_sync(store.list_routes) == [BASE[3]]
-    assert db.transact_sync(store.current_version) == 4
+    assert db.transact_sync(store.current_version_txn) == 4
     with pytest.raises(store.RouteStoreError, match="prefix"):
         db.transact_sync(store.delete_routes, table="gold", prefix="4x")
     with pytest.raises(store.RouteStoreError, match="table"):
@@ -123,7 +123,7 @@ def test_blocks_import_replace_delete(db: Database) -> None:
     assert tables.find_block(None, "19005551234", "1678") == renamed
     assert db.transact_sync(store.delete_blocks, table="gold", kind="source") == 0
     assert db.transact_sync(store.delete_blocks, table="gold", kind="destination") == 1
-    assert db.transact_sync(store.current_version) == 3
+    assert db.transact_sync(store.current_version_txn) == 3
     with pytest.raises(store.RouteStoreError, match="kind"):
         db.transact_sync(store.delete_blocks, table="gold", kind="both")
 
@@ -131,7 +131,7 @@ def test_blocks_import_replace_delete(db: Database) -> None:
 def test_route_and_block_versions_are_shared(db: Database) -> None:
     db.transact_sync(store.import_routes, BASE[:1], replace=False)
     db.transact_sync(store.import_blocks, [BlockRule("default", "source", "1")], replace=False)
-    assert db.transact_sync(store.current_version) == 2
+    assert db.transact_sync(store.current_version_txn) == 2
 
 
 EXACT_COSTS = [
@@ -176,7 +176,7 @@ def test_costs_the_database_would_round_are_refused(db: Database) -> None:
     else:
         db.transact_sync(store.import_routes, [sixteen], replace=False)
         assert sixteen in db.transact_sync(store.list_routes, table="default")
-    assert db.transact_sync(store.current_version) == (1 if db.dialect == "sqlite" else 2)
+    assert db.transact_sync(store.current_version_txn) == (1 if db.dialect == "sqlite" else 2)
     assert set(BASE) <= set(db.transact_sync(store.list_routes))
 
 
@@ -189,7 +189,7 @@ def test_long_block_description_is_refused_before_writing(db: Database) -> None:
             store.import_blocks, [BlockRule("default", "source", "2"), long], replace=False
         )
     assert db.transact_sync(store.list_blocks) == []
-    assert db.transact_sync(store.current_version) == 0
+    assert db.transact_sync(store.current_version_txn) == 0
 
 
 def test_duplicate_keys_are_refused(db: Database) -> None:
@@ -230,7 +230,7 @@ def test_bad_csv_row_leaves_the_database_unchanged(db: Database) -> None:
         db.transact_sync(store.import_routes, parse_routes_csv(text), replace=True)
     assert (caught.value.line, caught.value.column, caught.value.value) == (3, "cost", "NaN")
     assert db.transact_sync(store.list_routes) == before
-    assert db.transact_sync(store.current_version) == 1
+    assert db.transact_sync(store.current_version_txn) == 1
 
 
 def test_failed_transaction_rolls_back_the_import_and_the_bump(db: Database) -> None:
@@ -244,7 +244,7 @@ def test_failed_transaction_rolls_back_the_import_and_the_bump(db: Database) -> 
     with pytest.raises(Boom):
         db.transact_sync(import_then_fail)
     assert db.transact_sync(store.list_routes) == []
-    assert db.transact_sync(store.current_version) == 0
+    assert db.transact_sync(store.current_version_txn) == 0
 
 
 def test_invalid_stored_row_is_reported_and_replaced_by_import(db: Database) -> None:
@@ -266,7 +266,7 @@ def test_missing_version_row_is_recreated(db: Database) -> None:
         conn.execute(route_version.delete())
 
     db.transact_sync(drop)
-    assert db.transact_sync(store.current_version) == 0
+    assert db.transact_sync(store.current_version_txn) == 0
     assert db.transact_sync(store.import_routes, BASE[:1], replace=False).version == 1
     assert db.transact_sync(store.import_routes, BASE[1:2], replace=False).version == 2
 

@@ -136,7 +136,7 @@ def test_certificates_registry(db: Database) -> None:
     revoked = db.transact_sync(certs.revoke, s, now=NOW, reason="keyCompromise")
     again = db.transact_sync(certs.revoke, s, now=NOW + timedelta(days=1))
     assert revoked.state == again.state == "revoked" and again.revoked_at == NOW
-    assert [c.serial for c in db.transact_sync(certs.revoked_certificates)] == [s]
+    assert [c.serial for c in db.transact_sync(certs.revoked_certificates_txn)] == [s]
 
 
 def test_usage_uniqueness_is_a_constraint(db: Database) -> None:
@@ -158,7 +158,7 @@ def test_usage_uniqueness_is_a_constraint(db: Database) -> None:
 
 def test_audit_escapes_control_characters(db: Database) -> None:
     db.transact_sync(
-        audit.record,
+        audit.record_txn,
         at=NOW,
         actor="admin",
         action="test",

@@ -1,6 +1,6 @@
 """Start-up: the compact token signer, its re-issue, and the token size check.
 
-Real storage (SQLite in tmp_path) and a MemoryReactorClock, as the composition root
+Real storage (SQLite in tmp_path) and the in-memory reactor, as the composition root
 builds them; no listener is started.
 """
 
@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 
 from osp_server.app import (
@@ -47,6 +46,7 @@ from osp_server.pki.ca import (
 )
 from osp_server.storage import certificates as cert_store
 from tests.conftest import make_config
+from tests.memory import MemoryReactor
 
 
 def _config(tmp_path: Path, **sections: Any) -> Config:
@@ -59,7 +59,7 @@ def start(tmp_path: Path) -> Iterator[Any]:
     cores: list[Core] = []
 
     def make(**sections: Any) -> Core:
-        core = prepare(_config(tmp_path, **sections), MemoryReactorClock())
+        core = prepare(_config(tmp_path, **sections), MemoryReactor())
         cores.append(core)
         return core
 
@@ -192,7 +192,7 @@ def test_operator_signer_that_fits_is_accepted(start: Any) -> None:
 def test_rsa_signer_key_refuses_to_start_with_one_line(tmp_path: Path) -> None:
     config = _config(tmp_path, osp={"token_signer_key": "rsa2048"})
     with pytest.raises(StartupError) as info:
-        build_service(config, MemoryReactorClock())
+        build_service(config, MemoryReactor())
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith('<test>: osp.token_format = "signed": a reference token')

@@ -58,7 +58,7 @@ def _seed(path: Path) -> None:
                 username="u",
                 now=NOW,
             )
-            calls.store_usage(
+            calls.store_usage_txn(
                 conn,
                 device_pk=device.pk,
                 reports=[leg_report(c) for c in _usage().components],
@@ -99,7 +99,9 @@ def test_bad_time_is_one_line(config_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_expired_transactions_are_purged(config_path: Path) -> None:
-    from twisted.internet import reactor
+    from osp_server.reactor import global_reactor
+
+    reactor = global_reactor()
 
     ctx = _context(config_path)
     try:
@@ -114,7 +116,7 @@ async def test_expired_transactions_are_purged(config_path: Path) -> None:
                 now=NOW,
             )
             for txid, expires in ((1, NOW - timedelta(seconds=1)), (2, NOW + timedelta(hours=1))):
-                calls.insert_transaction(
+                calls.insert_transaction_txn(
                     conn,
                     transaction_id=txid,
                     device_pk=device.pk,
@@ -133,8 +135,8 @@ async def test_expired_transactions_are_purged(config_path: Path) -> None:
         reaper = TransactionReaper(db, reactor, clock=lambda: NOW)
         assert await reaper.purge_once() == 1
         assert await reaper.purge_once() == 0
-        assert ctx.db.transact_sync(calls.get_transaction, 1) is None
-        assert ctx.db.transact_sync(calls.get_transaction, 2) is not None
+        assert ctx.db.transact_sync(calls.get_transaction_txn, 1) is None
+        assert ctx.db.transact_sync(calls.get_transaction_txn, 2) is not None
         db.stop()
     finally:
         ctx.close()

@@ -48,7 +48,7 @@ def _device(conn: Connection) -> int:
 def _store(db: Database, device_pk: int, path: Path) -> calls.StoredUsage:
     reports = [leg_report(c) for c in _components(path).components]
     stored: calls.StoredUsage = db.transact_sync(
-        calls.store_usage, device_pk=device_pk, reports=reports, now=NOW
+        calls.store_usage_txn, device_pk=device_pk, reports=reports, now=NOW
     )
     return stored
 
@@ -105,8 +105,8 @@ def test_export_pages_carry_the_final_values(db: Database) -> None:
     assert page(tomorrow) == []
 
 
-def test_migration_carries_records_stored_before_legs(database_url: str) -> None:
-    engine = create_db_engine(database_url)
+def test_migration_carries_records_stored_before_legs(empty_database_url: str) -> None:
+    engine = create_db_engine(empty_database_url)
     try:
         assert upgrade_schema(engine, "0001") == "0001"
         db = Database(engine, None)
@@ -176,7 +176,7 @@ def test_start_and_stop_stored_at_once_make_one_leg(db: Database) -> None:
         results = list(
             pool.map(
                 lambda report: db.transact_sync(
-                    calls.store_usage, device_pk=device_pk, reports=[report], now=NOW
+                    calls.store_usage_txn, device_pk=device_pk, reports=[report], now=NOW
                 ),
                 jobs,
             )
