@@ -167,6 +167,21 @@ class MemoryServer:
         ``site`` is ``https`` (the TLS listener's site) or ``http`` (the plain one);
         ``certificate`` is what the client presented in its handshake.
         """
+        connection = self.connect(raw_request, site=site, certificate=certificate, peer=peer)
+        answer = connection.answer()
+        connection.close()
+        return answer
+
+    def connect(
+        self,
+        raw_request: bytes,
+        *,
+        site: str = "https",
+        certificate: x509.Certificate | None = None,
+        peer: str = "127.0.0.1",
+    ) -> MemoryConnection:
+        """Send ``raw_request`` on a new connection and keep it open: for answers that
+        wait on something (held database work, the clock)."""
         chosen: OSPSite = (
             self.components.https_site if site == "https" else self.components.http_site
         )
@@ -176,9 +191,24 @@ class MemoryServer:
         transport = PeerTransport(certificate, address)
         protocol.makeConnection(transport)
         protocol.dataReceived(raw_request)
-        answer: bytes = transport.value()
-        protocol.connectionLost(Failure(ConnectionError("test done")))
-        return answer
+        return MemoryConnection(protocol, transport)
+
+
+@dataclass
+class MemoryConnection:
+    """One open connection to an in-memory site."""
+
+    protocol: Any
+    transport: PeerTransport
+
+    def answer(self) -> bytes:
+        """Everything the server has written so far."""
+        written: bytes = self.transport.value()
+        return written
+
+    def close(self) -> None:
+        """The client goes away."""
+        self.protocol.connectionLost(Failure(ConnectionError("test done")))
 
 
 def memory_server(config: Config) -> Iterator[MemoryServer]:

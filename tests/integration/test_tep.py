@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 from twisted.internet.defer import Deferred, gatherResults
 
 from osp_server import passwords
+from osp_server.app import Components
 from osp_server.enrollment.service import approve, reject
 from osp_server.enrollment.wire import TepOperation, encode_fields, parse_client_view
 from osp_server.storage import audit, enrollments
@@ -30,6 +31,7 @@ from osp_server.storage import devices as device_store
 from tests.conftest import VECTORS, make_config
 from tests.integration.harness import RunningServer, run_server
 from tests.integration.wire import Answer, build_request, exchange, split_vector
+from tests.memory import HeldThreadPool, ImmediateThreadPool, MemoryServer, memory_server
 
 TEP = VECTORS / "tep"
 BODY_RE = re.compile(rb"^status=0&certificate=[A-Za-z0-9+/]+={0,2}\n$")
@@ -38,18 +40,42 @@ NOW = datetime.now(UTC)
 
 @dataclass
 class Tep:
-    """A running server plus helpers to talk TEP to it."""
+    """A server (in memory, or on loopback sockets) plus helpers to talk TEP to it."""
 
-    server: RunningServer
+    components: Components
     tmp_path: Path
+    send_raw: Callable[[bytes, bool], Awaitable[Answer]]
+    memory: MemoryServer | None = None
+
+    @classmethod
+    def on_sockets(cls, server: RunningServer, tmp_path: Path) -> Tep:
+        """Real TCP and TLS on loopback ports, real thread pools."""
+
+        async def send(raw: bytes, tls: bool) -> Answer:
+            port = server.https_port if tls else server.http_port
+            return await exchange(port, raw, tls=tls)
+
+        return cls(server.components, tmp_path, send)
+
+    @classmethod
+    def in_memory(cls, server: MemoryServer, tmp_path: Path) -> Tep:
+        """The same sites on a memory reactor; pools run work at once."""
+
+        async def send(raw: bytes, tls: bool) -> Answer:
+            head, _, body = server.exchange(raw, site="https" if tls else "http").partition(
+                b"\r\n\r\n"
+            )
+            return Answer(head, body)
+
+        return cls(server.components, tmp_path, send, memory=server)
 
     @property
     def db(self) -> Any:
-        return self.server.components.core.db
+        return self.components.core.db
 
     @property
     def ca(self) -> Any:
-        return self.server.components.core.ca
+        return self.components.core.ca
 
     def add_device(
         self,
@@ -81,8 +107,7 @@ class Tep:
         self.db.transact_sync(work)
 
     async def send(self, raw: bytes, *, tls: bool = True) -> Answer:
-        port = self.server.https_port if tls else self.server.http_port
-        return await exchange(port, raw, tls=tls)
+        return await self.send_raw(raw, tls)
 
     async def vector(self, name: str, *, tls: bool = True) -> Answer:
         head, body = split_vector(TEP / name)
@@ -175,15 +200,34 @@ def verify_md5(cert: x509.Certificate, ca: x509.Certificate) -> None:
 
 
 def _server(profile: str, **enrollment: Any) -> Callable[..., Any]:
-    @pytest_twisted.async_yield_fixture
-    async def fixture(tmp_path: Path, database_url: str) -> AsyncIterator[Tep]:
-        settings = {"throttle_per_address": 1000, **enrollment}
-        config = make_config(tmp_path, database_url, ca={"profile": profile}, enrollment=settings)
-        async for server in run_server(config):
-            yield Tep(server, tmp_path)
+    """The server in memory: every test that needs neither real concurrency nor
+    real timing."""
+
+    @pytest.fixture
+    def fixture(tmp_path: Path, database_url: str) -> Iterator[Tep]:
+        for server in memory_server(_config(tmp_path, database_url, profile, enrollment)):
+            yield Tep.in_memory(server, tmp_path)
 
     result: Callable[..., Any] = fixture
     return result
+
+
+def _server_on_sockets(profile: str, **enrollment: Any) -> Callable[..., Any]:
+    """The server on loopback sockets with its real thread pools: for the tests about
+    requests that overlap, and about storage that stalls."""
+
+    @pytest_twisted.async_yield_fixture
+    async def fixture(tmp_path: Path, database_url: str) -> AsyncIterator[Tep]:
+        async for server in run_server(_config(tmp_path, database_url, profile, enrollment)):
+            yield Tep.on_sockets(server, tmp_path)
+
+    result: Callable[..., Any] = fixture
+    return result
+
+
+def _config(tmp_path: Path, database_url: str, profile: str, enrollment: dict[str, Any]) -> Any:
+    settings = {"throttle_per_address": 1000, **enrollment}
+    return make_config(tmp_path, database_url, ca={"profile": profile}, enrollment=settings)
 
 
 legacy = _server("legacy")
@@ -191,9 +235,11 @@ secure = _server("secure")
 plain_allowed = _server("secure", allow_plain_http=True)
 renew_revoke = _server("secure", renewal="revoke")
 strict_throttle = _server("secure", throttle_failures=3)
+concurrent_secure = _server_on_sockets("secure")
+concurrent_strict_throttle = _server_on_sockets("secure", throttle_failures=3)
 # Concurrent attempts of one device count against its failure budget while they are
 # checked; the concurrency test raises the budget so that all 50 are checked.
-wide_throttle = _server("secure", throttle_failures=100)
+concurrent_wide_throttle = _server_on_sockets("secure", throttle_failures=100)
 
 
 # --- getcacert -----------------------------------------------------------------
@@ -293,7 +339,7 @@ async def test_manual_approval_pending_then_retrieve(legacy: Tep) -> None:
         legacy.db,
         pending[0].id,
         ca=legacy.ca,
-        config=legacy.server.components.core.config.enrollment,
+        config=legacy.components.core.config.enrollment,
         now=datetime.now(UTC),
         actor="test",
     )
@@ -355,7 +401,10 @@ async def test_throttling_refuses_before_hashing(strict_throttle: Tep) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrent_guesses_cannot_outrun_the_throttle(strict_throttle: Tep) -> None:
+async def test_concurrent_guesses_cannot_outrun_the_throttle(
+    concurrent_strict_throttle: Tep,
+) -> None:
+    strict_throttle = concurrent_strict_throttle
     strict_throttle.add_device()
     csr = sha256_csr()
     answers = await gatherResults(
@@ -370,7 +419,10 @@ async def test_concurrent_guesses_cannot_outrun_the_throttle(strict_throttle: Te
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_time_secret_gets_one_certificate_under_concurrency(secure: Tep) -> None:
+async def test_one_time_secret_gets_one_certificate_under_concurrency(
+    concurrent_secure: Tep,
+) -> None:
+    secure = concurrent_secure
     secure.add_device(password=None, secret="OneTimeSecret42")
     keys = [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(4)]
     answers = await gatherResults(
@@ -443,8 +495,10 @@ async def test_one_time_secret_is_consumed(secure: Tep) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_fifty_concurrent_identical_requests_get_one_serial(wide_throttle: Tep) -> None:
-    secure = wide_throttle
+async def test_fifty_concurrent_identical_requests_get_one_serial(
+    concurrent_wide_throttle: Tep,
+) -> None:
+    secure = concurrent_wide_throttle
     secure.add_device()
     fields = enroll_fields(sha256_csr())
     answers = await gatherResults(
@@ -544,26 +598,26 @@ async def test_crl_lists_revoked_certificates(secure: Tep) -> None:
     assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
 
 
-@pytest_twisted.ensureDeferred
-async def test_stalled_storage_is_status_6(secure: Tep, monkeypatch: pytest.MonkeyPatch) -> None:
-    import time
-
-    from twisted.internet.threads import deferToThread
-
-    from osp_server.enrollment import service
-
+def test_stalled_storage_is_status_6(secure: Tep) -> None:
+    """R5: the database pool does not answer; at the timeout the device gets status 6,
+    and the late work stores nothing."""
+    server = secure.memory
+    assert server is not None
     secure.add_device()
-    original = service._find_device_txn
-
-    def slow(conn: Any, customer_id: str, device_id: str) -> Any:
-        time.sleep(1.5)
-        return original(conn, customer_id, device_id)
-
-    monkeypatch.setattr(service, "_find_device_txn", slow)
-    monkeypatch.setattr(secure.db, "_timeout", 0.3)
-    answer = await secure.fields(enroll_fields(sha256_csr()))
-    assert answer.code == 200 and status_of(answer) == 6
-    await deferToThread(time.sleep, 1.5)
+    held = HeldThreadPool()
+    secure.db._pool = held
+    head = b"POST /tep HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: text/html"
+    head += b"\r\nContent-Length: 0\r\nConnection: Keep-Alive"
+    connection = server.connect(build_request(head, encode_fields(enroll_fields(sha256_csr()))))
+    assert connection.answer() == b""  # waiting on the database
+    server.reactor.advance(secure.db._timeout - 0.01)
+    assert connection.answer() == b""
+    server.reactor.advance(0.01)
+    head_bytes, _, body = connection.answer().partition(b"\r\n\r\n")
+    assert status_of(Answer(head_bytes, body)) == 6
+    held.release()  # the stalled work finishes late; nothing comes of it
+    connection.close()
+    secure.db._pool = ImmediateThreadPool()
     assert secure.count(enrollments.list_enrollments) == 0
 
 
@@ -581,7 +635,7 @@ async def test_locked_sqlite_fails_fast_and_recovers(tmp_path: Path) -> None:
         enrollment={"throttle_per_address": 1000},
     )
     async for server in run_server(config):
-        tep = Tep(server, tmp_path)
+        tep = Tep.on_sockets(server, tmp_path)
         tep.add_device()
         blocker = sqlite3.connect(tmp_path / "osp.sqlite3", isolation_level=None)
         try:
@@ -607,7 +661,7 @@ async def test_enrollment_authorizer_decides_new_requests(
 
     authorizer = FakeEnrollmentAuthorizer(verdict, deferred=True)  # type: ignore[arg-type]
     verify_enrollment_authorizer(authorizer)
-    enrollment_service = secure.server.components.enrollment
+    enrollment_service = secure.components.enrollment
     enrollment_service.authorizer = authorizer
     secure.add_device(policy="manual" if verdict == "issue" else "auto")
     csr = sha256_csr()
