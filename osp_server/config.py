@@ -20,6 +20,7 @@ from typing import Any, Literal, cast, get_args
 # not import this one (no cycle); TokenFormat stays importable from here.
 from osp_server.osp.tokens import DEFAULT_MAX_TOKEN_BYTES, MAX_TOKEN_BYTES, MIN_TOKEN_LIMIT
 from osp_server.osp.tokens import TokenFormat as TokenFormat
+from osp_server.passwords import DEFAULT_PROFILE, PasswordProfile
 from osp_server.pki.profile import KeyType, Profile
 
 EnrollmentPolicy = Literal["auto", "manual"]
@@ -94,6 +95,7 @@ class EnrollmentConfig:
     throttle_window_seconds: int = 300
     throttle_per_address: int = 30
     authorizer: str | None = None
+    password_hashing: PasswordProfile = DEFAULT_PROFILE
 
 
 @dataclass(frozen=True)
@@ -340,6 +342,12 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
         ),
         allow_plain_http=en.boolean("allow_plain_http", EnrollmentConfig.allow_plain_http),
         renewal=cast(RenewalPolicy, en.choice("renewal", EnrollmentConfig.renewal, _RENEWAL)),
+        password_hashing=cast(
+            PasswordProfile,
+            en.choice(
+                "password_hashing", EnrollmentConfig.password_hashing, get_args(PasswordProfile)
+            ),
+        ),
         secret_ttl_hours=en.integer(
             "secret_ttl_hours", EnrollmentConfig.secret_ttl_hours, minimum=1, maximum=24 * 365
         ),

@@ -44,9 +44,9 @@ def _read_password(ctx: Context, args: argparse.Namespace) -> str:
     return first
 
 
-def _hash(secret: str) -> str:
+def _hash(ctx: Context, secret: str) -> str:
     try:
-        return passwords.hash_secret(secret)
+        return passwords.hash_secret(secret, ctx.config.enrollment.password_hashing)
     except ValueError as e:
         raise AdminError(str(e)) from None
 
@@ -61,10 +61,10 @@ def cmd_device_add(ctx: Context, args: argparse.Namespace) -> None:
     secret_expires = None
     if args.generate_secret:
         secret = passwords.generate_secret()
-        secret_hash = _hash(secret)
+        secret_hash = _hash(ctx, secret)
         secret_expires = now + timedelta(hours=ctx.config.enrollment.secret_ttl_hours)
     else:
-        password_hash = _hash(_read_password(ctx, args))
+        password_hash = _hash(ctx, _read_password(ctx, args))
     device = ctx.db.transact_sync(
         device_store.add_device,
         customer_id=args.customer_id,
@@ -135,11 +135,11 @@ def cmd_device_password(ctx: Context, args: argparse.Namespace) -> None:
     if args.generate_secret:
         secret = passwords.generate_secret()
         values = {
-            "secret_hash": _hash(secret),
+            "secret_hash": _hash(ctx, secret),
             "secret_expires_at": now + timedelta(hours=ctx.config.enrollment.secret_ttl_hours),
         }
     else:
-        values = {"password_hash": _hash(_read_password(ctx, args))}
+        values = {"password_hash": _hash(ctx, _read_password(ctx, args))}
     device = ctx.db.transact_sync(
         device_store.update_device, args.customer_id, args.device_id, now=now, **values
     )

@@ -279,8 +279,9 @@ class EnrollmentService:
             and device.secret_expires_at > now
             else None
         )
-        password_ok = passwords.verify_secret(password_hash, request.password)
-        secret_ok = passwords.verify_secret(secret_hash, request.password)
+        profile = self._config.password_hashing
+        password_ok = passwords.verify_secret(password_hash, request.password, profile)
+        secret_ok = passwords.verify_secret(secret_hash, request.password, profile)
         if device is None or device.state != "active":
             return None
         if not hmac.compare_digest(device.username.encode(), request.username.encode()):

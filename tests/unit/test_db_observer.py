@@ -10,6 +10,8 @@ import pytest
 from prometheus_client import generate_latest
 from sqlalchemy import Connection, text
 
+from twisted.python.failure import Failure
+
 from osp_server.metrics import Metrics
 from osp_server.storage.db import Database, StorageError, create_db_engine, upgrade_schema
 from tests.memory import HeldThreadPool, ImmediateThreadPool, MemoryReactor
@@ -52,22 +54,19 @@ def test_each_outcome_is_reported_with_its_label(
     recorder = Recorder()
     db.observer = recorder
 
-    ok = db.transact("first", one_txn)
-    assert ok.result == 1  # type: ignore[attr-defined]
-
-    failed = db.transact("second", broken_txn)
-    failure = failed.result  # type: ignore[attr-defined]
-    assert failure.check(StorageError)
-    failed.addErrback(lambda _: None)
+    outcomes: list[object] = []
+    db.transact("first", one_txn).addBoth(outcomes.append)
+    db.transact("second", broken_txn).addBoth(outcomes.append)
+    assert outcomes[0] == 1
+    assert isinstance(outcomes[1], Failure) and outcomes[1].check(StorageError)
     assert recorder.seen == [("first", "ok"), ("second", "error")]
 
     # A stuck worker: the caller gives up at the timeout, the late thread still reports.
     held = HeldThreadPool()
     db._pool = held  # type: ignore[assignment]
-    late = db.transact("third", one_txn)
+    db.transact("third", one_txn).addBoth(outcomes.append)
     reactor.advance(2.0)
-    assert late.result.check(StorageError)  # type: ignore[attr-defined]
-    late.addErrback(lambda _: None)
+    assert isinstance(outcomes[2], Failure) and outcomes[2].check(StorageError)
     assert recorder.seen[-1] == ("third", "timeout")
     held.release()
     assert recorder.seen[-1] == ("third", "ok")
