@@ -54,9 +54,9 @@ if str(REPO) not in sys.path:
     # `python bench/token_formats.py` puts bench/ first on the path, not the repo.
     sys.path.insert(0, str(REPO))
 
-from osp_server.app import TOKEN_SIGNER_NAME, TOKEN_SIGNER_VALIDITY  # noqa: E402
 from osp_server.osp.codec import decode_request  # noqa: E402
 from osp_server.osp.messages import AuthorizationRequest  # noqa: E402
+from osp_server.osp.token_setup import TOKEN_SIGNER_NAME, TOKEN_SIGNER_VALIDITY  # noqa: E402
 from osp_server.osp.tokens import (  # noqa: E402
     DEFAULT_MAX_TOKEN_BYTES,
     MAX_TOKEN_BYTES,

@@ -7,11 +7,10 @@ listening, so tests can listen on port 0; ``build_service()`` adds the listeners
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from datetime import UTC, datetime
+from typing import cast
 
 from cryptography import x509
 
@@ -20,17 +19,14 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
-    IAddress,
     IProtocolFactory,
 )
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 
-from osp_server.config import Config, validity
+from osp_server.config import Config
 from osp_server.enrollment.resource import TepResource
 from osp_server.enrollment.service import EnrollmentService
 from osp_server.enrollment.throttle import EnrollmentThrottle
@@ -47,29 +43,17 @@ from osp_server.metrics import Metrics, MetricsResource
 from osp_server.osp.authn import DeviceAuthenticator
 from osp_server.osp.resource import OSPResource
 from osp_server.osp.service import OSPService
-from osp_server.osp.tokens import (
-    DEFAULT_MAX_TOKEN_BYTES,
-    CallIdDropped,
-    TokenError,
-    TokenFactory,
-    TokenFormat,
-    TokenSigner,
-    reference_claims,
-)
-from osp_server.pki.ca import (
-    CAError,
-    CAPrivateKey,
-    CertificateAuthority,
-    is_compact_token_signer,
-    open_ca,
-)
+from osp_server.osp.token_setup import TokenSetupError, build_token_factory, token_signer_files
+from osp_server.osp.tokens import TokenFactory, TokenSigner
+from osp_server.pki.ca import CAError, CAPrivateKey, CertificateAuthority, open_ca
 from osp_server.reactor import IOSPReactor
 from osp_server.readiness import Readiness
 from osp_server.routing.refresh import ReplaceableTables, RouteRefresher
 from osp_server.services import ListenerService, ProcessService
 from osp_server.storage.db import Database, StorageError, open_database
 from osp_server.tls.context import ReloadableServerTLS, TLSMaterial
-from osp_server.tls.issued import IssuedFiles, MaterialError, provide, provide_now
+from osp_server.tls.issued import IssuedFiles, MaterialError, provide_now
+from osp_server.tls.server import RefusableTLSFactory, ServerCertificate, server_files
 from osp_server.web.crl import CRLResource
 from osp_server.web.health import HealthResource, StorageProbe
 from osp_server.web.site import OSPSite
@@ -78,9 +62,6 @@ log = Logger()
 
 
 CPU_THREADS = 2
-TOKEN_SIGNER_VALIDITY = timedelta(days=730)
-# Short: the signer's subject travels inside every signed token.
-TOKEN_SIGNER_NAME = "OSP tokens"
 
 
 class StartupError(Exception):
@@ -148,148 +129,37 @@ def issued_material(core: Core, files: IssuedFiles) -> tuple[CAPrivateKey, x509.
         raise StartupError(str(e)) from None
 
 
-def server_files(core: Core) -> IssuedFiles:
-    """The HTTPS listeners' key and certificate files, and how our CA issues them."""
-    tls = core.config.tls
-    return IssuedFiles(
-        cert_file=tls.cert_file,
-        key_file=tls.key_file,
-        key_type="rsa2048",
-        kind="server",
-        issue=lambda key, now: core.ca.issue_server_certificate(
-            key.public_key(), tls.server_names, validity=validity(tls.validity_days), now=now
-        ),
-    )
-
-
 def token_signer(core: Core) -> TokenSigner:
-    """The token-signing key and certificate (EC P-256 by default), issued by our CA.
-
-    Our own signer certificate is re-issued at start when it is not compact (an
-    earlier version's, ~100 bytes larger in every signed token); an operator's is
-    used as it is, and the start-up size check judges it.
-    """
-    directory = core.config.data_dir / "tokens"
-    key, cert = issued_material(
-        core,
-        IssuedFiles(
-            cert_file=directory / "signer.pem",
-            key_file=directory / "signer.key",
-            key_type="ec-p256" if core.config.osp.token_signer_key == "ec-p256" else "rsa2048",
-            kind="token_signer",
-            issue=lambda key, now: core.ca.issue_token_signer(
-                key.public_key(),
-                common_name=TOKEN_SIGNER_NAME,
-                validity=TOKEN_SIGNER_VALIDITY,
-                now=now,
-            ),
-            current=is_compact_token_signer,
-        ),
-    )
+    """The token-signing key and certificate (osp_server.osp.token_setup)."""
+    files = token_signer_files(core.config.data_dir, core.config.osp, core.ca)
+    key, cert = issued_material(core, files)
     return TokenSigner(cert, key)
 
 
-def log_call_id_dropped(event: CallIdDropped) -> None:
-    """Log a token sent with CallId UNDEFINED because the Call-ID made it too large."""
-    log.warn(
-        "token_call_id_dropped: {token_format} token for transaction {transaction_id} did "
-        "not fit with its {call_id_bytes}-byte Call-ID ({reason}); sent {size} bytes with "
-        "CallId UNDEFINED (limit {limit}), so the terminating device skips the Call-ID check",
-        token_format=event.token_format,
-        transaction_id=event.transaction_id,
-        call_id_bytes=event.call_id_bytes,
-        reason=event.reason,
-        size=event.size,
-        limit=event.limit,
-    )
-
-
-def _size_advice(fmt: TokenFormat) -> str:
-    if fmt == "signed":
-        return (
-            'use an EC P-256 or RSA-2048 CA with token_signer_key = "ec-p256", or '
-            'osp.token_format = "xml" or "ascii", or raise osp.max_token_bytes (up to 3000) '
-            "only if every validating device is Asterisk (4,096-byte buffer)"
-        )
-    return "raise osp.max_token_bytes"
-
-
 def token_factory(core: Core, signer: TokenSigner) -> TokenFactory:
-    """The token factory, checked at start-up against ``[osp] max_token_bytes``.
-
-    A reference token (OpenSIPS-shaped: 11-digit numbers, a 40-byte Call-ID) in the
-    default format must fit, or the server refuses to start (StartupError): otherwise
-    OpenSIPS/Kamailio would drop every token. A customer override format that does
-    not fit is only warned about, since its calls still get answers (a token with
-    CallId UNDEFINED, or OSP status 400).
-    """
-    osp = core.config.osp
-    factory = TokenFactory(
-        default_format=osp.token_format,
-        signer=signer,
-        max_token_bytes=osp.max_token_bytes,
-        on_call_id_dropped=log_call_id_dropped,
-    )
-    claims = reference_claims(core.clock(), amount=osp.call_time_limit_seconds)
-    limit = factory.max_token_bytes
-    formats: tuple[TokenFormat, ...] = ("signed", "xml", "ascii")
-    for fmt in formats:
-        try:
-            size = factory.raw_size(claims, token_format=fmt)
-            if size <= limit:
-                continue
-            problem = f"a reference token (11-digit numbers, 40-byte Call-ID) is {size} bytes"
-        except TokenError as e:
-            problem = f"a reference token cannot be built ({e})"
-        if fmt == osp.token_format:
-            raise StartupError(
-                f'{core.config.source}: osp.token_format = "{fmt}": {problem}, over '
-                f"osp.max_token_bytes = {limit} (OpenSIPS and Kamailio drop raw tokens over "
-                f"{DEFAULT_MAX_TOKEN_BYTES} bytes); {_size_advice(fmt)}"
-            )
-        log.warn(
-            "{fmt} tokens (customers with --token-format {fmt}) do not fit: {problem}, over "
-            "osp.max_token_bytes = {limit}; their tokens may say CallId UNDEFINED, or the "
-            "answer is OSP status 400",
-            fmt=fmt,
-            problem=problem,
-            limit=limit,
+    """The token factory, checked at start-up against ``[osp] max_token_bytes``
+    (StartupError when the default format cannot fit)."""
+    try:
+        return build_token_factory(
+            core.config.osp, signer, now=core.clock(), source=core.config.source
         )
-    return factory
+    except TokenSetupError as e:
+        raise StartupError(str(e)) from None
 
 
-class ServerCertificate:
-    """The HTTPS listeners' key and certificate, read at start and on reload only."""
-
-    def __init__(self, core: Core) -> None:
-        self._core = core
-        self.key, self.cert = issued_material(core, server_files(core))
-
-    async def refresh(self) -> None:
-        """Read the files again, or renew ours (SIGHUP): storage on the database pool,
-        files and crypto on the CPU pool, nothing blocking on the reactor thread."""
-        core = self._core
-        self.key, self.cert = await provide(
-            server_files(core),
+def build_server_certificate(core: Core) -> ServerCertificate:
+    """The HTTPS listeners' certificate (osp_server.tls.server)."""
+    try:
+        return ServerCertificate(
+            server_files(core.config.tls, core.ca),
             ca_subject=core.ca.certificate.subject,
-            now=core.clock(),
-            run_db=functools.partial(core.db.transact, "tls_certificates"),
-            run_blocking=lambda fn: deferToThreadPool(core.reactor, core.cpu_pool, fn),
+            clock=core.clock,
+            db=core.db,
+            reactor=core.reactor,
+            cpu_pool=core.cpu_pool,
         )
-
-
-class RefusableTLSFactory(TLSMemoryBIOFactory):
-    """TLS around a factory that may refuse a connection.
-
-    Twisted's wrapper builds a TLS protocol around ``None`` when the site refuses
-    (per-address limit), leaving a socket that nothing ever times out.
-    """
-
-    def buildProtocol(self, addr: IAddress | None) -> Any:
-        inner = self.wrappedFactory.buildProtocol(addr)
-        if inner is None:
-            return None
-        return self.protocol(self, inner)
+    except MaterialError as e:
+        raise StartupError(str(e)) from None
 
 
 @dataclass
@@ -342,7 +212,7 @@ def build_components(core: Core) -> Components:
     """Wire resources and sites (no listening)."""
     cfg = core.config.listeners
 
-    server_certificate = ServerCertificate(core)
+    server_certificate = build_server_certificate(core)
 
     def tls_loader(*, require: bool, legacy: bool = False) -> Callable[[], TLSMaterial]:
         def load() -> TLSMaterial:

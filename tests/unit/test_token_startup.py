@@ -21,17 +21,15 @@ from cryptography.x509.oid import NameOID
 from twisted.logger import capturedLogs
 
 from osp_server.app import (
-    TOKEN_SIGNER_NAME,
-    TOKEN_SIGNER_VALIDITY,
     Core,
     StartupError,
     build_service,
-    log_call_id_dropped,
     prepare,
     token_factory,
     token_signer,
 )
 from osp_server.config import Config
+from osp_server.osp.token_setup import TOKEN_SIGNER_NAME, TOKEN_SIGNER_VALIDITY, log_call_id_dropped
 from osp_server.osp.tokens import (
     DEFAULT_MAX_TOKEN_BYTES,
     CallIdDropped,

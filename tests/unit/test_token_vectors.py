@@ -29,9 +29,9 @@ from cryptography.x509.oid import NameOID
 from pyasn1.codec.der import decoder as der_decoder
 from pyasn1_alt_modules import rfc5652
 
-from osp_server.app import TOKEN_SIGNER_NAME
 from osp_server.osp.codec import decode_request
 from osp_server.osp.messages import AuthorizationRequest, ReauthorizationRequest
+from osp_server.osp.token_setup import TOKEN_SIGNER_NAME
 from osp_server.osp.tokens import (
     DEFAULT_MAX_TOKEN_BYTES,
     CallIdDropped,

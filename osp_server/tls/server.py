@@ -1,0 +1,89 @@
+"""The HTTPS listeners' certificate and the TLS wrapper around their sites.
+
+The certificate is the operator's (``[tls] cert_file``/``key_file``) or one our CA
+issues and renews (:mod:`osp_server.tls.issued`); it is read at start and again on
+SIGHUP, never per connection.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from cryptography import x509
+
+from twisted.internet.interfaces import IAddress, IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.threadpool import ThreadPool
+
+from osp_server.config import TLSConfig, validity
+from osp_server.pki.ca import CertificateAuthority
+from osp_server.storage.db import Database
+from osp_server.tls.issued import IssuedFiles, provide, provide_now
+
+
+def server_files(tls: TLSConfig, ca: CertificateAuthority) -> IssuedFiles:
+    """The HTTPS listeners' key and certificate files, and how our CA issues them."""
+    return IssuedFiles(
+        cert_file=tls.cert_file,
+        key_file=tls.key_file,
+        key_type="rsa2048",
+        kind="server",
+        issue=lambda key, now: ca.issue_server_certificate(
+            key.public_key(), tls.server_names, validity=validity(tls.validity_days), now=now
+        ),
+    )
+
+
+class ServerCertificate:
+    """The HTTPS listeners' key and certificate, read at start and on reload only.
+
+    Construction is blocking start-up work and raises
+    :class:`~osp_server.tls.issued.MaterialError` with a line for the operator.
+    """
+
+    def __init__(
+        self,
+        files: IssuedFiles,
+        *,
+        ca_subject: x509.Name,
+        clock: Callable[[], datetime],
+        db: Database,
+        reactor: IReactorFromThreads,
+        cpu_pool: ThreadPool,
+    ) -> None:
+        self._files = files
+        self._ca_subject = ca_subject
+        self._clock = clock
+        self._db = db
+        self._reactor = reactor
+        self._cpu_pool = cpu_pool
+        self.key, self.cert = provide_now(files, ca_subject=ca_subject, now=clock(), db=db)
+
+    async def refresh(self) -> None:
+        """Read the files again, or renew ours (SIGHUP): storage on the database pool,
+        files and crypto on the CPU pool, nothing blocking on the reactor thread."""
+        self.key, self.cert = await provide(
+            self._files,
+            ca_subject=self._ca_subject,
+            now=self._clock(),
+            run_db=functools.partial(self._db.transact, "tls_certificates"),
+            run_blocking=lambda fn: deferToThreadPool(self._reactor, self._cpu_pool, fn),
+        )
+
+
+class RefusableTLSFactory(TLSMemoryBIOFactory):
+    """TLS around a factory that may refuse a connection.
+
+    Twisted's wrapper builds a TLS protocol around ``None`` when the site refuses
+    (per-address limit), leaving a socket that nothing ever times out.
+    """
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        inner = self.wrappedFactory.buildProtocol(addr)
+        if inner is None:
+            return None
+        return self.protocol(self, inner)
