@@ -70,6 +70,7 @@ if str(REPO) not in sys.path:
     # `python bench/authorization.py` puts bench/ first on the path, not the repo.
     sys.path.insert(0, str(REPO))
 
+from bench.common import positive_int  # noqa: E402
 from osp_server.enrollment.wire import (  # noqa: E402
     TepOperation,
     encode_fields,
@@ -1113,26 +1114,18 @@ def _run(settings: Settings, work: Path, url: str, out: TextIO) -> int:
     return 0 if total_errors == 0 else 1
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(
         prog="bench/authorization.py",
         description="OSP authorization path against the bare HTTP stack (numbers and ratios).",
     )
-    parser.add_argument("--requests", type=_positive, default=None, help="per phase (2000)")
-    parser.add_argument("--concurrency", type=_positive, default=None, help="connections (8)")
+    parser.add_argument("--requests", type=positive_int, default=None, help="per phase (2000)")
+    parser.add_argument("--concurrency", type=positive_int, default=None, help="connections (8)")
     parser.add_argument("--engine", choices=("sqlite", "postgresql"), default="sqlite")
-    parser.add_argument("--routes", type=_positive, default=None, help="route table size (10000)")
+    parser.add_argument(
+        "--routes", type=positive_int, default=None, help="route table size (10000)"
+    )
     parser.add_argument("--warmup", type=int, default=None, help="discarded requests per phase")
     parser.add_argument(
         "--quick", action="store_true", help="a few requests per phase (a smoke run, seconds)"

@@ -42,18 +42,17 @@ from pathlib import Path
 from typing import Final, TextIO
 
 import cryptography
-from cryptography import x509
 from cryptography.hazmat.backends.openssl.backend import backend as openssl_backend
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import NameOID
 
 REPO: Final = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     # `python bench/token_formats.py` puts bench/ first on the path, not the repo.
     sys.path.insert(0, str(REPO))
 
+from bench.common import pkix_token_signer, positive_int  # noqa: E402
 from osp_server.osp.codec import decode_request  # noqa: E402
 from osp_server.osp.messages import AuthorizationRequest  # noqa: E402
 from osp_server.osp.token_setup import TOKEN_SIGNER_NAME, TOKEN_SIGNER_VALIDITY  # noqa: E402
@@ -132,43 +131,6 @@ def value_sets(now: datetime) -> list[tuple[str, TokenClaims]]:
 Builder = Callable[[TokenClaims], bytes]
 
 
-def _old_signer_certificate(
-    ca_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
-    ca_cert: x509.Certificate,
-    public_key: ec.EllipticCurvePublicKey,
-    now: datetime,
-) -> x509.Certificate:
-    """The token signer as earlier versions issued it (the PKIX end-entity base)."""
-    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "OSP Token Signer")]))
-        .issuer_name(ca_cert.subject)
-        .public_key(public_key)
-        .serial_number((1 << 158) | int.from_bytes(os.urandom(20)) >> 2)
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + TOKEN_SIGNER_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier(ca_ski.digest, None, None), critical=False)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-
 @dataclass(frozen=True)
 class CASetup:
     """One CA and the builders of its signed formats."""
@@ -211,12 +173,7 @@ def make_ca(directory: Path, key_type: str, now: datetime) -> CASetup:
         )
         return built.build
 
-    # The CA key is read back from the file create_ca wrote: only this bench, building
-    # the certificate earlier versions issued, needs it outside osp_server.pki.
-    ca_key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    if not isinstance(ca_key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise BenchError(f"{key_path}: unexpected CA key type")
-    old_cert = _old_signer_certificate(ca_key, ca.certificate, ec_key.public_key(), now)
+    old_cert = pkix_token_signer(ca, ec_key.public_key(), now)
     old_builder = pkcs7.PKCS7SignatureBuilder().add_signer(old_cert, ec_key, hashes.SHA256())
 
     def old_signed_xml(claims: TokenClaims) -> bytes:
@@ -338,16 +295,6 @@ def run(tokens: int, out: TextIO) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(
@@ -355,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Raw and base64 size and build time of every token format.",
     )
     parser.add_argument(
-        "--tokens", type=_positive, default=None, help="builds per row for the median (2000)"
+        "--tokens", type=positive_int, default=None, help="builds per row for the median (2000)"
     )
     parser.add_argument(
         "--quick", action="store_true", help="20 builds per row (a smoke run, about a second)"

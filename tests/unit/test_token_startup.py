@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from twisted.logger import capturedLogs
 
+from bench.common import pkix_token_signer
 from osp_server.app import (
     Core,
     StartupError,
@@ -29,7 +29,7 @@ from osp_server.app import (
     token_signer,
 )
 from osp_server.config import Config
-from osp_server.osp.token_setup import TOKEN_SIGNER_NAME, TOKEN_SIGNER_VALIDITY, log_call_id_dropped
+from osp_server.osp.token_setup import TOKEN_SIGNER_NAME, log_call_id_dropped
 from osp_server.osp.tokens import (
     DEFAULT_MAX_TOKEN_BYTES,
     CallIdDropped,
@@ -38,7 +38,6 @@ from osp_server.osp.tokens import (
 )
 from osp_server.pki.ca import (
     CAPrivateKey,
-    CertificateAuthority,
     SubjectPublicKey,
     is_compact_token_signer,
 )
@@ -74,29 +73,6 @@ def _signer_files(core: Core) -> tuple[Path, Path]:
 def _recorded(core: Core, cert: x509.Certificate) -> bool:
     fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
     return core.db.transact_sync(cert_store.get_by_fingerprint, fingerprint) is not None
-
-
-def _old_style_signer(
-    ca: CertificateAuthority, public_key: SubjectPublicKey, now: datetime
-) -> x509.Certificate:
-    """What issue_token_signer gave before compact signers (PKIX base: CA:FALSE, SKI, AKI,
-    20-octet serial, a longer name): about 100 bytes more in every signed token."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "OSP Token Signer")])
-    builder = ca._base_builder(name, public_key, now, TOKEN_SIGNER_VALIDITY).add_extension(
-        x509.KeyUsage(
-            digital_signature=True,
-            content_commitment=False,
-            key_encipherment=False,
-            data_encipherment=False,
-            key_agreement=False,
-            key_cert_sign=False,
-            crl_sign=False,
-            encipher_only=False,
-            decipher_only=False,
-        ),
-        critical=True,
-    )
-    return ca._sign_sha256(builder)
 
 
 def _write_operator_files(core: Core, key: CAPrivateKey, cert: x509.Certificate) -> None:
@@ -139,7 +115,7 @@ def test_earlier_non_compact_signer_is_reissued(
     core = start()
 
     def issue_old(public_key: SubjectPublicKey, **kw: Any) -> x509.Certificate:
-        return _old_style_signer(core.ca, public_key, kw["now"])
+        return pkix_token_signer(core.ca, public_key, kw["now"])
 
     with monkeypatch.context() as patch:
         patch.setattr(core.ca, "issue_token_signer", issue_old)
@@ -164,7 +140,7 @@ def test_operator_signer_is_used_as_is_and_judged_by_the_size_check(start: Any) 
     the start-up check then refuses it when signed tokens would not fit."""
     core = start()
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = _old_style_signer(core.ca, key.public_key(), core.clock())  # ours, not recorded
+    cert = pkix_token_signer(core.ca, key.public_key(), core.clock())  # ours, not recorded
     _write_operator_files(core, key, cert)
     signer = token_signer(core)
     assert signer.certificate == cert
@@ -177,7 +153,7 @@ def test_operator_signer_that_fits_is_accepted(start: Any) -> None:
     """A small operator signer under an EC CA fits, extensions and all."""
     core = start(ca={"key_type": "ec-p256"})
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = _old_style_signer(core.ca, key.public_key(), core.clock())
+    cert = pkix_token_signer(core.ca, key.public_key(), core.clock())
     _write_operator_files(core, key, cert)
     signer = token_signer(core)
     assert signer.certificate == cert
