@@ -307,7 +307,8 @@ async def test_reload_renews_ours_on_the_pools_and_deletes_nothing(
 
     monkeypatch.setattr(core.db, "transact_sync", no_blocking_storage)
     later = before.not_valid_after_utc - timedelta(days=10)  # inside the renewal window
-    monkeypatch.setattr(core, "clock", lambda: later)
+    # The certificate's own clock (it was given core.clock at start-up).
+    monkeypatch.setattr(server.components.server_certificate, "_clock", lambda: later)
     old_pem = config.tls.cert_file.read_bytes()
     await server.components.reload_tls()
     after = server.components.server_certificate.cert
