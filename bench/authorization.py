@@ -990,6 +990,7 @@ def run(settings: Settings, out: TextIO) -> int:
 def _spec(settings: Settings, work: Path, url: str, token_format: str) -> ServeSpec:
     profile = None
     if settings.profile_dir is not None:
+        settings.profile_dir.mkdir(parents=True, exist_ok=True)
         profile = str(settings.profile_dir.resolve() / f"server-{token_format}.pstats")
     return ServeSpec(
         data_dir=str(work / "data"),

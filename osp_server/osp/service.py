@@ -245,7 +245,7 @@ class OSPService:
             {"address": d.signal_address, "protocol": d.protocol, "network_id": d.network_id}
             for d in decision.destinations
         ]
-        stored: bool = await self._db.transact(
+        stored: bool = await self._db.group_commit(
             "osp_insert_transaction",
             calls.insert_transaction_txn,
             transaction_id=transaction_id,
@@ -359,7 +359,7 @@ class OSPService:
             check_claimed_identity(identity, component.customer_id, component.device_id)
         now = self._clock().replace(microsecond=0)
         reports = [leg_report(component) for component in message.components]
-        stored: calls.StoredUsage = await self._db.transact(
+        stored: calls.StoredUsage = await self._db.group_commit(
             "osp_store_usage",
             calls.store_usage_txn,
             device_pk=identity.device_pk,
@@ -396,7 +396,7 @@ class OSPService:
         """Store the device's availability and confirm."""
         check_claimed_identity(identity, indication.customer_id, indication.device_id)
         now = self._clock().replace(microsecond=0)
-        await self._db.transact(
+        await self._db.group_commit(
             "osp_store_capabilities",
             calls.store_capabilities_txn,
             device_pk=identity.device_pk,

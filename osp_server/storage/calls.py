@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 
 from osp_server.cdr.legs import (
     LegKey,
@@ -38,9 +37,10 @@ def from_storage_id(stored: int) -> int:
     return stored + _UINT64 if stored < 0 else stored
 
 
-def _dialect_insert(conn: Connection, table: Any) -> Any:
-    module = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return module.insert(table)
+# The hot-path statements below are built once per dialect and executed with a
+# parameter dict: SQLAlchemy keys and compiles each once, instead of coercing
+# ``.values(...)`` on every call.
+_DIALECTS = (postgresql, sqlite)
 
 
 def insert_transaction_txn(
@@ -56,25 +56,32 @@ def insert_transaction_txn(
     now: datetime,
     expires_at: datetime,
 ) -> bool:
-    """Record an authorization; False when the transaction id is already taken."""
-    try:
-        with conn.begin_nested():
-            conn.execute(
-                insert(transactions).values(
-                    transaction_id=transaction_id,
-                    device_pk=device_pk,
-                    call_id=call_id,
-                    calling=calling[:256],
-                    called=called[:256],
-                    status_code=status_code,
-                    destinations=json.dumps(list(destinations)),
-                    created_at=now,
-                    expires_at=expires_at,
-                )
-            )
-    except IntegrityError:
-        return False
-    return True
+    """Record an authorization; False when the transaction id is already taken.
+
+    One prebuilt statement (``INSERT … ON CONFLICT DO NOTHING RETURNING``): no
+    savepoint, and SQLAlchemy compiles it once per dialect.
+    """
+    row = {
+        "transaction_id": transaction_id,
+        "device_pk": device_pk,
+        "call_id": call_id,
+        "calling": calling[:256],
+        "called": called[:256],
+        "status_code": status_code,
+        "destinations": json.dumps(list(destinations)),
+        "created_at": now,
+        "expires_at": expires_at,
+    }
+    statement = _INSERT_TRANSACTION[conn.dialect.name]
+    return conn.execute(statement, row).first() is not None
+
+
+_INSERT_TRANSACTION = {
+    module.dialect.name: module.insert(transactions)
+    .on_conflict_do_nothing(index_elements=[transactions.c.transaction_id])
+    .returning(transactions.c.transaction_id)
+    for module in _DIALECTS
+}
 
 
 @dataclass(frozen=True)
@@ -177,14 +184,26 @@ def _leg_record(key: LegKey, row: Any) -> LegRecord:
     )
 
 
-def _find_leg(conn: Connection, key_values: dict[str, Any]) -> Any:
-    query = select(usage_records).where(
-        *(usage_records.c[name] == key_values[name] for name in _LEG_KEY_COLUMNS)
-    )
-    if conn.dialect.name == "postgresql":
-        # Two reports of one leg may arrive at once on two nodes: the second waits.
-        query = query.with_for_update()
-    return conn.execute(query).mappings().first()
+# Prebuilt statements for the usage hot path: SQLAlchemy builds, keys and compiles
+# each once per dialect, instead of coercing ``.values(...)`` for every report.
+_INSERT_LEG = {
+    module.dialect.name: module.insert(usage_records)
+    .on_conflict_do_nothing(index_elements=list(_LEG_KEY_COLUMNS))
+    # rowcount is -1 here on psycopg: ask for the new row's id instead.
+    .returning(usage_records.c.id)
+    for module in _DIALECTS
+}
+_KEY_MATCH = [usage_records.c[name] == bindparam(f"key_{name}") for name in _LEG_KEY_COLUMNS]
+_FIND_LEG = {
+    "sqlite": select(usage_records).where(*_KEY_MATCH),
+    # Two reports of one leg may arrive at once on two nodes: the second waits.
+    "postgresql": select(usage_records).where(*_KEY_MATCH).with_for_update(),
+}
+_UPDATE_LEG = update(usage_records).where(usage_records.c.id == bindparam("leg_id"))
+_OWN_TRANSACTIONS = select(transactions.c.transaction_id).where(
+    transactions.c.transaction_id.in_(bindparam("ids", expanding=True)),
+    transactions.c.device_pk == bindparam("owner"),
+)
 
 
 def _store_report(conn: Connection, device_pk: int, report: LegReport, now: datetime) -> str:
@@ -198,25 +217,23 @@ def _store_report(conn: Connection, device_pk: int, report: LegReport, now: date
     # Most reports open a leg: try the insert first (one statement). When the leg
     # exists (or another transaction is inserting it: PostgreSQL waits for that one's
     # commit), read it locked and merge.
-    statement = (
-        _dialect_insert(conn, usage_records)
-        .values(**key_values, **_leg_columns(new_record(report), now), received_at=now)
-        .on_conflict_do_nothing(index_elements=list(_LEG_KEY_COLUMNS))
-        # rowcount is -1 here on psycopg: ask for the new row's id instead.
-        .returning(usage_records.c.id)
-    )
-    if conn.execute(statement).first() is not None:
+    dialect = conn.dialect.name
+    inserted = conn.execute(
+        _INSERT_LEG[dialect],
+        {**key_values, **_leg_columns(new_record(report), now), "received_at": now},
+    ).first()
+    if inserted is not None:
         return "inserted"
-    row = _find_leg(conn, key_values)
+    row = (
+        conn.execute(_FIND_LEG[dialect], {f"key_{k}": v for k, v in key_values.items()})
+        .mappings()
+        .first()
+    )
     if row is None:
         raise StorageError("a usage record vanished while being stored")
     merged, outcome = apply_report(_leg_record(report.key, row), report)
     if outcome == "updated":
-        conn.execute(
-            update(usage_records)
-            .where(usage_records.c.id == row["id"])
-            .values(**_leg_columns(merged, now))
-        )
+        conn.execute(_UPDATE_LEG, {"leg_id": row["id"], **_leg_columns(merged, now)})
     return outcome
 
 
@@ -237,12 +254,7 @@ def store_usage_txn(
     own: frozenset[int] = frozenset()
     if reported:
         own = frozenset(
-            conn.execute(
-                select(transactions.c.transaction_id).where(
-                    transactions.c.transaction_id.in_(sorted(reported)),
-                    transactions.c.device_pk == device_pk,
-                )
-            ).scalars()
+            conn.execute(_OWN_TRANSACTIONS, {"ids": sorted(reported), "owner": device_pk}).scalars()
         )
     return StoredUsage(outcomes["inserted"], outcomes["updated"], outcomes["repeated"], own)
 
@@ -257,23 +269,30 @@ def store_capabilities_txn(
 ) -> None:
     """Keep the device's latest availability (one row per device); ``details`` is what
     else the indication said (stored as JSON)."""
-    details_json = json.dumps(details)
-    statement = _dialect_insert(conn, capabilities).values(
-        device_pk=device_pk,
-        almost_out_of_resources=almost_out_of_resources,
-        details=details_json,
-        updated_at=now,
-    )
     conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=["device_pk"],
-            set_={
-                "almost_out_of_resources": statement.excluded.almost_out_of_resources,
-                "details": statement.excluded.details,
-                "updated_at": statement.excluded.updated_at,
-            },
-        )
+        _UPSERT_CAPABILITIES[conn.dialect.name],
+        {
+            "device_pk": device_pk,
+            "almost_out_of_resources": almost_out_of_resources,
+            "details": json.dumps(details),
+            "updated_at": now,
+        },
     )
+
+
+def _upsert_capabilities(module: Any) -> Any:
+    statement = module.insert(capabilities)
+    return statement.on_conflict_do_update(
+        index_elements=["device_pk"],
+        set_={
+            "almost_out_of_resources": statement.excluded.almost_out_of_resources,
+            "details": statement.excluded.details,
+            "updated_at": statement.excluded.updated_at,
+        },
+    )
+
+
+_UPSERT_CAPABILITIES = {module.dialect.name: _upsert_capabilities(module) for module in _DIALECTS}
 
 
 def usage_for_transaction(conn: Connection, transaction_id: int) -> list[dict[str, Any]]:

@@ -51,6 +51,11 @@ class FakeDatabase:
             return fail(answer)
         return succeed(answer)
 
+    def group_commit(
+        self, desc: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Deferred[Any]:
+        return self.transact(desc, fn, *args, **kwargs)
+
 
 def _service(db: FakeDatabase, policy: DefaultRoutingPolicy) -> OSPService:
     return OSPService(

@@ -1,0 +1,178 @@
+"""Group commit (storage/group_commit.py): batching, isolation of one request's failure,
+answers only after COMMIT, timeouts; on a memory reactor with a held pool, so the test
+decides when the "thread" runs, on both engines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, create_engine, event, text
+
+from twisted.python.failure import Failure
+
+from osp_server.storage import calls
+from osp_server.storage import devices as device_store
+from osp_server.storage.db import Database, StorageError, create_db_engine
+from tests.memory import HeldThreadPool, MemoryReactor
+
+NOW = datetime(2026, 11, 30, tzinfo=UTC)
+
+
+class Setup:
+    """A database on a memory reactor whose pool runs work only when released."""
+
+    def __init__(self, database_url: str) -> None:
+        self.reactor = MemoryReactor()
+        self.db = Database(create_db_engine(database_url), self.reactor, timeout_seconds=5.0)
+        self.pool = HeldThreadPool()
+        self.db._pool = self.pool  # type: ignore[assignment]
+        self.seen: list[tuple[str, str]] = []
+        self.db.observer = lambda desc, seconds, outcome: self.seen.append((desc, outcome))
+        self.device_pk = self.db.transact_sync(_device_txn)
+        self.url = database_url
+
+    def record(self, transaction_id: int) -> list[object]:
+        """Queue one transaction record; the list gets its result or Failure."""
+        outcome: list[object] = []
+        self.db.group_commit(
+            "test_insert",
+            calls.insert_transaction_txn,
+            transaction_id=transaction_id,
+            device_pk=self.device_pk,
+            call_id=None,
+            calling="1",
+            called="2",
+            status_code=200,
+            destinations=[],
+            now=NOW,
+            expires_at=NOW + timedelta(hours=1),
+        ).addBoth(outcome.append)
+        return outcome
+
+    def stored_ids(self) -> list[int]:
+        """What another connection sees: only committed rows."""
+        engine = create_engine(create_db_engine(self.url).url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(text("SELECT transaction_id FROM transactions")).scalars()
+                return sorted(rows)
+        finally:
+            engine.dispose()
+
+
+def _device_txn(conn: Connection) -> int:
+    device_store.add_customer(conn, customer_id="1000", name="c", now=NOW)
+    return device_store.add_device(
+        conn, customer_id="1000", device_id="1000", username="u", now=NOW
+    ).pk
+
+
+@pytest.fixture
+def setup(database_url: str) -> Iterator[Setup]:
+    s = Setup(database_url)
+    yield s
+    s.db.stop()
+
+
+def test_requests_waiting_during_a_commit_share_the_next_one(setup: Setup) -> None:
+    first = setup.record(1)
+    assert len(setup.pool.held) == 1  # a batch of one is on its way
+    later = [setup.record(n) for n in (2, 3, 4)]
+    assert len(setup.pool.held) == 1  # the others wait for that batch
+    setup.pool.release()
+    assert first == [True] and all(o == [] for o in later)
+    assert setup.stored_ids() == [1]
+    setup.pool.release()
+    assert [o[0] for o in later] == [True, True, True]
+    assert setup.stored_ids() == [1, 2, 3, 4]
+    # Two COMMITs for four requests.
+    assert setup.seen.count(("group_commit", "ok")) == 2
+    assert setup.seen.count(("test_insert", "ok")) == 4
+
+
+def test_answers_come_after_the_commit_and_a_repeat_is_answered_alone(setup: Setup) -> None:
+    setup.record(9)
+    answered_while_stored: list[list[int]] = []
+
+    waiting = [setup.record(10), setup.record(10), setup.record(11)]
+    setup.pool.release()  # the first batch
+    for outcome in waiting:
+        assert outcome == []
+    setup.db.group_commit("probe", lambda conn: None).addCallback(
+        lambda _: answered_while_stored.append(setup.stored_ids())
+    )
+    setup.pool.release()  # 10, 10 (taken: False), 11, probe
+    assert [o[0] for o in waiting] == [True, False, True]
+    setup.pool.release()
+    assert answered_while_stored == [[9, 10, 11]]
+
+
+def test_one_failing_request_fails_alone(setup: Setup) -> None:
+    def broken_txn(conn: Connection) -> None:
+        conn.execute(text("INSERT INTO no_such_table VALUES (1)"))
+
+    def refusing_txn(conn: Connection) -> None:
+        calls.insert_transaction_txn(
+            conn,
+            transaction_id=21,
+            device_pk=setup.device_pk,
+            call_id=None,
+            calling="1",
+            called="2",
+            status_code=200,
+            destinations=[],
+            now=NOW,
+            expires_at=NOW,
+        )
+        raise ValueError("refused after writing")  # its write must roll back too
+
+    setup.record(1)
+    before = setup.record(20)
+    broken: list[object] = []
+    refused: list[object] = []
+    setup.db.group_commit("broken", broken_txn).addBoth(broken.append)
+    setup.db.group_commit("refused", refusing_txn).addBoth(refused.append)
+    after = setup.record(22)
+    setup.pool.release()
+    setup.pool.release()
+    assert before == [True] and after == [True]
+    assert isinstance(broken[0], Failure) and broken[0].check(StorageError)
+    assert isinstance(refused[0], Failure) and refused[0].check(ValueError)
+    assert setup.stored_ids() == [1, 20, 22]
+    assert ("broken", "error") in setup.seen and ("refused", "error") in setup.seen
+
+
+def test_a_failed_commit_fails_the_whole_batch_and_stores_nothing(setup: Setup) -> None:
+    def fail_commit(conn: Any) -> None:
+        raise RuntimeError("disk full")
+
+    setup.record(1)
+    batch = [setup.record(n) for n in (2, 3)]
+    setup.pool.release()  # [1] commits; [2, 3] are the next batch
+    event.listen(setup.db.engine, "commit", fail_commit)
+    try:
+        setup.pool.release()
+    finally:
+        event.remove(setup.db.engine, "commit", fail_commit)
+    for outcome in batch:
+        assert isinstance(outcome[0], Failure)
+    assert setup.stored_ids() == [1]
+    # The writer keeps going.
+    again = setup.record(4)
+    setup.pool.release()
+    assert again == [True] and setup.stored_ids() == [1, 4]
+
+
+def test_a_caller_that_stops_waiting_gets_storage_error(setup: Setup) -> None:
+    stuck = setup.record(1)
+    setup.reactor.advance(5.0)
+    assert isinstance(stuck[0], Failure) and stuck[0].check(StorageError)
+    assert ("test_insert", "timeout") in setup.seen
+    setup.pool.release()  # the late batch commits; nobody is answered twice
+    assert setup.stored_ids() == [1]
+    follow = setup.record(2)
+    setup.pool.release()
+    assert follow == [True]
