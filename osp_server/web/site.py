@@ -141,7 +141,9 @@ class OSPSite(Site):
         request_timeout: float = 30.0,
         max_connections_per_address: int = 64,
     ) -> None:
-        super().__init__(resource, reactor=reactor)
+        # No resource here reads form arguments from a POST body (TEP parses its own
+        # raw body), and Twisted's parsing built an email.message object for every POST.
+        super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.reactor = reactor
         self.name = name
         self.max_body_bytes = max_body_bytes
