@@ -843,3 +843,57 @@ def test_malformed_call_id_is_refused_not_dropped() -> None:
             factory.build(_claims(call_id=call_id))
         assert not isinstance(info.value, TokenTooLargeError)
     assert events == []
+
+
+# --- the pre-encoded PKCS#7 template --------------------------------------------------
+
+_TEMPLATE_LENGTHS = (1, 60, 127, 128, 200, 255, 256, 1000, 3000)
+
+
+def _cryptography_token(pki: _Pki, kind: str, content: bytes) -> bytes:
+    cert, key = pki.signers[kind]
+    return (
+        pkcs7.PKCS7SignatureBuilder()
+        .add_signer(cert, key, hashes.SHA256())
+        .set_data(content)
+        .sign(
+            serialization.Encoding.DER,
+            [pkcs7.PKCS7Options.Binary, pkcs7.PKCS7Options.NoAttributes],
+        )
+    )
+
+
+@pytest.mark.parametrize("length", _TEMPLATE_LENGTHS)
+def test_template_is_byte_for_byte_cryptographys_encoding_with_rsa(pki: _Pki, length: int) -> None:
+    """RSA PKCS#1 v1.5 signatures are deterministic: the whole token must match, across
+    every DER length-of-length boundary of the content."""
+    content = bytes(range(256)) * (length // 256) + bytes(range(length % 256))
+    assert _signer(pki, "rsa").sign(content) == _cryptography_token(pki, "rsa", content)
+
+
+@pytest.mark.parametrize("length", _TEMPLATE_LENGTHS)
+def test_template_matches_cryptography_but_for_the_ecdsa_signature(pki: _Pki, length: int) -> None:
+    from osp_server.osp.tokens import _SignedDataTemplate
+
+    content = b"x" * length
+    mine = _signer(pki, "ec").sign(content)
+    reference = _cryptography_token(pki, "ec", content)
+    cert, key = pki.signers["ec"]
+    signature = _SignedDataTemplate._signature_of(mine)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    key.public_key().verify(signature, content, ec.ECDSA(hashes.SHA256()))
+    template = _SignedDataTemplate(
+        pkcs7.PKCS7SignatureBuilder().add_signer(cert, key, hashes.SHA256()), key
+    )
+    assert template._assemble(content, _SignedDataTemplate._signature_of(reference)) == reference
+
+
+@needs_openssl
+@pytest.mark.parametrize("length", (127, 128, 300, 3000))
+def test_template_tokens_verify_with_openssl(pki: _Pki, tmp_path: Path, length: int) -> None:
+    content = b"<?xml" + b"y" * (length - 5)
+    for kind in ("ec", "rsa"):
+        token = _signer(pki, kind).sign(content)
+        for nochain in (True, False):
+            code, out = _openssl(tmp_path, token, pki.ca_pem, nochain=nochain)
+            assert (code, out) == (0, content), kind
