@@ -61,7 +61,7 @@ def cmd_device_add(ctx: Context, args: argparse.Namespace) -> None:
     secret_expires = None
     if args.generate_secret:
         secret = passwords.generate_secret()
-        secret_hash = _hash(ctx, secret)
+        secret_hash = passwords.hash_one_time_secret(secret)
         secret_expires = now + timedelta(hours=ctx.config.enrollment.secret_ttl_hours)
     else:
         password_hash = _hash(ctx, _read_password(ctx, args))
@@ -135,7 +135,7 @@ def cmd_device_password(ctx: Context, args: argparse.Namespace) -> None:
     if args.generate_secret:
         secret = passwords.generate_secret()
         values = {
-            "secret_hash": _hash(ctx, secret),
+            "secret_hash": passwords.hash_one_time_secret(secret),
             "secret_expires_at": now + timedelta(hours=ctx.config.enrollment.secret_ttl_hours),
         }
     else:

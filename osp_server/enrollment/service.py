@@ -266,9 +266,10 @@ class EnrollmentService:
     ) -> _Auth | None:
         """Password or unexpired one-time secret.
 
-        Always exactly two argon2 verifications (dummy ones where a hash is missing),
-        so unknown devices, devices without a secret and devices with one all cost
-        the same (SECURITY.md P9).
+        Always exactly one argon2id verification for the password and one keyed hash
+        for the one-time secret (dummy ones where nothing is stored), so unknown
+        devices, devices without a secret and devices with one all cost the same
+        (SECURITY.md P9).
         """
         now = self._clock()
         password_hash = device.password_hash if device is not None else None
@@ -281,7 +282,7 @@ class EnrollmentService:
         )
         profile = self._config.password_hashing
         password_ok = passwords.verify_secret(password_hash, request.password, profile)
-        secret_ok = passwords.verify_secret(secret_hash, request.password, profile)
+        secret_ok = passwords.verify_one_time_secret(secret_hash, request.password)
         if device is None or device.state != "active":
             return None
         if not hmac.compare_digest(device.username.encode(), request.username.encode()):

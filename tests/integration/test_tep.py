@@ -99,7 +99,7 @@ class Tep:
                 username=username,
                 now=NOW,
                 password_hash=passwords.hash_secret(password) if password else None,
-                secret_hash=passwords.hash_secret(secret) if secret else None,
+                secret_hash=passwords.hash_one_time_secret(secret) if secret else None,
                 secret_expires_at=NOW + timedelta(hours=1) if secret else None,
                 enrollment_policy=policy,  # type: ignore[arg-type]
             )
@@ -492,6 +492,21 @@ async def test_one_time_secret_is_consumed(secure: Tep) -> None:
     other = sha256_csr(rsa.generate_private_key(public_exponent=65537, key_size=2048))
     again = enroll_fields(other, password="OneTimeSecret42", nonce=b"n2")
     assert status_of(await secure.fields(again)) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_secret_stored_as_argon2_by_an_earlier_version_still_enrolls(secure: Tep) -> None:
+    secure.add_device(password=None)
+    secure.db.transact_sync(
+        device_store.update_device,
+        "1000",
+        "1000",
+        now=NOW,
+        secret_hash=passwords.hash_secret("OldSecret42"),
+        secret_expires_at=NOW + timedelta(hours=1),
+    )
+    answer = await secure.fields(enroll_fields(sha256_csr(), password="OldSecret42"))
+    issued_certificate(answer)
 
 
 @pytest_twisted.ensureDeferred

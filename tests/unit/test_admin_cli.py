@@ -70,6 +70,19 @@ def test_generated_secret_is_shown_once(run: Run) -> None:
     assert len(secret) == 20 and secret.isalnum()
     assert device["one_time_secret_expires"] is not None
     assert "one_time_secret" not in run.json("device", "show", "1", "5")
+    from osp_server.admin.context import Context
+    from osp_server.config import load_config
+    from osp_server.storage import devices
+
+    ctx = Context(
+        config=load_config(run.config_path), out=io.StringIO(), as_json=True, stdin=io.StringIO()
+    )
+    stored = ctx.db.transact_sync(devices.get_device, "1", "5").secret_hash
+    ctx.close()
+    # A keyed hash, not argon2id: the secret is random, and checking it must be cheap.
+    assert stored is not None and stored.startswith("hmac-sha256$")
+    assert passwords.verify_one_time_secret(stored, secret)
+    assert not passwords.verify_one_time_secret(stored, secret[:-1] + "x")
 
 
 @pytest.mark.parametrize(
