@@ -49,7 +49,7 @@ from osp_server.pki.ca import CAError, CAPrivateKey, CertificateAuthority, open_
 from osp_server.reactor import IOSPReactor
 from osp_server.readiness import Readiness
 from osp_server.routing.refresh import ReplaceableTables, RouteRefresher
-from osp_server.services import ListenerService, ProcessService
+from osp_server.services import ListenerService, ProcessService, freeze_long_lived_objects
 from osp_server.storage.db import Database, StorageError, open_database
 from osp_server.tls.context import ReloadableServerTLS, TLSMaterial
 from osp_server.tls.issued import IssuedFiles, MaterialError, provide_now
@@ -384,7 +384,17 @@ def build_process_service(config: Config, reactor: IOSPReactor) -> MultiService:
     process = ProcessService(reactor, reload=core_service.reload)
     process.setName("process")
     process.setServiceParent(top)
+    refresher = _named(top, "routes")
+    if isinstance(refresher, RouteRefresher):
+        refresher.after_load.append(freeze_long_lived_objects)
     return top
+
+
+def _named(top: MultiService, name: str) -> object:
+    try:
+        return top.getServiceNamed(name)
+    except KeyError:
+        return None
 
 
 def build_service(config: Config, reactor: IOSPReactor) -> MultiService:

@@ -98,6 +98,17 @@ class ListenerService(Service):
         return stopped
 
 
+def freeze_long_lived_objects() -> None:
+    """Move every object the collector tracks now into its permanent generation.
+
+    For objects that live until replaced, such as a route table: a million routes
+    made each full collection pause the reactor for 230-320 ms (bench/routes.py).
+    Frozen objects are still freed by reference counting when the next table
+    replaces them (route tables hold no reference cycles).
+    """
+    gc.freeze()
+
+
 class ProcessService(Service):
     """Process-wide set-up for the twistd process only: SIGHUP calls ``reload`` on the
     reactor thread, and the start-up objects are frozen out of the collector."""

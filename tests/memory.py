@@ -217,7 +217,8 @@ def memory_server(config: Config) -> Iterator[MemoryServer]:
     reactor = MemoryReactor()
     core = prepare(config, reactor)
     immediate = cast(ThreadPool, ImmediateThreadPool())
-    core.db._pool = immediate  # test-only: the database pool runs work at once
+    core.db._pool = immediate  # test-only: the database pools run work at once
+    core.db._read_pool = immediate
     core.cpu_pool = immediate
     components = build_components(core)
     service = CoreService(components)

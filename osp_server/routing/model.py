@@ -191,7 +191,28 @@ def validate_description(value: str, field: str = "description") -> str:
     return value
 
 
-@dataclass(frozen=True)
+class _ValidatedValues:
+    """Values a validator accepted, so that building many routes checks each distinct
+    table, destination and network id once.  Bounded: cleared when large."""
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self.tables: set[str] = set()
+        self.destinations: set[str] = set()
+        self.network_ids: set[str] = set()
+
+    def trim(self) -> None:
+        """Forget everything once a set is over the limit (called per route load)."""
+        for known in (self.tables, self.destinations, self.network_ids):
+            if len(known) > self.LIMIT:
+                known.clear()
+
+
+_VALID = _ValidatedValues()
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One way to reach numbers starting with ``prefix``, in route table ``table``.
 
@@ -211,14 +232,20 @@ class Route:
     call_limit: int | None = None
 
     def __post_init__(self) -> None:
-        validate_table(self.table)
+        # A million routes share a few tables, gateways and prices: values already
+        # found valid are not checked again (see _ValidatedValues).
+        valid = _VALID
+        if self.table not in valid.tables:
+            valid.tables.add(validate_table(self.table))
         validate_prefix(self.prefix)
-        validate_destination(self.destination)
+        if self.destination not in valid.destinations:
+            valid.destinations.add(validate_destination(self.destination))
         validate_protocol(self.protocol)
         validate_int("priority", self.priority, minimum=0)
         validate_int("weight", self.weight, minimum=0)
-        validate_cost(self.cost)
-        validate_network_id(self.network_id)
+        validate_cost(self.cost)  # not cached: 0.01 == 0.0100000000, digits differ
+        if self.network_id is not None and self.network_id not in valid.network_ids:
+            valid.network_ids.add(validate_network_id(self.network_id) or "")
         if self.call_limit is not None:
             validate_int("call_limit", self.call_limit, minimum=1)
 

@@ -8,6 +8,7 @@ and retried on the next tick; the policy keeps its last good tables meanwhile.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from twisted.application.service import Service
@@ -62,6 +63,8 @@ class RouteRefresher(Service):
         """Route version of the tables in the policy (None: nothing loaded yet)."""
         self.failures = 0
         """Consecutive failed polls (0 after a good one)."""
+        self.after_load: list[Callable[[], object]] = []
+        """Called after each new table is in place (twistd freezes it out of the GC)."""
 
     def when_loaded(self) -> Deferred[int]:
         """A new Deferred firing with the version once tables are loaded (at once if
@@ -105,25 +108,25 @@ class RouteRefresher(Service):
         """
         await self._lock.acquire()
         try:
-            version = await self._db.transact("route_version", route_store.current_version_txn)
+            version = await self._db.read("route_version", route_store.current_version_txn)
             if version == self.version:
                 self._succeeded()
                 return False
-            version, tables = await self._db.transact(
-                "route_snapshot", route_store.load_snapshot_txn
-            )
+            version, tables = await self._db.read("route_snapshot", route_store.load_snapshot_txn)
             self._succeeded()
             if self.version is not None and version < self.version:
                 return False  # never go back to older tables
             self._policy.replace(tables)
             self.version = version
+            for hook in self.after_load:
+                hook()
         finally:
             self._lock.release()
         log.info(
             "route tables loaded: version {version}, {routes} routes, {blocks} block rules",
             version=version,
-            routes=len(tables.routes()),
-            blocks=len(tables.blocks()),
+            routes=tables.route_count,
+            blocks=tables.block_count,
         )
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:

@@ -156,6 +156,20 @@ class RouteTables:
         """Read-only map of table name to its route index."""
         return self._routes
 
+    @property
+    def route_count(self) -> int:
+        """How many routes, in all tables."""
+        return sum(len(index) for index in self._routes.values())
+
+    @property
+    def block_count(self) -> int:
+        """How many block rules, in all tables."""
+        return sum(
+            len(index)
+            for kind in (self._source_blocks, self._destination_blocks)
+            for index in kind.values()
+        )
+
     def routes(self) -> list[Route]:
         """Every route, table by table (for export)."""
         return [route for index in self._routes.values() for route in index.items()]

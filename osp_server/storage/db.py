@@ -48,6 +48,9 @@ __all__ = [
 
 log = Logger()
 
+READ_TIMEOUT_SECONDS = 120.0
+"""How long a long read (a whole route table) may take before it counts as failed."""
+
 T = TypeVar("T")
 P = ParamSpec("P")
 
@@ -61,8 +64,15 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def create_db_engine(url: str, *, pool_size: int = 4, timeout_seconds: float = 10.0) -> Engine:
-    """Create an engine with the durable settings of each engine applied on connect."""
+def create_db_engine(
+    url: str, *, pool_size: int = 4, timeout_seconds: float = 10.0, read_only: bool = False
+) -> Engine:
+    """Create an engine with the durable settings of each engine applied on connect.
+
+    ``read_only`` engines are for long reads beside the writer (route tables): on
+    SQLite their transactions are deferred and ``query_only``, so they never take the
+    write lock; on PostgreSQL their transactions are read-only.
+    """
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -95,9 +105,21 @@ def create_db_engine(url: str, *, pool_size: int = 4, timeout_seconds: float = 1
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
+            if read_only:
+                # A snapshot of the WAL that the writer never waits for.
+                conn.exec_driver_sql("BEGIN")
+                return
             # Take the write lock up front: a deferred transaction that later writes
             # fails at once with "database is locked" when another process wrote.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        if read_only:
+
+            @event.listens_for(engine, "connect")
+            def _sqlite_query_only(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA query_only=ON")
+                cur.close()
 
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -110,7 +132,8 @@ def create_db_engine(url: str, *, pool_size: int = 4, timeout_seconds: float = 1
             pool_pre_ping=True,
             connect_args={
                 "connect_timeout": max(1, int(timeout_seconds)),
-                "options": f"-c statement_timeout={statement_ms}",
+                "options": f"-c statement_timeout={statement_ms}"
+                + (" -c default_transaction_read_only=on" if read_only else ""),
             },
         )
     raise StorageError(f"unsupported database URL scheme: {parsed.drivername}")
@@ -193,19 +216,75 @@ class Database:
         self._started = False
         self.observer: TransactionObserver = _ignore
         self._writer: GroupCommitWriter | None = None
+        # Long reads (whole route tables) get a connection and a thread of their own,
+        # so that the writer (SQLite's only one) never waits for them, and a longer
+        # timeout: a million routes take seconds to read.
+        self.read_timeout_seconds = max(READ_TIMEOUT_SECONDS, timeout_seconds)
+        self._read_pool = ThreadPool(minthreads=0, maxthreads=1, name="osp-db-read")
+        self._read_engine: Engine | None = None
 
     def start(self) -> None:
         """Start the worker threads (call from the reactor thread)."""
         if not self._started:
             self._pool.start()
+            self._read_pool.start()
             self._started = True
 
     def stop(self) -> None:
         """Stop the worker threads and close the connections."""
         if self._started:
             self._pool.stop()
+            self._read_pool.stop()
             self._started = False
         self.engine.dispose()
+        if self._read_engine is not None:
+            self._read_engine.dispose()
+
+    def read(
+        self,
+        desc: str,
+        fn: Callable[Concatenate[Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Deferred[T]:
+        """Run ``fn(connection, ...)`` in a read-only transaction on the reader's own
+        connection and thread (see ``read_timeout_seconds``): for long reads that must
+        not hold up writes.  Errors and timeouts come back as :class:`StorageError`."""
+        reactor = self._reactor
+        if reactor is None:
+            raise RuntimeError("this Database was opened without a reactor: use transact_sync")
+        if self._read_engine is None:
+            self._read_engine = create_db_engine(
+                str(self.engine.url.render_as_string(hide_password=False)),
+                pool_size=1,
+                timeout_seconds=self.read_timeout_seconds,
+                read_only=True,
+            )
+        engine, observer = self._read_engine, self.observer
+
+        def work() -> T:
+            started = time.perf_counter()
+            outcome = "error"
+            try:
+                with engine.begin() as conn:
+                    result = fn(conn, *args, **kwargs)
+                outcome = "ok"
+                return result
+            except SQLAlchemyError as e:
+                raise StorageError(f"database error: {type(e).__name__}: {e}") from e
+            finally:
+                observer(desc, time.perf_counter() - started, outcome)
+
+        d: Deferred[T] = deferToThreadPool(reactor, self._read_pool, work)
+        d.addTimeout(self.read_timeout_seconds, reactor)
+        d.addErrback(self._read_timed_out, desc)
+        return d
+
+    def _read_timed_out(self, failure: Failure, desc: str) -> NoReturn:
+        if failure.check(defer.TimeoutError):
+            self.observer(desc, self.read_timeout_seconds, "timeout")
+            raise StorageError(f"database did not answer within {self.read_timeout_seconds:g} s")
+        failure.raiseException()
 
     def transact(
         self,

@@ -137,3 +137,20 @@ def test_route_tables_reach_any_policy_that_asks(
     assert isinstance(policy, TablePolicy) and policy.margin == 3
     refresher = top.getServiceNamed("routes")
     assert isinstance(refresher, RouteRefresher)
+
+
+def test_twistd_freezes_each_new_route_table_out_of_the_collector(tmp_path: Path) -> None:
+    """Only the twistd process service (not in-process users) adds the GC freeze."""
+    from osp_server.app import build_process_service
+    from osp_server.services import freeze_long_lived_objects
+    from tests.memory import MemoryReactor
+
+    config = make_config(tmp_path)
+    for build, frozen in ((build_service, False), (build_process_service, True)):
+        top = build(config, MemoryReactor())
+        refresher = top.getServiceNamed("routes")
+        assert isinstance(refresher, RouteRefresher)
+        assert (freeze_long_lived_objects in refresher.after_load) is frozen
+        core = top.getServiceNamed("core")
+        assert isinstance(core, CoreService)
+        core.components.core.db.stop()

@@ -49,6 +49,13 @@ class FlakyDatabase(Database):
             return defer.fail(self.error)
         return super().transact(desc, fn, *args, **kwargs)
 
+    def read(self, desc: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        self.calls += 1
+        if self.fail_next:
+            self.fail_next -= 1
+            return defer.fail(self.error)
+        return super().read(desc, fn, *args, **kwargs)
+
 
 @pytest.fixture
 def node_a(database_url: str) -> Iterator[FlakyDatabase]:
@@ -145,6 +152,41 @@ async def test_refresh_now_picks_up_another_nodes_change(
     node_b.transact_sync(store.delete_blocks, table="default")
     assert await refresher.refresh_now() is True
     assert _status(policy) == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_tables_load_beside_a_busy_writer_and_hooks_run_per_new_table(
+    node_a: FlakyDatabase, node_b: Database, database_url: str
+) -> None:
+    """Route loads use the reader's own connection: they finish while another
+    transaction holds the write lock (on SQLite: the only writer), and each new table
+    runs the after-load hooks (twistd freezes it out of the garbage collector)."""
+    policy = DefaultRoutingPolicy()
+    refresher = RouteRefresher(node_a, policy, reactor, interval=3600)
+    loaded: list[int | None] = []
+    refresher.after_load.append(lambda: loaded.append(refresher.version))
+    _import(node_b, FIRST)
+    with node_b.engine.connect() as blocker:
+        blocker.begin()
+        blocker.execute(routes.delete())  # holds the write lock, uncommitted
+        assert await refresher.refresh_now() is True
+        blocker.rollback()
+    assert _destinations(policy) == ["[192.0.2.1]:5060"]  # what was committed
+    assert await refresher.refresh_now() is False
+    _import(node_b, SECOND)
+    assert await refresher.refresh_now() is True
+    assert loaded == [1, 2]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_refuse_writes(node_a: FlakyDatabase) -> None:
+    from osp_server.storage.db import StorageError
+
+    def write_txn(conn: Any) -> None:
+        conn.execute(routes.delete())
+
+    with pytest.raises(StorageError, match=r"read.only|readonly"):
+        await node_a.read("test_write", write_txn)
 
 
 @pytest_twisted.ensureDeferred

@@ -292,3 +292,23 @@ def test_policy_routes_with_loaded_tables(db: Database) -> None:
     decision = policy.route(make_routing_request(called="1678"))
     assert decision.ok
     assert [d.signal_address for d in decision.destinations] == ["[192.0.2.7]:5060"]
+
+
+def test_loaded_routes_share_repeated_values_and_are_counted(db: Database) -> None:
+    """A big table repeats a few gateways and prices: loading shares one object each
+    (memory for a million routes), and the counts need no list of every route."""
+    gateways = ["[192.0.2.1]:5060", "[192.0.2.2]:5060"]
+    many = [
+        make_route(prefix=str(1000 + i), destination=gateways[i % 2], cost=Decimal("0.0125"))
+        for i in range(50)
+    ]
+    db.transact_sync(store.import_routes, many, replace=False)
+    db.transact_sync(
+        store.import_blocks, [BlockRule("default", "source", "1404", "Fraud")], replace=False
+    )
+    _, tables = db.transact_sync(store.load_snapshot_txn)
+    loaded = tables.routes()
+    assert sorted(r.prefix for r in loaded) == sorted(r.prefix for r in many)
+    assert len({id(r.destination) for r in loaded}) == 2
+    assert len({id(r.cost) for r in loaded}) == 1 and loaded[0].cost == Decimal("0.0125")
+    assert (tables.route_count, tables.block_count) == (50, 1)
