@@ -62,7 +62,7 @@ from typing import Any, Final, TextIO
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 REPO: Final = Path(__file__).resolve().parents[1]
@@ -226,7 +226,9 @@ def serve(spec: ServeSpec) -> int:
                 "metrics": "",
             },
             "database": {"url": spec.database_url},
-            "enrollment": {"throttle_per_address": 1000},
+            # The enroll phase sends one device's enrollments 8 at a time; attempts in
+            # flight count against its failure budget, so the budget is raised here.
+            "enrollment": {"throttle_per_address": 100_000, "throttle_failures": 1000},
             "osp": {"token_format": spec.token_format},
         },
         source="<bench>",
@@ -901,6 +903,72 @@ def usage_requests(count: int, first_transaction_id: int) -> list[bytes]:
     ]
 
 
+def enrollment_requests(count: int) -> list[bytes]:
+    """TEP requests of the bench device, each with a new CSR (one key, its own subject)
+    and nonce: every one is a new enrollment the server must authenticate and sign."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    head = b"POST /tep HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: text/html\r\n"
+    head += b"Content-Length: 0\r\nConnection: Keep-Alive"
+    requests = []
+    for i in range(count):
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"bench-{i}")])
+        csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+        fields = [
+            ("operation", b"request"),
+            ("nonce", b"%08d\x00" % i + secrets.token_hex(4).encode() + b"\x00"),
+            ("username", USERNAME.encode()),
+            ("password", PASSWORD.encode()),
+            ("device", DEVICE.encode()),
+            ("customer", CUSTOMER.encode()),
+            ("request", base64.b64encode(csr.public_bytes(serialization.Encoding.DER))),
+        ]
+        requests.append(build_request(head, encode_fields(fields)))
+    return requests
+
+
+def check_enrollment(answer: Answer) -> str | None:
+    """A certificate issued (TEP status 0)."""
+    if answer.code != 200 or not answer.body.startswith(b"status=0&certificate="):
+        return f"enrollment: HTTP {answer.code}, {answer.body[:60]!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class EnrollmentLimit:
+    """What one enrollment must cost at least, measured in this process: the CPU of
+    one argon2id check with the server's default profile, and of signing the
+    certificate (an RSA-2048 signature); the limit is the rate all CPUs allow."""
+
+    argon2_ms: float
+    signing_ms: float
+
+    @property
+    def per_enrollment_ms(self) -> float:
+        return self.argon2_ms + self.signing_ms
+
+    def rate(self, cpus: int) -> float:
+        """Enrollments per second if every CPU did nothing else."""
+        return cpus * 1000.0 / self.per_enrollment_ms
+
+
+def measure_enrollment_limit(rounds: int = 5) -> EnrollmentLimit:
+    """CPU time (all threads of this process) of the unavoidable parts of one enrollment."""
+    from osp_server import passwords
+
+    stored = passwords.hash_secret(PASSWORD)
+    started = time.process_time()
+    for _ in range(rounds):
+        passwords.verify_secret(stored, PASSWORD)
+    argon2 = (time.process_time() - started) / rounds
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    tbs = os.urandom(900)
+    started = time.process_time()
+    for _ in range(rounds * 10):
+        key.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
+    signing = (time.process_time() - started) / (rounds * 10)
+    return EnrollmentLimit(argon2 * 1000, signing * 1000)
+
+
 # --- report ----------------------------------------------------------------------------
 
 
@@ -977,6 +1045,11 @@ class Settings:
     routes: int
     warmup: int
     profile_dir: Path | None
+    enrollments: int = 40
+
+
+ENROLL_WARMUP: Final = 2
+"""Enrollments before the measured ones (the first pays for cold caches)."""
 
 
 def run(settings: Settings, out: TextIO) -> int:
@@ -1064,6 +1137,19 @@ def _run(settings: Settings, work: Path, url: str, out: TextIO) -> int:
                 name="usage-insert",
             )
         )
+        enrollments = enrollment_requests(settings.enrollments + ENROLL_WARMUP)
+        results.append(
+            run_phase(
+                signed,
+                signed.https_port,
+                device,
+                enrollments[ENROLL_WARMUP:],
+                warmup=enrollments[:ENROLL_WARMUP],
+                concurrency=c,
+                check=check_enrollment,
+                name="enroll",
+            )
+        )
         signed_after = signed.sample()
     finally:
         signed.stop()
@@ -1097,6 +1183,16 @@ def _run(settings: Settings, work: Path, url: str, out: TextIO) -> int:
     say(rss_line("token_format xml", xml_before, xml_after))
     say(gc_line("token_format signed", read_gc_summary(Path(signed.spec.stats_file)), results))
     say(gc_line("token_format xml", read_gc_summary(Path(xml.spec.stats_file)), results))
+    cpus = os.cpu_count() or 1
+    limit = measure_enrollment_limit()
+    enrolled = next(r for r in results if r.name == "enroll")
+    say(
+        f"enrollment: {enrolled.throughput:.1f}/s, server CPU "
+        f"{enrolled.server_cpu_ms_per_request:.0f} ms each; component limit "
+        f"{limit.rate(cpus):.1f}/s on {cpus} CPUs (argon2id check {limit.argon2_ms:.0f} ms "
+        f"+ RSA-2048 signature {limit.signing_ms:.1f} ms of CPU): "
+        f"{enrolled.throughput / limit.rate(cpus):.2f} of the limit"
+    )
     for r in results:
         if r.name.startswith("auth-"):
             p99 = r.percentile(99)
@@ -1129,6 +1225,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--warmup", type=int, default=None, help="discarded requests per phase")
     parser.add_argument(
+        "--enrollments", type=positive_int, default=None, help="in the enroll phase (40)"
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="a few requests per phase (a smoke run, seconds)"
     )
     parser.add_argument(
@@ -1140,9 +1239,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """Defaults, then --quick, then explicit options."""
-    requests, concurrency, routes, warmup = 2000, 8, 10_000, 200
+    requests, concurrency, routes, warmup, enrollments = 2000, 8, 10_000, 200, 40
     if args.quick:
-        requests, concurrency, routes, warmup = 60, 4, 10_000, 8
+        requests, concurrency, routes, warmup, enrollments = 60, 4, 10_000, 8, 4
     requests = args.requests or requests
     concurrency = args.concurrency or concurrency
     if args.warmup is not None:
@@ -1158,6 +1257,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         routes=args.routes or routes,
         warmup=warmup,
         profile_dir=args.profile_dir,
+        enrollments=args.enrollments or enrollments,
     )
 
 

@@ -46,4 +46,8 @@ def test_quick_run_prints_every_phase_without_errors() -> None:
     assert any(line.startswith("server RSS (token_format signed): before load") for line in lines)
     assert any(line.startswith("server RSS (token_format xml): before load") for line in lines)
     assert sum("AuthorizationResponse p99" in line for line in lines) == 2
+    # The enrollment phase: 4 new certificates (--quick), and its component limit.
+    enroll = next(f for f in map(str.split, lines) if f[:1] == ["enroll"])
+    assert enroll[1] == "4" and enroll[8] == "0", enroll
+    assert any(line.startswith("enrollment: ") and "of the limit" in line for line in lines)
     assert lines[-1] == "RESULT ok: 0 errors"
