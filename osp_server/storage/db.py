@@ -31,7 +31,7 @@ from twisted.python.threadpool import ThreadPool
 
 from osp_server.config import DatabaseConfig
 from osp_server.reactor import IOSPReactor
-from osp_server.storage.errors import DurabilityError, StorageError
+from osp_server.storage.errors import DurabilityError, StorageError, storage_error
 from osp_server.storage.group_commit import GroupCommitWriter
 
 __all__ = [
@@ -250,9 +250,6 @@ class Database:
         """Run ``fn(connection, ...)`` in a read-only transaction on the reader's own
         connection and thread (see ``read_timeout_seconds``): for long reads that must
         not hold up writes.  Errors and timeouts come back as :class:`StorageError`."""
-        reactor = self._reactor
-        if reactor is None:
-            raise RuntimeError("this Database was opened without a reactor: use transact_sync")
         if self._read_engine is None:
             self._read_engine = create_db_engine(
                 str(self.engine.url.render_as_string(hide_password=False)),
@@ -260,31 +257,9 @@ class Database:
                 timeout_seconds=self.read_timeout_seconds,
                 read_only=True,
             )
-        engine, observer = self._read_engine, self.observer
-
-        def work() -> T:
-            started = time.perf_counter()
-            outcome = "error"
-            try:
-                with engine.begin() as conn:
-                    result = fn(conn, *args, **kwargs)
-                outcome = "ok"
-                return result
-            except SQLAlchemyError as e:
-                raise StorageError(f"database error: {type(e).__name__}: {e}") from e
-            finally:
-                observer(desc, time.perf_counter() - started, outcome)
-
-        d: Deferred[T] = deferToThreadPool(reactor, self._read_pool, work)
-        d.addTimeout(self.read_timeout_seconds, reactor)
-        d.addErrback(self._read_timed_out, desc)
-        return d
-
-    def _read_timed_out(self, failure: Failure, desc: str) -> NoReturn:
-        if failure.check(defer.TimeoutError):
-            self.observer(desc, self.read_timeout_seconds, "timeout")
-            raise StorageError(f"database did not answer within {self.read_timeout_seconds:g} s")
-        failure.raiseException()
+        return self._run(
+            self._read_engine, self._read_pool, self.read_timeout_seconds, desc, fn, args, kwargs
+        )
 
     def transact(
         self,
@@ -301,28 +276,40 @@ class Database:
         back as :class:`StorageError` (a late thread finishes its work, but nobody
         waits for it).
         """
+        return self._run(self.engine, self._pool, self._timeout, desc, fn, args, kwargs)
 
+    def _run(
+        self,
+        engine: Engine,
+        pool: ThreadPool,
+        timeout: float,
+        desc: str,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Deferred[T]:
+        """``fn`` in one transaction of ``engine`` on ``pool``, observed and timed out."""
+        reactor = self._reactor
+        if reactor is None:
+            raise RuntimeError("this Database was opened without a reactor: use transact_sync")
         observer = self.observer
 
         def work() -> T:
             started = time.perf_counter()
             outcome = "error"
             try:
-                with self.engine.begin() as conn:
+                with engine.begin() as conn:
                     result = fn(conn, *args, **kwargs)
                 outcome = "ok"
                 return result
             except SQLAlchemyError as e:
-                raise StorageError(f"database error: {type(e).__name__}: {e}") from e
+                raise storage_error(e) from e
             finally:
                 observer(desc, time.perf_counter() - started, outcome)
 
-        reactor = self._reactor
-        if reactor is None:
-            raise RuntimeError("this Database was opened without a reactor: use transact_sync")
-        d: Deferred[T] = deferToThreadPool(reactor, self._pool, work)
-        d.addTimeout(self._timeout, reactor)
-        d.addErrback(self._timed_out, desc)
+        d: Deferred[T] = deferToThreadPool(reactor, pool, work)
+        d.addTimeout(timeout, reactor)
+        d.addErrback(self._timed_out, desc, timeout)
         return d
 
     def group_commit(
@@ -349,11 +336,11 @@ class Database:
         answer: Deferred[T] = self._writer.submit(desc, fn, *args, **kwargs)
         return answer
 
-    def _timed_out(self, failure: Failure, desc: str) -> NoReturn:
+    def _timed_out(self, failure: Failure, desc: str, timeout: float) -> NoReturn:
         # Callers handle one exception type for "storage is not answering".
         if failure.check(defer.TimeoutError):
-            self.observer(desc, self._timeout, "timeout")
-            raise StorageError(f"database did not answer within {self._timeout:g} s")
+            self.observer(desc, timeout, "timeout")
+            raise StorageError(f"database did not answer within {timeout:g} s")
         failure.raiseException()
 
     def transact_sync(
@@ -367,7 +354,7 @@ class Database:
             with self.engine.begin() as conn:
                 return fn(conn, *args, **kwargs)
         except SQLAlchemyError as e:
-            raise StorageError(f"database error: {type(e).__name__}: {e}") from e
+            raise storage_error(e) from e
 
     def ping(self) -> Deferred[bool]:
         """True when the database answers a trivial query."""

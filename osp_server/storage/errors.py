@@ -17,3 +17,8 @@ class StorageError(Exception):
 
 class DurabilityError(StorageError):
     """The database runs without the settings that make a commit durable (R9)."""
+
+
+def storage_error(error: Exception) -> StorageError:
+    """The :class:`StorageError` that reports a driver or SQLAlchemy ``error``."""
+    return StorageError(f"database error: {type(error).__name__}: {error}")

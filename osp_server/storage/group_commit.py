@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from osp_server.reactor import IOSPReactor
-from osp_server.storage.errors import StorageError
+from osp_server.storage.errors import StorageError, storage_error
 
 MAX_BATCH = 500
 """Requests per transaction at most: bounds the time one COMMIT holds everyone."""
@@ -61,10 +61,6 @@ class _Request:
 class _Outcome:
     ok: bool
     value: Any  # the result, or the exception
-
-
-def _storage_error(e: SQLAlchemyError) -> StorageError:
-    return StorageError(f"database error: {type(e).__name__}: {e}")
 
 
 class GroupCommitWriter:
@@ -129,7 +125,7 @@ class GroupCommitWriter:
                         with conn.begin_nested():
                             value = request.fn(conn, *request.args, **request.kwargs)
                     except SQLAlchemyError as e:
-                        outcomes.append(_Outcome(False, _storage_error(e)))
+                        outcomes.append(_Outcome(False, storage_error(e)))
                         observer(request.desc, time.perf_counter() - started, "error")
                     except Exception as e:  # the request's own refusal: its alone
                         outcomes.append(_Outcome(False, e))
@@ -141,7 +137,7 @@ class GroupCommitWriter:
             observer("group_commit", time.perf_counter() - committing, "ok")
         except SQLAlchemyError as e:
             observer("group_commit", 0.0, "error")
-            error = _storage_error(e)
+            error = storage_error(e)
             return [_Outcome(False, error) for _ in batch]
         return outcomes
 

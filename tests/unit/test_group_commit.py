@@ -37,9 +37,13 @@ class Setup:
     def record(self, transaction_id: int) -> list[object]:
         """Queue one transaction record; the list gets its result or Failure."""
         outcome: list[object] = []
-        self.db.group_commit(
-            "test_insert",
-            calls.insert_transaction_txn,
+        self.db.group_commit("test_insert", self.insert_txn, transaction_id).addBoth(outcome.append)
+        return outcome
+
+    def insert_txn(self, conn: Connection, transaction_id: int) -> bool:
+        """A transaction record of the test device."""
+        return calls.insert_transaction_txn(
+            conn,
             transaction_id=transaction_id,
             device_pk=self.device_pk,
             call_id=None,
@@ -49,8 +53,7 @@ class Setup:
             destinations=[],
             now=NOW,
             expires_at=NOW + timedelta(hours=1),
-        ).addBoth(outcome.append)
-        return outcome
+        )
 
     def stored_ids(self) -> list[int]:
         """What another connection sees: only committed rows."""
@@ -115,18 +118,7 @@ def test_one_failing_request_fails_alone(setup: Setup) -> None:
         conn.execute(text("INSERT INTO no_such_table VALUES (1)"))
 
     def refusing_txn(conn: Connection) -> None:
-        calls.insert_transaction_txn(
-            conn,
-            transaction_id=21,
-            device_pk=setup.device_pk,
-            call_id=None,
-            calling="1",
-            called="2",
-            status_code=200,
-            destinations=[],
-            now=NOW,
-            expires_at=NOW,
-        )
+        setup.insert_txn(conn, 21)
         raise ValueError("refused after writing")  # its write must roll back too
 
     setup.record(1)
