@@ -1,7 +1,7 @@
 """``osp-admin route``: import, export, list and delete routes and block rules.
 
-Files are the CSV formats of `osp_server.routing.csvio`; an import is checked whole
-before anything is written and applied in one transaction, so a bad file changes
+Files are the CSV formats of `osp_server.routing.csvio`; an import is applied in one
+transaction (a routes file read line by line within it), so a bad file changes
 nothing. Every change bumps the route version, and each server node reloads its
 tables within ``osp.route_refresh_seconds``.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,8 +21,8 @@ from osp_server.routing.csvio import (
     BLOCK_COLUMNS,
     ROUTE_COLUMNS,
     RouteFileError,
+    iter_routes_csv,
     parse_blocks_csv,
-    parse_routes_csv,
     render_blocks_csv,
     render_routes_csv,
 )
@@ -29,7 +30,10 @@ from osp_server.routing.model import BlockRule, Route
 from osp_server.storage import routes as route_store
 
 MAX_FILE_BYTES: Final = 64 * 1024 * 1024
-"""Route files larger than this are refused before they are read."""
+"""Block-rule files larger than this are refused before they are read."""
+MAX_IMPORT_BYTES: Final = 4 * 1024 * 1024 * 1024
+"""Routes files (read line by line) larger than this are refused before they are read:
+about 50 million rows, beyond `MAX_STREAM_ROWS` anyway."""
 
 
 def route_row(route: Route) -> dict[str, Any]:
@@ -102,17 +106,43 @@ def _result_row(name: str, count: int, result: route_store.ImportResult) -> dict
 
 def cmd_route_import(ctx: Context, args: argparse.Namespace) -> None:
     """Import a routes file (upsert; ``--replace`` also drops routes of the tables it
-    names that it does not list)."""
-    text = read_route_file(ctx, args.file)
+    names that it does not list).
+
+    The file is read line by line inside the import transaction (millions of rows
+    are fine); any bad line rolls the whole import back.
+    """
+    with _route_lines(ctx, args.file) as lines:
+        try:
+            result = ctx.db.transact_sync(
+                route_store.import_routes, iter_routes_csv(lines), replace=args.replace
+            )
+        except (RouteFileError, route_store.RouteStoreError) as e:
+            raise AdminError(f"{_label(args.file)}: {e}") from None
+        except OSError as e:
+            raise AdminError(f"{_label(args.file)}: cannot read: {e.strerror or e}") from None
+    rows = result.inserted + result.updated + result.unchanged
+    emit_one(ctx, _result_row(args.file, rows, result))
+
+
+@contextmanager
+def _route_lines(ctx: Context, name: str) -> Iterator[Iterable[bytes] | Iterable[str]]:
+    """The lines of a routes file (``-``: standard input), opened for streaming; a
+    regular file over `MAX_IMPORT_BYTES` is refused before anything is read."""
+    if name == "-":
+        yield ctx.stdin
+        return
     try:
-        routes = parse_routes_csv(text)
-    except RouteFileError as e:
-        raise AdminError(f"{_label(args.file)}: {e}") from None
-    try:
-        result = ctx.db.transact_sync(route_store.import_routes, routes, replace=args.replace)
-    except route_store.RouteStoreError as e:
-        raise AdminError(f"{_label(args.file)}: {e}") from None
-    emit_one(ctx, _result_row(args.file, len(routes), result))
+        f = Path(name).open("rb")
+    except OSError as e:
+        raise AdminError(f"{name}: cannot read: {e.strerror or e}") from None
+    with f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+        except OSError as e:
+            raise AdminError(f"{name}: cannot read: {e.strerror or e}") from None
+        if size > MAX_IMPORT_BYTES:
+            raise AdminError(f"{name}: larger than {MAX_IMPORT_BYTES} bytes")
+        yield f
 
 
 def cmd_route_import_blocks(ctx: Context, args: argparse.Namespace) -> None:

@@ -20,7 +20,7 @@ import io
 import re
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal, InvalidOperation
-from typing import Final, TypeVar
+from typing import Final, TypeVar, cast
 
 from osp_server.routing.model import (
     DEFAULT_TABLE,
@@ -39,8 +39,11 @@ from osp_server.routing.model import (
 )
 
 MAX_ROWS: Final = 100_000
+"""Rows of a file given whole, as text (block rules, tests)."""
+MAX_STREAM_ROWS: Final = 10_000_000
+"""Rows of a routes file read line by line (`iter_routes_csv` on lines)."""
 MAX_FILE_CHARS: Final = 32 * 1024 * 1024
-"""Checked before parsing; a full 100 000-row file is far below it."""
+"""Checked before parsing text given whole; a full 100 000-row file is far below it."""
 MAX_FIELD_CHARS: Final = 1024
 """No valid cell is this long; longer ones are refused without building them."""
 
@@ -83,13 +86,30 @@ class RouteFileError(ValueError):
 
 def parse_routes_csv(text: str, *, max_rows: int = MAX_ROWS) -> list[Route]:
     """Parse a routes file (see the module docstring); raise `RouteFileError`."""
-    routes: list[Route] = []
+    return list(iter_routes_csv(text, max_rows=max_rows))
+
+
+def iter_routes_csv(
+    source: str | Iterable[bytes] | Iterable[str], *, max_rows: int | None = None
+) -> Iterator[Route]:
+    """The routes of a file, one at a time; raise `RouteFileError` on the first problem.
+
+    ``source`` is the whole text, or its lines (bytes lines are decoded as UTF-8 one
+    by one, so that an error names its line): a file of millions of rows is never held
+    in memory, only the keys seen (for duplicates).  ``max_rows`` defaults to
+    `MAX_ROWS` for text and `MAX_STREAM_ROWS` for lines.
+    """
+    if max_rows is None:
+        max_rows = MAX_ROWS if isinstance(source, str) else MAX_STREAM_ROWS
     first_seen: dict[tuple[str, str, str], int] = {}
-    for line, cells in _rows(text, ROUTE_COLUMNS, ROUTE_REQUIRED, max_rows):
+    shared: dict[str, str] = {}  # one object per distinct table and destination
+    for line, cells in _rows(source, ROUTE_COLUMNS, ROUTE_REQUIRED, max_rows):
         cell = _Cells(line, cells)
         table = cell.get("table", validate_table, DEFAULT_TABLE)
+        table = shared.setdefault(table, table)
         prefix = cell.get("prefix", validate_prefix, "")
         destination = cell.require("destination", validate_destination)
+        destination = shared.setdefault(destination, destination)
         route = cell.build(
             Route,
             table=table,
@@ -109,8 +129,7 @@ def parse_routes_csv(text: str, *, max_rows: int = MAX_ROWS) -> list[Route]:
                 f"duplicate route: table {table!r}, prefix {prefix!r}, destination "
                 f"{destination!r} already on line {previous}",
             )
-        routes.append(route)
-    return routes
+        yield route
 
 
 def parse_blocks_csv(text: str, *, max_rows: int = MAX_ROWS) -> list[BlockRule]:
@@ -171,18 +190,55 @@ def _render(columns: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> str:
     return out.getvalue()
 
 
-def _rows(
-    text: str, known: tuple[str, ...], required: frozenset[str], max_rows: int
-) -> Iterator[tuple[int, dict[str, str]]]:
-    """Yield (line number, {column: stripped cell}) for each data row."""
-    if not isinstance(text, str):
-        raise RouteFileError(0, "expected text")
+def _text_lines(text: str) -> Iterator[str]:
     if len(text) > MAX_FILE_CHARS:
         raise RouteFileError(0, f"larger than {MAX_FILE_CHARS} characters")
     if "\x00" in text:
         raise RouteFileError(text.count("\n", 0, text.index("\x00")) + 1, "NUL character")
-    text = text.removeprefix("\ufeff")  # spreadsheet exports start with a BOM
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    return iter(io.StringIO(text.removeprefix("\ufeff"), newline=""))
+
+
+def _decoded_lines(lines: Iterable[bytes] | Iterable[str]) -> Iterator[str]:
+    """Lines as text, checked one by one: NUL, UTF-8 (naming the line and the byte's
+    offset in the file), and no line longer than a row can be."""
+    offset = 0
+    raw: bytes | str
+    for number, raw in enumerate(cast(Iterable[bytes | str], lines), 1):
+        if isinstance(raw, bytes):
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # spreadsheet exports' BOM
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RouteFileError(
+                    number,
+                    f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {offset + e.start})",
+                ) from None
+            offset += len(raw)
+        else:
+            line = raw.removeprefix("\ufeff") if number == 1 else raw
+        if "\x00" in line:
+            raise RouteFileError(number, "NUL character")
+        if len(line) > MAX_LINE_CHARS:
+            raise RouteFileError(number, f"a line is longer than {MAX_LINE_CHARS} characters")
+        yield line
+
+
+MAX_LINE_CHARS: Final = len(ROUTE_COLUMNS) * (MAX_FIELD_CHARS + 3)
+"""No valid row is longer (every cell at its cap, quoted, with its comma)."""
+
+
+def _rows(
+    source: str | Iterable[bytes] | Iterable[str],
+    known: tuple[str, ...],
+    required: frozenset[str],
+    max_rows: int,
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield (line number, {column: stripped cell}) for each data row."""
+    if isinstance(source, bytes):
+        raise RouteFileError(0, "expected text")
+    lines = _text_lines(source) if isinstance(source, str) else _decoded_lines(source)
+    reader = csv.reader(lines, strict=True)
     header: list[str] | None = None
     rows = 0
     while True:

@@ -346,43 +346,93 @@ def _block_values(rule: BlockRule) -> dict[str, Any]:
     }
 
 
-def import_routes(conn: Connection, routes_in: Sequence[Route], *, replace: bool) -> ImportResult:
+def import_routes(conn: Connection, routes_in: Iterable[Route], *, replace: bool) -> ImportResult:
     """Insert or update routes keyed by (table, prefix, destination).
 
     With ``replace``, routes of the tables named in ``routes_in`` that it does not
     list are deleted; other tables are untouched (an empty sequence names no table).
-    Raises `RouteStoreError` before writing anything when a route cannot be stored
-    exactly or a key repeats.
+    ``routes_in`` is consumed in chunks (a file of millions of rows is never held
+    whole; only the keys are kept).  Raises `RouteStoreError` when a route cannot be
+    stored exactly or a key repeats; the caller's transaction then rolls back, so a
+    failed import changes nothing.
     """
-    wanted = _unique(routes_in, lambda r: r.key, "route")
-    for route in wanted:
-        check_storable_route(route, conn.dialect.name)
+    dialect = conn.dialect.name
     _lock(conn)
+    seen: set[tuple[str, str, str]] = set()
+    tables: set[str] = set()
+    inserted = updated = unchanged = 0
+    for chunk in _batched(routes_in, _IMPORT_CHUNK):
+        for route in chunk:
+            if route.key in seen:
+                raise RouteStoreError(f"duplicate route {route.key!r}")
+            seen.add(route.key)
+            tables.add(route.table)
+            check_storable_route(route, dialect)
+        existing = _existing_routes(conn, chunk)
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for route in chunk:
+            found = existing.get(route.key)
+            if found is None:
+                inserts.append(_route_values(route))
+            elif found[1] != route:
+                updates.append({"_id": found[0], **_route_values(route)})
+            else:
+                unchanged += 1
+        _write(conn, routes, inserts, updates)
+        inserted += len(inserts)
+        updated += len(updates)
+    stale: list[int] = []
+    if replace:
+        for table in sorted(tables):
+            keyed = select(routes.c.id, routes.c.prefix, routes.c.destination).where(
+                routes.c.route_table == table
+            )
+            stale.extend(
+                row_id
+                for row_id, prefix, destination in conn.execute(keyed)
+                if (table, prefix, destination) not in seen
+            )
+    return _finish(conn, routes, inserted, updated, stale, unchanged)
+
+
+_IMPORT_CHUNK: Final = 5_000
+"""Routes read, compared and written at a time by `import_routes`."""
+
+
+def _batched(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    chunk: list[_T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _existing_routes(
+    conn: Connection, chunk: Sequence[Route]
+) -> dict[tuple[str, str, str], tuple[int, Route | None]]:
+    """The stored routes with the prefixes of ``chunk`` (by table), keyed like routes."""
+    prefixes: dict[str, set[str]] = {}
+    for route in chunk:
+        prefixes.setdefault(route.table, set()).add(route.prefix)
     existing: dict[tuple[str, str, str], tuple[int, Route | None]] = {}
-    tables = sorted({route.table for route in wanted})
-    for chunk in _chunks(tables):
-        query = _select_routes(conn).where(routes.c.route_table.in_(chunk))
-        for row in conn.execute(query).mappings():
-            # A row edited into an invalid state outside the server is replaced, not fatal.
-            try:
-                current = _route(row)
-            except RouteStoreError:
-                current = None
-            key = (row["route_table"], row["prefix"], row["destination"])
-            existing[key] = (row["id"], current)
-    inserts: list[dict[str, Any]] = []
-    updates: list[dict[str, Any]] = []
-    unchanged = 0
-    for route in wanted:
-        found = existing.pop(route.key, None)
-        if found is None:
-            inserts.append(_route_values(route))
-        elif found[1] != route:
-            updates.append({"_id": found[0], **_route_values(route)})
-        else:
-            unchanged += 1
-    stale = [row_id for row_id, _ in existing.values()] if replace else []
-    return _apply(conn, routes, inserts, updates, stale, unchanged)
+    for table, wanted in prefixes.items():
+        for part in _chunks(sorted(wanted)):
+            query = _select_routes(conn).where(
+                routes.c.route_table == table, routes.c.prefix.in_(part)
+            )
+            for row in conn.execute(query).mappings():
+                # A row edited into an invalid state outside the server is replaced.
+                try:
+                    current: Route | None = _route(row)
+                except RouteStoreError:
+                    current = None
+                key = (row["route_table"], row["prefix"], row["destination"])
+                existing[key] = (row["id"], current)
+    return existing
 
 
 def import_blocks(
@@ -424,14 +474,27 @@ def _apply(
     stale: list[int],
     unchanged: int,
 ) -> ImportResult:
-    for ids in _chunks(stale):
-        conn.execute(delete(table).where(table.c.id.in_(ids)))
+    _write(conn, table, inserts, updates)
+    return _finish(conn, table, len(inserts), len(updates), stale, unchanged)
+
+
+def _write(
+    conn: Connection, table: Table, inserts: list[dict[str, Any]], updates: list[dict[str, Any]]
+) -> None:
     if updates:
         # The SET clause comes from the parameter keys (executemany).
         conn.execute(update(table).where(table.c.id == bindparam("_id")), updates)
     if inserts:
         conn.execute(insert(table), inserts)
-    result = ImportResult(len(inserts), len(updates), len(stale), unchanged)
+
+
+def _finish(
+    conn: Connection, table: Table, inserted: int, updated: int, stale: list[int], unchanged: int
+) -> ImportResult:
+    """Delete ``stale`` rows, then bump the version if anything changed."""
+    for ids in _chunks(stale):
+        conn.execute(delete(table).where(table.c.id.in_(ids)))
+    result = ImportResult(inserted, updated, len(stale), unchanged)
     version = _bump(conn) if result.changed else current_version_txn(conn)
     return ImportResult(result.inserted, result.updated, result.deleted, unchanged, version)
 

@@ -216,8 +216,14 @@ def test_unreadable_files(run: Run, tmp_path: Path) -> None:
     assert "cannot read" in _one_line_error(run, "route", "import", str(tmp_path))
     huge = tmp_path / "huge.csv"
     with huge.open("wb") as f:
-        f.truncate(route_commands.MAX_FILE_BYTES + 1)  # sparse: nothing is written
-    assert "larger than 67108864 bytes" in _one_line_error(run, "route", "import", str(huge))
+        f.truncate(route_commands.MAX_IMPORT_BYTES + 1)  # sparse: nothing is written
+    limit = route_commands.MAX_IMPORT_BYTES
+    assert f"larger than {limit} bytes" in _one_line_error(run, "route", "import", str(huge))
+    huge_blocks = tmp_path / "huge-blocks.csv"
+    with huge_blocks.open("wb") as f:
+        f.truncate(route_commands.MAX_FILE_BYTES + 1)
+    err = _one_line_error(run, "route", "import-blocks", str(huge_blocks))
+    assert f"larger than {route_commands.MAX_FILE_BYTES} bytes" in err
     err = _one_line_error(run, "route", "import", "-", stdin="prefix,destination\n1,x y\n")
     assert err.startswith("osp-admin: error: <stdin>: line 2, column 'destination'")
 
@@ -227,3 +233,23 @@ def test_delete_needs_a_valid_table(run: Run) -> None:
     assert "prefix" in _one_line_error(run, "route", "delete", "--table", "t", "--prefix", "+1")
     code, _, _ = run("route", "delete")
     assert code == 2  # --table is required
+
+
+def test_routes_files_are_read_line_by_line_past_the_whole_file_cap(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A routes file is streamed: the cap for files parsed whole (MAX_ROWS) does not
+    apply, its own row cap does, and a bad line late in the file changes nothing."""
+    from osp_server.routing import csvio
+
+    monkeypatch.setattr(csvio, "MAX_ROWS", 10)
+    monkeypatch.setattr(csvio, "MAX_STREAM_ROWS", 60)
+    rows = "".join(f"{3000 + i},[192.0.2.{i % 7 + 1}]:5060\n" for i in range(50))
+    path = run.file("many.csv", "prefix,destination\n" + rows)
+    result = run.json("route", "import", path)
+    assert (result["rows"], result["inserted"]) == (50, 50)
+    too_many = run.file("too-many.csv", "prefix,destination\n" + rows + rows.replace("30", "40"))
+    assert "line 62: more than 60 rows" in _one_line_error(run, "route", "import", too_many)
+    late = run.file("late.csv", "prefix,destination\n" + rows.replace("30", "50") + "9,x y\n")
+    assert "line 52, column 'destination'" in _one_line_error(run, "route", "import", late)
+    assert len(run.json("route", "list")) == 50

@@ -3,6 +3,7 @@ version bumps, exact decimal costs, CSV round trips and refusals that change not
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
 
@@ -312,3 +313,27 @@ def test_loaded_routes_share_repeated_values_and_are_counted(db: Database) -> No
     assert len({id(r.destination) for r in loaded}) == 2
     assert len({id(r.cost) for r in loaded}) == 1 and loaded[0].cost == Decimal("0.0125")
     assert (tables.route_count, tables.block_count) == (50, 1)
+
+
+def test_import_streams_in_chunks(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Routes are read, compared and written a chunk at a time (here 7); replace,
+    duplicates and rollback hold across chunks."""
+    monkeypatch.setattr(store, "_IMPORT_CHUNK", 7)
+
+    def routes(count: int, destination: str = "[192.0.2.1]:5060") -> Iterator[Route]:
+        for i in range(count):
+            yield make_route(prefix=str(5000 + i), destination=destination)
+
+    first = db.transact_sync(store.import_routes, routes(30), replace=False)
+    assert (first.inserted, first.updated, first.unchanged) == (30, 0, 0)
+    again = db.transact_sync(store.import_routes, routes(20), replace=True)
+    assert (again.inserted, again.unchanged, again.deleted) == (0, 20, 10)
+
+    def duplicate_late() -> Iterator[Route]:
+        yield from routes(15, "[192.0.2.9]:5060")
+        yield make_route(prefix="5003", destination="[192.0.2.9]:5060")
+
+    with pytest.raises(store.RouteStoreError, match="duplicate route"):
+        db.transact_sync(store.import_routes, duplicate_late(), replace=False)
+    stored = db.transact_sync(store.list_routes)
+    assert len(stored) == 20 and {r.destination for r in stored} == {"[192.0.2.1]:5060"}

@@ -261,3 +261,24 @@ def test_blocks_round_trip() -> None:
     ]
     text = render_blocks_csv(rules)
     assert parse_blocks_csv(text) == rules
+
+
+def test_lines_are_checked_one_by_one() -> None:
+    """Streamed files (bytes lines): BOM, UTF-8 errors with their line and file offset,
+    NUL, over-long lines, and the same routes as the whole text gives."""
+    from osp_server.routing.csvio import MAX_LINE_CHARS, iter_routes_csv
+
+    text = "prefix,destination\n1,[10.0.0.1]:5060\n2,gw.example.net\n"
+    as_lines = [line.encode() for line in text.splitlines(keepends=True)]
+    assert list(iter_routes_csv([b"\xef\xbb\xbf" + as_lines[0], *as_lines[1:]])) == (
+        parse_routes_csv(text)
+    )
+    bad = [as_lines[0], b"1,caf\xe9.example\n"]
+    with pytest.raises(RouteFileError, match=r"^line 2: not UTF-8 text \(byte 0xe9 at offset 24\)"):
+        list(iter_routes_csv(bad))
+    with pytest.raises(RouteFileError, match=r"^line 3: NUL character"):
+        list(iter_routes_csv([*as_lines[:2], b"2,gw\x00\n"]))
+    with pytest.raises(RouteFileError, match=r"^line 2: a line is longer"):
+        list(iter_routes_csv([as_lines[0], b"1," + b"a" * MAX_LINE_CHARS + b"\n"]))
+    with pytest.raises(RouteFileError, match=r"^line 3: more than 1 rows"):
+        list(iter_routes_csv(as_lines, max_rows=1))
