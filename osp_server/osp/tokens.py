@@ -400,7 +400,7 @@ class _SignedDataTemplate:
         reference = builder.set_data(self._SAMPLE).sign(serialization.Encoding.DER, _SIGN_OPTIONS)
         try:
             self._cut(reference)
-        except der.DERError as e:
+        except (der.DERError, ValueError) as e:  # ValueError: an element count differs
             raise TokenError(f"unexpected PKCS#7 layout from cryptography: {e}") from e
         self._check(reference)
 
@@ -427,18 +427,24 @@ class _SignedDataTemplate:
         self._signer_fixed = data[fixed[0].start : fixed[-1].end]
 
     def _check(self, reference: bytes) -> None:
-        if self._assemble(self._SAMPLE, self._signature_of(reference)) != reference:
+        """The template must reproduce cryptography's structure, and our raw signature
+        must be the scheme cryptography used (its signature verifies under ours; with
+        RSA, deterministic, the two are the same bytes)."""
+        theirs = self._signature_of(reference)
+        if self._assemble(self._SAMPLE, theirs) != reference:
             raise TokenError("PKCS#7 template differs from cryptography's encoding")
-        signature = self._raw_signature(self._SAMPLE)
+        ours = self._raw_signature(self._SAMPLE)
+        key = self._key
         try:
-            if isinstance(self._key, rsa.RSAPrivateKey):
-                self._key.public_key().verify(
-                    signature, self._SAMPLE, padding.PKCS1v15(), hashes.SHA256()
-                )
+            if isinstance(key, rsa.RSAPrivateKey):
+                if ours != theirs:
+                    raise TokenError("PKCS#7 template signs differently from cryptography")
+                key.public_key().verify(theirs, self._SAMPLE, padding.PKCS1v15(), hashes.SHA256())
             else:
-                self._key.public_key().verify(signature, self._SAMPLE, ec.ECDSA(hashes.SHA256()))
+                key.public_key().verify(theirs, self._SAMPLE, ec.ECDSA(hashes.SHA256()))
+                key.public_key().verify(ours, self._SAMPLE, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
-            raise TokenError("PKCS#7 template signature does not verify") from None
+            raise TokenError("PKCS#7 template signature scheme does not match") from None
 
     @staticmethod
     def _signature_of(token: bytes) -> bytes:

@@ -200,28 +200,45 @@ def _text_lines(text: str) -> Iterator[str]:
 
 def _decoded_lines(lines: Iterable[bytes] | Iterable[str]) -> Iterator[str]:
     """Lines as text, checked one by one: NUL, UTF-8 (naming the line and the byte's
-    offset in the file), and no line longer than a row can be."""
+    offset in the file), and no data line longer than a row can be.  Lines ending in
+    a bare CR (old Mac exports) are split as the csv module would split text."""
     offset = 0
-    raw: bytes | str
-    for number, raw in enumerate(cast(Iterable[bytes | str], lines), 1):
-        if isinstance(raw, bytes):
-            if number == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")  # spreadsheet exports' BOM
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise RouteFileError(
-                    number,
-                    f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {offset + e.start})",
-                ) from None
-            offset += len(raw)
-        else:
-            line = raw.removeprefix("\ufeff") if number == 1 else raw
-        if "\x00" in line:
-            raise RouteFileError(number, "NUL character")
-        if len(line) > MAX_LINE_CHARS:
-            raise RouteFileError(number, f"a line is longer than {MAX_LINE_CHARS} characters")
-        yield line
+    number = 0
+    chunk: bytes | str
+    for chunk in cast(Iterable[bytes | str], lines):
+        for raw in _split_bare_cr(chunk):
+            number += 1
+            if isinstance(raw, bytes):
+                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a spreadsheet's BOM
+                    raw = raw[3:]
+                    offset = 3
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise RouteFileError(
+                        number,
+                        f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {offset + e.start})",
+                    ) from None
+                offset += len(raw)
+            else:
+                line = raw.removeprefix("\ufeff") if number == 1 else raw
+            if "\x00" in line:
+                raise RouteFileError(number, "NUL character")
+            if len(line) > MAX_LINE_CHARS and not line.lstrip().startswith("#"):
+                raise RouteFileError(number, f"a line is longer than {MAX_LINE_CHARS} characters")
+            yield line
+
+
+def _split_bare_cr(chunk: bytes | str) -> list[bytes] | list[str]:
+    """``chunk`` (one line as a file iterates it: up to a LF) split after each CR that
+    is not followed by LF, keeping every terminator."""
+    if isinstance(chunk, bytes):
+        if b"\r" not in chunk[:-2]:
+            return [chunk]
+        return [part for part in re.split(rb"(?<=\r)(?!\n)", chunk) if part]
+    if "\r" not in chunk[:-2]:
+        return [chunk]
+    return [part for part in re.split(r"(?<=\r)(?!\n)", chunk) if part]
 
 
 MAX_LINE_CHARS: Final = len(ROUTE_COLUMNS) * (MAX_FIELD_CHARS + 3)

@@ -130,6 +130,8 @@ def create_db_engine(
             max_overflow=0,
             pool_timeout=timeout_seconds,
             pool_pre_ping=True,
+            # A long read (version, routes, blocks) sees one snapshot of the database.
+            **({"isolation_level": "REPEATABLE READ"} if read_only else {}),
             connect_args={
                 "connect_timeout": max(1, int(timeout_seconds)),
                 "options": f"-c statement_timeout={statement_ms}"

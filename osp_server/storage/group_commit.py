@@ -31,11 +31,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from osp_server.reactor import IOSPReactor
 from osp_server.storage.errors import StorageError, storage_error
+
+log = Logger()
 
 MAX_BATCH = 500
 """Requests per transaction at most: bounds the time one COMMIT holds everyone."""
@@ -46,6 +49,34 @@ class Observer(Protocol):
 
     def __call__(self, desc: str, seconds: float, outcome: str) -> None:
         """As :class:`osp_server.storage.db.TransactionObserver`."""
+
+
+MAX_WAITING = 10_000
+"""Requests queued at most; beyond it new ones fail at once (storage far behind)."""
+
+
+class _BatchLost(Exception):
+    """The database ended the batch's transaction on its own."""
+
+
+def _transaction_intact(conn: Any) -> bool:
+    """Whether the batch's transaction is still open and usable."""
+    dbapi = conn.connection.dbapi_connection
+    if conn.dialect.name == "sqlite":
+        return bool(dbapi.in_transaction)
+    if conn.dialect.name == "postgresql":
+        from psycopg.pq import TransactionStatus
+
+        return bool(dbapi.info.transaction_status == TransactionStatus.INTRANS)
+    return True
+
+
+def _observe(observer: Observer, desc: str, seconds: float, outcome: str) -> None:
+    # Metrics must never change what a request is answered.
+    try:
+        observer(desc, seconds, outcome)
+    except Exception:
+        log.failure("transaction observer failed for {desc}", desc=desc)
 
 
 @dataclass
@@ -89,6 +120,11 @@ class GroupCommitWriter:
 
     def submit(self, desc: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         """Queue ``fn(connection, *args, **kwargs)``; its result once its batch committed."""
+        if len(self._waiting) >= MAX_WAITING:
+            # Storage is far behind: refuse at once rather than queue work that would
+            # time out anyway (devices retry elsewhere on the error).
+            self._observer_call(desc, 0.0, "overloaded")
+            return defer.fail(StorageError(f"database writer overloaded ({MAX_WAITING} waiting)"))
         request = _Request(desc, fn, args, kwargs)
         self._waiting.append(request)
         answer = request.answer
@@ -98,20 +134,40 @@ class GroupCommitWriter:
             self._next_batch()
         return answer
 
+    def _observer_call(self, desc: str, seconds: float, outcome: str) -> None:
+        _observe(self._observer(), desc, seconds, outcome)
+
     def _timed_out(self, failure: Failure, desc: str) -> Failure:
         if failure.check(defer.TimeoutError):
-            self._observer()(desc, self._timeout, "timeout")
+            self._observer_call(desc, self._timeout, "timeout")
             return Failure(StorageError(f"database did not answer within {self._timeout:g} s"))
         return failure
 
     def _next_batch(self) -> None:
-        batch = self._waiting[: self._max_batch]
-        del self._waiting[: self._max_batch]
-        self._committing = True
+        # Requests whose callers stopped waiting (timeout, disconnect) are not run:
+        # under overload, batches would otherwise be spent on work nobody waits for.
+        while self._waiting:
+            batch = [r for r in self._waiting[: self._max_batch] if not r.answer.called]
+            del self._waiting[: self._max_batch]
+            if batch:
+                break
+        else:
+            return
+        pool = self._pool()
+        if not getattr(pool, "started", True):
+            error = StorageError("the database is stopped")
+            for request in batch:
+                if not request.answer.called:
+                    request.answer.errback(Failure(error))
+            return
         self.batches += 1
         self.requests += len(batch)
-        observer = self._observer()
-        d = deferToThreadPool(self._reactor, self._pool(), self._run, batch, observer)
+        self._committing = True
+        try:
+            d = deferToThreadPool(self._reactor, pool, self._run, batch, self._observer())
+        except BaseException:
+            self._committing = False
+            raise
         d.addBoth(self._answer, batch)
 
     def _run(self, batch: list[_Request], observer: Observer) -> list[_Outcome]:
@@ -126,18 +182,25 @@ class GroupCommitWriter:
                             value = request.fn(conn, *request.args, **request.kwargs)
                     except SQLAlchemyError as e:
                         outcomes.append(_Outcome(False, storage_error(e)))
-                        observer(request.desc, time.perf_counter() - started, "error")
+                        outcome = "error"
                     except Exception as e:  # the request's own refusal: its alone
                         outcomes.append(_Outcome(False, e))
-                        observer(request.desc, time.perf_counter() - started, "error")
+                        outcome = "error"
                     else:
                         outcomes.append(_Outcome(True, value))
-                        observer(request.desc, time.perf_counter() - started, "ok")
+                        outcome = "ok"
+                    _observe(observer, request.desc, time.perf_counter() - started, outcome)
+                    if not _transaction_intact(conn):
+                        # The database rolled back the whole transaction (SQLite does on
+                        # some errors; PostgreSQL's is aborted): nothing before counts,
+                        # and what follows would run outside any transaction.
+                        raise _BatchLost(outcomes[-1].value)
                 committing = time.perf_counter()
-            observer("group_commit", time.perf_counter() - committing, "ok")
-        except SQLAlchemyError as e:
-            observer("group_commit", 0.0, "error")
-            error = storage_error(e)
+            _observe(observer, "group_commit", time.perf_counter() - committing, "ok")
+        except (SQLAlchemyError, _BatchLost) as e:
+            _observe(observer, "group_commit", 0.0, "error")
+            cause = e.args[0] if isinstance(e, _BatchLost) else e
+            error = StorageError(f"the batch was rolled back: {cause}")
             return [_Outcome(False, error) for _ in batch]
         return outcomes
 

@@ -168,3 +168,47 @@ def test_a_caller_that_stops_waiting_gets_storage_error(setup: Setup) -> None:
     follow = setup.record(2)
     setup.pool.release()
     assert follow == [True]
+
+
+def test_a_transaction_the_database_ended_fails_the_whole_batch(setup: Setup) -> None:
+    """SQLite rolls back the whole transaction on some errors (and a ROLLBACK inside a
+    request does the same on both engines): nothing of the batch may be confirmed,
+    and the requests after it must not run outside any transaction."""
+
+    def ends_everything_txn(conn: Connection) -> None:
+        conn.exec_driver_sql("ROLLBACK")
+        raise RuntimeError("rolled back behind the savepoint's back")
+
+    setup.record(1)
+    before = setup.record(2)
+    ended: list[object] = []
+    setup.db.group_commit("ends", ends_everything_txn).addBoth(ended.append)
+    after = setup.record(3)
+    setup.pool.release()  # [1]
+    setup.pool.release()  # [2, ends, 3]
+    for outcome in (before, ended, after):
+        assert isinstance(outcome[0], Failure) and outcome[0].check(StorageError), outcome
+        assert "rolled back" in str(outcome[0].value)
+    assert setup.stored_ids() == [1]
+    again = setup.record(4)
+    setup.pool.release()
+    assert again == [True] and setup.stored_ids() == [1, 4]
+
+
+def test_abandoned_requests_are_not_run_and_the_queue_is_bounded(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from osp_server.storage import group_commit
+
+    setup.record(1)  # in flight
+    abandoned = setup.db.group_commit("test_insert", setup.insert_txn, 2)
+    abandoned.addErrback(lambda _: None)
+    abandoned.cancel()  # the device went away
+    kept = setup.record(3)
+    monkeypatch.setattr(group_commit, "MAX_WAITING", 2)
+    refused = setup.record(4)  # 2 already waiting
+    assert isinstance(refused[0], Failure) and "overloaded" in str(refused[0].value)
+    setup.pool.release()
+    setup.pool.release()
+    assert kept == [True]
+    assert setup.stored_ids() == [1, 3]

@@ -282,3 +282,19 @@ def test_lines_are_checked_one_by_one() -> None:
         list(iter_routes_csv([as_lines[0], b"1," + b"a" * MAX_LINE_CHARS + b"\n"]))
     with pytest.raises(RouteFileError, match=r"^line 3: more than 1 rows"):
         list(iter_routes_csv(as_lines, max_rows=1))
+
+
+def test_streamed_lines_accept_what_whole_text_accepts() -> None:
+    """Old Mac (CR-only) line ends, offsets counted after a BOM, and long comments."""
+    from osp_server.routing.csvio import MAX_LINE_CHARS, iter_routes_csv
+
+    cr_only = b"prefix,destination\r1,[10.0.0.1]:5060\r2,gw.example.net\r"
+    expected = parse_routes_csv(cr_only.decode())
+    assert len(expected) == 2
+    assert list(iter_routes_csv([cr_only])) == expected
+    with_bom = [b"\xef\xbb\xbfprefix,destination\n", b"1,caf\xe9.example\n"]
+    with pytest.raises(RouteFileError, match=r"at offset 27\)"):  # 3 + 19 + 5
+        list(iter_routes_csv(with_bom))
+    comment = b"# " + b"c" * MAX_LINE_CHARS + b"\n"
+    lines = [b"prefix,destination\n", comment, b"1,[10.0.0.1]:5060\n"]
+    assert [r.prefix for r in iter_routes_csv(lines)] == ["1"]
