@@ -178,16 +178,25 @@ class OSPSite(Site):
         """One structured access event per request (no free-text Combined Log lines)."""
         started = getattr(request, "started_at", None)
         elapsed_ms = None if started is None else round((time.monotonic() - started) * 1000, 2)
-        peer = request.getClientAddress()
+        peer = getattr(request.getClientAddress(), "host", None)
+        method = request.method.decode("ascii", "replace")
+        path = request.path.decode("ascii", "replace")[:200]
+        device_id = request.osp_device_id if isinstance(request, CappedRequest) else None
+        # The text line is rendered here with an f-string: the logger's own formatting
+        # (string.Formatter over nine fields) cost twice as much on every request.
+        # JSON observers still get every field.
         log.info(
-            "{listener} {method} {path} {code} {length}B {elapsed_ms}ms from {peer}"
-            " device={device_id}",
+            "{access_line}",
+            access_line=(
+                f"{self.name} {method} {path} {request.code} {request.sentLength}B "
+                f"{elapsed_ms}ms from {peer} device={device_id}"
+            ),
             listener=self.name,
-            method=request.method.decode("ascii", "replace"),
-            path=request.path.decode("ascii", "replace")[:200],
+            method=method,
+            path=path,
             code=request.code,
             length=request.sentLength,
             elapsed_ms=elapsed_ms,
-            peer=getattr(peer, "host", None),
-            device_id=request.osp_device_id if isinstance(request, CappedRequest) else None,
+            peer=peer,
+            device_id=device_id,
         )

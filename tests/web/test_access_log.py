@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyChannel
 
@@ -19,6 +19,8 @@ def test_the_access_event_carries_the_noted_device() -> None:
         site.log(request)
     (event,) = [e for e in events if e.get("listener") == "https"]
     assert event["device_id"] == "1000" and event["path"] == "/osp"
+    # The text line (what `twistd --logfile` writes) has every field.
+    assert formatEvent(event) == "https POST /osp 200 0B Nonems from 192.168.1.1 device=1000"
 
 
 def test_a_request_without_a_device_logs_none() -> None:
