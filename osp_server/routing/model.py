@@ -88,6 +88,8 @@ def validate_destination(value: str, field: str = "destination") -> str:
     Raises `InvalidRouteField` for anything else: whitespace, empty host, bad port,
     bare IPv6 without brackets, over-long values.
     """
+    if type(value) is str and value in _VALID.destinations:
+        return value  # a route's destination, checked when its table was loaded
     if not isinstance(value, str) or not value:
         raise InvalidRouteField(field, value, "empty")
     if len(value) > MAX_DESTINATION_CHARS:

@@ -596,3 +596,20 @@ def test_unlimited_routes_not_tracked_and_anonymous_calls_expire() -> None:
     assert policy.route(make_routing_request(called="1")).status_code == 404
     clock.now += MAX_CALL_HOLD_SECONDS
     assert policy.route(make_routing_request(called="1")).status_code == 200
+
+
+def test_destinations_of_loaded_routes_are_not_checked_again() -> None:
+    """Answers validate each destination they carry; one from a loaded route (already
+    checked) is a set lookup, anything else is still checked in full."""
+    from osp_server.routing import model
+
+    known = "[192.0.2.77]:5060"
+    make_route(prefix="1", destination=known)
+    assert known in model._VALID.destinations
+    assert model.validate_destination(known) == known
+    unknown = "gw-never-routed-7731.example.net:5060"
+    assert unknown not in model._VALID.destinations
+    assert model.validate_destination(unknown) == unknown  # validated, not cached
+    assert unknown not in model._VALID.destinations
+    with pytest.raises(model.InvalidRouteField):
+        model.validate_destination("has space:5060")
