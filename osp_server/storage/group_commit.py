@@ -171,7 +171,40 @@ class GroupCommitWriter:
         d.addBoth(self._answer, batch)
 
     def _run(self, batch: list[_Request], observer: Observer) -> list[_Outcome]:
-        """On the database pool: one transaction, a savepoint per request."""
+        """On the database pool: the batch in one transaction.
+
+        First without savepoints (two statements fewer per request); if a request
+        fails, that attempt is rolled back whole and the batch runs again with a
+        savepoint per request, so the failure stays its own.
+        """
+        plain = self._run_plain(batch, observer)
+        return plain if plain is not None else self._run_isolated(batch, observer)
+
+    def _run_plain(self, batch: list[_Request], observer: Observer) -> list[_Outcome] | None:
+        """Every request in one transaction; None (nothing committed) when one failed."""
+        values: list[Any] = []
+        timings: list[tuple[str, float]] = []
+        committing: float | None = None
+        try:
+            with self._engine.begin() as conn:
+                for request in batch:
+                    started = time.perf_counter()
+                    values.append(request.fn(conn, *request.args, **request.kwargs))
+                    timings.append((request.desc, time.perf_counter() - started))
+                committing = time.perf_counter()
+        except Exception as e:
+            if committing is None:
+                return None  # a request failed: all rolled back, run isolated
+            _observe(observer, "group_commit", 0.0, "error")
+            error = StorageError(f"the batch was rolled back: {e}")
+            return [_Outcome(False, error) for _ in batch]
+        for desc, seconds in timings:
+            _observe(observer, desc, seconds, "ok")
+        _observe(observer, "group_commit", time.perf_counter() - committing, "ok")
+        return [_Outcome(True, value) for value in values]
+
+    def _run_isolated(self, batch: list[_Request], observer: Observer) -> list[_Outcome]:
+        """One transaction, a savepoint per request."""
         outcomes: list[_Outcome] = []
         try:
             with self._engine.begin() as conn:

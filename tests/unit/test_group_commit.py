@@ -212,3 +212,23 @@ def test_abandoned_requests_are_not_run_and_the_queue_is_bounded(
     setup.pool.release()
     assert kept == [True]
     assert setup.stored_ids() == [1, 3]
+
+
+def test_a_batch_without_failures_needs_no_savepoints(setup: Setup) -> None:
+    """The common case pays no SAVEPOINT/RELEASE per request; a failure makes the
+    batch run again with them (test_one_failing_request_fails_alone)."""
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement.split()[0].upper())
+
+    setup.record(1)
+    waiting = [setup.record(n) for n in (2, 3, 4)]
+    event.listen(setup.db.engine, "before_cursor_execute", seen)
+    try:
+        setup.pool.release()
+        setup.pool.release()
+    finally:
+        event.remove(setup.db.engine, "before_cursor_execute", seen)
+    assert [o[0] for o in waiting] == [True, True, True]
+    assert "SAVEPOINT" not in statements and statements.count("INSERT") == 4
