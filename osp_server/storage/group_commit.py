@@ -191,6 +191,10 @@ class GroupCommitWriter:
                     started = time.perf_counter()
                     values.append(request.fn(conn, *request.args, **request.kwargs))
                     timings.append((request.desc, time.perf_counter() - started))
+                if not _transaction_intact(conn):
+                    # A request swallowed a database error (PostgreSQL's transaction
+                    # is then aborted, and its COMMIT would quietly roll back).
+                    raise _BatchLost("transaction aborted")
                 committing = time.perf_counter()
         except Exception as e:
             if committing is None:
@@ -210,14 +214,19 @@ class GroupCommitWriter:
             with self._engine.begin() as conn:
                 for request in batch:
                     started = time.perf_counter()
+                    savepoint = conn.begin_nested()
                     try:
-                        with conn.begin_nested():
-                            value = request.fn(conn, *request.args, **request.kwargs)
-                    except SQLAlchemyError as e:
-                        outcomes.append(_Outcome(False, storage_error(e)))
-                        outcome = "error"
-                    except Exception as e:  # the request's own refusal: its alone
-                        outcomes.append(_Outcome(False, e))
+                        value = request.fn(conn, *request.args, **request.kwargs)
+                        if not _transaction_intact(conn):
+                            # It swallowed a database error: PostgreSQL aborted the
+                            # transaction, which only its savepoint's rollback repairs.
+                            raise StorageError("database error inside the request")
+                        savepoint.commit()
+                    except Exception as e:  # the request's own failure: its alone
+                        if savepoint.is_active:
+                            savepoint.rollback()
+                        error = storage_error(e) if isinstance(e, SQLAlchemyError) else e
+                        outcomes.append(_Outcome(False, error))
                         outcome = "error"
                     else:
                         outcomes.append(_Outcome(True, value))

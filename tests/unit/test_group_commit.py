@@ -232,3 +232,30 @@ def test_a_batch_without_failures_needs_no_savepoints(setup: Setup) -> None:
         event.remove(setup.db.engine, "before_cursor_execute", seen)
     assert [o[0] for o in waiting] == [True, True, True]
     assert "SAVEPOINT" not in statements and statements.count("INSERT") == 4
+
+
+def test_a_request_that_swallows_a_database_error_is_isolated(setup: Setup) -> None:
+    """On PostgreSQL a statement error aborts the transaction even when the request
+    catches it; the batch must not be 'committed' as if nothing happened."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    def swallowing_txn(conn: Connection) -> str:
+        try:
+            conn.execute(text("SELECT * FROM no_such_table"))
+        except SQLAlchemyError:
+            return "swallowed"
+        return "fine"
+
+    setup.record(1)
+    neighbours = [setup.record(2), setup.record(3)]
+    swallowed: list[object] = []
+    setup.db.group_commit("swallow", swallowing_txn).addBoth(swallowed.append)
+    setup.pool.release()
+    setup.pool.release()
+    # Isolated in its savepoint it is harmless: the neighbours are stored either way.
+    assert [o[0] for o in neighbours] == [True, True]
+    assert setup.stored_ids() == [1, 2, 3]
+    if setup.db.dialect == "postgresql":  # its transaction was aborted: it fails alone
+        assert isinstance(swallowed[0], Failure) and swallowed[0].check(StorageError)
+    else:  # SQLite carries on after a failed statement
+        assert swallowed == ["swallowed"]
