@@ -886,6 +886,10 @@ def check_usage(answer: Answer) -> str | None:
     return None
 
 
+USAGE_LEGS: Final = 2
+"""Usage records each captured UsageIndication creates (its two components)."""
+
+
 def usage_requests(count: int, first_transaction_id: int) -> list[bytes]:
     """The captured UsageIndication, each with its own TransactionId (new rows, no repeats)."""
     head, body = read_vector("usage-indication.http")
@@ -1183,6 +1187,11 @@ def _run(settings: Settings, work: Path, url: str, out: TextIO) -> int:
     say(rss_line("token_format xml", xml_before, xml_after))
     say(gc_line("token_format signed", read_gc_summary(Path(signed.spec.stats_file)), results))
     say(gc_line("token_format xml", read_gc_summary(Path(xml.spec.stats_file)), results))
+    stored = next(r for r in results if r.name == "usage-insert")
+    say(
+        f"usage: {stored.throughput * USAGE_LEGS:,.0f} durable records/s "
+        f"({USAGE_LEGS} new call legs per UsageIndication, each answered after its COMMIT)"
+    )
     cpus = os.cpu_count() or 1
     limit = measure_enrollment_limit()
     enrolled = next(r for r in results if r.name == "enroll")

@@ -50,4 +50,5 @@ def test_quick_run_prints_every_phase_without_errors() -> None:
     enroll = next(f for f in map(str.split, lines) if f[:1] == ["enroll"])
     assert enroll[1] == "4" and enroll[8] == "0", enroll
     assert any(line.startswith("enrollment: ") and "of the limit" in line for line in lines)
+    assert any(line.startswith("usage: ") and "durable records/s" in line for line in lines)
     assert lines[-1] == "RESULT ok: 0 errors"
