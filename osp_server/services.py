@@ -128,8 +128,7 @@ class ProcessService(Service):
         # Start-up objects (CA, tables, modules) live as long as the process: keep
         # them out of the collector, whose full passes stalled the reactor 50-90 ms
         # under load (bench/authorization.py).
-        gc.collect()
-        gc.freeze()
+        freeze_long_lived_objects()
         self._previous = signal.signal(signal.SIGHUP, self._on_sighup)
 
     def _on_sighup(self, _signum: int, _frame: object) -> None:

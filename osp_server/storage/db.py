@@ -254,7 +254,7 @@ class Database:
         not hold up writes.  Errors and timeouts come back as :class:`StorageError`."""
         if self._read_engine is None:
             self._read_engine = create_db_engine(
-                str(self.engine.url.render_as_string(hide_password=False)),
+                self.engine.url.render_as_string(hide_password=False),
                 pool_size=1,
                 timeout_seconds=self.read_timeout_seconds,
                 read_only=True,
@@ -321,10 +321,10 @@ class Database:
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> Deferred[T]:
-        """Like :meth:`transact`, for small hot-path writes: ``fn`` runs in its own
-        savepoint inside a transaction shared with the other writes waiting at the
-        time, and the Deferred fires after that transaction's COMMIT
-        (:mod:`osp_server.storage.group_commit`)."""
+        """Like :meth:`transact`, for small hot-path writes: ``fn`` runs in a
+        transaction shared with the other writes waiting at the time (isolated in a
+        savepoint when one of them fails), and the Deferred fires after that
+        transaction's COMMIT (:mod:`osp_server.storage.group_commit`)."""
         if self._writer is None:
             if self._reactor is None:
                 raise RuntimeError("this Database was opened without a reactor")
@@ -334,6 +334,7 @@ class Database:
                 lambda: self._pool,
                 timeout_seconds=self._timeout,
                 observer=lambda: self.observer,
+                on_timeout=self._timed_out,
             )
         answer: Deferred[T] = self._writer.submit(desc, fn, *args, **kwargs)
         return answer

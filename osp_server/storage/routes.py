@@ -315,11 +315,6 @@ def _unique(items: Iterable[_T], key: Any, what: str) -> list[_T]:
     return out
 
 
-def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
-
-
 # --- writing ---------------------------------------------------------------------------
 
 
@@ -420,7 +415,7 @@ def _existing_routes(
         prefixes.setdefault(route.table, set()).add(route.prefix)
     existing: dict[tuple[str, str, str], tuple[int, Route | None]] = {}
     for table, wanted in prefixes.items():
-        for part in _chunks(sorted(wanted)):
+        for part in _batched(sorted(wanted), _CHUNK):
             query = _select_routes(conn).where(
                 routes.c.route_table == table, routes.c.prefix.in_(part)
             )
@@ -446,7 +441,7 @@ def import_blocks(
     _lock(conn)
     existing: dict[tuple[str, str, str], tuple[int, str]] = {}
     tables = sorted({rule.table for rule in wanted})
-    for chunk in _chunks(tables):
+    for chunk in _batched(tables, _CHUNK):
         query = select(route_blocks).where(route_blocks.c.route_table.in_(chunk))
         for row in conn.execute(query).mappings():
             key = (row["route_table"], row["kind"], row["prefix"])
@@ -492,7 +487,7 @@ def _finish(
     conn: Connection, table: Table, inserted: int, updated: int, stale: list[int], unchanged: int
 ) -> ImportResult:
     """Delete ``stale`` rows, then bump the version if anything changed."""
-    for ids in _chunks(stale):
+    for ids in _batched(stale, _CHUNK):
         conn.execute(delete(table).where(table.c.id.in_(ids)))
     result = ImportResult(inserted, updated, len(stale), unchanged)
     version = _bump(conn) if result.changed else current_version_txn(conn)

@@ -32,22 +32,14 @@ SECOND = make_route(prefix="1678", destination="[192.0.2.2]:5060", cost=Decimal(
 
 
 class FlakyDatabase(Database):
-    """A real Database whose next ``fail_next`` calls fail with ``error``."""
+    """A real Database whose next ``fail_next`` reads (all the refresher does) fail
+    with ``error``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fail_next = 0
         self.error: Exception = StorageError("database error: OperationalError: gone")
         self.calls = 0
-
-    def transact(
-        self, desc: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> Deferred[Any]:
-        self.calls += 1
-        if self.fail_next:
-            self.fail_next -= 1
-            return defer.fail(self.error)
-        return super().transact(desc, fn, *args, **kwargs)
 
     def read(self, desc: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         self.calls += 1
