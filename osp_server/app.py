@@ -8,9 +8,9 @@ listening, so tests can listen on port 0; ``build_service()`` adds the listeners
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 from cryptography import x509
 
@@ -46,7 +46,7 @@ from osp_server.osp.service import OSPService
 from osp_server.osp.token_setup import TokenSetupError, build_token_factory, token_signer_files
 from osp_server.osp.tokens import TokenFactory, TokenSigner
 from osp_server.pki.ca import CAError, CAPrivateKey, CertificateAuthority, open_ca
-from osp_server.reactor import IOSPReactor
+from osp_server.reactor import IOSPReactor, IWorkerReactor
 from osp_server.readiness import Readiness
 from osp_server.routing.refresh import ReplaceableTables, RouteRefresher
 from osp_server.services import ListenerService, ProcessService, freeze_long_lived_objects
@@ -57,6 +57,8 @@ from osp_server.tls.server import RefusableTLSFactory, ServerCertificate, server
 from osp_server.web.crl import CRLResource
 from osp_server.web.health import HealthResource, StorageProbe
 from osp_server.web.site import OSPSite
+from osp_server.workers.role import WorkerRole
+from osp_server.workers.sockets import AdoptedListenerService
 
 log = Logger()
 
@@ -83,6 +85,9 @@ class Core:
     ca: CertificateAuthority
     ca_created: bool
     clock: Callable[[], datetime] = utcnow
+    worker: WorkerRole | None = None
+    """Set in a worker process (``[server] workers`` > 1): the supervisor migrated and
+    issued the certificates; this process only reads them."""
     metrics: Metrics = field(default_factory=Metrics)
     readiness: Readiness = field(default_factory=Readiness)
     # CPU-heavy work (password hashing, CSR checks, signing) runs here, never on the
@@ -97,7 +102,11 @@ class Core:
 
 
 def prepare(
-    config: Config, reactor: IOSPReactor, *, clock: Callable[[], datetime] = utcnow
+    config: Config,
+    reactor: IOSPReactor,
+    *,
+    clock: Callable[[], datetime] = utcnow,
+    worker: WorkerRole | None = None,
 ) -> Core:
     """Blocking start-up: CA, database, migrations.  Raises StartupError with a clear line."""
     try:
@@ -107,15 +116,28 @@ def prepare(
     except OSError as e:
         raise StartupError(f"CA: {e.filename or config.ca.key_file}: {e.strerror}") from None
     try:
-        db = open_database(config.database, reactor)
+        db = open_database(config.database, reactor, migrate=worker is None)
     except Exception as e:
         raise StartupError(f"database {config.database.url.split('@')[-1]}: {e}") from None
-    if ca.profile == "legacy":
+    if ca.profile == "legacy" and worker is None:
         log.warn(
             "CA profile is LEGACY: the CA certificate and device certificates are signed with "
             "MD5 for stock OSP Toolkit enroll 4.33.1. Prefer the secure profile for new devices."
         )
-    return Core(config=config, reactor=reactor, db=db, ca=ca, ca_created=created, clock=clock)
+    return Core(
+        config=config,
+        reactor=reactor,
+        db=db,
+        ca=ca,
+        ca_created=created,
+        clock=clock,
+        worker=worker,
+    )
+
+
+def _for_role(core: Core, files: IssuedFiles) -> IssuedFiles:
+    # Workers read what their supervisor issued: N processes never renew the same files.
+    return files if core.worker is None else replace(files, issues=False)
 
 
 def issued_material(core: Core, files: IssuedFiles) -> tuple[CAPrivateKey, x509.Certificate]:
@@ -123,7 +145,10 @@ def issued_material(core: Core, files: IssuedFiles) -> tuple[CAPrivateKey, x509.
     they are, or ours, issued or renewed (osp_server.tls.issued)."""
     try:
         return provide_now(
-            files, ca_subject=core.ca.certificate.subject, now=core.clock(), db=core.db
+            _for_role(core, files),
+            ca_subject=core.ca.certificate.subject,
+            now=core.clock(),
+            db=core.db,
         )
     except MaterialError as e:
         raise StartupError(str(e)) from None
@@ -151,7 +176,7 @@ def build_server_certificate(core: Core) -> ServerCertificate:
     """The HTTPS listeners' certificate (osp_server.tls.server)."""
     try:
         return ServerCertificate(
-            server_files(core.config.tls, core.ca),
+            _for_role(core, server_files(core.config.tls, core.ca)),
             ca_subject=core.ca.certificate.subject,
             clock=core.clock,
             db=core.db,
@@ -315,6 +340,14 @@ def build_components(core: Core) -> Components:
     )
 
 
+def checked_components(core: Core) -> Components:
+    """:func:`build_components`, its failures as :class:`StartupError`."""
+    try:
+        return build_components(core)
+    except (CAError, StorageError, OSError, ValueError, SSL.Error) as e:
+        raise StartupError(f"TLS and token certificates: {e}") from None
+
+
 def build_enrollment_authorizer(core: Core) -> IEnrollmentAuthorizer | None:
     """The configured enrollment authorizer, if any, checked against its interface."""
     name = core.config.enrollment.authorizer
@@ -350,6 +383,8 @@ class CoreService(Service):
         # Before the listeners bind (they follow in the service tree), so the
         # fingerprints lead the start-up log.
         super().privilegedStartService()
+        if self.components.core.worker is not None:
+            return  # the supervisor logged them
         ca = self.components.core.ca
         log.info("CA {subject}", subject=ca.certificate.subject.rfc4514_string())
         log.info("CA fingerprint SHA-256 {fp}", fp=ca.fingerprint_sha256())
@@ -377,8 +412,24 @@ class CoreService(Service):
 def build_process_service(config: Config, reactor: IOSPReactor) -> MultiService:
     """What ``twistd osp`` runs: :func:`build_service` plus the process-wide set-up
     (SIGHUP handler, start-up objects frozen out of the garbage collector), which
-    in-process users such as tests do not want."""
-    top = build_service(config, reactor)
+    in-process users such as tests do not want.  (``[server] workers`` > 1 runs
+    :func:`osp_server.workers.composition.build_supervisor_service` instead.)"""
+    return _process_wide(build_service(config, reactor), reactor)
+
+
+def build_worker_service(config: Config, reactor: IWorkerReactor, role: WorkerRole) -> MultiService:
+    """What one worker process runs: the server on the sockets its supervisor bound
+    (``role.listeners``), with the process-wide set-up of :func:`build_process_service`."""
+    core = prepare(config, reactor, worker=role)
+    try:
+        top = _assemble(core, config, reactor, _adopted_listeners(reactor, role))
+    except BaseException:
+        core.db.stop()
+        raise
+    return _process_wide(top, reactor)
+
+
+def _process_wide(top: MultiService, reactor: IOSPReactor) -> MultiService:
     core_service = top.getServiceNamed("core")
     assert isinstance(core_service, CoreService)
     process = ProcessService(reactor, reload=core_service.reload)
@@ -401,17 +452,46 @@ def build_service(config: Config, reactor: IOSPReactor) -> MultiService:
     """The whole server as one MultiService, without process-wide side effects."""
     core = prepare(config, reactor)
     try:
-        return _assemble(core, config, reactor)
+        return _assemble(core, config, reactor, _bound_listeners(config, reactor))
     except BaseException:
         core.db.stop()  # nothing started yet: release the connections
         raise
 
 
-def _assemble(core: Core, config: Config, reactor: IOSPReactor) -> MultiService:
+MakeListener = Callable[[str, str, IProtocolFactory], Service | None]
+"""``(name, endpoint description, factory)`` -> the service that listens, or None."""
+
+
+def endpoint_for(config: Config, reactor: IOSPReactor, name: str, description: str) -> Any:
     try:
-        components = build_components(core)
-    except (CAError, StorageError, OSError, ValueError, SSL.Error) as e:
-        raise StartupError(f"TLS and token certificates: {e}") from None
+        return serverFromString(reactor, description)
+    except Exception as e:  # any parser error names a bad description
+        raise StartupError(
+            f"{config.source}: listeners.{name.replace('-', '_')}: "
+            f"bad endpoint description {description!r}: {e}"
+        ) from None
+
+
+def _bound_listeners(config: Config, reactor: IOSPReactor) -> MakeListener:
+    def make(name: str, description: str, factory: IProtocolFactory) -> Service:
+        endpoint = endpoint_for(config, reactor, name, description)
+        return ListenerService(reactor, description, endpoint, factory)
+
+    return make
+
+
+def _adopted_listeners(reactor: IWorkerReactor, role: WorkerRole) -> MakeListener:
+    def make(name: str, description: str, factory: IProtocolFactory) -> Service | None:
+        fd = role.listeners.get(name)
+        return None if fd is None else AdoptedListenerService(reactor, fd, factory)
+
+    return make
+
+
+def _assemble(
+    core: Core, config: Config, reactor: IOSPReactor, make_listener: MakeListener
+) -> MultiService:
+    components = checked_components(core)
     top = MultiService()
     core_service = CoreService(components)
     core_service.setName("core")
@@ -427,14 +507,12 @@ def _assemble(core: Core, config: Config, reactor: IOSPReactor) -> MultiService:
         refresher.setServiceParent(top)
         # Listeners bind before the first load: until it is done /osp answers 503.
         core.readiness.wait_for("routes", refresher.when_loaded())
-    reaper = TransactionReaper(core.db, reactor, clock=core.clock)
-    reaper.setName("reaper")
-    reaper.setServiceParent(top)
-    if config.osp.reauthorization_fixed_clients:
-        log.warn(
-            "osp.reauthorization_fixed_clients is on: ReauthorizationRequest gets a "
-            "ReauthorizationResponse, which crashes stock OSP Toolkit 4.33.1 clients"
-        )
+    if core.worker is None or core.worker.runs_housekeeping:
+        reaper = TransactionReaper(core.db, reactor, clock=core.clock)
+        reaper.setName("reaper")
+        reaper.setServiceParent(top)
+    if core.worker is None:
+        warn_about_settings(config)
     cfg = config.listeners
     listeners: list[tuple[str, str | None, IProtocolFactory]] = [
         ("http", cfg.http, components.http_site),
@@ -443,24 +521,26 @@ def _assemble(core: Core, config: Config, reactor: IOSPReactor) -> MultiService:
         ("legacy-osp", cfg.legacy_osp, components.legacy_osp_factory()),
         ("metrics", cfg.metrics, components.metrics_site),
     ]
-    if cfg.legacy_osp:
+    for name, description, factory in listeners:
+        if not description:
+            continue
+        svc = make_listener(name, description, factory)
+        if svc is not None:
+            svc.setName(name)
+            svc.setServiceParent(top)
+    return top
+
+
+def warn_about_settings(config: Config) -> None:
+    if config.osp.reauthorization_fixed_clients:
+        log.warn(
+            "osp.reauthorization_fixed_clients is on: ReauthorizationRequest gets a "
+            "ReauthorizationResponse, which crashes stock OSP Toolkit 4.33.1 clients"
+        )
+    if config.listeners.legacy_osp:
         log.warn(
             "legacy-osp listener {description}: TLS at OpenSSL security level 0 so that "
             "MD5-signed legacy device certificates verify; only certificates this server "
             "issued are accepted, but prefer SHA-256 certificates for new devices",
-            description=cfg.legacy_osp,
+            description=config.listeners.legacy_osp,
         )
-    for name, description, factory in listeners:
-        if not description:
-            continue
-        try:
-            endpoint = serverFromString(reactor, description)
-        except Exception as e:  # any parser error names a bad description
-            raise StartupError(
-                f"{config.source}: listeners.{name.replace('-', '_')}: "
-                f"bad endpoint description {description!r}: {e}"
-            ) from None
-        svc = ListenerService(reactor, description, endpoint, factory)
-        svc.setName(name)
-        svc.setServiceParent(top)
-    return top

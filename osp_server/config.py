@@ -31,6 +31,8 @@ _PROFILES: tuple[Profile, ...] = get_args(Profile)
 _RENEWAL: tuple[RenewalPolicy, ...] = get_args(RenewalPolicy)
 _TOKEN_FORMATS: tuple[TokenFormat, ...] = get_args(TokenFormat)
 _SIGNER_KEYS: tuple[str, ...] = ("ec-p256", "rsa2048")
+# More processes than this is a typo, not a machine (each one holds its own route table).
+MAX_WORKERS = 64
 
 
 class ConfigError(Exception):
@@ -130,6 +132,23 @@ class Config:
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """``[plugins.NAME]`` tables: the keyword arguments of the routing policy or
     enrollment authorizer registered as NAME (its factory validates them)."""
+    workers: int = 1
+    """``[server] workers``: 1 serves in the twistd process; N > 1 runs N worker
+    processes that share the listening sockets (osp_server.workers)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled for worker processes (osp_server.workers.role); read-only mapping
+        # proxies do not pickle, so the plugin tables travel as plain dicts.
+        state = dict(self.__dict__)
+        state["plugins"] = {name: dict(options) for name, options in self.plugins.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        plugins = state.pop("plugins")
+        self.__dict__.update(state)
+        self.__dict__["plugins"] = MappingProxyType(
+            {name: MappingProxyType(options) for name, options in plugins.items()}
+        )
 
     def plugin_options(self, name: str) -> dict[str, Any]:
         """The keyword arguments for the extension ``name`` (empty when not configured)."""
@@ -265,6 +284,7 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
 
     server = section("server")
     data_dir = server.path("data_dir", base / "osp-data", base)
+    workers = server.integer("workers", Config.workers, minimum=1, maximum=MAX_WORKERS)
     server.finish()
 
     lst = section("listeners")
@@ -424,6 +444,7 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
         enrollment=enrollment,
         osp=osp,
         plugins=plugins,
+        workers=workers,
     )
 
 

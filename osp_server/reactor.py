@@ -13,6 +13,8 @@ from typing import cast
 
 from twisted.internet.interfaces import (
     IReactorCore,
+    IReactorProcess,
+    IReactorSocket,
     IReactorSSL,
     IReactorTCP,
     IReactorThreads,
@@ -22,6 +24,14 @@ from twisted.internet.interfaces import (
 
 class IOSPReactor(IReactorCore, IReactorTime, IReactorThreads, IReactorTCP, IReactorSSL):
     """Run loop and shutdown, timers, hand-off from worker threads, TCP and TLS ports."""
+
+
+class ISupervisorReactor(IReactorProcess, IReactorTime):
+    """What the worker supervisor uses: child processes and timers."""
+
+
+class IWorkerReactor(IOSPReactor, IReactorSocket):
+    """A worker process's reactor: the server's, plus adopting inherited sockets."""
 
 
 def global_reactor() -> IOSPReactor:

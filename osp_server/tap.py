@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -44,10 +44,17 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     """Build the server (blocking start-up work happens here, before the reactor runs)."""
     from osp_server.app import StartupError, build_process_service
-    from osp_server.reactor import global_reactor
+    from osp_server.reactor import ISupervisorReactor, global_reactor
+    from osp_server.workers.composition import build_supervisor_service
 
+    config = options["loaded_config"]
+    reactor = global_reactor()
     try:
-        service: IService = build_process_service(options["loaded_config"], global_reactor())
+        service: IService
+        if config.workers > 1:
+            service = build_supervisor_service(config, cast(ISupervisorReactor, reactor))
+        else:
+            service = build_process_service(config, reactor)
         return service
     except StartupError as e:
         raise SystemExit(f"osp-server: {e}") from None

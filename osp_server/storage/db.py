@@ -368,13 +368,28 @@ class Database:
         return self.transact("ping", ping_txn)
 
 
-def open_database(config: DatabaseConfig, reactor: IOSPReactor | None) -> Database:
-    """Engine + migrations + durability check (blocking; start-up and CLI only)."""
+def open_database(
+    config: DatabaseConfig, reactor: IOSPReactor | None, *, migrate: bool = True
+) -> Database:
+    """Engine + migrations + durability check (blocking; start-up and CLI only).
+
+    ``migrate=False`` (worker processes, whose supervisor migrated) only checks that
+    the schema is at the head revision: N processes never run Alembic at once.
+    """
     engine = create_db_engine(
         config.url, pool_size=config.threads, timeout_seconds=config.timeout_seconds
     )
     try:
-        upgrade_schema(engine)
+        if migrate:
+            upgrade_schema(engine)
+        else:
+            current, head = schema_status(engine)
+            if current != head:
+                engine.dispose()
+                raise StorageError(
+                    f"the schema is at revision {current}, not {head}: "
+                    "start the server (or osp-admin db upgrade) to migrate it"
+                )
         with engine.connect() as conn:
             check_durability(conn)
     except (SQLAlchemyError, OSError) as e:

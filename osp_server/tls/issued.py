@@ -11,6 +11,9 @@ logic is a coroutine that asks the caller's runners for every blocking step.
   old files are set aside as ``<name>.previous`` (never deleted), the new key (0600) and
   certificate are written as new files, and the certificate is recorded.
 * Absent: issued, written and recorded.
+
+With ``issues=False`` (worker processes: their supervisor issues and renews, so N
+processes never race to rename the same files) the files are only read.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ class IssuedFiles:
     renew_before: timedelta = RENEW_BEFORE
     current: Callable[[x509.Certificate], bool] | None = None
     """False for a certificate of ours that no longer has the profile we issue."""
+    issues: bool = True
+    """False: read the files, never issue or renew (a worker process)."""
 
 
 def _load_key(path: Path) -> CAPrivateKey:
@@ -136,6 +141,11 @@ async def provide(
     run_blocking: RunBlocking,
 ) -> tuple[CAPrivateKey, x509.Certificate]:
     """The key and certificate to use, issuing or renewing ours (module docstring)."""
+    if not files.issues:
+        material: tuple[CAPrivateKey, x509.Certificate] = await run_blocking(
+            lambda: read_files(files)
+        )
+        return material
     if files.cert_file.exists() or files.key_file.exists():
         key, cert = await run_blocking(lambda: read_files(files))
         if cert.issuer != ca_subject:

@@ -120,7 +120,7 @@ def add_devices(config: Path, customer: str, devices: Sequence[str], *, cwd: Pat
     assert not failures, failures
 
 
-def write_config(directory: Path, database_url: str) -> Path:
+def write_config(directory: Path, database_url: str, *, workers: int = 1) -> Path:
     """A config with loopback port-0 listeners, this database and no address throttle.
 
     Passwords use the OWASP-minimum argon2id profile: these tests are about what a
@@ -131,6 +131,7 @@ def write_config(directory: Path, database_url: str) -> Path:
     config.write_text(
         "[server]\n"
         f"data_dir = {json.dumps(str(directory / 'data'))}\n"
+        f"workers = {workers}\n"
         "[database]\n"
         f"url = {json.dumps(database_url)}\n"
         "[listeners]\n"
@@ -157,9 +158,9 @@ class TwistdServer:
         self.https_port = 0
         self._logs: list[Path] = []
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, *, ready: int = 1) -> None:
         """Start a new server process; wait until both listeners report their port and
-        the server says it takes OSP traffic."""
+        the server says ``ready`` times (once per worker process) it takes OSP traffic."""
         assert self.process is None, "the previous server still runs"
         log_path = self.workdir / f"twistd-{self.starts}.log"
         self._logs.append(log_path)
@@ -179,7 +180,7 @@ class TwistdServer:
             text = log_path.read_bytes()
             ports = {m[0]: int(m[1]) for m in _LISTENING.findall(text)}
             # /osp answers 503 until the first route load: wait for the ready line too.
-            if set(ports) == {b"http", b"https"} and _READY in text:
+            if set(ports) == {b"http", b"https"} and text.count(_READY) >= ready:
                 self.http_port, self.https_port = ports[b"http"], ports[b"https"]
                 return
             if self.process.poll() is not None or time.monotonic() > deadline:

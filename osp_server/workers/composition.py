@@ -1,0 +1,147 @@
+"""Composition of the supervisor process (``[server] workers`` > 1).
+
+It does the start-up work once, checks every setting by building the server (which it
+then does not serve with), binds the listeners, and supervises the worker processes
+(osp_server.workers.child) that adopt them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import cast
+
+from twisted.application.reactors import getReactorTypes
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+
+from osp_server.app import (
+    Core,
+    CoreService,
+    StartupError,
+    checked_components,
+    endpoint_for,
+    prepare,
+    warn_about_settings,
+)
+from osp_server.config import Config
+from osp_server.reactor import IOSPReactor, ISupervisorReactor
+from osp_server.services import ProcessService
+from osp_server.workers.role import encode_config
+from osp_server.workers.sockets import SharedListenerService, SharedSocketError, offset_port
+from osp_server.workers.supervisor import WorkerLaunch, WorkerSupervisor
+
+log = Logger()
+
+FIRST_INHERITED_FD = 3  # after stdin, stdout and stderr
+
+
+def build_supervisor_service(config: Config, reactor: ISupervisorReactor) -> MultiService:
+    """The twistd process with ``[server] workers`` > 1: start-up work done once (CA,
+    migrations, certificates, every setting checked by building the server), the
+    listeners bound here, and :class:`~osp_server.workers.supervisor.WorkerSupervisor`
+    running the workers that serve on them.  SIGHUP renews the TLS material here,
+    then is forwarded to every worker, which re-reads the files."""
+    osp_reactor = cast(IOSPReactor, reactor)
+    core = prepare(config, osp_reactor)
+    try:
+        return _assemble_supervisor(core, config, reactor)
+    except BaseException:
+        core.db.stop()
+        raise
+
+
+def _assemble_supervisor(core: Core, config: Config, reactor: ISupervisorReactor) -> MultiService:
+    osp_reactor = cast(IOSPReactor, reactor)
+    components = checked_components(core)
+    warn_about_settings(config)
+    top = MultiService()
+    core_service = CoreService(components)
+    core_service.setName("core")
+    core_service.setServiceParent(top)
+    cfg = config.listeners
+    descriptions = {
+        "http": cfg.http,
+        "https": cfg.https,
+        "osp-mtls": cfg.osp_mtls,
+        "legacy-osp": cfg.legacy_osp,
+    }
+    shared: list[SharedListenerService] = []
+    for name, description in descriptions.items():
+        if description:
+            shared.append(_shared_listener(config, osp_reactor, name, description, top))
+    metrics: list[SharedListenerService] = []
+    if cfg.metrics:
+        for index in range(config.workers):
+            try:
+                description = offset_port(cfg.metrics, index)
+            except SharedSocketError as e:
+                raise StartupError(f"{config.source}: listeners.metrics: {e}") from None
+            metrics.append(
+                _shared_listener(config, osp_reactor, f"metrics-{index}", description, top)
+            )
+    handover = encode_config(config)
+    reactor_name = installed_reactor_name(reactor)
+
+    def launch(index: int) -> WorkerLaunch:
+        mine = [*shared, *([metrics[index]] if metrics else [])]
+        args = [
+            sys.executable,
+            "-m",
+            "osp_server.workers.child",
+            f"--index={index}",
+            f"--count={config.workers}",
+        ]
+        if reactor_name:
+            args.append(f"--reactor={reactor_name}")
+        child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+        for offset, listener in enumerate(mine):
+            fd = FIRST_INHERITED_FD + offset
+            child_fds[fd] = listener.fileno()
+            name = "metrics" if listener in metrics else listener.name
+            args.append(f"--listener={name}={fd}")
+        return WorkerLaunch(
+            executable=sys.executable,
+            args=args,
+            env=dict(os.environ),
+            child_fds=child_fds,
+            stdin=handover,
+        )
+
+    supervisor = WorkerSupervisor(reactor, config.workers, launch)
+    supervisor.setName("workers")
+    supervisor.setServiceParent(top)
+
+    def reload() -> None:
+        log.info("SIGHUP: reloading TLS material, then the workers'")
+        components.reload_tls().addBoth(lambda _: supervisor.signal_all("HUP"))
+
+    process = ProcessService(osp_reactor, reload=reload)
+    process.setName("process")
+    process.setServiceParent(top)
+    log.info(
+        "supervising {count} worker processes on the listeners below",
+        count=config.workers,
+    )
+    return top
+
+
+def _shared_listener(
+    config: Config, reactor: IOSPReactor, name: str, description: str, top: MultiService
+) -> SharedListenerService:
+    key = "metrics" if name.startswith("metrics-") else name
+    endpoint = endpoint_for(config, reactor, key, description)
+    listener = SharedListenerService(reactor, description, endpoint)
+    listener.setName(name)
+    listener.setServiceParent(top)
+    return listener
+
+
+def installed_reactor_name(reactor: object) -> str | None:
+    """The ``twistd --reactor`` short name of ``reactor``, so workers run the same one
+    (None: the platform default)."""
+    module = type(reactor).__module__
+    for installer in getReactorTypes():
+        if getattr(installer, "moduleName", None) == module:
+            return str(installer.shortName)
+    return None
