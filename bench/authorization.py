@@ -192,14 +192,35 @@ class ServeSpec:
     profile_file: str | None = None
 
 
+def bare_stack(reactor: Any, tls: Any) -> Any:
+    """The bare HTTP stack: our OSPSite and TLS wrapper around a resource that reads
+    the body and answers a fixed text/plain body (the baseline every ratio uses)."""
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+    from twisted.web.resource import Resource
+    from twisted.web.server import Request
+
+    from osp_server.web.site import OSPSite
+
+    class BareResource(Resource):
+        isLeaf = True
+
+        def render_POST(self, request: Request) -> bytes:
+            assert request.content is not None
+            request.content.read()
+            request.setHeader(b"content-type", b"text/plain")
+            request.setHeader(b"content-length", b"%d" % len(BASELINE_BODY))
+            return BASELINE_BODY
+
+    root = Resource()
+    root.putChild(b"osp", BareResource())
+    return TLSMemoryBIOFactory(tls, False, OSPSite(root, reactor=reactor, name="bare"))
+
+
 def serve(spec: ServeSpec) -> int:
     """Run the real server until stdin closes; print its ports as one JSON line first."""
     from twisted.internet.defer import Deferred
     from twisted.internet.endpoints import TCP4ServerEndpoint
     from twisted.logger import globalLogBeginner, textFileLogObserver
-    from twisted.protocols.tls import TLSMemoryBIOFactory
-    from twisted.web.resource import Resource
-    from twisted.web.server import Request
 
     from osp_server import passwords
     from osp_server.app import CoreService, build_components, prepare
@@ -208,7 +229,6 @@ def serve(spec: ServeSpec) -> int:
     from osp_server.routing.table import RouteTables
     from osp_server.storage import devices as device_store
     from osp_server.storage.errors import NotFoundError
-    from osp_server.web.site import OSPSite
 
     reactor = global_reactor()
     data_dir = Path(spec.data_dir)
@@ -261,22 +281,7 @@ def serve(spec: ServeSpec) -> int:
     # The route table lives in memory in the policy (as in the integration tests).
     components.policy.replace(RouteTables(routes=make_routes(spec.routes)))  # type: ignore[attr-defined]
 
-    class BareResource(Resource):
-        """The bare HTTP stack: read the body, answer a fixed text/plain body."""
-
-        isLeaf = True
-
-        def render_POST(self, request: Request) -> bytes:
-            assert request.content is not None
-            request.content.read()
-            request.setHeader(b"content-type", b"text/plain")
-            request.setHeader(b"content-length", b"%d" % len(BASELINE_BODY))
-            return BASELINE_BODY
-
-    bare_root = Resource()
-    bare_root.putChild(b"osp", BareResource())
-    bare_site = OSPSite(bare_root, reactor=reactor, name="bare")
-    bare_factory = TLSMemoryBIOFactory(components.https_tls, False, bare_site)
+    bare_factory = bare_stack(reactor, components.https_tls)
 
     gc_pauses = GCPauses()
     profiler: Any = None

@@ -84,6 +84,9 @@ class AdoptedListenerService(Service):
     def startService(self) -> None:
         super().startService()
         family = socket_family(self._fd)
+        # Twisted's own listening sockets are non-blocking, but one handed over by
+        # systemd need not be, and a blocking accept() stalls the reactor.
+        os.set_blocking(self._fd, False)
         # adoptStreamPort duplicates the descriptor; ours is closed so that the
         # socket is released when the port stops listening.
         # The interface names ServerFactory; any IProtocolFactory serves (as listenTCP).
