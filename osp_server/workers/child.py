@@ -70,22 +70,42 @@ def json_lines_observer(stream: TextIO) -> FileLogObserver:
     return FileLogObserver(stream, event_as_json_line)
 
 
-def _stop_if_running(reactor: IWorkerReactor) -> None:
-    if reactor.running:
-        reactor.stop()
+class _Stopper:
+    """Stops the reactor once, whoever asks first: SIGTERM can arrive twice (systemd
+    signals the whole control group, and the supervisor forwards its own), and the
+    supervisor can vanish while a stop is under way."""
 
+    def __init__(self, reactor: IWorkerReactor) -> None:
+        self._reactor = reactor
+        self._stopping = False
+        reactor.addSystemEventTrigger("before", "shutdown", self._mark)
 
-def _exit_with_supervisor(reactor: IWorkerReactor) -> None:
-    # The supervisor keeps our stdin open and never writes to it again: EOF means it
-    # died (even by SIGKILL), and a worker must not keep serving without it.
-    # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader holds
-    # its lock, and the interpreter aborts on that lock at exit.
-    def watch() -> None:
-        while os.read(STDIN, 65536):
-            pass
-        reactor.callFromThread(_stop_if_running, reactor)
+    def _mark(self) -> None:
+        self._stopping = True
 
-    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+    def stop(self) -> None:
+        """Stop the reactor unless it is stopping already (reactor thread)."""
+        if not self._stopping and self._reactor.running:
+            self._stopping = True
+            self._reactor.stop()
+
+    def on_signal(self, _signum: int, _frame: object) -> None:
+        """A signal handler for SIGTERM."""
+        self._reactor.callFromThread(self.stop)
+
+    def when_supervisor_gone(self) -> None:
+        """Stop when stdin reaches EOF: the supervisor keeps it open and never writes
+        to it again, so EOF means it died (even by SIGKILL), and a worker must not
+        keep serving without it."""
+
+        # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader
+        # holds its lock, and the interpreter aborts on that lock at exit.
+        def watch() -> None:
+            while os.read(STDIN, 65536):
+                pass
+            self._reactor.callFromThread(self.stop)
+
+        threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Ctrl-C in a terminal reaches the whole process group: the supervisor
         # decides when workers stop (SIGTERM), so they ignore SIGINT.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, stopper.on_signal)
         service.startService()
         # Tells the supervisor that SIGHUP is handled now (it holds SIGHUP until then).
         log.info(
@@ -129,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    _exit_with_supervisor(reactor)
+    stopper = _Stopper(reactor)
+    stopper.when_supervisor_gone()
     reactor.run()
     return 0
 

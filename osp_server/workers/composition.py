@@ -66,11 +66,18 @@ def _assemble_supervisor(core: Core, config: Config, reactor: ISupervisorReactor
         "osp-mtls": cfg.osp_mtls,
         "legacy-osp": cfg.legacy_osp,
     }
+    handover = encode_config(config)
+    reactor_name = installed_reactor_name(reactor)
     shared: list[SharedListenerService] = []
+    metrics: list[SharedListenerService] = []
+
+    def launch(index: int) -> WorkerLaunch:
+        return _launch(config, reactor_name, handover, index, shared, metrics)
+
+    supervisor = WorkerSupervisor(reactor, config.workers, launch)
     for name, description in descriptions.items():
         if description:
-            shared.append(_shared_listener(config, osp_reactor, name, description, top))
-    metrics: list[SharedListenerService] = []
+            shared.append(_shared_listener(config, osp_reactor, name, description, top, supervisor))
     if cfg.metrics:
         for index in range(config.workers):
             try:
@@ -78,37 +85,10 @@ def _assemble_supervisor(core: Core, config: Config, reactor: ISupervisorReactor
             except SharedSocketError as e:
                 raise StartupError(f"{config.source}: listeners.metrics: {e}") from None
             metrics.append(
-                _shared_listener(config, osp_reactor, f"metrics-{index}", description, top)
+                _shared_listener(
+                    config, osp_reactor, f"metrics-{index}", description, top, supervisor
+                )
             )
-    handover = encode_config(config)
-    reactor_name = installed_reactor_name(reactor)
-
-    def launch(index: int) -> WorkerLaunch:
-        mine = [*shared, *([metrics[index]] if metrics else [])]
-        args = [
-            sys.executable,
-            "-m",
-            "osp_server.workers.child",
-            f"--index={index}",
-            f"--count={config.workers}",
-        ]
-        if reactor_name:
-            args.append(f"--reactor={reactor_name}")
-        child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
-        for offset, listener in enumerate(mine):
-            fd = FIRST_INHERITED_FD + offset
-            child_fds[fd] = listener.fileno()
-            name = "metrics" if listener in metrics else listener.name
-            args.append(f"--listener={name}={fd}")
-        return WorkerLaunch(
-            executable=sys.executable,
-            args=args,
-            env=dict(os.environ),
-            child_fds=child_fds,
-            stdin=handover,
-        )
-
-    supervisor = WorkerSupervisor(reactor, config.workers, launch)
     supervisor.setName("workers")
     supervisor.setServiceParent(top)
 
@@ -126,12 +106,54 @@ def _assemble_supervisor(core: Core, config: Config, reactor: ISupervisorReactor
     return top
 
 
+def _launch(
+    config: Config,
+    reactor_name: str | None,
+    handover: bytes,
+    index: int,
+    shared: list[SharedListenerService],
+    metrics: list[SharedListenerService],
+) -> WorkerLaunch:
+    """How worker ``index`` starts: its command line and the sockets it inherits (the
+    shared listeners, and its own metrics listener)."""
+    mine = [*shared, *([metrics[index]] if metrics else [])]
+    args = [
+        sys.executable,
+        "-m",
+        "osp_server.workers.child",
+        f"--index={index}",
+        f"--count={config.workers}",
+    ]
+    if reactor_name:
+        args.append(f"--reactor={reactor_name}")
+    child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+    for offset, listener in enumerate(mine):
+        fd = FIRST_INHERITED_FD + offset
+        child_fds[fd] = listener.fileno()
+        name = "metrics" if listener in metrics else listener.name
+        args.append(f"--listener={name}={fd}")
+    return WorkerLaunch(
+        executable=sys.executable,
+        args=args,
+        env=dict(os.environ),
+        child_fds=child_fds,
+        stdin=handover,
+    )
+
+
 def _shared_listener(
-    config: Config, reactor: IOSPReactor, name: str, description: str, top: MultiService
+    config: Config,
+    reactor: IOSPReactor,
+    name: str,
+    description: str,
+    top: MultiService,
+    supervisor: WorkerSupervisor,
 ) -> SharedListenerService:
     key = "metrics" if name.startswith("metrics-") else name
     endpoint = endpoint_for(config, reactor, key, description)
-    listener = SharedListenerService(reactor, description, endpoint)
+    listener = SharedListenerService(
+        reactor, description, endpoint, close_after=supervisor.when_stopped
+    )
     listener.setName(name)
     listener.setServiceParent(top)
     return listener

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -51,8 +52,16 @@ class SharedListenerService(ListenerService):
     stops start-up) but leaves accepting to the workers: :meth:`fileno` is the socket
     they inherit."""
 
-    def __init__(self, reactor: IReactorCore, description: str, endpoint: IStreamServerEndpoint):
+    def __init__(
+        self,
+        reactor: IReactorCore,
+        description: str,
+        endpoint: IStreamServerEndpoint,
+        *,
+        close_after: Callable[[], Deferred[None]] | None = None,
+    ):
         super().__init__(reactor, description, endpoint, SupervisorSocket())
+        self._close_after = close_after
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -63,6 +72,18 @@ class SharedListenerService(ListenerService):
                 "cannot be shared with worker processes"
             )
         port.stopReading()
+
+    def stopService(self) -> Deferred[None] | None:
+        # Closing a listening socket we bound shuts it down, and shutdown() acts on the
+        # socket every worker shares: accept() there fails with EINVAL.  So it is
+        # closed only once ``close_after`` says the workers are gone.
+        if self._close_after is None:
+            return super().stopService()
+        waiting = self._close_after()
+        stopped: Deferred[None] = waiting.addCallback(
+            lambda _: super(SharedListenerService, self).stopService()
+        )
+        return stopped
 
     def fileno(self) -> int:
         """The listening socket's descriptor (valid once bound)."""

@@ -206,6 +206,7 @@ class WorkerSupervisor(Service):
         self._delays: dict[int, float] = {}
         self._stopping: Deferred[None] | None = None
         self._kill_call: IDelayedCall | None = None
+        self._stopped_waiters: list[Deferred[None]] = []
 
     def startService(self) -> None:
         super().startService()
@@ -285,6 +286,7 @@ class WorkerSupervisor(Service):
                 call.cancel()
         self._restarts.clear()
         if not self.workers:
+            self._fire_stopped()
             return succeed(None)
         self._stopping = Deferred()
         self.signal_all("TERM")
@@ -308,3 +310,18 @@ class WorkerSupervisor(Service):
         self._kill_call = None
         stopping, self._stopping = self._stopping, None
         stopping.callback(None)
+        self._fire_stopped()
+
+    def when_stopped(self) -> Deferred[None]:
+        """Fires once the service is stopped and no worker runs any more (at once if
+        that is so already)."""
+        if not self.running and not self.workers:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._stopped_waiters.append(waiter)
+        return waiter
+
+    def _fire_stopped(self) -> None:
+        waiters, self._stopped_waiters = self._stopped_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)

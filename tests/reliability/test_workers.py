@@ -7,12 +7,17 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from tests.reliability.harness import (
+    TWISTD,
     TwistdServer,
     add_devices,
+    child_env,
     exchange,
     query,
     tls_context,
@@ -126,3 +131,66 @@ def test_workers_stop_when_the_supervisor_is_killed(database_url: str, tmp_path:
         server.process = None
     finally:
         server.stop()
+
+
+def test_workers_serve_a_socket_passed_by_systemd(tmp_path: Path) -> None:
+    """Socket activation: the supervisor adopts the socket systemd passes (fd 3,
+    LISTEN_FDS/LISTEN_PID) and shares it with its workers."""
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'osp.sqlite3'}", workers=2)
+    text = config.read_text()
+    assert 'https = "tcp:0:interface=127.0.0.1"' in text
+    config.write_text(
+        text.replace('https = "tcp:0:interface=127.0.0.1"', 'https = "systemd:domain=INET:index=0"')
+    )
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    log_path = tmp_path / "twistd.log"
+    # What systemd does: the socket on fd 3, and LISTEN_PID naming the service's pid.
+    launcher = (
+        f"import os, sys\nos.dup2({fd}, 3)\nos.close({fd})\n" if fd != 3 else "import os, sys\n"
+    ) + (
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES='osp')\n"
+        "os.execv(sys.argv[1], sys.argv[1:])\n"
+    )
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                launcher,
+                str(TWISTD),
+                "-n",
+                "--pidfile=",
+                "osp",
+                "--config",
+                str(config),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=child_env(),
+            pass_fds=(fd,),
+            start_new_session=True,
+        )
+    listener.close()  # the server holds it now
+    try:
+        deadline = time.monotonic() + 60
+        while log_path.read_bytes().count(b"taking OSP traffic") < 2:
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        answers = [
+            exchange(port, b"GET /health HTTP/1.1\r\nHost: osp\r\n\r\n", tls_context())
+            for _ in range(4)
+        ]
+        assert all(code == 200 and b'"ok"' in body for code, body in answers), answers
+        assert f"https listening on 127.0.0.1:{port}".encode() in log_path.read_bytes()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+    assert "Traceback" not in log_path.read_text()

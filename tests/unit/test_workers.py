@@ -423,3 +423,74 @@ def test_a_worker_reads_the_certificates_and_never_renews_them(
         assert not config.tls.cert_file.exists()
     finally:
         worker_core.db.stop()
+
+
+def test_when_stopped_fires_after_the_last_worker_ended() -> None:
+    supervisor, reactor, _ = _supervisor(2)
+    supervisor.startService()
+    a, b = (p for p, _, _ in reactor.spawned)
+    fired: list[object] = []
+    supervisor.when_stopped().addCallback(fired.append)
+    supervisor.stopService()
+    a.end(Failure(ProcessDone(0)))
+    assert fired == []
+    b.end(Failure(ProcessDone(0)))
+    assert fired == [None]
+    # Asked afterwards: at once.
+    later: list[object] = []
+    supervisor.when_stopped().addCallback(later.append)
+    assert later == [None]
+
+
+class _FakePort:
+    def __init__(self) -> None:
+        self.reading = True
+        self.closed = False
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def fileno(self) -> int:
+        return 7
+
+    def getHost(self) -> object:
+        return None
+
+    def stopListening(self) -> None:
+        self.closed = True
+
+
+class _FakeEndpoint:
+    def __init__(self) -> None:
+        self.port = _FakePort()
+
+    def listen(self, factory: object) -> object:
+        from twisted.internet.defer import succeed
+
+        return succeed(self.port)
+
+
+def test_a_shared_socket_is_closed_only_after_the_workers_are_gone() -> None:
+    # Closing it earlier shuts down the socket the workers still accept on.
+    from twisted.internet.defer import Deferred
+
+    from osp_server.workers.sockets import SharedListenerService
+
+    gone: Deferred[None] = Deferred()
+    endpoint = _FakeEndpoint()
+    listener = SharedListenerService(
+        MemoryReactor(),
+        "tcp:0",
+        endpoint,  # type: ignore[arg-type]
+        close_after=lambda: gone,
+    )
+    listener.setName("https")
+    listener.privilegedStartService()
+    listener.startService()
+    # The supervisor never accepts: the workers do.
+    assert not endpoint.port.reading
+    assert listener.fileno() == 7
+    listener.stopService()
+    assert not endpoint.port.closed
+    gone.callback(None)
+    assert endpoint.port.closed
