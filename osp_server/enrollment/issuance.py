@@ -2,10 +2,16 @@
 
 Used by the TEP service (auto approval) and by ``osp-admin enroll approve``, so both
 follow the same order (SECURITY.md P8, P17): the intent is audited and committed by
-the caller, then this function locks the enrollment row, signs, records the
-certificate and the outcome, and the caller's transaction commits before anything
-is sent.  A repeated or concurrent call for an issued enrollment returns the stored
-certificate: one (device, CSR) never gets two serials.
+the caller, then this function locks the enrollment row, records the certificate and
+the outcome, and the caller's transaction commits before anything is sent.  A
+repeated or concurrent call for an issued enrollment returns the stored certificate:
+one (device, CSR) never gets two serials.
+
+The TEP service signs before the transaction, on its CPU pool, and passes the
+certificate in (``signed``): the RSA signature then never holds the database writer
+(SQLite's only one) or the enrollment row lock.  A certificate signed for an
+enrollment that another request issued meanwhile is discarded, never recorded nor
+sent, and the discard is audited.
 """
 
 from __future__ import annotations
@@ -15,11 +21,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from sqlalchemy import Connection
 
 from osp_server.pki.ca import CertificateAuthority, DeviceSubject
 from osp_server.pki.csr import validate_csr
+from osp_server.pki.names import device_name
 from osp_server.storage import audit
 from osp_server.storage import certificates as cert_store
 from osp_server.storage import devices as device_store
@@ -48,24 +57,37 @@ def issue_enrollment(
     renewal: Literal["keep", "revoke"],
     now: datetime,
     actor: str,
+    signed: x509.Certificate | None = None,
 ) -> Issued:
-    """Sign the enrollment's CSR (or return the certificate it already has)."""
+    """Sign the enrollment's CSR, or record ``signed`` (signed for it beforehand), or
+    return the certificate it already has."""
     enrollment = enrollment_store.get(conn, enrollment_id, for_update=True)
     if enrollment.state == "issued":
         assert enrollment.certificate_serial is not None
         record = cert_store.get_by_serial(conn, enrollment.certificate_serial)
+        if signed is not None:
+            audit.record_txn(
+                conn,
+                at=now,
+                actor=actor,
+                action="certificate.discarded",
+                subject=f"customer {enrollment.customer_id} device {enrollment.device_id}",
+                serial=f"{signed.serial_number:x}",
+                detail={"enrollment": enrollment.id, "issued_serial": record.serial},
+            )
         return Issued(record.serial, record.der, newly_issued=False)
     if enrollment.state == "rejected":
         raise EnrollmentStateError(f"enrollment {enrollment_id} was rejected")
     device = device_store.get_device_by_pk(conn, enrollment.device_pk)
-    # Validated again (cheap): the stored DER is the source of truth, not a cached object.
-    csr = validate_csr(enrollment.csr_der, profile=ca.profile)
-    certificate = ca.issue_device_certificate(
-        csr,
-        DeviceSubject(customer_id=device.customer_id, device_id=device.device_id),
-        validity=validity,
-        now=now,
-    )
+    if signed is None:
+        # Validated again (cheap): the stored DER is the source of truth.
+        csr = validate_csr(enrollment.csr_der, profile=ca.profile)
+        certificate = ca.issue_device_certificate(
+            csr, device_subject(device), validity=validity, now=now
+        )
+    else:
+        _check_signed_for(signed, enrollment, device)
+        certificate = signed
     der = certificate.public_bytes(serialization.Encoding.DER)
     serial = cert_store.insert_certificate(
         conn,
@@ -105,6 +127,36 @@ def issue_enrollment(
         },
     )
     return Issued(serial, der, newly_issued=True)
+
+
+def device_subject(device: device_store.Device) -> DeviceSubject:
+    """The names a device's certificate carries."""
+    return DeviceSubject(customer_id=device.customer_id, device_id=device.device_id)
+
+
+def _spki(key: CertificatePublicKeyTypes) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _check_signed_for(
+    certificate: x509.Certificate,
+    enrollment: enrollment_store.Enrollment,
+    device: device_store.Device,
+) -> None:
+    # A certificate signed outside the transaction must be for this enrollment's key
+    # and this device: anything else is a bug, and it is refused, not recorded.
+    csr = x509.load_der_x509_csr(enrollment.csr_der)
+    expected = device_name(device.customer_id, device.device_id, None)
+    if (
+        _spki(certificate.public_key()) != _spki(csr.public_key())
+        or certificate.subject != expected
+    ):
+        raise EnrollmentStateError(
+            f"enrollment {enrollment.id}: the certificate signed for it does not match "
+            "its CSR or device"
+        )
 
 
 def record_sign_intent(

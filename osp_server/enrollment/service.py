@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from cryptography import x509
 from sqlalchemy import Connection
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
@@ -27,6 +28,7 @@ from osp_server.config import EnrollmentConfig, validity
 from osp_server.enrollment.issuance import (
     EnrollmentStateError,
     Issued,
+    device_subject,
     issue_enrollment,
     record_sign_intent,
 )
@@ -237,8 +239,25 @@ class EnrollmentService:
             return Outcome(status, reason=f"enrollment {enrollment.id} was rejected")
 
         try:
+            signed = None
+            if enrollment.state == "signing":
+                # Signed here, on the CPU pool: the RSA signature never holds the
+                # database writer or the enrollment's row lock (issuance.py).
+                signed = await self._in_thread(
+                    self._ca.issue_device_certificate,
+                    csr,
+                    device_subject(device),
+                    validity=validity(self._config.certificate_validity_days),
+                    now=now,
+                )
             issued: Issued = await self._db.transact(
-                "tep_issue", self._issue_txn, enrollment.id, device.pk, auth.secret_hash, now
+                "tep_issue",
+                self._issue_txn,
+                enrollment.id,
+                device.pk,
+                auth.secret_hash,
+                now,
+                signed,
             )
         except SecretAlreadyUsed:
             await self._audit("enrollment.denied", request, source, reason="secret already used")
@@ -362,6 +381,7 @@ class EnrollmentService:
         device_pk: int,
         secret_hash: str | None,
         now: datetime,
+        signed: x509.Certificate | None = None,
     ) -> Issued:
         issued = issue_enrollment(
             conn,
@@ -371,6 +391,7 @@ class EnrollmentService:
             renewal=self._config.renewal,
             now=now,
             actor="enrollment",
+            signed=signed,
         )
         # One-time secrets are spent by the certificate they obtain, in the same
         # transaction; a concurrent request with the same secret then rolls back.

@@ -698,3 +698,99 @@ def test_unknown_enrollment_authorizer_stops_start_up(tmp_path: Path) -> None:
     )
     with pytest.raises(StartupError, match=r"enrollment\.authorizer"):
         build_service(config, reactor)
+
+
+# --- signing off the database writer -------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_signature_runs_on_the_cpu_pool_outside_any_transaction(
+    concurrent_secure: Tep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The RSA signature never holds the database writer (or the enrollment row lock):
+    it runs on a CPU pool thread, before the issuing transaction (real pools here)."""
+    import threading
+
+    core = concurrent_secure.components.core
+    threads: list[str] = []
+    sign = core.ca.issue_device_certificate
+
+    def recording_sign(*args: Any, **kwargs: Any) -> x509.Certificate:
+        threads.append(threading.current_thread().name)
+        signed: x509.Certificate = sign(*args, **kwargs)
+        return signed
+
+    monkeypatch.setattr(core.ca, "issue_device_certificate", recording_sign)
+    concurrent_secure.add_device()
+    cert = issued_certificate(await concurrent_secure.fields(enroll_fields(sha256_csr())))
+    assert len(threads) == 1 and "osp-cpu" in threads[0], threads
+    stored = concurrent_secure.db.transact_sync(
+        cert_store.get_by_serial, format(cert.serial_number, "x")
+    )
+    assert stored.der == cert.public_bytes(serialization.Encoding.DER)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_certificate_signed_beforehand_is_checked_recorded_or_discarded(
+    secure: Tep,
+) -> None:
+    from osp_server.enrollment.issuance import (
+        EnrollmentStateError,
+        device_subject,
+        issue_enrollment,
+        record_sign_intent,
+    )
+    from osp_server.pki.csr import validate_csr
+
+    secure.add_device(policy="manual")
+    assert status_of(await secure.fields(enroll_fields(sha256_csr()))) == 1
+    (pending,) = secure.db.transact_sync(enrollments.list_enrollments, state="pending")
+    now = datetime.now(UTC)
+    secure.db.transact_sync(record_sign_intent, pending.id, now=now, actor="test")
+    device = secure.db.transact_sync(device_store.get_device, "1000", "1000")
+    ca = secure.ca
+
+    def presigned(csr_der: bytes, device_id: str = "1000") -> x509.Certificate:
+        csr = validate_csr(csr_der, profile=ca.profile)
+        subject = device_subject(device)
+        if device_id != "1000":
+            from osp_server.pki.ca import DeviceSubject
+
+            subject = DeviceSubject(customer_id="1000", device_id=device_id)
+        signed: x509.Certificate = ca.issue_device_certificate(
+            csr, subject, validity=timedelta(days=30), now=now
+        )
+        return signed
+
+    def issue(signed: x509.Certificate) -> Any:
+        return secure.db.transact_sync(
+            issue_enrollment,
+            pending.id,
+            ca=ca,
+            validity=timedelta(days=30),
+            renewal="keep",
+            now=now,
+            actor="test",
+            signed=signed,
+        )
+
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    for wrong in (presigned(sha256_csr(other_key)), presigned(sha256_csr(), device_id="2000")):
+        with pytest.raises(EnrollmentStateError, match="does not match"):
+            issue(wrong)
+    assert secure.count(lambda c: cert_store.list_certificates(c, kind="device")) == 0
+
+    right = presigned(sha256_csr())
+    issued = issue(right)
+    assert issued.newly_issued and issued.serial == format(right.serial_number, "x")
+
+    # Signed again meanwhile (a concurrent identical request): the stored one is
+    # returned, the new signature never recorded, and its discard audited.
+    late = presigned(sha256_csr())
+    again = issue(late)
+    assert not again.newly_issued and again.serial == issued.serial
+    assert secure.count(lambda c: cert_store.list_certificates(c, kind="device")) == 1
+    entries = secure.db.transact_sync(audit.recent)
+    discarded = [e for e in entries if e.action == "certificate.discarded"]
+    assert len(discarded) == 1
+    assert discarded[0].serial == format(late.serial_number, "x")
