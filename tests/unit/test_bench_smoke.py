@@ -13,7 +13,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "authorization.py"
-PHASES = ("bare-http", "auth-signed", "usage-insert", "auth-xml")
+PHASES = ("bare-http", "auth-signed", "auth-half", "usage-insert", "auth-xml")
 
 
 def _run_quick() -> subprocess.CompletedProcess[str]:
@@ -46,6 +46,10 @@ def test_quick_run_prints_every_phase_without_errors() -> None:
     assert any(line.startswith("server RSS (token_format signed): before load") for line in lines)
     assert any(line.startswith("server RSS (token_format xml): before load") for line in lines)
     assert sum("AuthorizationResponse p99" in line for line in lines) == 2
+    assert any(
+        line.startswith("half-rate p99: auth-signed") and "(target < 10 ms)" in line
+        for line in lines
+    )
     # The enrollment phase: 4 new certificates (--quick), and its component limit.
     enroll = next(f for f in map(str.split, lines) if f[:1] == ["enroll"])
     assert enroll[1] == "4" and enroll[8] == "0", enroll
