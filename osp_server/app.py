@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 from cryptography import x509
 
@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IProtocolFactory,
+    IStreamServerEndpoint,
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -462,9 +463,14 @@ MakeListener = Callable[[str, str, IProtocolFactory], Service | None]
 """``(name, endpoint description, factory)`` -> the service that listens, or None."""
 
 
-def endpoint_for(config: Config, reactor: IOSPReactor, name: str, description: str) -> Any:
+def endpoint_for(
+    config: Config, reactor: IOSPReactor, name: str, description: str
+) -> IStreamServerEndpoint:
+    """The endpoint of listener ``name``; a description Twisted cannot parse is a
+    :class:`StartupError` naming the key."""
     try:
-        return serverFromString(reactor, description)
+        endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
+        return endpoint
     except Exception as e:  # any parser error names a bad description
         raise StartupError(
             f"{config.source}: listeners.{name.replace('-', '_')}: "
@@ -532,6 +538,7 @@ def _assemble(
 
 
 def warn_about_settings(config: Config) -> None:
+    """Log the start-up warnings about risky settings (once per server, not per worker)."""
     if config.osp.reauthorization_fixed_clients:
         log.warn(
             "osp.reauthorization_fixed_clients is on: ReauthorizationRequest gets a "

@@ -39,6 +39,11 @@ class EnrollmentStateError(Exception):
     """The enrollment is not in a state that allows signing (e.g. it was rejected)."""
 
 
+class SignedCertificateMismatch(EnrollmentStateError):
+    """A certificate signed beforehand is not for this enrollment's key or device (a
+    bug, never the device's fault: it is refused, not recorded)."""
+
+
 @dataclass(frozen=True)
 class Issued:
     """The certificate an enrollment produced."""
@@ -153,7 +158,7 @@ def _check_signed_for(
         _spki(certificate.public_key()) != _spki(csr.public_key())
         or certificate.subject != expected
     ):
-        raise EnrollmentStateError(
+        raise SignedCertificateMismatch(
             f"enrollment {enrollment.id}: the certificate signed for it does not match "
             "its CSR or device"
         )

@@ -28,6 +28,7 @@ from osp_server.config import EnrollmentConfig, validity
 from osp_server.enrollment.issuance import (
     EnrollmentStateError,
     Issued,
+    SignedCertificateMismatch,
     device_subject,
     issue_enrollment,
     record_sign_intent,
@@ -262,6 +263,9 @@ class EnrollmentService:
         except SecretAlreadyUsed:
             await self._audit("enrollment.denied", request, source, reason="secret already used")
             return Outcome(TepStatus.DENIED, reason="one-time secret already used")
+        except SignedCertificateMismatch as e:
+            log.error("enrollment {id}: {error}", id=enrollment.id, error=str(e))
+            return Outcome(TepStatus.TEMPORARY_FAILURE, reason=str(e))
         except EnrollmentStateError as e:
             return Outcome(TepStatus.CSR_REFUSED, reason=str(e))
         except (CAError, CSRPolicyError) as e:

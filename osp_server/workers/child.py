@@ -110,6 +110,10 @@ class _Stopper:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one worker until it is told to stop; the process exit status."""
+    # Until our handlers are installed, a signal sent to the whole process group (a
+    # terminal hang-up, kill -HUP -PGID) must not kill a starting worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
     if args.reactor:
         from twisted.application.reactors import installReactor
@@ -139,7 +143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # decides when workers stop (SIGTERM), so they ignore SIGINT.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, stopper.on_signal)
-        service.startService()
+        try:
+            service.startService()
+        except Exception:
+            # Half started, it would answer nothing on some listener: exit, and let
+            # the supervisor count a failed start.
+            log.failure("worker {index} failed to start", index=role.index)
+            exit_status.append(EXIT_STARTUP)
+            stopper.stop()
+            return
         # Tells the supervisor that SIGHUP is handled now (it holds SIGHUP until then).
         log.info(
             "worker {index} of {count} serving",
@@ -148,12 +160,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             **{SERVING_KEY: True},
         )
 
+    exit_status: list[int] = []
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     stopper = _Stopper(reactor)
     stopper.when_supervisor_gone()
     reactor.run()
-    return 0
+    return exit_status[0] if exit_status else 0
 
 
 if __name__ == "__main__":

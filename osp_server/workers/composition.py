@@ -27,13 +27,20 @@ from osp_server.app import (
 from osp_server.config import Config
 from osp_server.reactor import IOSPReactor, ISupervisorReactor
 from osp_server.services import ProcessService
-from osp_server.workers.role import encode_config
-from osp_server.workers.sockets import SharedListenerService, SharedSocketError, offset_port
+from osp_server.workers.role import HandOverError, encode_config
+from osp_server.workers.sockets import (
+    SharedListenerService,
+    SharedSocketError,
+    check_shareable,
+    offset_port,
+)
 from osp_server.workers.supervisor import WorkerLaunch, WorkerSupervisor
 
 log = Logger()
 
 FIRST_INHERITED_FD = 3  # after stdin, stdout and stderr
+EXIT_WORKERS_FAILED = 3
+"""twistd's exit status when a worker kept failing to start (WorkerSupervisor)."""
 
 
 def build_supervisor_service(config: Config, reactor: ISupervisorReactor) -> MultiService:
@@ -66,7 +73,10 @@ def _assemble_supervisor(core: Core, config: Config, reactor: ISupervisorReactor
         "osp-mtls": cfg.osp_mtls,
         "legacy-osp": cfg.legacy_osp,
     }
-    handover = encode_config(config)
+    try:
+        handover = encode_config(config)
+    except HandOverError as e:
+        raise StartupError(f"{config.source}: {e}") from None
     reactor_name = installed_reactor_name(reactor)
     shared: list[SharedListenerService] = []
     metrics: list[SharedListenerService] = []
@@ -74,7 +84,15 @@ def _assemble_supervisor(core: Core, config: Config, reactor: ISupervisorReactor
     def launch(index: int) -> WorkerLaunch:
         return _launch(config, reactor_name, handover, index, shared, metrics)
 
-    supervisor = WorkerSupervisor(reactor, config.workers, launch)
+    def give_up() -> None:
+        # twistd exits with status 0 after a stop; a supervisor whose workers cannot
+        # start must fail instead, so that systemd (Restart=on-failure) and the operator
+        # see it.  The exit comes after the shutdown: workers stopped, sockets closed,
+        # every log line written (the log observers flush each event).
+        osp_reactor.addSystemEventTrigger("after", "shutdown", os._exit, EXIT_WORKERS_FAILED)
+        osp_reactor.stop()
+
+    supervisor = WorkerSupervisor(reactor, config.workers, launch, give_up=give_up)
     for name, description in descriptions.items():
         if description:
             shared.append(_shared_listener(config, osp_reactor, name, description, top, supervisor))
@@ -119,6 +137,9 @@ def _launch(
     mine = [*shared, *([metrics[index]] if metrics else [])]
     args = [
         sys.executable,
+        # -P: not the working directory first on sys.path (as ``-m`` would put it),
+        # so workers import the code the supervisor runs, never a stray file there.
+        "-P",
         "-m",
         "osp_server.workers.child",
         f"--index={index}",
@@ -150,6 +171,10 @@ def _shared_listener(
     supervisor: WorkerSupervisor,
 ) -> SharedListenerService:
     key = "metrics" if name.startswith("metrics-") else name
+    try:
+        check_shareable(description)
+    except SharedSocketError as e:
+        raise StartupError(f"{config.source}: listeners.{key.replace('-', '_')}: {e}") from None
     endpoint = endpoint_for(config, reactor, key, description)
     listener = SharedListenerService(
         reactor, description, endpoint, close_after=supervisor.when_stopped

@@ -1,8 +1,10 @@
 """Listening sockets shared between the supervisor and its workers.
 
-The supervisor binds each listener through its Twisted endpoint description (so
-``tcp:``, ``tcp6:``, ``unix:`` and ``systemd:`` socket activation all work), stops
-accepting on it, and passes the descriptor to every worker, which adopts it.
+The supervisor binds each listener through its Twisted endpoint description
+(``tcp:``, ``tcp6:`` and ``systemd:`` socket activation), stops accepting on it, and
+passes the descriptor to every worker, which adopts it.  ``unix:`` listeners are
+refused with workers: Twisted's UNIX port unlinks its path and shuts the socket down
+when one worker stops, and resets the file mode when one adopts it.
 """
 
 from __future__ import annotations
@@ -132,6 +134,21 @@ class AdoptedListenerService(Service):
         port, self.port = self.port, None
         stopped: Deferred[None] = maybeDeferred(port.stopListening)  # type: ignore[call-overload]
         return stopped
+
+
+SHAREABLE = ("tcp", "tcp6", "systemd")
+"""Endpoint types whose sockets workers can share (module docstring)."""
+
+
+def check_shareable(description: str) -> None:
+    """:class:`SharedSocketError` unless ``description`` is of a SHAREABLE type."""
+    kind = _UNESCAPED_COLON.split(description, 1)[0].strip().lower()
+    if kind not in SHAREABLE:
+        raise SharedSocketError(
+            f"{description!r}: with [server] workers > 1 a listener must be one of "
+            f"{', '.join(k + ':' for k in SHAREABLE)} (a {kind}: socket cannot be shared "
+            "between worker processes)"
+        )
 
 
 def socket_family(fd: int) -> socket.AddressFamily:

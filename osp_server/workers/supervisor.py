@@ -28,6 +28,9 @@ QUICK_RESTART_SECONDS = 0.5
 FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
 STABLE_AFTER_SECONDS = 60.0
+MAX_FAILED_STARTS = 5
+"""A worker that exits this many times in a row before it serves makes the supervisor
+give up (the configuration or the database it was checked against changed)."""
 MAX_LINE_BYTES = 1 << 20
 """A log line longer than this (a worker gone wrong) is relayed cut, not buffered."""
 
@@ -119,17 +122,18 @@ class WorkerProcess(ProcessProtocol):
     def __init__(
         self,
         index: int,
-        started_at: float,
         stdin: bytes,
         *,
+        clock: Callable[[], float],
         ended: Callable[[WorkerProcess, Failure], None],
         observer: ILogObserver,
         log: Logger,
     ) -> None:
         self.index = index
-        self.started_at = started_at
+        self._clock = clock
+        self.started_at = clock()
+        self.serving_since: float | None = None
         self.pid: int | None = None
-        self.serving = False
         self._held: set[str] = set()
         self._stdin = stdin
         self._ended = ended
@@ -151,10 +155,15 @@ class WorkerProcess(ProcessProtocol):
     def _relay(self, line: bytes) -> None:
         event = relay_line(self.index, line, self._observer, self._log)
         if event is not None and event.get(SERVING_KEY) is True and not self.serving:
-            self.serving = True
+            self.serving_since = self._clock()
             for name in sorted(self._held):
                 self.signal(name)
             self._held.clear()
+
+    @property
+    def serving(self) -> bool:
+        """True once the worker said it serves (its signal handlers are installed)."""
+        return self.serving_since is not None
 
     def outReceived(self, data: bytes) -> None:
         self._out.feed(data)
@@ -194,6 +203,8 @@ class WorkerSupervisor(Service):
         *,
         observer: ILogObserver | None = None,
         stop_grace_seconds: float = STOP_GRACE_SECONDS,
+        max_failed_starts: int = MAX_FAILED_STARTS,
+        give_up: Callable[[], object] | None = None,
     ) -> None:
         self._reactor = reactor
         self.count = count
@@ -207,6 +218,9 @@ class WorkerSupervisor(Service):
         self._stopping: Deferred[None] | None = None
         self._kill_call: IDelayedCall | None = None
         self._stopped_waiters: list[Deferred[None]] = []
+        self._failed_starts: dict[int, int] = {}
+        self._max_failed_starts = max_failed_starts
+        self._give_up = give_up
 
     def startService(self) -> None:
         super().startService()
@@ -218,8 +232,8 @@ class WorkerSupervisor(Service):
         launch = self._launch(index)
         worker = WorkerProcess(
             index,
-            self._reactor.seconds(),
             launch.stdin,
+            clock=self._reactor.seconds,
             ended=self._ended,
             observer=self._observer,
             log=self._log,
@@ -234,7 +248,8 @@ class WorkerSupervisor(Service):
             )
         except OSError as e:
             self._log.error("worker {index} cannot start: {error}", index=index, error=str(e))
-            self._schedule_restart(index, 0.0)
+            if not self._count_failed_start(index, "cannot be spawned"):
+                self._schedule_restart(index, 0.0)
             return
         self.workers[index] = worker
         self._log.info("worker {index} started (pid {pid})", index=index, pid=worker.pid)
@@ -252,17 +267,49 @@ class WorkerSupervisor(Service):
             )
             self._maybe_stopped()
             return
-        lived = self._reactor.seconds() - worker.started_at
-        delay = self._schedule_restart(worker.index, lived)
-        self._log.warn(
-            "worker {index} (pid {pid}) exited ({status}) after {lived:.1f} s; "
-            "restarting it in {delay:.1f} s",
-            index=worker.index,
-            pid=worker.pid,
-            status=status,
-            lived=lived,
-            delay=delay,
+        now = self._reactor.seconds()
+        if worker.serving_since is None:
+            self._log.warn(
+                "worker {index} (pid {pid}) exited ({status}) {lived:.1f} s after it was "
+                "started, before it served",
+                index=worker.index,
+                pid=worker.pid,
+                status=status,
+                lived=now - worker.started_at,
+            )
+            if self._count_failed_start(worker.index, status):
+                return
+            served = 0.0
+        else:
+            self._failed_starts[worker.index] = 0
+            served = now - worker.serving_since
+            self._log.warn(
+                "worker {index} (pid {pid}) exited ({status}) after serving {served:.1f} s",
+                index=worker.index,
+                pid=worker.pid,
+                status=status,
+                served=served,
+            )
+        delay = self._schedule_restart(worker.index, served)
+        self._log.info(
+            "restarting worker {index} in {delay:.1f} s", index=worker.index, delay=delay
         )
+
+    def _count_failed_start(self, index: int, status: str) -> bool:
+        """Count a start that failed; True when that was one too many (gave up)."""
+        failures = self._failed_starts.get(index, 0) + 1
+        self._failed_starts[index] = failures
+        if failures < self._max_failed_starts or self._give_up is None:
+            return False
+        self._log.critical(
+            "worker {index} failed to start {failures} times in a row (last: {status}); "
+            "giving up: the server stops rather than hold its listeners without a worker",
+            index=index,
+            failures=failures,
+            status=status,
+        )
+        self._give_up()
+        return True
 
     def _schedule_restart(self, index: int, lived: float) -> float:
         delay = restart_delay(lived, self._delays.get(index))

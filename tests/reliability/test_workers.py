@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from osp_server.workers.composition import EXIT_WORKERS_FAILED
+from osp_server.workers.supervisor import MAX_FAILED_STARTS
 from tests.reliability.harness import (
     TWISTD,
     TwistdServer,
@@ -194,3 +196,68 @@ def test_workers_serve_a_socket_passed_by_systemd(tmp_path: Path) -> None:
             os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
     assert "Traceback" not in log_path.read_text()
+
+
+_WORKER_FAILURE_PLUGIN = '''
+"""Test-only routing policy that builds in the supervisor and fails in a worker."""
+
+import sys
+
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from osp_server.interfaces import IRoutingPolicyFactory
+from osp_server.routing.policy import DefaultRoutingPolicy
+
+
+@implementer(IPlugin, IRoutingPolicyFactory)
+class _SupervisorOnly:
+    name = "supervisor-only"
+
+    def build(self, **kwargs):
+        main = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if main is not None and main.name == "osp_server.workers.child":
+            raise RuntimeError("this policy does not run in a worker")
+        return DefaultRoutingPolicy(**kwargs)
+
+
+plugin = _SupervisorOnly()
+'''
+
+
+def test_the_supervisor_gives_up_when_workers_cannot_start(tmp_path: Path) -> None:
+    """A worker that fails before it serves is restarted with back-off; after
+    MAX_FAILED_STARTS failures in a row twistd stops with a non-zero status instead of
+    holding listeners that nothing answers on."""
+    plugins = tmp_path / "plugins" / "twisted" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "osp_test_supervisor_only.py").write_text(_WORKER_FAILURE_PLUGIN)
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'osp.sqlite3'}", workers=2)
+    config.write_text(config.read_text() + '[osp]\nrouting_policy = "supervisor-only"\n')
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(tmp_path / "plugins"), env.get("PYTHONPATH", "")) if p
+    )
+    log_path = tmp_path / "twistd.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(TWISTD), "-n", "--pidfile=", "osp", "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        status = process.wait(90)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+    text = log_path.read_text()
+    assert status == EXIT_WORKERS_FAILED, text
+    assert "this policy does not run in a worker" in text
+    assert f"failed to start {MAX_FAILED_STARTS} times in a row" in text
+    assert "taking OSP traffic" not in text
+    assert not any(_alive(int(pid)) for _, pid in _STARTED.findall(text))

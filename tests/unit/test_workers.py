@@ -27,6 +27,7 @@ from osp_server.workers.sockets import SharedSocketError, offset_port
 from osp_server.workers.supervisor import (
     FIRST_BACKOFF_SECONDS,
     MAX_BACKOFF_SECONDS,
+    MAX_FAILED_STARTS,
     MAX_LINE_BYTES,
     QUICK_RESTART_SECONDS,
     SERVING_KEY,
@@ -156,25 +157,88 @@ def test_a_dead_worker_is_restarted_with_back_off() -> None:
     supervisor, reactor, events = _supervisor(2)
     supervisor.startService()
     first = reactor.spawned[0][0]
+    first.protocol.outReceived(_serving_line(0))
     reactor.advance(5)
     first.end(_killed())
     assert supervisor.pids() == {1: 1001}
-    assert any("worker 0 (pid 1000) exited (signal 9) after 5.0 s" in m for m in _messages(events))
+    assert "worker 0 (pid 1000) exited (signal 9) after serving 5.0 s" in _messages(events)
     reactor.advance(FIRST_BACKOFF_SECONDS - 0.01)
     assert len(reactor.spawned) == 2
     reactor.advance(0.01)
     assert len(reactor.spawned) == 3 and supervisor.pids()[0] == 1002
-    # Dying again at once doubles the wait.
+    # Dying again at once, before it serves, doubles the wait.
     reactor.spawned[2][0].end(Failure(ProcessTerminated(exitCode=3)))
+    assert any("before it served" in m for m in _messages(events))
     reactor.advance(2 * FIRST_BACKOFF_SECONDS - 0.01)
     assert len(reactor.spawned) == 3
     reactor.advance(0.01)
     assert len(reactor.spawned) == 4
-    # After a long life the restart is quick.
+    # After serving a long time the restart is quick; the time before it served
+    # does not count.
     reactor.advance(STABLE_AFTER_SECONDS)
+    reactor.spawned[3][0].protocol.outReceived(_serving_line(0))
+    reactor.advance(STABLE_AFTER_SECONDS - 1)
     reactor.spawned[3][0].end(_killed())
     reactor.advance(QUICK_RESTART_SECONDS)
+    assert len(reactor.spawned) == 4
+    reactor.advance(8.0)
     assert len(reactor.spawned) == 5
+    reactor.spawned[4][0].protocol.outReceived(_serving_line(0))
+    reactor.advance(STABLE_AFTER_SECONDS)
+    reactor.spawned[4][0].end(_killed())
+    reactor.advance(QUICK_RESTART_SECONDS)
+    assert len(reactor.spawned) == 6
+
+
+def test_the_supervisor_gives_up_on_a_worker_that_never_starts() -> None:
+    gave_up: list[bool] = []
+    reactor = FakeProcessReactor()
+    events: list[dict[str, Any]] = []
+    supervisor = WorkerSupervisor(
+        reactor,  # type: ignore[arg-type]
+        2,
+        _launch,
+        observer=cast(ILogObserver, events.append),
+        give_up=lambda: gave_up.append(True),
+    )
+    supervisor.startService()
+    # Worker 1 serves; worker 0 dies before serving, MAX_FAILED_STARTS times.
+    reactor.spawned[1][0].protocol.outReceived(_serving_line(1))
+    for attempt in range(MAX_FAILED_STARTS):
+        process = next(
+            p for p, args, _ in reactor.spawned if args[1] == "--index=0" and not p.ended
+        )
+        process.end(Failure(ProcessTerminated(exitCode=3)))
+        if attempt < MAX_FAILED_STARTS - 1:
+            assert gave_up == []
+            reactor.advance(MAX_BACKOFF_SECONDS)
+    assert gave_up == [True]
+    assert any("failed to start 5 times in a row" in m for m in _messages(events))
+    # No further restart is scheduled.
+    spawned = len(reactor.spawned)
+    reactor.advance(10 * MAX_BACKOFF_SECONDS)
+    assert len(reactor.spawned) == spawned
+
+
+def test_serving_resets_the_count_of_failed_starts() -> None:
+    gave_up: list[bool] = []
+    reactor = FakeProcessReactor()
+    supervisor = WorkerSupervisor(
+        reactor,  # type: ignore[arg-type]
+        1,
+        _launch,
+        observer=cast(ILogObserver, lambda event: None),
+        give_up=lambda: gave_up.append(True),
+    )
+    supervisor.startService()
+    for _round in range(3):
+        for _ in range(MAX_FAILED_STARTS - 1):
+            reactor.spawned[-1][0].end(Failure(ProcessTerminated(exitCode=3)))
+            reactor.advance(MAX_BACKOFF_SECONDS)
+        reactor.spawned[-1][0].protocol.outReceived(_serving_line(0))
+        reactor.spawned[-1][0].end(_killed())
+        reactor.advance(MAX_BACKOFF_SECONDS)
+    assert gave_up == []
 
 
 def test_a_worker_that_cannot_be_spawned_is_retried() -> None:
@@ -494,3 +558,25 @@ def test_a_shared_socket_is_closed_only_after_the_workers_are_gone() -> None:
     assert not endpoint.port.closed
     gone.callback(None)
     assert endpoint.port.closed
+
+
+@pytest.mark.parametrize(
+    ("listeners", "problem"),
+    [
+        (
+            {"http": "unix:/tmp/osp-http.sock"},
+            r"listeners\.http: .*a unix: socket cannot be shared",
+        ),
+        ({"metrics": "unix:/tmp/osp-m.sock"}, r"listeners\.metrics: .*must be a tcp: or tcp6:"),
+    ],
+)
+def test_unix_listeners_are_refused_with_workers(
+    tmp_path: Path, listeners: dict[str, str], problem: str
+) -> None:
+    # Twisted's UNIX port unlinks its path, shuts the socket down and resets its mode
+    # in whichever process stops or adopts it: it cannot be shared.
+    from osp_server.workers.composition import build_supervisor_service
+
+    config = make_config(tmp_path, server={"workers": 2}, listeners=listeners)
+    with pytest.raises(StartupError, match=problem):
+        build_supervisor_service(config, MemoryReactor())  # type: ignore[arg-type]
