@@ -80,10 +80,11 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text.rsplit(")", 1)[-1].split()
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU of ``root`` and its direct children now (Linux /proc)."""
+def tree_cpu_seconds(root: int) -> tuple[float, float]:
+    """User + system CPU of ``root`` and its direct children, and of ``root`` alone,
+    now (Linux /proc)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    total = own = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -93,8 +94,11 @@ def tree_cpu_seconds(root: int) -> float:
             continue
         pid, ppid = int(entry.name), int(fields[1])
         if pid == root or ppid == root:
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
+            seconds = (int(fields[11]) + int(fields[12])) / ticks
+            total += seconds
+            if pid == root:
+                own = seconds
+    return total, own
 
 
 def measured(
@@ -107,11 +111,12 @@ def measured(
     concurrency: int,
     check: Check,
     name: str,
-) -> PhaseResult:
-    """A discarded warm-up, then the measured run with the CPU of ``pid``'s tree."""
+) -> tuple[PhaseResult, float]:
+    """A discarded warm-up, then the measured run with the CPU of ``pid``'s tree;
+    also the CPU seconds of ``pid`` itself (the supervisor relaying logs)."""
     if warmup:
         drive(port, device, warmup, concurrency=concurrency, check=check, name=name)
-    before: list[float] = []
+    before: list[tuple[float, float]] = []
     result = drive(
         port,
         device,
@@ -121,8 +126,9 @@ def measured(
         name=name,
         on_start=lambda: before.append(tree_cpu_seconds(pid)),
     )
-    result.server_cpu_seconds = tree_cpu_seconds(pid) - before[0]
-    return result
+    total, own = tree_cpu_seconds(pid)
+    result.server_cpu_seconds = total - before[0][0]
+    return result, own - before[0][1]
 
 
 # --- the real server under twistd ----------------------------------------------------
@@ -350,6 +356,8 @@ class Row:
     stack: str
     workers: int
     result: PhaseResult
+    root_cpu_seconds: float = 0.0
+    """CPU of the twistd process itself (with workers: the supervisor)."""
 
 
 def run(settings: Settings, out: TextIO) -> int:
@@ -385,7 +393,7 @@ def run(settings: Settings, out: TextIO) -> int:
                         ("auth-signed", [auth] * (n + w), check_authorization),
                         ("usage-insert", usage_requests(n + w, next_id), check_usage),
                     ):
-                        result = measured(
+                        result, root_cpu = measured(
                             server.pid,
                             server.https_port,
                             device,
@@ -395,7 +403,7 @@ def run(settings: Settings, out: TextIO) -> int:
                             check=check,
                             name=name,
                         )
-                        rows.append(Row("osp-server", workers, result))
+                        rows.append(Row("osp-server", workers, result, root_cpu))
                     next_id += n + w
                 finally:
                     server.stop()
@@ -405,7 +413,7 @@ def run(settings: Settings, out: TextIO) -> int:
                 bare = BareServers(workers, work / "data" / "tls")
                 bare.start()
                 try:
-                    result = measured(
+                    result, _ = measured(
                         bare.pid,
                         bare.port,
                         device,
@@ -462,6 +470,14 @@ def report(rows: Sequence[Row], workers: int) -> list[str]:
             f"osp-server {phase} scaling 1 -> {workers} workers: {ours:.2f}x = "
             f"{ours / bare:.2f} of the bare stack's (target >= 0.90)"
         )
+    for row in rows:
+        if row.stack == "osp-server" and row.workers > 1 and row.result.server_cpu_seconds:
+            share = row.root_cpu_seconds / row.result.server_cpu_seconds * 100
+            lines.append(
+                f"supervisor in {row.result.name} with {row.workers} workers: {share:.0f} % "
+                f"of the server's CPU ({row.root_cpu_seconds * 1e6 / row.result.requests:,.0f}"
+                " us per request, relaying the workers' log lines)"
+            )
     usage = rate("osp-server", "usage-insert", workers) * USAGE_LEGS
     lines.append(f"usage with {workers} workers: {usage:,.0f} durable records/s")
     return lines
