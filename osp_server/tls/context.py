@@ -23,9 +23,20 @@ from zope.interface import implementer
 
 log = Logger()
 
-# Twisted's default cipher string for TLS <= 1.2 is AEAD-first; the legacy listener
-# additionally drops to security level 0 so that MD5-signed device certificates verify.
-_LEGACY_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:@SECLEVEL=0"
+# TLS 1.2: forward-secret ECDHE key exchange with AEAD ciphers only, as Mozilla's
+# "intermediate" profile (Twisted's default string still allows CBC and static RSA).
+# TLS 1.3 suites are all AEAD; OpenSSL configures them separately.  The OSP Toolkit
+# clients negotiate TLS 1.3 (OSP.md, TEP.md), so nothing they use is lost.
+CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+GROUPS = b"X25519:P-256:P-384"
+"""Key-exchange groups offered (no X448 or P-521: not in the Mozilla profile)."""
+# The legacy listener also accepts DHE with AEAD, at security level 0 so that
+# MD5-signed device certificates verify.
+_LEGACY_CIPHERS = CIPHERS + b":DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:@SECLEVEL=0"
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,20 @@ def build_context(material: TLSMaterial) -> SSL.Context:
     if material.legacy_security_level:
         ctx.set_cipher_list(_LEGACY_CIPHERS)
         ctx.set_options(SSL.OP_NO_TICKET)
+    else:
+        ctx.set_cipher_list(CIPHERS)
+    _set_groups(ctx, GROUPS)
     return ctx
+
+
+def _set_groups(ctx: SSL.Context, groups: bytes) -> None:
+    # pyOpenSSL has no public call for the groups list (set_tmp_ecdh takes one curve),
+    # so this uses its OpenSSL binding; SSL_CTX_set1_curves_list is the same function
+    # as SSL_CTX_set1_groups_list under its older name.
+    from OpenSSL._util import lib
+
+    if lib.SSL_CTX_set1_curves_list(ctx._context, groups) != 1:
+        raise SSL.Error(f"cannot set the TLS groups {groups.decode()}")
 
 
 @implementer(IOpenSSLServerConnectionCreator)

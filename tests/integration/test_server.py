@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -143,6 +144,61 @@ async def test_tls_below_1_2_is_refused(server: RunningServer) -> None:
 
     result = await deferToThread(_old_tls, server.https_port)
     assert result.startswith("refused")
+
+
+def _tls12_with(port: int, ciphers: str) -> str:
+    """A TLS 1.2 handshake offering only ``ciphers``: the suite agreed, or why not."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(ciphers)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with context.wrap_socket(raw) as tls:
+                cipher = tls.cipher()
+                return cipher[0] if cipher else "?"
+    except (ssl.SSLError, OSError) as e:
+        return f"refused: {e}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_1_2_takes_only_ecdhe_with_aead(server: RunningServer) -> None:
+    """SECURITY.md P12: no CBC, no static RSA key exchange (the Mozilla intermediate
+    profile); ECDHE with AES-GCM or ChaCha20-Poly1305 is accepted."""
+    from twisted.internet.threads import deferToThread
+
+    port = server.https_port
+    for refused in (
+        "AES128-SHA",
+        "AES256-GCM-SHA384",
+        "ECDHE-RSA-AES128-SHA",
+        "DHE-RSA-AES128-GCM-SHA256",
+    ):
+        result = await deferToThread(_tls12_with, port, refused)
+        assert result.startswith("refused"), (refused, result)
+    for accepted in ("ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-CHACHA20-POLY1305"):
+        assert await deferToThread(_tls12_with, port, accepted) == accepted
+
+
+def _openssl_groups(port: int, groups: str) -> str:
+    result = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-groups", groups, "-brief"],
+        input=b"",
+        capture_output=True,
+        timeout=30,
+    )
+    return "connected" if result.returncode == 0 else "refused"
+
+
+@pytest_twisted.ensureDeferred
+async def test_key_exchange_groups_are_x25519_p256_p384(server: RunningServer) -> None:
+    from twisted.internet.threads import deferToThread
+
+    for group in ("X25519", "P-256", "P-384"):
+        assert await deferToThread(_openssl_groups, server.https_port, group) == "connected"
+    for group in ("X448", "P-521"):
+        assert await deferToThread(_openssl_groups, server.https_port, group) == "refused"
 
 
 def _raw_exchange(port: int, data: bytes) -> bytes:
