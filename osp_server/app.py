@@ -47,6 +47,7 @@ from osp_server.osp.service import OSPService
 from osp_server.osp.token_setup import TokenSetupError, build_token_factory, token_signer_files
 from osp_server.osp.tokens import TokenFactory, TokenSigner
 from osp_server.pki.ca import CAError, CAPrivateKey, CertificateAuthority, open_ca
+from osp_server.pki.files import make_private_directory
 from osp_server.reactor import IOSPReactor, IWorkerReactor
 from osp_server.readiness import Readiness
 from osp_server.routing.refresh import ReplaceableTables, RouteRefresher
@@ -110,6 +111,11 @@ def prepare(
     worker: WorkerRole | None = None,
 ) -> Core:
     """Blocking start-up: CA, database, migrations.  Raises StartupError with a clear line."""
+    try:
+        # Keys, password hashes and call records live here: owner-only when we make it.
+        make_private_directory(config.data_dir)
+    except OSError as e:
+        raise StartupError(f"data directory {config.data_dir}: {e.strerror or e}") from None
     try:
         ca, created = open_ca(config.ca, now=clock())
     except CAError as e:

@@ -14,7 +14,10 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["FileWriteError", "write_new_file"]
+__all__ = ["FileWriteError", "make_private_directory", "make_private_file", "write_new_file"]
+
+PRIVATE_DIRECTORY_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 
 
 class FileWriteError(Exception):
@@ -27,6 +30,36 @@ class FileWriteError(Exception):
 
 def _exists(path: Path, what: str) -> FileWriteError:
     return FileWriteError(f"{path}: {what} already exists; refusing to overwrite it", path)
+
+
+def make_private_directory(directory: Path) -> bool:
+    """Create ``directory`` (and missing parents) owner-only, whatever the umask; an
+    existing one is left as the operator made it.  True when it was created."""
+    if directory.is_dir():
+        return False
+    missing = [directory, *(p for p in directory.parents if not p.exists())]
+    directory.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
+    for created in missing:
+        if created.is_dir():
+            os.chmod(created, PRIVATE_DIRECTORY_MODE)
+    return True
+
+
+def make_private_file(path: Path) -> bool:
+    """Make sure the file ``path`` exists and is owner-only (0600): created so when
+    missing, its group and other bits removed when present.  True when it changed."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE_MODE)
+    except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077 == 0:
+            return False
+        os.chmod(path, mode & 0o700)
+        return True
+    os.close(fd)
+    # The umask may have dropped owner bits from the requested mode.
+    os.chmod(path, PRIVATE_FILE_MODE)
+    return True
 
 
 def _fsync_directory(directory: Path) -> None:

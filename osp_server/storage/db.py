@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from osp_server.config import DatabaseConfig
+from osp_server.pki.files import make_private_directory, make_private_file
 from osp_server.reactor import IOSPReactor
 from osp_server.storage.errors import DurabilityError, StorageError, storage_error
 from osp_server.storage.group_commit import GroupCommitWriter
@@ -64,6 +65,18 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def _private_sqlite_file(path: Path) -> None:
+    # The file holds password hashes and call records: owner-only from its first byte,
+    # whatever the umask.  SQLite creates the -wal and -shm files with the database
+    # file's own mode, so they follow.
+    try:
+        make_private_directory(path.parent)
+        if make_private_file(path) and path.stat().st_size > 0:
+            log.warn("{path}: was readable by others; now owner-only (0600)", path=str(path))
+    except OSError as e:
+        raise StorageError(f"{path}: {e.strerror or e}") from None
+
+
 def create_db_engine(
     url: str, *, pool_size: int = 4, timeout_seconds: float = 10.0, read_only: bool = False
 ) -> Engine:
@@ -79,7 +92,7 @@ def create_db_engine(
         database = parsed.database
         if not database or database == ":memory:":
             raise StorageError("SQLite needs a file path: sqlite:///path/to/osp.sqlite3")
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        _private_sqlite_file(Path(database))
         engine = create_engine(
             url,
             poolclass=QueuePool,
