@@ -137,3 +137,11 @@ def test_builtin_defaults_are_the_dataclass_defaults(tmp_path: Path) -> None:
     assert config.tls == TLSConfig(cert_file=config.tls.cert_file, key_file=config.tls.key_file)
     assert config.enrollment == EnrollmentConfig()
     assert config.osp == OSPConfig()
+
+
+def test_database_timeout_leaves_room_under_the_r5_target() -> None:
+    """SECURITY.md R5: requests fail within 5 s while the database stalls; the database
+    timeout must be below that, not equal to it (failures then came at 5.03-5.6 s)."""
+    timeout = load_config(None).database.timeout_seconds
+    assert timeout == 3.0
+    assert timeout + 1.0 < 5.0
