@@ -58,7 +58,7 @@ from osp_server.tls.issued import IssuedFiles, MaterialError, provide_now
 from osp_server.tls.server import RefusableTLSFactory, ServerCertificate, server_files
 from osp_server.web.crl import CRLResource
 from osp_server.web.health import HealthResource, StorageProbe
-from osp_server.web.site import OSPSite
+from osp_server.web.site import OSPSite, RootResource
 from osp_server.workers.role import WorkerRole
 from osp_server.workers.sockets import AdoptedListenerService
 
@@ -278,7 +278,7 @@ def build_components(core: Core) -> Components:
         authorizer=build_enrollment_authorizer(core),
     )
     health = HealthResource(core.storage_probe, core.readiness)
-    plain_root = Resource()
+    plain_root = RootResource()
     plain_root.putChild(b"health", health)
     plain_root.putChild(
         b"crl", CRLResource(core.db, core.ca, core.reactor, core.clock, core.cpu_pool)
@@ -309,14 +309,14 @@ def build_components(core: Core) -> Components:
         ready=core.readiness.is_ready,
     )
 
-    https_root = Resource()
+    https_root = RootResource()
     https_root.putChild(b"health", health)
     https_root.putChild(
         b"tep",
         TepResource(enrollment, allow_enrollment=True, listener="https", metrics=core.metrics),
     )
     https_root.putChild(b"osp", osp_resource)
-    osp_root = Resource()
+    osp_root = RootResource()
     osp_root.putChild(b"osp", osp_resource)
 
     def site(root: Resource, name: str) -> OSPSite:
@@ -328,7 +328,7 @@ def build_components(core: Core) -> Components:
             max_connections_per_address=cfg.max_connections_per_address,
         )
 
-    metrics_root = Resource()
+    metrics_root = RootResource()
     metrics_root.putChild(b"metrics", MetricsResource(core.metrics))
     return Components(
         core=core,

@@ -20,8 +20,11 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.resource import IResource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
+
+from osp_server.web.responses import error_response, write_response
 
 log = Logger()
 
@@ -40,6 +43,31 @@ def note_device(request: Request, device_id: str) -> None:
     """Name the device a request came from, for the access log line."""
     if isinstance(request, CappedRequest):
         request.osp_device_id = device_id
+
+
+class RootResource(Resource):
+    """A site's root: its children by name, a plain 404 for anything else (Twisted's
+    default goes through a deprecated, HTML-unescaped error page)."""
+
+    def getChild(self, path: bytes, request: Any) -> IResource:
+        return notFound()
+
+
+def allowed_methods(resource: object) -> list[bytes]:
+    """The methods ``resource`` renders (``render_<METHOD>``), HEAD wherever GET is."""
+    methods = {name[len("render_") :] for name in dir(resource) if name.startswith("render_")}
+    # Resource.render_HEAD (inherited by every resource) only calls render_GET.
+    methods.discard("HEAD")
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(m.encode("ascii") for m in methods if m.isascii() and m.isupper())
+
+
+def _handles(resource: object, method: bytes) -> bool:
+    name = method.decode("ascii", "replace")
+    if name == "HEAD":
+        return hasattr(resource, "render_GET")
+    return hasattr(resource, f"render_{name}")
 
 
 class CappedRequest(Request):
@@ -87,6 +115,25 @@ class CappedRequest(Request):
             return
         self.started_at = time.monotonic()
         super().requestReceived(command, path, version)
+
+    def render(self, resrc: Any) -> None:
+        # Twisted answers 501 to a method it does not know (PUT, TRACE, DELETE …) and
+        # an HTML page to one it knows; RFC 9110 wants 405 with Allow for both.  Only
+        # resources that dispatch to render_<METHOD> are judged here: an error page
+        # (404 …) overrides render and answers any method itself.
+        if type(resrc).render is Resource.render and not _handles(resrc, self.method):
+            allowed = allowed_methods(resrc)
+            self.setHeader(b"allow", b", ".join(allowed))
+            write_response(
+                self,
+                error_response(
+                    405,
+                    f"method {self.method.decode('ascii', 'replace')} not allowed here; "
+                    f"allowed: {b', '.join(allowed).decode('ascii')}",
+                ),
+            )
+            return
+        super().render(resrc)
 
 
 class DeadlineChannel(http.HTTPChannel):
