@@ -7,12 +7,15 @@ listening, so tests can listen on port 0; ``build_service()`` adds the listeners
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import cast
 
 from cryptography import x509
+from sqlalchemy.engine import make_url
 
 from OpenSSL import SSL
 from twisted.application.service import MultiService, Service
@@ -52,12 +55,13 @@ from osp_server.reactor import IOSPReactor, IWorkerReactor
 from osp_server.readiness import Readiness
 from osp_server.routing.refresh import ReplaceableTables, RouteRefresher
 from osp_server.services import ListenerService, ProcessService, freeze_long_lived_objects
-from osp_server.storage.db import Database, StorageError, open_database
+from osp_server.storage.db import Database, StorageError, normalize_url, open_database
 from osp_server.tls.context import ReloadableServerTLS, TLSMaterial
 from osp_server.tls.issued import IssuedFiles, MaterialError, provide_now
 from osp_server.tls.server import RefusableTLSFactory, ServerCertificate, server_files
 from osp_server.web.crl import CRLResource
 from osp_server.web.health import HealthResource, StorageProbe
+from osp_server.web.ready import ReadyResource, WriteProbe
 from osp_server.web.site import OSPSite, RootResource
 from osp_server.workers.role import WorkerRole
 from osp_server.workers.sockets import AdoptedListenerService
@@ -100,7 +104,25 @@ class Core:
 
     def __post_init__(self) -> None:
         self.storage_probe = StorageProbe(self.db, self.reactor)
+        self.write_probe = WriteProbe(
+            self.db,
+            self.reactor,
+            node=socket.gethostname(),
+            data_path=data_location(self.config),
+            min_free_bytes=self.config.min_free_disk_mb * 1024 * 1024,
+            clock=self.clock,
+            metrics=self.metrics,
+        )
         self.db.observer = self.metrics.observe_transaction
+
+
+def data_location(config: Config) -> Path:
+    """Where the data is written: the SQLite file's directory, else the data directory
+    (PostgreSQL's own disk is the database server's to watch)."""
+    url = make_url(normalize_url(config.database.url))
+    if url.get_backend_name() == "sqlite" and url.database:
+        return Path(url.database).parent
+    return config.data_dir
 
 
 def prepare(
@@ -278,8 +300,10 @@ def build_components(core: Core) -> Components:
         authorizer=build_enrollment_authorizer(core),
     )
     health = HealthResource(core.storage_probe, core.readiness)
+    ready = ReadyResource(core.write_probe, core.readiness)
     plain_root = RootResource()
     plain_root.putChild(b"health", health)
+    plain_root.putChild(b"ready", ready)
     plain_root.putChild(
         b"crl", CRLResource(core.db, core.ca, core.reactor, core.clock, core.cpu_pool)
     )
@@ -311,6 +335,7 @@ def build_components(core: Core) -> Components:
 
     https_root = RootResource()
     https_root.putChild(b"health", health)
+    https_root.putChild(b"ready", ready)
     https_root.putChild(
         b"tep",
         TepResource(enrollment, allow_enrollment=True, listener="https", metrics=core.metrics),
@@ -403,6 +428,7 @@ class CoreService(Service):
         core.db.start()
         core.cpu_pool.start()
         core.storage_probe.start()
+        core.write_probe.start()
 
     def reload(self) -> None:
         """Rebuild TLS contexts from the files (SIGHUP)."""
@@ -412,6 +438,7 @@ class CoreService(Service):
     def stopService(self) -> None:
         super().stopService()
         self.components.core.storage_probe.stop()
+        self.components.core.write_probe.stop()
         self.components.core.cpu_pool.stop()
         self.components.core.db.stop()
 

@@ -137,6 +137,9 @@ class Config:
     workers: int = 1
     """``[server] workers``: 1 serves in the twistd process; N > 1 runs N worker
     processes that share the listening sockets (osp_server.workers)."""
+    min_free_disk_mb: int = 256
+    """``[server] min_free_disk_mb``: below this much free space where the data lives,
+    ``/ready`` answers 503 (writes would soon fail)."""
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled for worker processes (osp_server.workers.role); read-only mapping
@@ -287,6 +290,9 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
     server = section("server")
     data_dir = server.path("data_dir", base / "osp-data", base)
     workers = server.integer("workers", Config.workers, minimum=1, maximum=MAX_WORKERS)
+    min_free_disk_mb = server.integer(
+        "min_free_disk_mb", Config.min_free_disk_mb, minimum=0, maximum=10_000_000
+    )
     server.finish()
 
     lst = section("listeners")
@@ -447,6 +453,7 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
         osp=osp,
         plugins=plugins,
         workers=workers,
+        min_free_disk_mb=min_free_disk_mb,
     )
 
 

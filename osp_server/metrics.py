@@ -7,7 +7,7 @@ resource does it inline.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from twisted.web.resource import Resource
@@ -50,6 +50,17 @@ class Metrics:
             "Database transactions by call site and outcome: ok, error, or timeout (the "
             "caller stopped waiting; the late thread still counts its own outcome)",
             ["desc", "outcome"],
+            registry=self.registry,
+        )
+
+        self.disk_free = Gauge(
+            "osp_disk_free_bytes",
+            "Free bytes on the file system where the data lives (measured by /ready's probe)",
+            registry=self.registry,
+        )
+        self.last_write = Gauge(
+            "osp_last_write_timestamp_seconds",
+            "Unix time of the last heartbeat write that committed (0: none yet)",
             registry=self.registry,
         )
 

@@ -243,6 +243,14 @@ route_version = Table(
     Column("version", BigInteger, nullable=False),
 )
 
+# One row per node (host name): /ready writes it to prove that a write commits.
+heartbeats = Table(
+    "heartbeats",
+    metadata,
+    Column("node", String(255), primary_key=True),
+    Column("at", UTCDateTime(), nullable=False),
+)
+
 audit_log = Table(
     "audit_log",
     metadata,

@@ -34,9 +34,9 @@ def test_migrations_match_the_tables(db: Database) -> None:
         )
     assert diff == []
     current, head = schema_status(db.engine)
-    assert current == head == "0002"
+    assert current == head == "0003"
     # Upgrading again is a no-op.
-    assert upgrade_schema(db.engine) == "0002"
+    assert upgrade_schema(db.engine) == "0003"
 
 
 def test_durability_settings(db: Database) -> None:

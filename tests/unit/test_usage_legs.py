@@ -137,7 +137,7 @@ def test_migration_carries_records_stored_before_legs(empty_database_url: str) -
         )
         with engine.begin() as conn:
             conn.execute(insert(legacy), old_rows)
-        assert upgrade_schema(engine) == "0002"
+        assert upgrade_schema(engine, "0002") == "0002"
         rows = db.transact_sync(
             lambda conn: (
                 conn.execute(select(usage_records).order_by(usage_records.c.id)).mappings().all()
