@@ -350,6 +350,7 @@ def build_components(core: Core) -> Components:
             reactor=core.reactor,
             name=name,
             request_timeout=cfg.request_timeout_seconds,
+            header_timeout=cfg.header_timeout_seconds,
             max_connections_per_address=cfg.max_connections_per_address,
         )
 

@@ -49,6 +49,7 @@ class ListenerConfig:
     legacy_osp: str | None = None
     metrics: str | None = "tcp:9090:interface=127.0.0.1"
     request_timeout_seconds: float = 30.0
+    header_timeout_seconds: float = 10.0
     max_connections_per_address: int = 64
 
 
@@ -305,6 +306,12 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
         request_timeout_seconds=lst.number(
             "request_timeout_seconds",
             ListenerConfig.request_timeout_seconds,
+            minimum=1.0,
+            maximum=3600.0,
+        ),
+        header_timeout_seconds=lst.number(
+            "header_timeout_seconds",
+            ListenerConfig.header_timeout_seconds,
             minimum=1.0,
             maximum=3600.0,
         ),

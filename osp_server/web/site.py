@@ -3,9 +3,11 @@
 Twisted 26 accepts a request body of any size and resets its idle timeout on every
 byte, so slow clients could hold a connection forever (SECURITY.md, HTTP catalog).
 This module adds what is missing: an early 413 from Content-Length, a cap on
-chunked bodies, one deadline for the whole request (head and body), a limit of
-connections per peer address, and ALPN pinned to HTTP/1.1 (under h2 the client
-certificate is unreachable).
+chunked bodies, a deadline for the head (request line and headers) and one for the
+whole request, 431 for an oversized header line or head (Twisted closed silently,
+and over TLS then waited for the peer until the deadline), a limit of connections
+per peer address, and ALPN pinned to HTTP/1.1 (under h2 the client certificate is
+unreachable).
 """
 
 from __future__ import annotations
@@ -29,6 +31,17 @@ from osp_server.web.responses import error_response, write_response
 log = Logger()
 
 DEFAULT_MAX_BODY = 256 * 1024
+
+_HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"Content-Length: 27\r\n"
+    b"Connection: close\r\n\r\n"
+    b"request headers too large\r\n"
+)
+# How long a closing connection may wait for the peer's side of the TLS shutdown
+# (Twisted's default is 15 s).
+ABORT_AFTER_SECONDS = 5
 
 _TOO_LARGE = (
     b"HTTP/1.1 413 Request Entity Too Large\r\n"
@@ -141,25 +154,55 @@ class DeadlineChannel(http.HTTPChannel):
 
     site: OSPSite
     _deadline: IDelayedCall | None = None
+    _head_deadline: IDelayedCall | None = None
+    _head_bytes = 0
     _peer_host: str | None = None
+    abortTimeout = ABORT_AFTER_SECONDS
 
     def dataReceived(self, data: bytes) -> None:
         if self._deadline is None and not self._handlingRequest:
             site = self.site
             self._deadline = site.reactor.callLater(site.request_timeout, self._expired)
+            self._head_deadline = site.reactor.callLater(site.header_timeout, self._expired)
         super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        self._head_bytes += len(line) + 2
+        if self._head_bytes > self.totalHeadersSize:
+            self._head_too_large()
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._head_too_large()
+
+    def _head_too_large(self) -> None:
+        self._cancel_deadline()
+        if self.transport is not None:
+            self.transport.write(_HEAD_TOO_LARGE)
+        # HTTPChannel.loseConnection stops reading and aborts after abortTimeout, so a
+        # peer that never completes the TLS shutdown cannot hold the connection.
+        self.loseConnection()
+
+    def allHeadersReceived(self) -> None:
+        self._head_bytes = 0
+        if self._head_deadline is not None and self._head_deadline.active():
+            self._head_deadline.cancel()
+        self._head_deadline = None
+        super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
         self._cancel_deadline()
         super().allContentReceived()
 
     def _cancel_deadline(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
+        for call in (self._deadline, self._head_deadline):
+            if call is not None and call.active():
+                call.cancel()
+        self._deadline = self._head_deadline = None
 
     def _expired(self) -> None:
-        self._deadline = None
+        self._cancel_deadline()
         log.info("closing {peer}: request not received within the deadline", peer=self._peer_host)
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
@@ -186,6 +229,7 @@ class OSPSite(Site):
         name: str,
         max_body_bytes: int = DEFAULT_MAX_BODY,
         request_timeout: float = 30.0,
+        header_timeout: float = 10.0,
         max_connections_per_address: int = 64,
     ) -> None:
         # No resource here reads form arguments from a POST body (TEP parses its own
@@ -195,6 +239,7 @@ class OSPSite(Site):
         self.name = name
         self.max_body_bytes = max_body_bytes
         self.request_timeout = request_timeout
+        self.header_timeout = min(header_timeout, request_timeout)
         self.timeOut = request_timeout  # idle keep-alive connections
         self.max_connections_per_address = max_connections_per_address
         self._connections: Counter[str] = Counter()

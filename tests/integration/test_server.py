@@ -258,6 +258,31 @@ async def test_slow_request_is_cut_at_the_deadline(tmp_path: Path, database_url:
         assert result == b"closed"
 
 
+def _oversized_head_over_tls(port: int) -> tuple[float, bytes]:
+    import time
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        with context.wrap_socket(raw) as tls:
+            started = time.monotonic()
+            tls.sendall(b"GET /health HTTP/1.1\r\nHost: osp\r\nX-Big: " + b"a" * 100_000)
+            answer = tls.recv(200)
+            return time.monotonic() - started, answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_oversized_header_line_over_tls_gets_431_at_once(server: RunningServer) -> None:
+    """It used to get no answer, and the connection was held until the request
+    deadline (30 s)."""
+    from twisted.internet.threads import deferToThread
+
+    seconds, answer = await deferToThread(_oversized_head_over_tls, server.https_port)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer
+    assert seconds < 10  # not held until the 30 s request deadline
+
+
 def _alpn(port: int) -> str | None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
