@@ -17,6 +17,11 @@ without any I/O, what the stored record of a leg becomes when a report arrives:
 
 A report without a State (test_app, Asterisk: one report per leg) is a complete record
 and counts as ``stop``.
+
+The fields a leg keeps (every leaf its reports carried) are the union of its reports'
+fields, bounded by MAX_LEG_FIELDS_CHARS: the winning report's fields are always kept,
+the others only while they fit, so a device cannot grow one record without end by
+reporting a leg again and again with new elements.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ _THOUSANDTHS: Final = Decimal("0.001")
 # Device times have whole seconds; an Amount within this of the times agrees with them.
 _TIME_RESOLUTION: Final = Decimal(1)
 MAX_TEXT_CHARS: Final = 256
+MAX_LEG_FIELDS_CHARS: Final = 512 * 1024
+"""Keys and values of a leg's merged fields, in characters (two full request bodies)."""
 _EPOCH: Final = datetime.min
 
 
@@ -203,6 +210,22 @@ def _remember(digests: tuple[str, ...], digest: str) -> tuple[str, ...]:
     return (*digests, digest)[-MAX_REMEMBERED_REPORTS:]
 
 
+def merge_fields(winner: Mapping[str, str], other: Mapping[str, str]) -> dict[str, str]:
+    """``winner``'s fields, then ``other``'s that it lacks while the total stays within
+    MAX_LEG_FIELDS_CHARS (``winner``'s are kept whole: one report is bounded by the
+    request size)."""
+    merged = dict(winner)
+    size = sum(len(k) + len(v) for k, v in merged.items())
+    for key, value in other.items():
+        if key in merged:
+            continue
+        size += len(key) + len(value)
+        if size > MAX_LEG_FIELDS_CHARS:
+            break
+        merged[key] = value
+    return merged
+
+
 def new_record(report: LegReport) -> LegRecord:
     """The record of a leg first reported by ``report``."""
     duration, source = account_duration(report.values)
@@ -225,11 +248,11 @@ def apply_report(record: LegRecord, report: LegReport) -> tuple[LegRecord, Repor
         return record, "repeated"
     if report.precedence >= record.precedence:
         values = report.values.filled_from(record.values)
-        fields = {**record.fields, **report.fields}
+        fields = merge_fields(report.fields, record.fields)
         state, timestamp = report.state, report.timestamp
     else:
         values = record.values.filled_from(report.values)
-        fields = {**report.fields, **record.fields}
+        fields = merge_fields(record.fields, report.fields)
         state, timestamp = record.state, record.report_timestamp
     duration, source = account_duration(values)
     merged = replace(

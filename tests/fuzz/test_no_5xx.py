@@ -6,7 +6,10 @@ services and SQLite storage a device reaches over TLS).
 Bounded for CI by the ``ci`` profile (derandomized: the same examples every run);
 ``HYPOTHESIS_PROFILE=long`` runs many more with fresh randomness:
 
-    HYPOTHESIS_PROFILE=long python -m pytest tests/fuzz -n0 -p no:cacheprovider
+    HYPOTHESIS_PROFILE=long python -m pytest tests/fuzz -n0 -p no:cacheprovider --timeout=0
+
+(``--timeout=0``: pytest-timeout's alarm, raised inside the server mid-request after
+120 s, would itself look like a 500.)  A 5xx prints the server's traceback behind it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from defusedxml import ElementTree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from twisted.logger import ILogObserver, globalLogPublisher
 
 from tests.conftest import VECTORS, make_config
 from tests.integration.test_osp import _tables, add_device_db
@@ -56,11 +62,20 @@ _STATUS = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
 
 
 class Fuzzed:
-    """One in-memory server with an enrolled device, shared by a module's examples."""
+    """One in-memory server with an enrolled device, shared by a module's examples.
+
+    It keeps the server's logged failures, so that a 5xx reports the traceback behind
+    it (examples share state: a failure may need the rows earlier ones stored)."""
 
     def __init__(self, server: MemoryServer, device: MemoryDevice) -> None:
         self.server = server
         self.device = device
+        self.failures: list[str] = []
+
+    def observe(self, event: dict[str, Any]) -> None:
+        failure = event.get("log_failure")
+        if failure is not None:
+            self.failures.append(failure.getTraceback())
 
     def status(self, raw: bytes, *, site: str = "https", certified: bool = True) -> int | None:
         """The HTTP status of the answer to ``raw``, None when none came (the request
@@ -71,7 +86,10 @@ class Fuzzed:
         match = _STATUS.match(answer)
         if answer and match is None:
             raise AssertionError(f"not an HTTP answer: {answer[:200]!r}")
-        return None if match is None else int(match[1])
+        status = None if match is None else int(match[1])
+        if status is not None and status >= 500 and self.failures:
+            print(f"server failure behind HTTP {status}:\n{self.failures[-1]}")
+        return status
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +99,13 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     for server in memory_server(config):
         add_device_db(server.core.db, "1000", "1000")
         server.components.policy.replace(_tables())  # type: ignore[attr-defined]
-        yield Fuzzed(server, enroll_in_memory(server, "1000", "1000"))
+        fuzzed = Fuzzed(server, enroll_in_memory(server, "1000", "1000"))
+        observer = cast(ILogObserver, fuzzed.observe)
+        globalLogPublisher.addObserver(observer)
+        try:
+            yield fuzzed
+        finally:
+            globalLogPublisher.removeObserver(observer)
 
 
 def _assert_not_5xx(status: int | None, raw: bytes) -> None:
@@ -146,6 +170,8 @@ def osp_value_swap(draw: st.DrawFn) -> bytes:
     head, body = split_vector(OSP / name)
     spans = [m.span(1) for m in _TEXT.finditer(body)]
     for _ in range(draw(st.integers(1, 3))):
+        if not spans:  # every text replaced by an empty one
+            break
         start, end = draw(st.sampled_from(spans))
         value = draw(st.one_of(_NUMBERISH, _ODD, st.text(max_size=80)))
         escaped = (

@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 
 from osp_server.cdr.legs import (
+    MAX_LEG_FIELDS_CHARS,
     MAX_REMEMBERED_REPORTS,
     LegKey,
     LegRecord,
@@ -167,6 +168,25 @@ def test_remembered_digests_are_capped() -> None:
         )
     assert len(record.digests) == MAX_REMEMBERED_REPORTS
     assert record.reports == MAX_REMEMBERED_REPORTS + 6
+
+
+def test_a_leg_reported_again_and_again_with_new_elements_stays_bounded() -> None:
+    """Every report with elements the leg has not seen used to add them all: a device
+    could grow one record without end (and each store re-encoded all of it)."""
+    record = new_record(START)
+    chunk = "x" * 4000
+    for i in range(500):
+        extra = {f"Custom{i}/{j}": chunk for j in range(10)}  # 40 KB of new leaves each
+        record, _ = apply_report(
+            record, _report("interim", T0 + timedelta(seconds=i + 1), LegValues(), **extra)
+        )
+    size = sum(len(k) + len(v) for k, v in record.fields.items())
+    assert size <= MAX_LEG_FIELDS_CHARS + 50_000  # the winner's own fields, at most
+    # The newest report's leaves are all there.
+    assert all(f"Custom499/{j}" in record.fields for j in range(10))
+    # A later stop still wins and keeps its own leaves.
+    record, _ = apply_report(record, STOP)
+    assert record.state == "stop" and record.fields["EndTime"] == "2026-11-29T21:27:05Z"
 
 
 @pytest.mark.parametrize(
