@@ -352,6 +352,8 @@ def build_components(core: Core) -> Components:
             request_timeout=cfg.request_timeout_seconds,
             header_timeout=cfg.header_timeout_seconds,
             max_connections_per_address=cfg.max_connections_per_address,
+            max_connections=cfg.max_connections,
+            trusted_networks=cfg.trusted_networks,
         )
 
     metrics_root = RootResource()

@@ -12,6 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, cast, get_args
@@ -51,6 +52,11 @@ class ListenerConfig:
     request_timeout_seconds: float = 30.0
     header_timeout_seconds: float = 10.0
     max_connections_per_address: int = 64
+    max_connections: int = 10_000
+    """Connections one listener (in one process) holds at once, from everyone."""
+    trusted_networks: tuple[IPv4Network | IPv6Network, ...] = ()
+    """``trusted_addresses``: peers (SBCs, NAT gateways carrying many devices) that the
+    per-address limit does not apply to; they still count toward ``max_connections``."""
 
 
 @dataclass(frozen=True)
@@ -321,6 +327,10 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
             minimum=1,
             maximum=100000,
         ),
+        max_connections=lst.integer(
+            "max_connections", ListenerConfig.max_connections, minimum=1, maximum=1_000_000
+        ),
+        trusted_networks=_networks(lst, "trusted_addresses"),
     )
     lst.finish()
 
@@ -480,6 +490,22 @@ def _plugin_tables(source: str, data: object) -> Mapping[str, Mapping[str, Any]]
                 raise ConfigError(f"{source}: plugins.{name}.{key}: not a valid option name")
         tables[name] = MappingProxyType(dict(options))
     return MappingProxyType(tables)
+
+
+def _networks(section: _Section, key: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """A list of addresses or CIDR networks (``10.0.0.0/8``, ``2001:db8::1``)."""
+    value = section._get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise section.error(key, "must be a list of addresses or networks, as strings")
+    networks = []
+    for text in value:
+        try:
+            networks.append(ip_network(text, strict=False))
+        except ValueError as e:
+            raise section.error(key, f"{text!r} is not an address or network: {e}") from None
+    return tuple(networks)
 
 
 def validity(days: int) -> timedelta:

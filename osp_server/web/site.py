@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from io import BytesIO
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
@@ -231,6 +233,8 @@ class OSPSite(Site):
         request_timeout: float = 30.0,
         header_timeout: float = 10.0,
         max_connections_per_address: int = 64,
+        max_connections: int = 10_000,
+        trusted_networks: Sequence[IPv4Network | IPv6Network] = (),
     ) -> None:
         # No resource here reads form arguments from a POST body (TEP parses its own
         # raw body), and Twisted's parsing built an email.message object for every POST.
@@ -242,7 +246,10 @@ class OSPSite(Site):
         self.header_timeout = min(header_timeout, request_timeout)
         self.timeOut = request_timeout  # idle keep-alive connections
         self.max_connections_per_address = max_connections_per_address
+        self.max_connections = max_connections
+        self.trusted_networks = tuple(trusted_networks)
         self._connections: Counter[str] = Counter()
+        self._open = 0
         self.displayTracebacks = False
 
     def acceptableProtocols(self) -> list[bytes]:
@@ -251,17 +258,36 @@ class OSPSite(Site):
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         host = str(getattr(addr, "host", "?"))
-        if self._connections[host] >= self.max_connections_per_address:
+        if self._open >= self.max_connections:
+            log.warn(
+                "refusing connection from {peer}: {count} connections open on {listener}",
+                peer=host,
+                count=self._open,
+                listener=self.name,
+            )
+            return None
+        if self._connections[host] >= self.max_connections_per_address and not self._trusted(host):
             log.warn("refusing connection from {peer}: too many connections", peer=host)
             return None
         channel = super().buildProtocol(addr)
         if channel is not None:
             self._connections[host] += 1
+            self._open += 1
             channel._peer_host = host
         return channel
 
+    def _trusted(self, host: str) -> bool:
+        if not self.trusted_networks:
+            return False
+        try:
+            address = ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_networks)
+
     def connection_closed(self, host: str) -> None:
         """Called by a channel when its connection ends."""
+        self._open -= 1
         self._connections[host] -= 1
         if self._connections[host] <= 0:
             del self._connections[host]

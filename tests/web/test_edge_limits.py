@@ -62,3 +62,52 @@ def test_oversized_heads_get_431_at_once(server: MemoryServer, head: bytes) -> N
 def test_a_normal_request_is_unaffected(server: MemoryServer) -> None:
     answer = server.exchange(b"GET /health HTTP/1.1\r\nHost: osp\r\n\r\n", site="http")
     assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def _limited(tmp_path: Path, **listeners: object) -> Iterator[MemoryServer]:
+    return memory_server(make_config(tmp_path, listeners=listeners))
+
+
+def _open(server: MemoryServer, peer: str) -> bool:
+    from twisted.internet.address import IPv4Address
+
+    site = server.components.https_site
+    return site.buildProtocol(IPv4Address("TCP", peer, 40000)) is not None
+
+
+def test_trusted_addresses_are_not_held_to_the_per_address_limit(tmp_path: Path) -> None:
+    """An SBC carrying many devices behind one address: an attacker holding that
+    address's slots used to lock every device behind it out."""
+    for server in _limited(
+        tmp_path, max_connections_per_address=2, trusted_addresses=["10.20.0.0/24"]
+    ):
+        assert [_open(server, "192.0.2.7") for _ in range(3)] == [True, True, False]
+        assert all(_open(server, "10.20.0.9") for _ in range(10))
+
+
+def test_the_listener_cap_counts_everyone_trusted_or_not(tmp_path: Path) -> None:
+    for server in _limited(
+        tmp_path, max_connections=5, trusted_addresses=["10.20.0.0/24", "2001:db8::/32"]
+    ):
+        assert all(_open(server, f"192.0.2.{i}") for i in range(3))
+        assert all(_open(server, "10.20.0.9") for _ in range(2))
+        assert not _open(server, "10.20.0.9")
+        assert not _open(server, "198.51.100.1")
+        # A closed connection frees a slot.
+        server.components.https_site.connection_closed("192.0.2.1")
+        assert _open(server, "198.51.100.1")
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (["10.0.0.0/33"], "not an address or network"),
+        (["example.com"], "not an address or network"),
+        ("10.0.0.0/8", "must be a list"),
+    ],
+)
+def test_bad_trusted_addresses_are_refused(tmp_path: Path, value: object, problem: str) -> None:
+    from osp_server.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"listeners\.trusted_addresses.*{problem}"):
+        make_config(tmp_path, listeners={"trusted_addresses": value})
