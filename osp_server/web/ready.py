@@ -74,23 +74,26 @@ class WriteProbe:
         self._loop = LoopingCall(self.probe_once)
         self._loop.clock = reactor
 
-    def _probe_txn(self, conn: Connection) -> int | None:
-        # On the database thread: statvfs can block (network file systems) too.
+    def _probe_txn(self, conn: Connection) -> None:
+        # On the database thread: statvfs can block (network file systems) too.  The
+        # free space is kept even when the write then fails (a full disk).
         try:
-            free: int | None = self._disk_free(self._data_path)
+            self.free_bytes = self._disk_free(self._data_path)
         except OSError:
-            free = None
+            self.free_bytes = None
         heartbeats.beat_txn(conn, self._node, now=self._clock())
-        return free
 
     async def probe_once(self) -> bool:
         """Write the heartbeat now; records the outcome and returns it (never raises)."""
-        d: Deferred[int | None] = self._db.transact("heartbeat", self._probe_txn)
+        d: Deferred[None] = self._db.transact("heartbeat", self._probe_txn)
         d.addTimeout(WRITE_TIMEOUT_SECONDS, self._reactor)
         try:
-            self.free_bytes = await d
+            await d
         except Exception as e:
-            self.last_error = f"{type(e).__name__}: {e}"
+            if self._metrics is not None and self.free_bytes is not None:
+                self._metrics.disk_free.set(self.free_bytes)
+            # The first line: drivers append help links and SQL below it.
+            self.last_error = f"{type(e).__name__}: {e}".splitlines()[0]
             if not self._failing:
                 log.warn("heartbeat write failed: {error}", error=self.last_error)
             self._failing = True
@@ -110,9 +113,10 @@ class WriteProbe:
         """Why the node is not ready (empty: ready as far as storage goes)."""
         found = []
         now = self._reactor.seconds()
-        if self.last_write_at is None or now - self.last_write_at > STALE_AFTER_SECONDS:
-            detail = f" ({self.last_error})" if self.last_error else ""
-            found.append(f"no write committed in the last {STALE_AFTER_SECONDS:.0f} s{detail}")
+        if self.last_error is not None:
+            found.append(f"the last heartbeat write failed: {self.last_error}")
+        elif self.last_write_at is None or now - self.last_write_at > STALE_AFTER_SECONDS:
+            found.append(f"no write committed in the last {STALE_AFTER_SECONDS:.0f} s")
         if self.free_bytes is not None and self.free_bytes < self.min_free_bytes:
             found.append(
                 f"{self.free_bytes // MIB} MiB free on {self._data_path}, "

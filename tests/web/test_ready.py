@@ -66,16 +66,25 @@ def test_failing_writes_make_ready_503_while_health_stays_200(
         return result
 
     monkeypatch.setattr(db, "transact", no_writes)
-    server.reactor.advance(STALE_AFTER_SECONDS + WRITE_INTERVAL_SECONDS)
+    server.reactor.advance(WRITE_INTERVAL_SECONDS)  # one failed probe is enough
     code, document = _get(server, b"/ready")
     assert code == 503
     assert document["status"] == "not ready"
-    assert any("no write committed" in p and "disk I/O error" in p for p in document["problems"])
+    assert document["problems"] == ["the last heartbeat write failed: StorageError: disk I/O error"]
     assert _get(server, b"/health")[0] == 200
     # Writes work again: ready at the next probe.
     monkeypatch.setattr(db, "transact", transact)
     server.reactor.advance(WRITE_INTERVAL_SECONDS)
     assert _get(server, b"/ready")[0] == 200
+
+
+def test_a_hung_heartbeat_goes_stale(server: MemoryServer) -> None:
+    probe = server.core.write_probe
+    probe.last_write_at = server.reactor.seconds() - STALE_AFTER_SECONDS - 1
+    probe.stop()  # no new probe: as if the last one never came back
+    code, document = _get(server, b"/ready")
+    assert code == 503
+    assert document["problems"] == [f"no write committed in the last {STALE_AFTER_SECONDS:.0f} s"]
 
 
 def test_low_disk_space_makes_ready_503(server: MemoryServer) -> None:
