@@ -91,7 +91,7 @@ class TLSConfig:
     cert_file: Path
     key_file: Path
     server_names: tuple[str, ...] = ("localhost", "127.0.0.1")
-    validity_days: int = 397
+    validity_days: int = 365  # Mozilla's TLS profiles want under 366 days
 
 
 @dataclass(frozen=True)
