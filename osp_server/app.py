@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import cast
 
 from cryptography import x509
-from sqlalchemy.engine import make_url
 
 from OpenSSL import SSL
 from twisted.application.service import MultiService, Service
@@ -25,6 +24,7 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IStreamServerEndpoint,
 )
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -55,7 +55,7 @@ from osp_server.reactor import IOSPReactor, IWorkerReactor
 from osp_server.readiness import Readiness
 from osp_server.routing.refresh import ReplaceableTables, RouteRefresher
 from osp_server.services import ListenerService, ProcessService, freeze_long_lived_objects
-from osp_server.storage.db import Database, StorageError, normalize_url, open_database
+from osp_server.storage.db import Database, StorageError, open_database, sqlite_path
 from osp_server.tls.context import ReloadableServerTLS, TLSMaterial
 from osp_server.tls.issued import IssuedFiles, MaterialError, provide_now
 from osp_server.tls.server import RefusableTLSFactory, ServerCertificate, server_files
@@ -111,6 +111,7 @@ class Core:
             data_path=data_location(self.config),
             min_free_bytes=self.config.min_free_disk_mb * 1024 * 1024,
             clock=self.clock,
+            run_blocking=lambda fn: deferToThreadPool(self.reactor, self.cpu_pool, fn),
             metrics=self.metrics,
         )
         self.db.observer = self.metrics.observe_transaction
@@ -119,10 +120,8 @@ class Core:
 def data_location(config: Config) -> Path:
     """Where the data is written: the SQLite file's directory, else the data directory
     (PostgreSQL's own disk is the database server's to watch)."""
-    url = make_url(normalize_url(config.database.url))
-    if url.get_backend_name() == "sqlite" and url.database:
-        return Path(url.database).parent
-    return config.data_dir
+    sqlite_file = sqlite_path(config.database.url)
+    return sqlite_file.parent if sqlite_file is not None else config.data_dir
 
 
 def prepare(
@@ -411,8 +410,11 @@ class CoreService(Service):
     """Starts and stops the database and CPU pools and the storage probe; ``reload``
     is what SIGHUP does (the twistd process installs the handler: ProcessService)."""
 
-    def __init__(self, components: Components) -> None:
+    def __init__(self, components: Components, *, serves: bool = True) -> None:
         self.components = components
+        # False in a supervisor of workers: it answers no request, so it neither
+        # probes storage for /health nor writes heartbeats for /ready.
+        self.serves = serves
 
     def privilegedStartService(self) -> None:
         # Before the listeners bind (they follow in the service tree), so the
@@ -430,8 +432,9 @@ class CoreService(Service):
         core = self.components.core
         core.db.start()
         core.cpu_pool.start()
-        core.storage_probe.start()
-        core.write_probe.start()
+        if self.serves:
+            core.storage_probe.start()
+            core.write_probe.start()
 
     def reload(self) -> None:
         """Rebuild TLS contexts from the files (SIGHUP)."""

@@ -5,19 +5,12 @@ from __future__ import annotations
 import argparse
 
 from osp_server.admin.context import Context, Subparsers, emit_one
-from osp_server.storage.db import schema_status, upgrade_schema
+from osp_server.storage.db import migrate_schema, schema_status
 
 
 def cmd_db_upgrade(ctx: Context, _args: argparse.Namespace) -> None:
-    """Apply pending migrations."""
-    from osp_server.storage.db import create_db_engine
-
-    engine = create_db_engine(ctx.config.database.url)
-    try:
-        revision = upgrade_schema(engine)
-    finally:
-        engine.dispose()
-    emit_one(ctx, {"schema_revision": revision})
+    """Apply pending migrations (with the long migration timeout)."""
+    emit_one(ctx, {"schema_revision": migrate_schema(ctx.config.database.url)})
 
 
 def cmd_db_status(ctx: Context, _args: argparse.Namespace) -> None:

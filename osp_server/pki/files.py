@@ -14,7 +14,13 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["FileWriteError", "make_private_directory", "make_private_file", "write_new_file"]
+__all__ = [
+    "FileWriteError",
+    "make_private_directory",
+    "make_private_file",
+    "remove_world_access",
+    "write_new_file",
+]
 
 PRIVATE_DIRECTORY_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -46,19 +52,26 @@ def make_private_directory(directory: Path) -> bool:
 
 
 def make_private_file(path: Path) -> bool:
-    """Make sure the file ``path`` exists and is owner-only (0600): created so when
-    missing, its group and other bits removed when present.  True when it changed."""
+    """Create the file ``path`` owner-only (0600) whatever the umask, unless it exists
+    (then it is left alone: see :func:`remove_world_access`).  True when created."""
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE_MODE)
     except FileExistsError:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077 == 0:
-            return False
-        os.chmod(path, mode & 0o700)
-        return True
+        return False
     os.close(fd)
     # The umask may have dropped owner bits from the requested mode.
     os.chmod(path, PRIVATE_FILE_MODE)
+    return True
+
+
+def remove_world_access(path: Path) -> bool:
+    """Take other users' access to an existing ``path`` away; group bits stay (an
+    operator may share the file with a backup group on purpose).  True when changed;
+    PermissionError when this process does not own the file."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o007 == 0:
+        return False
+    os.chmod(path, mode & ~0o007)
     return True
 
 

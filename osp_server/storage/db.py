@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from osp_server.config import DatabaseConfig
-from osp_server.pki.files import make_private_directory, make_private_file
+from osp_server.pki.files import make_private_directory, make_private_file, remove_world_access
 from osp_server.reactor import IOSPReactor
 from osp_server.storage.errors import DurabilityError, StorageError, storage_error
 from osp_server.storage.group_commit import GroupCommitWriter
@@ -65,16 +65,34 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other engines."""
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        return Path(parsed.database)
+    return None
+
+
 def _private_sqlite_file(path: Path) -> None:
     # The file holds password hashes and call records: owner-only from its first byte,
     # whatever the umask.  SQLite creates the -wal and -shm files with the database
-    # file's own mode, so they follow.
+    # file's own mode, so they follow.  Existing files lose other users' access only.
     try:
         make_private_directory(path.parent)
-        if make_private_file(path) and path.stat().st_size > 0:
-            log.warn("{path}: was readable by others; now owner-only (0600)", path=str(path))
+        make_private_file(path)
     except OSError as e:
         raise StorageError(f"{path}: {e.strerror or e}") from None
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if file.exists() and remove_world_access(file):
+                log.warn("{path}: was readable by other users; no longer", path=str(file))
+        except PermissionError:
+            log.warn(
+                "{path}: readable by other users, and this process does not own it to change that",
+                path=str(file),
+            )
+        except OSError:
+            pass  # vanished between the check and the change (a checkpoint)
 
 
 def create_db_engine(
@@ -92,7 +110,8 @@ def create_db_engine(
         database = parsed.database
         if not database or database == ":memory:":
             raise StorageError("SQLite needs a file path: sqlite:///path/to/osp.sqlite3")
-        _private_sqlite_file(Path(database))
+        if not read_only:  # the writer's engine, made first, did it
+            _private_sqlite_file(Path(database))
         engine = create_engine(
             url,
             poolclass=QueuePool,
@@ -182,6 +201,21 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> str | None:
     with engine.begin() as conn:
         command.upgrade(_alembic_config(conn), revision)
         return MigrationContext.configure(conn).get_current_revision()
+
+
+MIGRATION_TIMEOUT_SECONDS = 3600.0
+"""Statement and lock timeout for migrations: an index built over a large table takes
+far longer than the request-path timeout allows."""
+
+
+def migrate_schema(url: str) -> str | None:
+    """:func:`upgrade_schema` on an engine of its own with MIGRATION_TIMEOUT_SECONDS
+    (the server's engine carries the short request-path timeout)."""
+    engine = create_db_engine(url, pool_size=1, timeout_seconds=MIGRATION_TIMEOUT_SECONDS)
+    try:
+        return upgrade_schema(engine)
+    finally:
+        engine.dispose()
 
 
 def schema_status(engine: Engine) -> tuple[str | None, str | None]:
@@ -394,7 +428,7 @@ def open_database(
     )
     try:
         if migrate:
-            upgrade_schema(engine)
+            migrate_schema(config.url)
         else:
             current, head = schema_status(engine)
             if current != head:

@@ -34,6 +34,9 @@ CIPHERS = (
 )
 GROUPS = b"X25519:P-256:P-384"
 """Key-exchange groups offered (no X448 or P-521: not in the Mozilla profile)."""
+HYBRID_GROUPS = b"X25519MLKEM768:" + GROUPS
+"""With the post-quantum hybrid first where the OpenSSL in use has it (3.5 and later
+negotiate it by default; a fixed list must not take it away)."""
 # The legacy listener also accepts DHE with AEAD, at security level 0 so that
 # MD5-signed device certificates verify.
 _LEGACY_CIPHERS = CIPHERS + b":DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:@SECLEVEL=0"
@@ -84,18 +87,30 @@ def build_context(material: TLSMaterial) -> SSL.Context:
         ctx.set_options(SSL.OP_NO_TICKET)
     else:
         ctx.set_cipher_list(CIPHERS)
-    _set_groups(ctx, GROUPS)
+    _set_groups(ctx)
     return ctx
 
 
-def _set_groups(ctx: SSL.Context, groups: bytes) -> None:
+def _set_groups(ctx: SSL.Context) -> None:
     # pyOpenSSL has no public call for the groups list (set_tmp_ecdh takes one curve),
     # so this uses its OpenSSL binding; SSL_CTX_set1_curves_list is the same function
-    # as SSL_CTX_set1_groups_list under its older name.
-    from OpenSSL._util import lib
-
-    if lib.SSL_CTX_set1_curves_list(ctx._context, groups) != 1:
-        raise SSL.Error(f"cannot set the TLS groups {groups.decode()}")
+    # as SSL_CTX_set1_groups_list under its older name.  Should a pyOpenSSL release
+    # drop the binding, the server still starts, on OpenSSL's default groups.
+    try:
+        from OpenSSL._util import lib
+    except ImportError:
+        lib = None
+    set_groups = getattr(lib, "SSL_CTX_set1_curves_list", None)
+    if set_groups is None:
+        log.warn("TLS groups left at OpenSSL's defaults: this pyOpenSSL cannot set them")
+        return
+    for groups in (HYBRID_GROUPS, GROUPS):
+        if set_groups(ctx._context, groups) == 1:
+            return
+        # An OpenSSL without ML-KEM refuses the hybrid list and queues an error that
+        # a later, unrelated pyOpenSSL call would raise.
+        lib.ERR_clear_error()
+    raise SSL.Error(f"cannot set the TLS groups {GROUPS.decode()}")
 
 
 @implementer(IOpenSSLServerConnectionCreator)

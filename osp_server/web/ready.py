@@ -44,8 +44,16 @@ STALE_AFTER_SECONDS = 2 * WRITE_INTERVAL_SECONDS + WRITE_TIMEOUT_SECONDS
 MIB = 1024 * 1024
 
 
+RunBlocking = Callable[[Callable[[], int]], Deferred[int]]
+"""``run(fn)``: ``fn()`` on a thread where blocking is allowed (never the reactor's)."""
+
+
 class WriteProbe:
-    """Rewrites this node's heartbeat row and measures free disk space, periodically."""
+    """Rewrites this node's heartbeat row and measures free disk space, periodically.
+
+    The free-space check (statvfs, which can hang on a network file system) runs on
+    ``run_blocking``'s thread with its own timeout, never on a database thread that
+    requests need."""
 
     def __init__(
         self,
@@ -56,6 +64,7 @@ class WriteProbe:
         data_path: Path,
         min_free_bytes: int,
         clock: Callable[[], datetime],
+        run_blocking: RunBlocking,
         metrics: Metrics | None = None,
         disk_free: Callable[[Path], int] = lambda path: shutil.disk_usage(path).free,
     ) -> None:
@@ -65,33 +74,58 @@ class WriteProbe:
         self._data_path = data_path
         self.min_free_bytes = min_free_bytes
         self._clock = clock
+        self._run_blocking = run_blocking
         self._metrics = metrics
         self._disk_free = disk_free
         self.last_write_at: float | None = None
         self.free_bytes: int | None = None
         self.last_error: str | None = None
         self._failing = False
+        self._measuring = False
         self._loop = LoopingCall(self.probe_once)
         self._loop.clock = reactor
 
-    def _probe_txn(self, conn: Connection) -> None:
-        # On the database thread: statvfs can block (network file systems) too.  The
-        # free space is kept even when the write then fails (a full disk).
-        try:
-            self.free_bytes = self._disk_free(self._data_path)
-        except OSError:
-            self.free_bytes = None
+    def _beat_txn(self, conn: Connection) -> None:
         heartbeats.beat_txn(conn, self._node, now=self._clock())
 
+    async def _measure_disk(self) -> None:
+        if self._measuring:
+            # The previous statvfs is still stuck (a hung mount): do not tie up another
+            # thread; the free space is unknown meanwhile.
+            self.free_bytes = None
+            return
+        self._measuring = True
+
+        def measure() -> int:
+            try:
+                return self._disk_free(self._data_path)
+            finally:
+                self._measuring = False
+
+        d = self._run_blocking(measure)
+        d.addTimeout(WRITE_TIMEOUT_SECONDS, self._reactor)
+        try:
+            self.free_bytes = await d
+        except Exception as e:
+            self.free_bytes = None
+            log.warn(
+                "cannot measure free space on {path}: {error}",
+                path=str(self._data_path),
+                error=str(e),
+            )
+            return
+        if self._metrics is not None:
+            self._metrics.disk_free.set(self.free_bytes)
+
     async def probe_once(self) -> bool:
-        """Write the heartbeat now; records the outcome and returns it (never raises)."""
-        d: Deferred[None] = self._db.transact("heartbeat", self._probe_txn)
+        """Measure the disk, then write the heartbeat; records the outcome and returns
+        whether the write committed (never raises)."""
+        await self._measure_disk()
+        d: Deferred[None] = self._db.transact("heartbeat", self._beat_txn)
         d.addTimeout(WRITE_TIMEOUT_SECONDS, self._reactor)
         try:
             await d
         except Exception as e:
-            if self._metrics is not None and self.free_bytes is not None:
-                self._metrics.disk_free.set(self.free_bytes)
             # The first line: drivers append help links and SQL below it.
             self.last_error = f"{type(e).__name__}: {e}".splitlines()[0]
             if not self._failing:
@@ -105,23 +139,19 @@ class WriteProbe:
         self._failing = False
         if self._metrics is not None:
             self._metrics.last_write.set(self._clock().timestamp())
-            if self.free_bytes is not None:
-                self._metrics.disk_free.set(self.free_bytes)
         return True
 
     def problems(self) -> list[str]:
-        """Why the node is not ready (empty: ready as far as storage goes)."""
+        """Why the node is not ready, in words fit for anyone who can reach /ready (the
+        details, such as driver errors and paths, go to the log and the metrics)."""
         found = []
         now = self._reactor.seconds()
         if self.last_error is not None:
-            found.append(f"the last heartbeat write failed: {self.last_error}")
+            found.append("storage: the last write failed")
         elif self.last_write_at is None or now - self.last_write_at > STALE_AFTER_SECONDS:
-            found.append(f"no write committed in the last {STALE_AFTER_SECONDS:.0f} s")
+            found.append(f"storage: no write committed in the last {STALE_AFTER_SECONDS:.0f} s")
         if self.free_bytes is not None and self.free_bytes < self.min_free_bytes:
-            found.append(
-                f"{self.free_bytes // MIB} MiB free on {self._data_path}, "
-                f"below {self.min_free_bytes // MIB} MiB"
-            )
+            found.append(f"disk: below {self.min_free_bytes // MIB} MiB free")
         return found
 
     def start(self) -> None:
@@ -154,7 +184,6 @@ class ReadyResource(Resource):
             document: dict[str, Any] = {
                 "status": "not ready" if problems else "ready",
                 "problems": problems,
-                "free_disk_bytes": self._probe.free_bytes,
             }
             body = json.dumps(document).encode() + b"\n"
             return Response(503 if problems else 200, body, b"application/json")

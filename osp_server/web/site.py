@@ -41,8 +41,8 @@ _HEAD_TOO_LARGE = (
     b"Connection: close\r\n\r\n"
     b"request headers too large\r\n"
 )
-# How long a closing connection may wait for the peer's side of the TLS shutdown
-# (Twisted's default is 15 s).
+# After a 431, how long the peer has to complete the TLS shutdown before the
+# connection is aborted.
 ABORT_AFTER_SECONDS = 5
 
 _TOO_LARGE = (
@@ -159,9 +159,11 @@ class DeadlineChannel(http.HTTPChannel):
     _head_deadline: IDelayedCall | None = None
     _head_bytes = 0
     _peer_host: str | None = None
-    abortTimeout = ABORT_AFTER_SECONDS
+    _closing_since: IDelayedCall | None = None
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closing_since is not None:
+            return  # answered and closing: nothing more is read
         if self._deadline is None and not self._handlingRequest:
             site = self.site
             self._deadline = site.reactor.callLater(site.request_timeout, self._expired)
@@ -179,12 +181,20 @@ class DeadlineChannel(http.HTTPChannel):
         self._head_too_large()
 
     def _head_too_large(self) -> None:
+        if self._closing_since is not None:
+            return
         self._cancel_deadline()
         if self.transport is not None:
             self.transport.write(_HEAD_TOO_LARGE)
-        # HTTPChannel.loseConnection stops reading and aborts after abortTimeout, so a
-        # peer that never completes the TLS shutdown cannot hold the connection.
+        # Over TLS the socket stays open until the peer answers our close_notify; a
+        # peer that never does is cut ABORT_AFTER_SECONDS later, and whatever it sends
+        # meanwhile is dropped (dataReceived).
+        self._closing_since = self.site.reactor.callLater(ABORT_AFTER_SECONDS, self._abort)
         self.loseConnection()
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def allHeadersReceived(self) -> None:
         self._head_bytes = 0
@@ -211,6 +221,8 @@ class DeadlineChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_deadline()
+        if self._closing_since is not None and self._closing_since.active():
+            self._closing_since.cancel()
         if self._peer_host is not None:
             self.site.connection_closed(self._peer_host)
             self._peer_host = None
@@ -283,6 +295,10 @@ class OSPSite(Site):
             address = ip_address(host)
         except ValueError:
             return False
+        # A dual-stack tcp6 listener sees IPv4 peers as ::ffff:a.b.c.d.
+        mapped = getattr(address, "ipv4_mapped", None)
+        if mapped is not None:
+            address = mapped
         return any(address in network for network in self.trusted_networks)
 
     def connection_closed(self, host: str) -> None:

@@ -63,7 +63,7 @@ def _assemble_supervisor(core: Core, config: Config, reactor: ISupervisorReactor
     components = checked_components(core)
     warn_about_settings(config)
     top = MultiService()
-    core_service = CoreService(components)
+    core_service = CoreService(components, serves=False)
     core_service.setName("core")
     core_service.setServiceParent(top)
     cfg = config.listeners

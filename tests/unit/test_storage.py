@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -175,3 +176,23 @@ def test_audit_escapes_control_characters(db: Database) -> None:
 def test_sqlite_needs_a_file() -> None:
     with pytest.raises(StorageError, match="file path"):
         create_db_engine("sqlite:///:memory:")
+
+
+def test_migrations_run_with_their_own_long_timeout(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's engine carries the 3 s request-path timeout (PostgreSQL
+    statement_timeout, SQLite busy_timeout); an index built during a migration over a
+    large table would be cancelled by it."""
+    from osp_server.storage import db as db_module
+
+    seen: list[float] = []
+    create = db_module.create_db_engine
+
+    def recording(url: str, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("timeout_seconds", 0.0))
+        return create(url, **kwargs)
+
+    monkeypatch.setattr(db_module, "create_db_engine", recording)
+    assert db_module.migrate_schema(empty_database_url) == "0003"
+    assert seen == [db_module.MIGRATION_TIMEOUT_SECONDS]

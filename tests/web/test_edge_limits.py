@@ -83,6 +83,8 @@ def test_trusted_addresses_are_not_held_to_the_per_address_limit(tmp_path: Path)
     ):
         assert [_open(server, "192.0.2.7") for _ in range(3)] == [True, True, False]
         assert all(_open(server, "10.20.0.9") for _ in range(10))
+        # The same peer through a dual-stack tcp6 listener.
+        assert all(_open(server, "::ffff:10.20.0.9") for _ in range(10))
 
 
 def test_the_listener_cap_counts_everyone_trusted_or_not(tmp_path: Path) -> None:
@@ -111,3 +113,23 @@ def test_bad_trusted_addresses_are_refused(tmp_path: Path, value: object, proble
 
     with pytest.raises(ConfigError, match=rf"listeners\.trusted_addresses.*{problem}"):
         make_config(tmp_path, listeners={"trusted_addresses": value})
+
+
+def test_after_a_431_nothing_more_is_read_and_the_connection_is_aborted(
+    server: MemoryServer,
+) -> None:
+    """A peer that keeps sending after the 431 (or never completes the TLS shutdown)
+    used to reset the deadlines with every line and hold the connection indefinitely."""
+    from osp_server.web.site import ABORT_AFTER_SECONDS
+
+    head = b"GET /health HTTP/1.1\r\nHost: osp\r\n" + b"X-Big: " + b"a" * 20_000 + b"\r\n"
+    connection = server.connect(head)
+    answered = connection.answer()
+    assert answered.startswith(b"HTTP/1.1 431 ")
+    for _ in range(10):
+        connection.protocol.dataReceived(b"X-More: " + b"b" * 20_000 + b"\r\n")
+        server.reactor.advance(0.4)
+    assert connection.answer() == answered  # one answer, nothing read after it
+    assert not connection.transport.disconnected
+    server.reactor.advance(ABORT_AFTER_SECONDS)
+    assert connection.transport.disconnected  # StringTransport.abortConnection

@@ -42,7 +42,6 @@ def test_ready_after_a_committed_heartbeat(server: MemoryServer) -> None:
     code, document = _get(server, b"/ready")
     assert code == 200, document
     assert document["status"] == "ready" and document["problems"] == []
-    assert document["free_disk_bytes"] > 0
     (row,) = _rows(server)
     # Each probe rewrites the same row (one per node).
     server.reactor.advance(WRITE_INTERVAL_SECONDS)
@@ -70,7 +69,8 @@ def test_failing_writes_make_ready_503_while_health_stays_200(
     code, document = _get(server, b"/ready")
     assert code == 503
     assert document["status"] == "not ready"
-    assert document["problems"] == ["the last heartbeat write failed: StorageError: disk I/O error"]
+    assert document["problems"] == ["storage: the last write failed"]
+    assert server.core.write_probe.last_error == "StorageError: disk I/O error"
     assert _get(server, b"/health")[0] == 200
     # Writes work again: ready at the next probe.
     monkeypatch.setattr(db, "transact", transact)
@@ -84,7 +84,9 @@ def test_a_hung_heartbeat_goes_stale(server: MemoryServer) -> None:
     probe.stop()  # no new probe: as if the last one never came back
     code, document = _get(server, b"/ready")
     assert code == 503
-    assert document["problems"] == [f"no write committed in the last {STALE_AFTER_SECONDS:.0f} s"]
+    assert document["problems"] == [
+        f"storage: no write committed in the last {STALE_AFTER_SECONDS:.0f} s"
+    ]
 
 
 def test_low_disk_space_makes_ready_503(server: MemoryServer) -> None:
@@ -93,7 +95,8 @@ def test_low_disk_space_makes_ready_503(server: MemoryServer) -> None:
     server.reactor.advance(WRITE_INTERVAL_SECONDS)
     code, document = _get(server, b"/ready")
     assert code == 503
-    assert document["problems"] == [f"10 MiB free on {probe._data_path}, below 256 MiB"]
+    assert document["problems"] == ["disk: below 256 MiB free"]
+    assert server.core.metrics.registry.get_sample_value("osp_disk_free_bytes") == 10 * MIB
 
 
 def test_the_heartbeat_is_one_row_per_node(db: Any) -> None:
