@@ -51,11 +51,13 @@ from osp_server.osp.token_setup import TokenSetupError, build_token_factory, tok
 from osp_server.osp.tokens import TokenFactory, TokenSigner
 from osp_server.pki.ca import CAError, CAPrivateKey, CertificateAuthority, open_ca
 from osp_server.pki.files import make_private_directory
+from osp_server.pki.journal import CertificateJournal, JournalError
 from osp_server.reactor import IOSPReactor, IWorkerReactor
 from osp_server.readiness import Readiness
 from osp_server.routing.refresh import ReplaceableTables, RouteRefresher
 from osp_server.services import ListenerService, ProcessService, freeze_long_lived_objects
 from osp_server.storage.db import Database, StorageError, open_database, sqlite_path
+from osp_server.storage.reconcile import reconcile_txn
 from osp_server.tls.context import ReloadableServerTLS, TLSMaterial
 from osp_server.tls.issued import IssuedFiles, MaterialError, provide_now
 from osp_server.tls.server import RefusableTLSFactory, ServerCertificate, server_files
@@ -103,6 +105,7 @@ class Core:
     )
 
     def __post_init__(self) -> None:
+        self.journal = CertificateJournal.in_data_dir(self.config.data_dir)
         self.storage_probe = StorageProbe(self.db, self.reactor)
         self.write_probe = WriteProbe(
             self.db,
@@ -147,6 +150,12 @@ def prepare(
         db = open_database(config.database, reactor, migrate=worker is None)
     except Exception as e:
         raise StartupError(f"database {config.database.url.split('@')[-1]}: {e}") from None
+    if worker is None:
+        try:
+            replay_journal(db, CertificateJournal.in_data_dir(config.data_dir), clock())
+        except (JournalError, StorageError) as e:
+            db.stop()
+            raise StartupError(f"certificate journal: {e}") from None
     if ca.profile == "legacy" and worker is None:
         log.warn(
             "CA profile is LEGACY: the CA certificate and device certificates are signed with "
@@ -161,6 +170,20 @@ def prepare(
         clock=clock,
         worker=worker,
     )
+
+
+def replay_journal(db: Database, journal: CertificateJournal, now: datetime) -> None:
+    """Put back into the database what the certificate journal holds and it lacks (a
+    restore from backup), before anything is served (blocking; start-up)."""
+    report = db.transact_sync(reconcile_txn, list(journal.events()), now=now)
+    if report.changed:
+        log.warn(
+            "certificate journal replayed: {recorded} certificates recorded again and "
+            "{revoked} revocations applied again (the database was behind the journal: "
+            "restored from a backup?)",
+            recorded=len(report.recorded),
+            revoked=len(report.revoked),
+        )
 
 
 def _for_role(core: Core, files: IssuedFiles) -> IssuedFiles:
@@ -297,6 +320,7 @@ def build_components(core: Core) -> Components:
         ),
         clock=core.clock,
         authorizer=build_enrollment_authorizer(core),
+        journal=core.journal,
     )
     health = HealthResource(core.storage_probe, core.readiness)
     ready = ReadyResource(core.write_probe, core.readiness)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from osp_server.admin.context import Context, Subparsers, emit, emit_one
+from osp_server.admin.context import AdminError, Context, Subparsers, emit, emit_one
+from osp_server.pki.journal import JournalError, JournalEvent
 from osp_server.storage import certificates as cert_store
 from osp_server.storage import devices as device_store
 
@@ -55,7 +56,23 @@ def cmd_cert_revoke(ctx: Context, args: argparse.Namespace) -> None:
         )
         return record
 
-    emit_one(ctx, _cert_row(ctx.db.transact_sync(work)))
+    record = ctx.db.transact_sync(work)
+    # Journaled before the operator is told: a restore from an older backup must not
+    # bring the certificate back (osp_server.pki.journal).
+    try:
+        ctx.journal.append(
+            [
+                JournalEvent(
+                    "revoked",
+                    record.serial,
+                    record.revoked_at or ctx.now(),
+                    reason=record.revocation_reason,
+                )
+            ]
+        )
+    except JournalError as e:
+        raise AdminError(f"revoked in the database, but {e}; run the command again") from None
+    emit_one(ctx, _cert_row(record))
 
 
 def register(subparsers: Subparsers) -> None:

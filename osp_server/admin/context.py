@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TextIO, TypeAlias
 
 from osp_server.config import Config
+from osp_server.pki.journal import CertificateJournal
 from osp_server.storage.db import Database, open_database
 
 if TYPE_CHECKING:
@@ -50,6 +51,11 @@ class Context:
         if self._db is None:
             self._db = open_database(self.config.database, None)
         return self._db
+
+    @property
+    def journal(self) -> CertificateJournal:
+        """The server's certificate journal (osp_server.pki.journal)."""
+        return CertificateJournal.in_data_dir(self.config.data_dir)
 
     def now(self) -> datetime:
         """The current UTC time."""

@@ -4,13 +4,34 @@ from __future__ import annotations
 
 import argparse
 
-from osp_server.admin.context import Context, Subparsers, emit_one
+from osp_server.admin.context import AdminError, Context, Subparsers, emit_one
 from osp_server.storage.db import migrate_schema, schema_status
 
 
 def cmd_db_upgrade(ctx: Context, _args: argparse.Namespace) -> None:
     """Apply pending migrations (with the long migration timeout)."""
     emit_one(ctx, {"schema_revision": migrate_schema(ctx.config.database.url)})
+
+
+def cmd_db_reconcile(ctx: Context, _args: argparse.Namespace) -> None:
+    """Put back what the certificate journal holds and the database lacks."""
+    from osp_server.pki.journal import JournalError
+    from osp_server.storage.reconcile import reconcile_txn
+
+    try:
+        events = list(ctx.journal.events())
+    except JournalError as e:
+        raise AdminError(str(e)) from None
+    report = ctx.db.transact_sync(reconcile_txn, events, now=ctx.now())
+    emit_one(
+        ctx,
+        {
+            "journal_events": len(events),
+            "recorded_again": len(report.recorded),
+            "revoked_again": len(report.revoked),
+            "skipped": len(report.skipped),
+        },
+    )
 
 
 def cmd_db_status(ctx: Context, _args: argparse.Namespace) -> None:
@@ -32,3 +53,8 @@ def register(subparsers: Subparsers) -> None:
     )
     db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
     db.add_parser("status", help="schema revision").set_defaults(func=cmd_db_status)
+    db.add_parser(
+        "reconcile",
+        help="replay the certificate journal into the database (after a restore; the "
+        "server also does it at every start)",
+    ).set_defaults(func=cmd_db_reconcile)

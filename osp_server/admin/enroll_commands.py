@@ -46,6 +46,7 @@ def cmd_enroll_approve(ctx: Context, args: argparse.Namespace) -> None:
     """Approve a pending enrollment: the certificate is signed now; retrieve returns it."""
     from osp_server.enrollment.issuance import EnrollmentStateError
     from osp_server.enrollment.service import approve
+    from osp_server.pki.journal import JournalError
 
     try:
         issued = approve(
@@ -55,9 +56,12 @@ def cmd_enroll_approve(ctx: Context, args: argparse.Namespace) -> None:
             config=ctx.config.enrollment,
             now=ctx.now(),
             actor="osp-admin",
+            journal=ctx.journal,
         )
     except EnrollmentStateError as e:
         raise AdminError(str(e)) from None
+    except JournalError as e:
+        raise AdminError(f"issued in the database, but {e}; run the command again") from None
     emit_one(
         ctx,
         {

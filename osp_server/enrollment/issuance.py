@@ -28,6 +28,7 @@ from sqlalchemy import Connection
 
 from osp_server.pki.ca import CertificateAuthority, DeviceSubject
 from osp_server.pki.csr import validate_csr
+from osp_server.pki.journal import JournalEvent
 from osp_server.pki.names import device_name
 from osp_server.storage import audit
 from osp_server.storage import certificates as cert_store
@@ -46,11 +47,29 @@ class SignedCertificateMismatch(EnrollmentStateError):
 
 @dataclass(frozen=True)
 class Issued:
-    """The certificate an enrollment produced."""
+    """The certificate an enrollment produced (and any it superseded and revoked)."""
 
     serial: str
     der: bytes
     newly_issued: bool
+    customer_id: str | None = None
+    device_id: str | None = None
+    revoked: tuple[str, ...] = ()
+
+    def journal_events(self, at: datetime) -> list[JournalEvent]:
+        """What the certificate journal must hold before anyone is told."""
+        events = [
+            JournalEvent(
+                "issued",
+                self.serial,
+                at,
+                der=self.der,
+                customer_id=self.customer_id,
+                device_id=self.device_id,
+            )
+        ]
+        events += [JournalEvent("revoked", s, at, reason="superseded") for s in self.revoked]
+        return events
 
 
 def issue_enrollment(
@@ -80,7 +99,13 @@ def issue_enrollment(
                 serial=f"{signed.serial_number:x}",
                 detail={"enrollment": enrollment.id, "issued_serial": record.serial},
             )
-        return Issued(record.serial, record.der, newly_issued=False)
+        return Issued(
+            record.serial,
+            record.der,
+            newly_issued=False,
+            customer_id=enrollment.customer_id,
+            device_id=enrollment.device_id,
+        )
     if enrollment.state == "rejected":
         raise EnrollmentStateError(f"enrollment {enrollment_id} was rejected")
     device = device_store.get_device_by_pk(conn, enrollment.device_pk)
@@ -131,7 +156,14 @@ def issue_enrollment(
             "superseded": revoked,
         },
     )
-    return Issued(serial, der, newly_issued=True)
+    return Issued(
+        serial,
+        der,
+        newly_issued=True,
+        customer_id=device.customer_id,
+        device_id=device.device_id,
+        revoked=tuple(revoked),
+    )
 
 
 def device_subject(device: device_store.Device) -> DeviceSubject:

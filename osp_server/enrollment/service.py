@@ -38,6 +38,7 @@ from osp_server.enrollment.wire import EnrollmentRequest, TepOperation, TepStatu
 from osp_server.interfaces import EnrollmentVerdict, IEnrollmentAuthorizer
 from osp_server.pki.ca import CAError, CertificateAuthority
 from osp_server.pki.csr import CSRPolicyError, ValidatedCSR, validate_csr
+from osp_server.pki.journal import CertificateJournal, JournalError
 from osp_server.storage import audit
 from osp_server.storage import devices as device_store
 from osp_server.storage import enrollments as enrollment_store
@@ -104,6 +105,7 @@ class EnrollmentService:
         cpu_pool: ThreadPool,
         clock: Callable[[], datetime] = _utcnow,
         authorizer: IEnrollmentAuthorizer | None = None,
+        journal: CertificateJournal | None = None,
     ) -> None:
         # An integrator's extra approval step (IEnrollmentAuthorizer); None: the
         # device's own policy (auto or manual) decides.
@@ -116,6 +118,7 @@ class EnrollmentService:
         self._throttle = throttle
         self._clock = clock
         self._hashing = DeferredSemaphore(CONCURRENT_HASHES)
+        self._journal = journal
 
     @property
     def ca_certificate_der(self) -> bytes:
@@ -271,6 +274,15 @@ class EnrollmentService:
         except (CAError, CSRPolicyError) as e:
             log.error("signing enrollment {id} failed: {error}", id=enrollment.id, error=str(e))
             return Outcome(TepStatus.CSR_REFUSED, reason=f"cannot sign: {e}")
+        if self._journal is not None:
+            # Committed; journaled before the device sees it (osp_server.pki.journal).
+            # Every time, a stored certificate too: a repeat costs one fsync, and a
+            # journal write lost to an earlier failure is made good.
+            try:
+                await self._in_thread(self._journal.append, issued.journal_events(now))
+            except JournalError as e:
+                log.error("enrollment {id}: {error}", id=enrollment.id, error=str(e))
+                return Outcome(TepStatus.TEMPORARY_FAILURE, reason="certificate journal failed")
         reason = "issued" if issued.newly_issued else "stored certificate returned"
         return Outcome(TepStatus.ISSUED, issued.der, reason=reason, serial=issued.serial)
 
@@ -423,13 +435,15 @@ def approve(
     config: EnrollmentConfig,
     now: datetime,
     actor: str,
+    journal: CertificateJournal | None = None,
 ) -> Issued:
-    """Approve a pending enrollment and sign it now (``osp-admin enroll approve``)."""
+    """Approve a pending enrollment and sign it now (``osp-admin enroll approve``); the
+    certificate is journaled before this returns (JournalError if it cannot be)."""
     enrollment = db.transact_sync(enrollment_store.get, enrollment_id)
     if enrollment.state == "rejected":
         raise EnrollmentStateError(f"enrollment {enrollment_id} was rejected")
     db.transact_sync(record_sign_intent, enrollment_id, now=now, actor=actor)
-    return db.transact_sync(
+    issued: Issued = db.transact_sync(
         issue_enrollment,
         enrollment_id,
         ca=ca,
@@ -438,6 +452,9 @@ def approve(
         now=now,
         actor=actor,
     )
+    if journal is not None:
+        journal.append(issued.journal_events(now))
+    return issued
 
 
 def reject(

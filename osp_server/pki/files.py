@@ -16,6 +16,7 @@ from pathlib import Path
 
 __all__ = [
     "FileWriteError",
+    "fsync_directory",
     "make_private_directory",
     "make_private_file",
     "remove_world_access",
@@ -75,7 +76,9 @@ def remove_world_access(path: Path) -> bool:
     return True
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make a new name in ``directory`` durable (errors ignored: not every file
+    system can fsync a directory)."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:
@@ -120,7 +123,7 @@ def write_new_file(path: Path, data: bytes, mode: int, what: str, *, replace: bo
         if tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 def _write_exclusive(path: Path, data: bytes, mode: int, what: str) -> None:

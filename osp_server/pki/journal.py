@@ -1,0 +1,140 @@
+"""The certificate journal: every issued and revoked serial, outside the database.
+
+A database restored from a backup has forgotten what happened after the backup: a
+certificate revoked since would be accepted again, and one issued since would be
+unknown.  So every issuance (with the certificate itself) and every revocation is also
+appended here, fsynced, after the database committed it and before anyone is told
+(the device gets its certificate, the operator sees "revoked").  At start-up, and with
+``osp-admin db reconcile``, the journal is replayed into the database
+(osp_server.storage.reconcile): nothing in it can be rolled back by a restore.
+
+One JSON object per line, append-only; a line torn by a crash (the last one) is
+skipped when read.  Appending the same event twice is harmless: replay is idempotent.
+Stdlib only, blocking: callers run it on a thread (or at start-up).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from osp_server.pki.files import fsync_directory, make_private_directory
+
+JOURNAL_VERSION = 1
+MAX_LINE_BYTES = 64 * 1024
+
+
+class JournalError(Exception):
+    """The journal cannot be written or read; the message names the file."""
+
+
+@dataclass(frozen=True)
+class JournalEvent:
+    """An issued or revoked certificate (``der``, customer and device for issued)."""
+
+    event: Literal["issued", "revoked"]
+    serial: str
+    at: datetime
+    der: bytes | None = None
+    customer_id: str | None = None
+    device_id: str | None = None
+    reason: str | None = None
+
+    def to_line(self) -> bytes:
+        """The event as one JSON line."""
+        document: dict[str, object] = {
+            "v": JOURNAL_VERSION,
+            "event": self.event,
+            "serial": self.serial,
+            "at": self.at.isoformat(),
+        }
+        if self.der is not None:
+            document["der"] = base64.b64encode(self.der).decode("ascii")
+        for key in ("customer_id", "device_id", "reason"):
+            value = getattr(self, key)
+            if value is not None:
+                document[key] = value
+        return json.dumps(document, sort_keys=True).encode("utf-8") + b"\n"
+
+    @classmethod
+    def from_line(cls, line: bytes) -> JournalEvent:
+        """Parse one line; ValueError (or KeyError/TypeError) when it is not an event."""
+        document = json.loads(line)
+        if document.get("v") != JOURNAL_VERSION or document.get("event") not in (
+            "issued",
+            "revoked",
+        ):
+            raise ValueError("not a journal event of this version")
+        serial = document["serial"]
+        if not isinstance(serial, str) or not serial or len(serial) > 42:
+            raise ValueError("bad serial")
+        der = document.get("der")
+        return cls(
+            event=document["event"],
+            serial=serial.lower(),
+            at=datetime.fromisoformat(document["at"]),
+            der=base64.b64decode(der, validate=True) if der is not None else None,
+            customer_id=document.get("customer_id"),
+            device_id=document.get("device_id"),
+            reason=document.get("reason"),
+        )
+
+
+class CertificateJournal:
+    """The journal file ``path`` (created 0600 in a 0700 directory)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path) -> CertificateJournal:
+        """The server's journal: ``<data_dir>/journal/certificates.log``."""
+        return cls(data_dir / "journal" / "certificates.log")
+
+    def append(self, events: Iterable[JournalEvent]) -> None:
+        """Append ``events`` durably (write, fsync; the directory too when created)."""
+        data = b"".join(event.to_line() for event in events)
+        if not data:
+            return
+        try:
+            created = make_private_directory(self.path.parent)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    # A line torn by a crash: start afresh, or this event would be
+                    # glued to it and lost with it.
+                    data = b"\n" + data
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created or self.path.stat().st_size == len(data):
+                fsync_directory(self.path.parent)
+        except OSError as e:
+            raise JournalError(f"certificate journal {self.path}: {e.strerror or e}") from None
+
+    def events(self) -> Iterator[JournalEvent]:
+        """Every event, oldest first; a torn or foreign line is skipped."""
+        try:
+            handle = self.path.open("rb")
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise JournalError(f"certificate journal {self.path}: {e.strerror or e}") from None
+        with handle:
+            for line in handle:
+                if len(line) > MAX_LINE_BYTES or not line.endswith(b"\n"):
+                    continue  # torn by a crash mid-write, or not ours
+                try:
+                    yield JournalEvent.from_line(line)
+                except (ValueError, KeyError, TypeError):
+                    continue

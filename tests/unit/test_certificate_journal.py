@@ -1,0 +1,111 @@
+"""The certificate journal (outside the database) and its replay into the database."""
+
+from __future__ import annotations
+
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from osp_server.pki.journal import CertificateJournal, JournalEvent
+from osp_server.storage import certificates as cert_store
+from osp_server.storage import devices as device_store
+from osp_server.storage.reconcile import reconcile_txn
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def _certificate(serial: int) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"device-{serial}")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(NOW - timedelta(hours=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_events_round_trip_and_a_torn_line_is_skipped(tmp_path: Path) -> None:
+    journal = CertificateJournal.in_data_dir(tmp_path / "data")
+    der = _certificate(0xABC)
+    events = [
+        JournalEvent("issued", "abc", NOW, der=der, customer_id="1000", device_id="1000"),
+        JournalEvent("revoked", "abc", NOW, reason="keyCompromise"),
+    ]
+    journal.append(events)
+    assert stat.S_IMODE(journal.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(journal.path.parent.stat().st_mode) == 0o700
+    with journal.path.open("ab") as f:
+        f.write(b'{"v": 1, "event": "revoked", "serial": "de')  # a crash mid-write
+    assert list(journal.events()) == events
+    # The next append starts a new line after the torn one, or it would be lost too.
+    journal.append([JournalEvent("revoked", "def", NOW)])
+    with journal.path.open("ab") as f:
+        f.write(b"not json at all\n")
+    assert [e.serial for e in journal.events()] == ["abc", "abc", "def"]
+
+
+def test_a_missing_journal_has_no_events(tmp_path: Path) -> None:
+    assert list(CertificateJournal(tmp_path / "none.log").events()) == []
+
+
+def _device(db: Any) -> None:
+    def work(conn: Any) -> None:
+        device_store.add_customer(conn, customer_id="1000", name="c", now=NOW)
+        device_store.add_device(conn, customer_id="1000", device_id="1000", username="gw", now=NOW)
+
+    db.transact_sync(work)
+
+
+def test_replay_puts_back_what_a_restore_lost_and_is_idempotent(db: Any) -> None:
+    _device(db)
+    kept, lost, orphan = _certificate(0x10), _certificate(0x20), _certificate(0x30)
+    device_pk = db.transact_sync(device_store.get_device, "1000", "1000").pk
+
+    def record(conn: Any) -> None:
+        certificate = x509.load_der_x509_certificate(kept)
+        cert_store.insert_certificate(
+            conn,
+            serial=0x10,
+            device_pk=device_pk,
+            kind="device",
+            subject=certificate.subject.rfc4514_string(),
+            sha256="00" * 32,
+            der=kept,
+            not_before=certificate.not_valid_before_utc,
+            not_after=certificate.not_valid_after_utc,
+            profile="secure",
+            now=NOW,
+        )
+
+    db.transact_sync(record)  # what the restored backup still knows
+    events = [
+        JournalEvent("issued", "10", NOW, der=kept, customer_id="1000", device_id="1000"),
+        JournalEvent("issued", "20", NOW, der=lost, customer_id="1000", device_id="1000"),
+        JournalEvent("issued", "30", NOW, der=orphan, customer_id="1000", device_id="9999"),
+        JournalEvent("revoked", "10", NOW + timedelta(hours=1), reason="keyCompromise"),
+        JournalEvent("revoked", "77", NOW),  # unknown anywhere: skipped
+    ]
+    report = db.transact_sync(reconcile_txn, events, now=NOW + timedelta(days=1))
+    assert report.recorded == ["20", "30"] and report.revoked == ["10"]
+    assert report.skipped == ["77"]
+    revoked = db.transact_sync(cert_store.get_by_serial, "10")
+    assert revoked.state == "revoked" and revoked.revocation_reason == "keyCompromise"
+    assert revoked.revoked_at == NOW + timedelta(hours=1)  # the original time
+    again = db.transact_sync(cert_store.get_by_serial, "20")
+    assert again.state == "valid" and again.device_id == "1000" and again.der == lost
+    # Its device is gone too: recorded, but never usable.
+    assert db.transact_sync(cert_store.get_by_serial, "30").state == "revoked"
+    second = db.transact_sync(reconcile_txn, events, now=NOW + timedelta(days=2))
+    assert not second.changed
