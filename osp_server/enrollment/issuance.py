@@ -54,21 +54,24 @@ class Issued:
     newly_issued: bool
     customer_id: str | None = None
     device_id: str | None = None
-    revoked: tuple[str, ...] = ()
+    issued_at: datetime | None = None
+    revoked: tuple[tuple[str, datetime], ...] = ()
+    """(serial, revocation time) of the device's certificates this one superseded."""
 
-    def journal_events(self, at: datetime) -> list[JournalEvent]:
-        """What the certificate journal must hold before anyone is told."""
+    def journal_events(self, now: datetime) -> list[JournalEvent]:
+        """What the certificate journal must hold before anyone is told (with the
+        original times: a retry journals the same facts again)."""
         events = [
             JournalEvent(
                 "issued",
                 self.serial,
-                at,
+                self.issued_at or now,
                 der=self.der,
                 customer_id=self.customer_id,
                 device_id=self.device_id,
             )
         ]
-        events += [JournalEvent("revoked", s, at, reason="superseded") for s in self.revoked]
+        events += [JournalEvent("revoked", s, at, reason="superseded") for s, at in self.revoked]
         return events
 
 
@@ -99,12 +102,23 @@ def issue_enrollment(
                 serial=f"{signed.serial_number:x}",
                 detail={"enrollment": enrollment.id, "issued_serial": record.serial},
             )
+        # A retry journals again what the first answer should have (its journal
+        # write may have failed): the certificate and what it superseded.
+        superseded = tuple(
+            (c.serial, c.revoked_at)
+            for c in cert_store.list_certificates(
+                conn, device_pk=enrollment.device_pk, kind="device"
+            )
+            if c.revoked_at is not None and c.revocation_reason == "superseded"
+        )
         return Issued(
             record.serial,
             record.der,
             newly_issued=False,
             customer_id=enrollment.customer_id,
             device_id=enrollment.device_id,
+            issued_at=record.created_at,
+            revoked=superseded,
         )
     if enrollment.state == "rejected":
         raise EnrollmentStateError(f"enrollment {enrollment_id} was rejected")
@@ -162,7 +176,8 @@ def issue_enrollment(
         newly_issued=True,
         customer_id=device.customer_id,
         device_id=device.device_id,
-        revoked=tuple(revoked),
+        issued_at=now,
+        revoked=tuple((s, now) for s in revoked),
     )
 
 

@@ -16,6 +16,7 @@ Stdlib only, blocking: callers run it on a thread (or at start-up).
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -106,6 +107,9 @@ class CertificateJournal:
             created = make_private_directory(self.path.parent)
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
+                # Workers and osp-admin append to the same file: one writer at a time
+                # from the torn-line check to the fsync, so lines never interleave.
+                fcntl.flock(fd, fcntl.LOCK_EX)
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":
                     # A line torn by a crash: start afresh, or this event would be

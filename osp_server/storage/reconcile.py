@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import SignatureAlgorithmOID
 from sqlalchemy import Connection, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from osp_server.pki.journal import JournalEvent
 from osp_server.storage import audit
@@ -48,17 +49,30 @@ def _state(conn: Connection, serial: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _record(conn: Connection, event: JournalEvent, now: datetime) -> bool:
+def _certificate_for(event: JournalEvent) -> x509.Certificate | None:
+    """The event's certificate, when its DER parses and carries the event's serial."""
     if event.der is None:
-        return False
-    certificate = x509.load_der_x509_certificate(event.der)
+        return None
+    try:
+        certificate = x509.load_der_x509_certificate(event.der)
+    except ValueError:
+        return None
+    if cert_store.serial_hex(certificate.serial_number) != event.serial:
+        return None
+    return certificate
+
+
+def _record(
+    conn: Connection, event: JournalEvent, certificate: x509.Certificate, now: datetime
+) -> None:
+    assert event.der is not None
     device_pk = None
     if event.customer_id is not None and event.device_id is not None:
         try:
             device_pk = device_store.get_device(conn, event.customer_id, event.device_id).pk
         except NotFoundError:
             device_pk = None
-    legacy = isinstance(certificate.signature_hash_algorithm, hashes.MD5)
+    legacy = certificate.signature_algorithm_oid == SignatureAlgorithmOID.RSA_WITH_MD5
     cert_store.insert_certificate(
         conn,
         serial=certificate.serial_number,
@@ -83,34 +97,55 @@ def _record(conn: Connection, event: JournalEvent, now: datetime) -> bool:
     )
     if device_pk is None:
         cert_store.revoke(conn, event.serial, now=now, reason="restored: device unknown")
-    return True
 
 
 def reconcile_txn(
     conn: Connection, events: Iterable[JournalEvent], *, now: datetime
 ) -> ReconcileReport:
-    """Apply every journal event the database lacks (module docstring)."""
+    """Apply every journal event the database lacks (module docstring).
+
+    Order-independent: certificates are recorded first and revocations applied after,
+    so a revocation wins whatever the order of the lines (a retry may journal a
+    certificate again after its revocation).  An event that cannot apply (a DER that
+    does not parse or does not carry its serial, a record the database refuses) is
+    skipped and reported, never a reason not to start; each runs in a savepoint.
+    """
     report = ReconcileReport()
+    issued: dict[str, JournalEvent] = {}
+    revoked: dict[str, JournalEvent] = {}
     for event in events:
-        state = _state(conn, event.serial)
         if event.event == "issued":
-            if state is None and _record(conn, event, now):
-                report.recorded.append(event.serial)
-            elif state is None:
-                report.skipped.append(event.serial)
+            issued.setdefault(event.serial, event)
+        else:
+            revoked.setdefault(event.serial, event)  # the first revocation's time
+    for serial, event in issued.items():
+        if _state(conn, serial) is not None:
             continue
+        certificate = _certificate_for(event)
+        if certificate is None:
+            report.skipped.append(serial)
+            continue
+        try:
+            with conn.begin_nested():
+                _record(conn, event, certificate, now)
+        except (SQLAlchemyError, NotFoundError):
+            report.skipped.append(serial)
+            continue
+        report.recorded.append(serial)
+    for serial, event in revoked.items():
+        state = _state(conn, serial)
         if state is None:
-            report.skipped.append(event.serial)
+            report.skipped.append(serial)
         elif state != "revoked":
-            cert_store.revoke(conn, event.serial, now=event.at, reason=event.reason)
+            cert_store.revoke(conn, serial, now=event.at, reason=event.reason)
             audit.record_txn(
                 conn,
                 at=now,
                 actor="reconcile",
                 action="certificate.revoked-again",
                 subject="certificate journal",
-                serial=event.serial,
+                serial=serial,
                 detail={"revoked_at": event.at.isoformat(), "reason": event.reason},
             )
-            report.revoked.append(event.serial)
+            report.revoked.append(serial)
     return report

@@ -109,3 +109,30 @@ def test_replay_puts_back_what_a_restore_lost_and_is_idempotent(db: Any) -> None
     assert db.transact_sync(cert_store.get_by_serial, "30").state == "revoked"
     second = db.transact_sync(reconcile_txn, events, now=NOW + timedelta(days=2))
     assert not second.changed
+
+
+def test_a_revocation_wins_whatever_the_order_of_the_lines(db: Any) -> None:
+    """A retry may journal a certificate again after its revocation: replayed in line
+    order, the revocation (of a serial not yet recorded) was skipped and the
+    certificate then recorded as valid."""
+    _device(db)
+    der = _certificate(0x40)
+    issued = JournalEvent("issued", "40", NOW, der=der, customer_id="1000", device_id="1000")
+    revoked = JournalEvent("revoked", "40", NOW + timedelta(minutes=5), reason="keyCompromise")
+    report = db.transact_sync(reconcile_txn, [revoked, issued], now=NOW)
+    assert report.recorded == ["40"] and report.revoked == ["40"]
+    assert db.transact_sync(cert_store.get_by_serial, "40").state == "revoked"
+
+
+def test_bad_events_are_skipped_never_fatal(db: Any) -> None:
+    _device(db)
+    good, other = _certificate(0x50), _certificate(0x51)
+    events = [
+        JournalEvent("issued", "60", NOW, der=b"not a certificate"),
+        JournalEvent("issued", "61", NOW, der=other),  # its DER says serial 0x51
+        JournalEvent("issued", "62", NOW),  # no DER at all
+        JournalEvent("issued", "50", NOW, der=good, customer_id="1000", device_id="1000"),
+    ]
+    report = db.transact_sync(reconcile_txn, events, now=NOW)
+    assert report.recorded == ["50"]
+    assert sorted(report.skipped) == ["60", "61", "62"]
