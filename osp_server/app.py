@@ -531,14 +531,20 @@ def endpoint_for(
 ) -> IStreamServerEndpoint:
     """The endpoint of listener ``name``; a description Twisted cannot parse is a
     :class:`StartupError` naming the key."""
+    key = f"{config.source}: listeners.{name.replace('-', '_')}"
     try:
         endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
         return endpoint
+    except (IndexError, KeyError) as e:
+        if description.strip().lower().startswith("systemd:"):
+            # Twisted says only "list index out of range" (or the missing name).
+            raise StartupError(
+                f"{key}: {description!r}: systemd passed no such socket ({e}); start "
+                "the service through its socket unit (LISTEN_FDS, LISTEN_FDNAMES)"
+            ) from None
+        raise StartupError(f"{key}: bad endpoint description {description!r}: {e}") from None
     except Exception as e:  # any parser error names a bad description
-        raise StartupError(
-            f"{config.source}: listeners.{name.replace('-', '_')}: "
-            f"bad endpoint description {description!r}: {e}"
-        ) from None
+        raise StartupError(f"{key}: bad endpoint description {description!r}: {e}") from None
 
 
 def _bound_listeners(config: Config, reactor: IOSPReactor) -> MakeListener:

@@ -580,3 +580,23 @@ def test_unix_listeners_are_refused_with_workers(
     config = make_config(tmp_path, server={"workers": 2}, listeners=listeners)
     with pytest.raises(StartupError, match=problem):
         build_supervisor_service(config, MemoryReactor())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("description", "problem"),
+    [
+        ("systemd:domain=INET:index=0", "systemd passed no such socket"),
+        ("systemd:domain=INET:name=osp", "systemd passed no such socket"),
+        ("nonsense:1", "bad endpoint description"),
+    ],
+)
+def test_listener_descriptions_fail_start_up_with_a_reason(
+    tmp_path: Path, description: str, problem: str
+) -> None:
+    """Twisted's own message for a systemd socket that is not there was only "list
+    index out of range"."""
+    from osp_server.app import build_service
+
+    config = make_config(tmp_path, listeners={"https": description})
+    with pytest.raises(StartupError, match=rf"listeners\.https: .*{problem}"):
+        build_service(config, MemoryReactor())
