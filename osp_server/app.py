@@ -188,7 +188,9 @@ def replay_journal(db: Database, journal: CertificateJournal, now: datetime) -> 
 
 def _for_role(core: Core, files: IssuedFiles) -> IssuedFiles:
     # Workers read what their supervisor issued: N processes never renew the same files.
-    return files if core.worker is None else replace(files, issues=False)
+    if core.worker is not None:
+        return replace(files, issues=False)
+    return replace(files, journal=core.journal)
 
 
 def issued_material(core: Core, files: IssuedFiles) -> tuple[CAPrivateKey, x509.Certificate]:

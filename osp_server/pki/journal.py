@@ -29,6 +29,7 @@ from osp_server.pki.files import fsync_directory, make_private_directory
 
 JOURNAL_VERSION = 1
 MAX_LINE_BYTES = 64 * 1024
+KINDS = ("device", "server", "token_signer")
 
 
 class JournalError(Exception):
@@ -46,6 +47,10 @@ class JournalEvent:
     customer_id: str | None = None
     device_id: str | None = None
     reason: str | None = None
+    kind: str = "device"
+    """What the certificate is for (the server's own TLS and token-signer certificates
+    are journaled too: after a restore they would look like an operator's, never
+    renewed)."""
 
     def to_line(self) -> bytes:
         """The event as one JSON line."""
@@ -61,6 +66,8 @@ class JournalEvent:
             value = getattr(self, key)
             if value is not None:
                 document[key] = value
+        if self.kind != "device":
+            document["kind"] = self.kind
         return json.dumps(document, sort_keys=True).encode("utf-8") + b"\n"
 
     @classmethod
@@ -76,7 +83,11 @@ class JournalEvent:
         if not isinstance(serial, str) or not serial or len(serial) > 42:
             raise ValueError("bad serial")
         der = document.get("der")
+        kind = document.get("kind", "device")
+        if kind not in KINDS:
+            raise ValueError(f"unknown certificate kind {kind!r}")
         return cls(
+            kind=kind,
             event=document["event"],
             serial=serial.lower(),
             at=datetime.fromisoformat(document["at"]),

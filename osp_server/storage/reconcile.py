@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import cast
 
 from cryptography import x509
 from cryptography.x509.oid import SignatureAlgorithmOID
@@ -25,6 +26,7 @@ from osp_server.pki.journal import JournalEvent
 from osp_server.storage import audit
 from osp_server.storage import certificates as cert_store
 from osp_server.storage import devices as device_store
+from osp_server.storage.certificates import CertificateKind
 from osp_server.storage.errors import NotFoundError
 from osp_server.storage.schema import certificates
 
@@ -67,7 +69,7 @@ def _record(
 ) -> None:
     assert event.der is not None
     device_pk = None
-    if event.customer_id is not None and event.device_id is not None:
+    if event.kind == "device" and event.customer_id is not None and event.device_id is not None:
         try:
             device_pk = device_store.get_device(conn, event.customer_id, event.device_id).pk
         except NotFoundError:
@@ -77,7 +79,7 @@ def _record(
         conn,
         serial=certificate.serial_number,
         device_pk=device_pk,
-        kind="device",
+        kind=cast(CertificateKind, event.kind),
         subject=certificate.subject.rfc4514_string(),
         sha256=hashlib.sha256(event.der).hexdigest(),
         der=event.der,
@@ -95,7 +97,7 @@ def _record(
         serial=event.serial,
         detail={"issued_at": event.at.isoformat(), "device_known": device_pk is not None},
     )
-    if device_pk is None:
+    if event.kind == "device" and device_pk is None:
         cert_store.revoke(conn, event.serial, now=now, reason="restored: device unknown")
 
 

@@ -42,6 +42,7 @@ from osp_server.pki.ca import (
     write_private_key,
 )
 from osp_server.pki.files import FileWriteError, write_new_file
+from osp_server.pki.journal import CertificateJournal, JournalError, JournalEvent
 from osp_server.pki.profile import KeyType
 from osp_server.storage import certificates as cert_store
 from osp_server.storage.certificates import CertificateKind
@@ -74,6 +75,8 @@ class IssuedFiles:
     renew_before: timedelta = RENEW_BEFORE
     current: Callable[[x509.Certificate], bool] | None = None
     """False for a certificate of ours that no longer has the profile we issue."""
+    journal: CertificateJournal | None = None
+    """Where issuing is journaled (osp_server.pki.journal), after it is recorded."""
     issues: bool = True
     """False: read the files, never issue or renew (a worker process)."""
 
@@ -184,6 +187,15 @@ async def provide(
         profile="secure",
         now=now,
     )
+    journal = files.journal
+    if journal is not None:
+        event = JournalEvent(
+            "issued", cert_store.serial_hex(cert.serial_number), now, der=der, kind=files.kind
+        )
+        try:
+            await run_blocking(lambda: journal.append([event]))
+        except JournalError as e:
+            raise MaterialError(str(e)) from None
     log.info(
         "issued the {kind} certificate {subject} (serial {serial:x})",
         kind=files.kind,
