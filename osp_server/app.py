@@ -487,11 +487,9 @@ def build_worker_service(config: Config, reactor: IWorkerReactor, role: WorkerRo
     """What one worker process runs: the server on the sockets its supervisor bound
     (``role.listeners``), with the process-wide set-up of :func:`build_process_service`."""
     core = prepare(config, reactor, worker=role)
-    try:
-        top = _assemble(core, config, reactor, _adopted_listeners(reactor, role))
-    except BaseException:
-        core.db.stop()
-        raise
+    top = assemble_or_release(
+        core, lambda: _assemble(core, config, reactor, _adopted_listeners(reactor, role))
+    )
     return _process_wide(top, reactor)
 
 
@@ -517,10 +515,18 @@ def _named(top: MultiService, name: str) -> object:
 def build_service(config: Config, reactor: IOSPReactor) -> MultiService:
     """The whole server as one MultiService, without process-wide side effects."""
     core = prepare(config, reactor)
+    return assemble_or_release(
+        core, lambda: _assemble(core, config, reactor, _bound_listeners(config, reactor))
+    )
+
+
+def assemble_or_release(core: Core, assemble: Callable[[], MultiService]) -> MultiService:
+    """``assemble()``; should it fail, the database's connections are released
+    (nothing has started yet) before the error goes on."""
     try:
-        return _assemble(core, config, reactor, _bound_listeners(config, reactor))
+        return assemble()
     except BaseException:
-        core.db.stop()  # nothing started yet: release the connections
+        core.db.stop()
         raise
 
 

@@ -26,7 +26,22 @@ from twisted.python.failure import Failure
 log = Logger()
 
 
-class ListenerService(Service):
+class PortService(Service):
+    """Holds one listening port and closes it when stopped (the listeners below, and
+    a worker's adopted one: osp_server.workers.sockets)."""
+
+    port: IListeningPort | None = None
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+        stopped: Deferred[None] = maybeDeferred(port.stopListening)  # type: ignore[call-overload]
+        return stopped
+
+
+class ListenerService(PortService):
     """Listens on a Twisted endpoint and logs the address it got.
 
     It binds in ``privilegedStartService``, which twistd calls before the reactor
@@ -45,7 +60,6 @@ class ListenerService(Service):
         self.description = description
         self.endpoint = endpoint
         self.factory = factory
-        self.port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
 
     def _listening_on(self, port: IListeningPort) -> IListeningPort:
@@ -88,14 +102,6 @@ class ListenerService(Service):
                 self._reactor.callWhenRunning(self._reactor.stop)
 
             d.addCallbacks(self._listening_on, failed)
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self.port is None:
-            return None
-        port, self.port = self.port, None
-        stopped: Deferred[None] = maybeDeferred(port.stopListening)  # type: ignore[call-overload]
-        return stopped
 
 
 def freeze_long_lived_objects() -> None:

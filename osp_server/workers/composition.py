@@ -19,6 +19,7 @@ from osp_server.app import (
     Core,
     CoreService,
     StartupError,
+    assemble_or_release,
     checked_components,
     endpoint_for,
     prepare,
@@ -51,11 +52,7 @@ def build_supervisor_service(config: Config, reactor: ISupervisorReactor) -> Mul
     then is forwarded to every worker, which re-reads the files."""
     osp_reactor = cast(IOSPReactor, reactor)
     core = prepare(config, osp_reactor)
-    try:
-        return _assemble_supervisor(core, config, reactor)
-    except BaseException:
-        core.db.stop()
-        raise
+    return assemble_or_release(core, lambda: _assemble_supervisor(core, config, reactor))
 
 
 def _assemble_supervisor(core: Core, config: Config, reactor: ISupervisorReactor) -> MultiService:

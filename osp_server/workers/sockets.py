@@ -14,11 +14,9 @@ import re
 import socket
 from collections.abc import Callable
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
-    IListeningPort,
     IProtocolFactory,
     IReactorCore,
     IReactorSocket,
@@ -27,7 +25,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from osp_server.services import ListenerService
+from osp_server.services import ListenerService, PortService
 
 log = Logger()
 
@@ -95,14 +93,13 @@ class SharedListenerService(ListenerService):
         return fd
 
 
-class AdoptedListenerService(Service):
+class AdoptedListenerService(PortService):
     """A worker's listener on a socket its supervisor bound (descriptor ``fd``)."""
 
     def __init__(self, reactor: IReactorSocket, fd: int, factory: IProtocolFactory) -> None:
         self._reactor = reactor
         self._fd = fd
         self.factory = factory
-        self.port: IListeningPort | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -126,14 +123,6 @@ class AdoptedListenerService(Service):
             host=getattr(host, "host", getattr(host, "name", "?")),
             port=getattr(host, "port", "?"),
         )
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self.port is None:
-            return None
-        port, self.port = self.port, None
-        stopped: Deferred[None] = maybeDeferred(port.stopListening)  # type: ignore[call-overload]
-        return stopped
 
 
 SHAREABLE = ("tcp", "tcp6", "systemd")
