@@ -12,6 +12,7 @@ would present it (``getPeerCertificate``), without a handshake. What needs real 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,3 +321,13 @@ class MemoryEnv:
             return await self.post(body, head=head, **kw), body
         body = path.read_bytes()
         return await self.post(body, **kw), body
+
+
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
+
+
+def http_status(answer: bytes) -> int | None:
+    """The status code of a raw answer, None when it does not start with a status line
+    (no answer at all: an incomplete request, or a closed connection)."""
+    match = _STATUS_LINE.match(answer)
+    return None if match is None else int(match[1])

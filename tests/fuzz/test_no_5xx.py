@@ -30,7 +30,13 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from tests.conftest import VECTORS, make_config
 from tests.integration.test_osp import _tables, add_device_db
 from tests.integration.wire import build_request, split_vector
-from tests.memory import MemoryDevice, MemoryServer, enroll_in_memory, memory_server
+from tests.memory import (
+    MemoryDevice,
+    MemoryServer,
+    enroll_in_memory,
+    http_status,
+    memory_server,
+)
 
 settings.register_profile(
     "ci",
@@ -58,7 +64,6 @@ OSP_VECTORS = [
     "capabilities-indication.http",
     "reauthorization-request.http",
 ]
-_STATUS = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
 
 
 class Fuzzed:
@@ -83,10 +88,9 @@ class Fuzzed:
         answer = self.server.exchange(
             raw, site=site, certificate=self.device.cert if certified else None
         )
-        match = _STATUS.match(answer)
-        if answer and match is None:
+        status = http_status(answer)
+        if answer and status is None:
             raise AssertionError(f"not an HTTP answer: {answer[:200]!r}")
-        status = None if match is None else int(match[1])
         if status is not None and status >= 500 and self.failures:
             print(f"server failure behind HTTP {status}:\n{self.failures[-1]}")
         return status

@@ -15,21 +15,9 @@ import venv
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from tests.packaging.test_wheel import _env
-from tests.reliability.harness import (
-    TwistdServer,
-    add_devices,
-    csr_der,
-    exchange,
-    parse_tep_answer,
-    rsa_keys,
-    tep_request,
-    tls_context,
-    write_config,
-)
+from tests.reliability.harness import TwistdServer, add_devices, enroll_device, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -56,21 +44,7 @@ def test_the_https_listener_meets_mozilla_intermediate(sslyze: Path, tmp_path: P
     server = TwistdServer(config, tmp_path)
     try:
         server.start()
-        (key,) = rsa_keys(1)
-        raw = tep_request(customer="1000", device="1000", nonce=b"1\x002\x00", csr_der=csr_der(key))
-        status, der = parse_tep_answer(*exchange(server.https_port, raw, tls_context()))
-        assert status == 0 and der is not None
-        cert_path, key_path = tmp_path / "device.pem", tmp_path / "device.key"
-        cert_path.write_bytes(
-            x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
-        )
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.TraditionalOpenSSL,
-                serialization.NoEncryption(),
-            )
-        )
+        cert_path, key_path = enroll_device(server, tmp_path, "1000", "1000")
         result = subprocess.run(
             [
                 str(sslyze),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import re
 import signal
@@ -337,3 +338,38 @@ def query(database_url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
             return [tuple(row) for row in conn.execute(text(sql), params)]
     finally:
         engine.dispose()
+
+
+def enroll_device(
+    server: TwistdServer, tmp_path: Path, customer: str, device: str
+) -> tuple[Path, Path]:
+    """Enroll over TEP (the device must exist, password ``secret``) and keep its PEM
+    files in ``tmp_path`` for mutual TLS: (certificate, key)."""
+    (key,) = rsa_keys(1)
+    raw = tep_request(customer=customer, device=device, nonce=b"1\x002\x00", csr_der=csr_der(key))
+    status, der = parse_tep_answer(*exchange(server.https_port, raw, tls_context()))
+    assert status == 0 and der is not None
+    cert_path, key_path = tmp_path / "device.pem", tmp_path / "device.key"
+    cert_path.write_bytes(
+        x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+    )
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MiB (Linux /proc)."""
+    with open("/proc/self/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+def p99(values: list[float]) -> float:
+    """Nearest-rank 99th percentile (0 when there are no values)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)] if ordered else 0.0

@@ -32,6 +32,7 @@ from tests.reliability.harness import (
     TwistdServer,
     add_devices,
     csr_der,
+    enroll_device,
     exchange,
     parse_tep_answer,
     query,
@@ -277,26 +278,6 @@ def test_r1_enrollments_survive_kill_9(database_url: str, tmp_path: Path) -> Non
 # --- R2 -------------------------------------------------------------------------------
 
 
-def _enroll_device(server: TwistdServer, tmp_path: Path, device: str) -> tuple[Path, Path]:
-    """Enroll over TEP and keep the PEM files for mutual TLS."""
-    (key,) = rsa_keys(1)
-    raw = tep_request(customer=CUSTOMER, device=device, nonce=b"1\x002\x00", csr_der=csr_der(key))
-    status, der = parse_tep_answer(*exchange(server.https_port, raw, tls_context()))
-    assert status == 0 and der is not None
-    cert_path, key_path = tmp_path / "device.pem", tmp_path / "device.key"
-    cert_path.write_bytes(
-        x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
-    )
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def _usage_messages() -> list[tuple[int, bytes]]:
     """The captured UsageIndication (2 components) with a distinct TransactionId each."""
     head, body = split_vector(VECTORS / "osp" / "usage-indication.http")
@@ -343,7 +324,7 @@ def test_r2_usage_retried_through_kills_is_stored_once(database_url: str, tmp_pa
     kill_points: list[int] = []
     try:
         server.start()
-        context = tls_context(_enroll_device(server, tmp_path, CUSTOMER))
+        context = tls_context(enroll_device(server, tmp_path, CUSTOMER, CUSTOMER))
         deadline = time.monotonic() + R2_SECONDS
 
         def client(mine: list[tuple[int, bytes]]) -> None:

@@ -9,7 +9,6 @@ the per-address limit each), the device from 127.0.0.1.  The figures are printed
 
 from __future__ import annotations
 
-import math
 import select
 import socket
 import ssl
@@ -21,6 +20,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from tests.integration.test_osp import Env, _env_fixture
+from tests.reliability.harness import p99
 
 SLOW_CONNECTIONS = 480
 SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
@@ -28,11 +28,6 @@ HEADER_DEADLINE = 10.0
 REQUESTS = 150
 
 slow_env = _env_fixture(memory=False)
-
-
-def _p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
 
 
 class Slowloris:
@@ -138,8 +133,8 @@ async def test_r6_slow_connections_are_cut_and_devices_still_served(slow_env: En
         f"\nR6: {len(slow.sockets)} slow TLS connections ({slow.refused} refused at "
         f"connect), {len(cut)} cut, the last after {cut[-1] if cut else 0:.1f} s (target "
         f"< {HEADER_DEADLINE:.0f} s + 1 s trickle); device: {success:.1%} of {REQUESTS} "
-        f"authorizations answered 200, p99 {_p99(during):.1f} ms against {_p99(baseline):.1f} "
-        f"ms before (target <= 2x: {'met' if _p99(during) <= 2 * _p99(baseline) else 'NOT met'})"
+        f"authorizations answered 200, p99 {p99(during):.1f} ms against {p99(baseline):.1f} "
+        f"ms before (target <= 2x: {'met' if p99(during) <= 2 * p99(baseline) else 'NOT met'})"
     )
     assert slow.refused == 0
     assert len(cut) == len(slow.sockets), "slow connections still open"
@@ -147,4 +142,4 @@ async def test_r6_slow_connections_are_cut_and_devices_still_served(slow_env: En
     assert success >= 0.99
     # The 2x target is printed above; asserted loosely, as the suite shares two cores
     # with other tests while this runs.
-    assert _p99(during) <= 3 * _p99(baseline) + 20
+    assert p99(during) <= 3 * p99(baseline) + 20

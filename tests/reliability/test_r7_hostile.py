@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import os
 import random
-import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,13 +19,19 @@ import pytest
 from tests.conftest import VECTORS, make_config
 from tests.integration.test_osp import _tables, add_device_db
 from tests.integration.wire import build_request, split_vector
-from tests.memory import MemoryDevice, MemoryServer, enroll_in_memory, memory_server
+from tests.memory import (
+    MemoryDevice,
+    MemoryServer,
+    enroll_in_memory,
+    http_status,
+    memory_server,
+)
+from tests.reliability.harness import rss_mb
 
 SEED = int(os.environ.get("OSP_R7_SEED", "20261130"))
 INPUTS = 10_000
 WARM_UP = 500
 MAX_GROWTH_MB = 50.0
-_STATUS = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
 _OSP = [
     split_vector(VECTORS / "osp" / name)
     for name in (
@@ -41,12 +46,6 @@ _TEP = [
     split_vector(VECTORS / "tep" / name)
     for name in ("request.request.http", "getcacert.request.http")
 ]
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm", encoding="ascii") as f:
-        resident_pages = int(f.read().split()[1])
-    return resident_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
 def _mutate(rng: random.Random, data: bytes) -> bytes:
@@ -101,18 +100,17 @@ def test_r7_ten_thousand_hostile_inputs_no_5xx_bounded_memory(
         for _ in range(count):
             raw, site, certified = _hostile(rng)
             answer = server.exchange(raw, site=site, certificate=device.cert if certified else None)
-            match = _STATUS.match(answer)
-            code = int(match[1]) if match else None
+            code = http_status(answer)
             codes[code] += 1
             if code is not None and code >= 500 and len(fives) < 5:
                 fives.append(raw[:300])
 
     send(WARM_UP)
     gc.collect()
-    before = _rss_mb()
+    before = rss_mb()
     send(INPUTS)
     gc.collect()
-    growth = _rss_mb() - before
+    growth = rss_mb() - before
     print(
         f"\nR7 (seed {SEED}): {INPUTS:,} hostile inputs after {WARM_UP} warm-up: "
         f"answers {dict(sorted(codes.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))}; "

@@ -8,7 +8,6 @@ the long version is the same test with a longer time:
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import statistics
@@ -21,22 +20,13 @@ from twisted.internet.threads import deferToThread
 
 from tests.integration.test_osp import OSP, Env, _env_fixture
 from tests.integration.wire import split_vector
+from tests.reliability.harness import p99, rss_mb
 
 SOAK_SECONDS = float(os.environ.get("OSP_SOAK_SECONDS", "20"))
 WARM_UP_SECONDS = min(5.0, SOAK_SECONDS / 4)
 MAX_GROWTH_MB = 20.0
 
 soak_env = _env_fixture(memory=False)
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm", encoding="ascii") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
-
-
-def _p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)] if ordered else 0.0
 
 
 @pytest_twisted.ensureDeferred
@@ -52,7 +42,7 @@ async def test_r8_soak_has_no_errors_and_no_drift(soak_env: Env) -> None:
     retried = 0
     while (elapsed := time.monotonic() - started) < SOAK_SECONDS:
         if rss_after_warm_up is None and elapsed >= WARM_UP_SECONDS:
-            rss_after_warm_up = _rss_mb()
+            rss_after_warm_up = rss_mb()
         sent = time.monotonic()
         answer, _ = await env.vector("authorization-request.http")
         latencies.append((elapsed, (time.monotonic() - sent) * 1000))
@@ -76,7 +66,7 @@ async def test_r8_soak_has_no_errors_and_no_drift(soak_env: Env) -> None:
             errors.append(f"usage {usage.code}")
         calls += 1
     await deferToThread(time.sleep, 0)  # let the last answers' bookkeeping run
-    growth = _rss_mb() - (rss_after_warm_up or _rss_mb())
+    growth = rss_mb() - (rss_after_warm_up or rss_mb())
     third = SOAK_SECONDS / 3
     first = [ms for at, ms in latencies if WARM_UP_SECONDS <= at < WARM_UP_SECONDS + third]
     last = [ms for at, ms in latencies if at >= SOAK_SECONDS - third]
@@ -84,8 +74,8 @@ async def test_r8_soak_has_no_errors_and_no_drift(soak_env: Env) -> None:
         f"\nR8 soak {SOAK_SECONDS:.0f} s: {calls} calls ({len(latencies)} requests), "
         f"{len(errors)} errors, {retried} temporary failures retried; "
         f"RSS after warm-up +{growth:.1f} MB (target < "
-        f"{MAX_GROWTH_MB:.0f} MB); p99 first third {_p99(first):.1f} ms, last third "
-        f"{_p99(last):.1f} ms"
+        f"{MAX_GROWTH_MB:.0f} MB); p99 first third {p99(first):.1f} ms, last third "
+        f"{p99(last):.1f} ms"
     )
     assert errors == [], errors[:10]
     assert retried <= max(3, calls // 100), f"{retried} temporary failures in {calls} calls"

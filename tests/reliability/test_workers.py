@@ -20,12 +20,13 @@ from tests.reliability.harness import (
     TwistdServer,
     add_devices,
     child_env,
+    enroll_device,
     exchange,
     query,
     tls_context,
     write_config,
 )
-from tests.reliability.test_kill import CUSTOMER, _confirmed, _enroll_device, _usage_messages
+from tests.reliability.test_kill import CUSTOMER, _confirmed, _usage_messages
 
 _STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 
@@ -73,7 +74,7 @@ def test_workers_serve_survive_a_worker_kill_and_forward_sighup(
         assert sorted(first) == [0, 1] and first[0] != first[1]
         assert server.process is not None
         assert all(_alive(pid) for pid in first.values())
-        context = tls_context(_enroll_device(server, tmp_path, CUSTOMER))
+        context = tls_context(enroll_device(server, tmp_path, CUSTOMER, CUSTOMER))
         confirmed = _send_usage(server, context, 0, 6)
 
         # Worker 0 dies: worker 1 alone answers everything until 0 is back.

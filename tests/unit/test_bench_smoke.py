@@ -6,27 +6,15 @@ against the real server with zero errors and the report has its lines.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "bench" / "authorization.py"
+from tests.unit.bench_runner import run_bench
+
 PHASES = ("bare-http", "auth-signed", "auth-half", "usage-insert", "auth-xml")
 
 
 def _run_quick() -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO)
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_bench("authorization.py", "--quick", timeout=60)
 
 
 def test_quick_run_prints_every_phase_without_errors() -> None:

@@ -6,28 +6,14 @@ ones the README quotes, so the default format's rows must fit 1,024 bytes.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+from tests.unit.bench_runner import run_bench
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "bench" / "token_formats.py"
 SIGNED = ("signed-ascii", "signed-ascii-rsa", "signed-xml", "old-signed-xml")
 VALUES = ("opensips", "reference", "test_app")
 
 
 def test_quick_run_prints_every_row() -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO)
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_bench("token_formats.py", "--quick", timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     # format, CA, values, raw B, b64 chars, fits, us/token

@@ -7,26 +7,11 @@ right and the report has its rows and lines.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "bench" / "workers.py"
+from tests.unit.bench_runner import run_bench
 
 
 def test_quick_run_reports_one_and_two_workers_without_errors() -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO)
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    result = run_bench("workers.py", "--quick", timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     rows = {
