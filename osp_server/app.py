@@ -488,7 +488,7 @@ def build_worker_service(config: Config, reactor: IWorkerReactor, role: WorkerRo
     (``role.listeners``), with the process-wide set-up of :func:`build_process_service`."""
     core = prepare(config, reactor, worker=role)
     top = assemble_or_release(
-        core, lambda: _assemble(core, config, reactor, _adopted_listeners(reactor, role))
+        core, lambda: _assemble(core, config, reactor, _adopted_listeners(reactor, role, core))
     )
     return _process_wide(top, reactor)
 
@@ -563,10 +563,15 @@ def _bound_listeners(config: Config, reactor: IOSPReactor) -> MakeListener:
     return make
 
 
-def _adopted_listeners(reactor: IWorkerReactor, role: WorkerRole) -> MakeListener:
+def _adopted_listeners(reactor: IWorkerReactor, role: WorkerRole, core: Core) -> MakeListener:
     def make(name: str, description: str, factory: IProtocolFactory) -> Service | None:
         fd = role.listeners.get(name)
-        return None if fd is None else AdoptedListenerService(reactor, fd, factory)
+        if fd is None:
+            return None
+        # The metrics listener is this worker's own: it answers from the start.
+        hold = role.accept_when_ready and name != "metrics"
+        gate = core.readiness.when_ready if hold else None
+        return AdoptedListenerService(reactor, fd, factory, accept_after=gate)
 
     return make
 

@@ -21,6 +21,7 @@ class Readiness:
 
     def __init__(self) -> None:
         self._pending: dict[str, Deferred[Any]] = {}
+        self._ready_waiters: list[Deferred[None]] = []
 
     def wait_for(self, what: str, done: Deferred[Any]) -> None:
         """Not ready until ``done`` fires with a result (a failure keeps it not ready:
@@ -32,6 +33,9 @@ class Readiness:
                 del self._pending[what]
                 if not self._pending:
                     log.info("ready: {what} done, taking OSP traffic", what=what)
+                    waiters, self._ready_waiters = self._ready_waiters, []
+                    for waiter in waiters:
+                        waiter.callback(None)
             return result
 
         done.addCallback(finished)
@@ -41,6 +45,15 @@ class Readiness:
     def is_ready(self) -> bool:
         """True when nothing is awaited any more."""
         return not self._pending
+
+    def when_ready(self) -> Deferred[None]:
+        """A new Deferred that fires once nothing is awaited (at once if so now)."""
+        waiter: Deferred[None] = Deferred()
+        if self.is_ready():
+            waiter.callback(None)
+        else:
+            self._ready_waiters.append(waiter)
+        return waiter
 
     def waiting_for(self) -> tuple[str, ...]:
         """The names of the tasks still running, for logs and ``/health``."""

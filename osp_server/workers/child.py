@@ -48,6 +48,11 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--reactor", default=None, help="twistd --reactor short name")
     parser.add_argument("--listener", type=_listener, action="append", default=[])
+    parser.add_argument(
+        "--accept-when-ready",
+        action="store_true",
+        help="take no connections from the shared sockets until start-up work is done",
+    )
     return parser.parse_args(argv)
 
 
@@ -130,7 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from osp_server.reactor import global_reactor
 
     reactor = cast("IWorkerReactor", global_reactor())
-    role = WorkerRole(index=args.index, count=args.count, listeners=dict(args.listener))
+    role = WorkerRole(
+        index=args.index,
+        count=args.count,
+        listeners=dict(args.listener),
+        accept_when_ready=args.accept_when_ready,
+    )
     try:
         service = build_worker_service(config, reactor, role)
     except StartupError as e:

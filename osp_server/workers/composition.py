@@ -78,8 +78,8 @@ def _assemble_supervisor(core: Core, config: Config, reactor: ISupervisorReactor
     shared: list[SharedListenerService] = []
     metrics: list[SharedListenerService] = []
 
-    def launch(index: int) -> WorkerLaunch:
-        return _launch(config, reactor_name, handover, index, shared, metrics)
+    def launch(index: int, accept_when_ready: bool) -> WorkerLaunch:
+        return _launch(config, reactor_name, handover, index, shared, metrics, accept_when_ready)
 
     def give_up() -> None:
         # twistd exits with status 0 after a stop; a supervisor whose workers cannot
@@ -128,9 +128,11 @@ def _launch(
     index: int,
     shared: list[SharedListenerService],
     metrics: list[SharedListenerService],
+    accept_when_ready: bool = False,
 ) -> WorkerLaunch:
     """How worker ``index`` starts: its command line and the sockets it inherits (the
-    shared listeners, and its own metrics listener)."""
+    shared listeners, and its own metrics listener); ``accept_when_ready`` as in
+    :class:`osp_server.workers.role.WorkerRole`."""
     mine = [*shared, *([metrics[index]] if metrics else [])]
     args = [
         sys.executable,
@@ -144,6 +146,8 @@ def _launch(
     ]
     if reactor_name:
         args.append(f"--reactor={reactor_name}")
+    if accept_when_ready:
+        args.append("--accept-when-ready")
     child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
     for offset, listener in enumerate(mine):
         fd = FIRST_INHERITED_FD + offset

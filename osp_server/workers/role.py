@@ -30,6 +30,10 @@ class WorkerRole:
     count: int
     listeners: Mapping[str, int] = field(default_factory=dict)
     """Listener name (``https``, ``metrics`` …) -> file descriptor in this process."""
+    accept_when_ready: bool = False
+    """Take no connections from the shared sockets until start-up work is done: set
+    when a sibling already serves (a restarted worker), so that the kernel hands every
+    connection to a worker that can answer it rather than to one answering 503."""
 
     @property
     def runs_housekeeping(self) -> bool:

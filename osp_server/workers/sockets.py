@@ -96,10 +96,20 @@ class SharedListenerService(ListenerService):
 class AdoptedListenerService(PortService):
     """A worker's listener on a socket its supervisor bound (descriptor ``fd``)."""
 
-    def __init__(self, reactor: IReactorSocket, fd: int, factory: IProtocolFactory) -> None:
+    def __init__(
+        self,
+        reactor: IReactorSocket,
+        fd: int,
+        factory: IProtocolFactory,
+        *,
+        accept_after: Callable[[], Deferred[None]] | None = None,
+    ) -> None:
         self._reactor = reactor
         self._fd = fd
         self.factory = factory
+        # When given, no accept() until the Deferred it returns fires: the socket is
+        # shared, so the connections meanwhile go to the siblings that do accept.
+        self._accept_after = accept_after
 
     def startService(self) -> None:
         super().startService()
@@ -116,6 +126,23 @@ class AdoptedListenerService(PortService):
             self.factory,  # type: ignore[arg-type]
         )
         os.close(self._fd)
+        if self._accept_after is None:
+            self._log_accepting()
+            return
+        port = self.port
+        port.stopReading()  # type: ignore[attr-defined]
+
+        def accept(_: object) -> None:
+            # Stopped meanwhile: the port no longer listens, nothing to resume.
+            if self.running and self.port is port:
+                port.startReading()  # type: ignore[attr-defined]
+                self._log_accepting()
+
+        self._accept_after().addCallback(accept)
+        log.info("{name}: accepting once start-up work is done (siblings serve)", name=self.name)
+
+    def _log_accepting(self) -> None:
+        assert self.port is not None
         host = self.port.getHost()
         log.info(
             "{name} accepting on {host}:{port} (socket shared by the supervisor)",

@@ -1,7 +1,8 @@
 """The supervisor side of worker processes: start, relay logs, restart, signal, stop.
 
 Pure Twisted process management, no OSP: what each worker runs and which sockets it
-inherits come from a ``launch(index)`` function the composition root provides.
+inherits come from a ``launch(index, siblings_serve)`` function the composition root
+provides (``siblings_serve``: the new worker should accept only once it is ready).
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ class WorkerSupervisor(Service):
         self,
         reactor: ISupervisorReactor,
         count: int,
-        launch: Callable[[int], WorkerLaunch],
+        launch: Callable[[int, bool], WorkerLaunch],
         *,
         observer: ILogObserver | None = None,
         stop_grace_seconds: float = STOP_GRACE_SECONDS,
@@ -229,7 +230,9 @@ class WorkerSupervisor(Service):
 
     def _start(self, index: int) -> None:
         self._restarts.pop(index, None)
-        launch = self._launch(index)
+        # With a sibling serving, the new worker accepts only once it can answer.
+        siblings_serve = any(w.serving for i, w in self.workers.items() if i != index)
+        launch = self._launch(index, siblings_serve)
         worker = WorkerProcess(
             index,
             launch.stdin,

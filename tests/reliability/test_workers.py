@@ -88,6 +88,14 @@ def test_workers_serve_survive_a_worker_kill_and_forward_sighup(
         os.kill(first[1], signal.SIGKILL)
         confirmed += _send_usage(server, context, 12, 6)
         _wait_for(lambda: _workers(server)[1] != first[1], "worker 1 restarted", server)
+        # Starting beside a serving sibling, the new worker 1 leaves the shared sockets
+        # to it until it is ready: no request meets a "starting" 503 meanwhile.
+        _wait_for(
+            lambda: "accepting once start-up work is done" in server.log_text(),
+            "worker 1 holding its listeners",
+            server,
+        )
+        confirmed += _send_usage(server, context, 18, 4)
 
         os.kill(server.process.pid, signal.SIGHUP)
         _wait_for(
@@ -95,7 +103,7 @@ def test_workers_serve_survive_a_worker_kill_and_forward_sighup(
             "SIGHUP in the supervisor and both workers",
             server,
         )
-        confirmed += _send_usage(server, context, 18, 4)
+        confirmed += _send_usage(server, context, 22, 4)
 
         workers = _workers(server)
         server.process.send_signal(signal.SIGTERM)

@@ -85,10 +85,10 @@ class FakeProcessReactor(Clock):
         return process
 
 
-def _launch(index: int) -> WorkerLaunch:
+def _launch(index: int, siblings_serve: bool) -> WorkerLaunch:
     return WorkerLaunch(
         executable="python",
-        args=["python", f"--index={index}"],
+        args=["python", f"--index={index}", *(["--accept-when-ready"] if siblings_serve else [])],
         env={},
         child_fds={0: "w", 1: "r", 2: "r", 3: 10 + index},
         stdin=b"config-%d" % index,
@@ -310,6 +310,70 @@ def test_sighup_is_held_until_the_worker_serves() -> None:
     assert b.signals == ["HUP", "TERM"]
 
 
+def test_a_restarted_worker_accepts_only_once_ready_while_a_sibling_serves() -> None:
+    supervisor, reactor, _ = _supervisor(2)
+    supervisor.startService()
+    # At start nobody serves: both accept at once (and answer 503 until ready, so
+    # that devices fail over to another service point).
+    assert [args for _, args, _ in reactor.spawned] == [
+        ["python", "--index=0"],
+        ["python", "--index=1"],
+    ]
+    first, second = (p for p, _, _ in reactor.spawned)
+    first.protocol.outReceived(_serving_line(0))
+    second.end(_killed())
+    reactor.advance(FIRST_BACKOFF_SECONDS)
+    # Worker 0 serves: the new worker 1 leaves the shared sockets to it until ready.
+    assert reactor.spawned[2][1] == ["python", "--index=1", "--accept-when-ready"]
+    # Both gone: the next one has no sibling to leave connections to.
+    first.end(_killed())
+    reactor.spawned[2][0].end(_killed())
+    reactor.advance(MAX_BACKOFF_SECONDS)
+    assert [args for _, args, _ in reactor.spawned[3:]] == [
+        ["python", "--index=0"],
+        ["python", "--index=1"],
+    ]
+
+
+class _AdoptingReactor:
+    """adoptStreamPort for AdoptedListenerService: a fake port on a real descriptor."""
+
+    def __init__(self) -> None:
+        self.port = _FakePort()
+
+    def adoptStreamPort(self, fd: int, family: object, factory: object) -> _FakePort:
+        return self.port
+
+
+@pytest.mark.parametrize("stop_first", [False, True])
+def test_an_adopted_listener_can_wait_before_accepting(stop_first: bool) -> None:
+    import os
+    import socket
+
+    from twisted.internet.defer import Deferred
+    from twisted.internet.protocol import ServerFactory
+
+    from osp_server.workers.sockets import AdoptedListenerService
+
+    ready: Deferred[None] = Deferred()
+    reactor = _AdoptingReactor()
+    with socket.socket() as sock:
+        service = AdoptedListenerService(
+            reactor,  # type: ignore[arg-type]
+            os.dup(sock.fileno()),
+            ServerFactory(),
+            accept_after=lambda: ready,
+        )
+        service.setName("https")
+        service.startService()
+    assert not reactor.port.reading
+    if stop_first:
+        service.stopService()
+        assert reactor.port.closed
+    ready.callback(None)
+    assert reactor.port.reading is not stop_first
+
+
 def test_worker_log_events_are_relayed_with_the_worker_named() -> None:
     supervisor, reactor, events = _supervisor(1)
     supervisor.startService()
@@ -513,6 +577,9 @@ class _FakePort:
 
     def stopReading(self) -> None:
         self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
 
     def fileno(self) -> int:
         return 7
