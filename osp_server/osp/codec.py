@@ -38,13 +38,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 from lxml import etree
 
 from osp_server.osp.messages import (
-    MAX_DESTINATIONS,
     NUMBER_TYPES,
     SIGNALING_PROTOCOLS,
     AuthorizationRequest,
@@ -62,6 +61,16 @@ from osp_server.osp.messages import (
     UsageConfirmation,
     UsageIndication,
     UsageIndicationMessage,
+)
+from osp_server.osp.numbers import (
+    CUSTOM_INFO_INDEX,
+    MAXIMUM_DESTINATIONS,
+    POST_DIAL_DELAY,
+    SETUP_ATTEMPT,
+    USAGE_AMOUNT,
+    USAGE_INCREMENT,
+    NumberOutOfRange,
+    NumericField,
 )
 
 __all__ = [
@@ -386,29 +395,35 @@ def _time(text: str) -> datetime | None:
         return None
 
 
-def _decimal(text: str) -> Decimal | None:
-    if not text or len(text) > 40:
+def _request_number(spec: NumericField, text: str) -> int:
+    """An integer a request's answer depends on: out of range, the request is malformed."""
+    try:
+        return spec.parse_int(text)
+    except NumberOutOfRange as e:
+        raise OSPDecodeError(str(e)) from None
+
+
+def _report_number(spec: NumericField, text: str, problems: list[str]) -> int | None:
+    """An integer of a usage report: out of range it is ``None`` and a line in
+    ``problems``, since the report must still be stored (numbers module docstring)."""
+    if not text:
         return None
     try:
-        value = Decimal(text)
-    except InvalidOperation:
+        return spec.parse_int(text)
+    except NumberOutOfRange as e:
+        problems.append(str(e))
         return None
-    return value if value.is_finite() else None
 
 
-def _int(text: str) -> int | None:
-    if _DIGITS_RE.fullmatch(text) is not None:
-        return int(text)
-    value = _decimal(text)
-    # Compare, do not compute: abs() rounds to the decimal context and raises
-    # decimal.Overflow for a value like "1e999999999", which is just not an integer we take.
-    if (
-        value is not None
-        and value == value.to_integral_value()
-        and -TXID_LIMIT < value < TXID_LIMIT
-    ):
-        return int(value)
-    return None
+def _report_decimal(spec: NumericField, text: str, problems: list[str]) -> Decimal | None:
+    """:func:`_report_number` for a decimal field."""
+    if not text:
+        return None
+    try:
+        return spec.parse_decimal(text)
+    except NumberOutOfRange as e:
+        problems.append(str(e))
+        return None
 
 
 def _txid(text: str) -> int | None:
@@ -467,9 +482,7 @@ def _flatten(node: _Node, prefix: str, out: dict[str, str]) -> None:
 
 
 def _custom_info(node: _Node) -> tuple[int, bytes]:
-    index = _int(node.get("index") or "")
-    if index is None or not 1 <= index <= 32:
-        raise OSPDecodeError(f"CustomInfo index {node.get('index')!r} is not in 1..32")
+    index = _request_number(CUSTOM_INFO_INDEX, node.get("index") or "")
     if node.get("encoding") == "base64":
         return index, _b64(node.text, "CustomInfo")
     return index, node.text.encode("utf-8")
@@ -546,11 +559,7 @@ def _authorization(comp: _Node, message_id: str, component_id: str) -> Authoriza
             if device_info is None:
                 device_info = c.text
         elif tag == "MaximumDestinations":
-            max_dest = _int(c.text)
-            if max_dest is None or not 1 <= max_dest <= MAX_DESTINATIONS:
-                raise OSPDecodeError(
-                    f"MaximumDestinations {c.text[:20]!r} is not in 1..{MAX_DESTINATIONS}"
-                )
+            max_dest = _request_number(MAXIMUM_DESTINATIONS, c.text)
         elif tag == "Timestamp":
             timestamp = _time(c.text)
         elif tag == "CustomerId":
@@ -645,10 +654,17 @@ def _reauthorization(comp: _Node, message_id: str, component_id: str) -> Reautho
             if not usage.taken:
                 amount = c.find("Amount")
                 increment = c.find("Increment")
+                # Informational (the answer does not depend on it) and, like every
+                # field of this lenient decoder, None when unusable.
+                ignored: list[str] = []
                 usage.offer(
                     (
-                        _decimal(amount.text) if amount is not None else None,
-                        _int(increment.text) if increment is not None else None,
+                        _report_decimal(USAGE_AMOUNT, amount.text, ignored)
+                        if amount is not None
+                        else None,
+                        _report_number(USAGE_INCREMENT, increment.text, ignored)
+                        if increment is not None
+                        else None,
                     )
                 )
         elif tag == "CustomerId":
@@ -742,7 +758,7 @@ def _usage(comp: _Node, message_id: str, component_id: str) -> UsageIndication:
             else:
                 dest_alts.append((type_, c.text))
         elif tag == "SetupAttempt":
-            setup_attempt.offer(_int(c.text))
+            setup_attempt.offer(_report_number(SETUP_ATTEMPT, c.text, detail.problems))
         elif tag == "CustomerId":
             customer_id.offer(c.text)
         elif tag == "DeviceId":
@@ -787,6 +803,7 @@ def _usage(comp: _Node, message_id: str, component_id: str) -> UsageIndication:
         device_id=device_id.value,
         statistics=detail.statistics,
         fields=fields,
+        problems=tuple(detail.problems),
     )
 
 
@@ -807,6 +824,8 @@ class _UsageDetail:
     signaling_protocols: TypedValues = ()
     codecs: TypedValues = ()
     statistics: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    """A line per number out of its range (the value is dropped, its text kept)."""
 
 
 def _usage_detail(node: _Node, detail: _UsageDetail) -> None:
@@ -824,9 +843,9 @@ def _usage_detail(node: _Node, detail: _UsageDetail) -> None:
     for c in node.children:
         tag = c.tag
         if tag == "Amount":
-            detail.amount = _decimal(c.text)
+            detail.amount = _report_decimal(USAGE_AMOUNT, c.text, detail.problems)
         elif tag == "Increment":
-            detail.increment = _int(c.text)
+            detail.increment = _report_number(USAGE_INCREMENT, c.text, detail.problems)
         elif tag == "Unit":
             detail.unit = c.text or None
         elif tag == "StartTime":
@@ -838,7 +857,7 @@ def _usage_detail(node: _Node, detail: _UsageDetail) -> None:
         elif tag == "ConnectTime":
             detail.connect_time = _time(c.text)
         elif tag == "PostDialDelay":
-            value = _decimal(c.text)
+            value = _report_decimal(POST_DIAL_DELAY, c.text, detail.problems)
             if (c.get("type") or "source") == "source":
                 pdd_source = pdd_source if pdd_source is not None else value
             elif pdd_other is None:

@@ -145,6 +145,9 @@ class UsageIndication:
     device_id: str | None = None
     statistics: Mapping[str, str] = field(default_factory=dict)
     fields: Mapping[str, str] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+    """One line per number out of its field's range (osp_server.osp.numbers): that
+    value is ``None`` above and verbatim in ``fields``; the report is still stored."""
 
     @property
     def termination_cause(self) -> TerminationCause | None:

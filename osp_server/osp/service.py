@@ -366,6 +366,17 @@ class OSPService:
             reports=reports,
             now=now,
         )
+        for component in message.components:
+            if component.problems:
+                # Stored all the same: devices never resend a report we refuse.
+                log.warn(
+                    "usage from device {device}, transaction {transaction}, component "
+                    "{component}: {problems}; stored without the value(s), kept verbatim",
+                    device=identity.device_id,
+                    transaction=component.transaction_id,
+                    component=component.component_id[:64],
+                    problems="; ".join(component.problems),
+                )
         if stored.repeated:
             log.info(
                 "usage from device {device}: {repeated} repeated report(s) confirmed again",

@@ -21,6 +21,8 @@ import pytest
 import pytest_twisted
 from defusedxml import ElementTree
 
+from twisted.logger import LogLevel, capturedLogs, formatEvent
+
 from osp_server.admin.cli import main as admin_main
 from osp_server.osp.codec import decode_request
 from osp_server.osp.messages import AuthorizationRequest
@@ -159,10 +161,16 @@ async def test_the_call_limit_slot_is_released_at_stop_not_at_answer(env: Env) -
 @pytest_twisted.ensureDeferred
 async def test_hostile_amounts_are_stored_verbatim_never_a_5xx(env: Env) -> None:
     head, body = _usage("usage-indication-stop.http")
-    for amount in (b"1E+1000000", b"-1E+999999999", b"NaN", b"0x10"):
-        hostile = re.sub(rb"<Amount>\s*[^<]*", b"<Amount>\n" + amount, body)
-        answer = await env.post(hostile, head=head)
-        assert answer.code == 200, amount
+    with capturedLogs() as events:
+        for amount in (b"1E+1000000", b"-1E+999999999", b"NaN", b"0x10"):
+            hostile = re.sub(rb"<Amount>\s*[^<]*", b"<Amount>\n" + amount, body)
+            answer = await env.post(hostile, head=head)
+            assert answer.code == 200, amount
+    # Each one named in a warning: the operator sees which device sends what.
+    warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert len(warnings) == 4
+    assert "UsageDetail/Amount '1E+1000000' is not a number in 0..999999999.999" in warnings[0]
+    assert "stored without the value(s), kept verbatim" in warnings[0]
     (leg,) = _legs(env, int(CAPTURED_TRANSACTION_ID))
     assert leg["reported_amount"] is None  # unusable: kept only in the fields
     assert leg["duration"] == Decimal("2.000")  # from the times

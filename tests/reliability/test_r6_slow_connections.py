@@ -2,9 +2,10 @@
 
 SLOW_CONNECTIONS peers complete the TLS handshake on the HTTPS listener, then send
 one header byte a second (slowloris).  Each is cut within the 10 s header deadline;
-meanwhile the device's authorizations still succeed (>= 99 %) with a p99 within 2x
-of its p99 before the attack.  The slow peers come from 127.0.0.2-127.0.0.9 (below
-the per-address limit each), the device from 127.0.0.1.  The figures are printed.
+meanwhile the device's authorizations still succeed (>= 99 %).  Its p99 against the
+p99 before the attack (target: within 2x) is printed, not asserted: timing on shared
+CI cores is noise.  The slow peers come from 127.0.0.2-127.0.0.9 (below the
+per-address limit each), the device from 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -140,6 +141,5 @@ async def test_r6_slow_connections_are_cut_and_devices_still_served(slow_env: En
     assert len(cut) == len(slow.sockets), "slow connections still open"
     assert cut[-1] < HEADER_DEADLINE + 2.0
     assert success >= 0.99
-    # The 2x target is printed above; asserted loosely, as the suite shares two cores
-    # with other tests while this runs.
-    assert p99(during) <= 3 * p99(baseline) + 20
+    # The p99 target is printed above, not asserted: the suite shares two cores with
+    # other tests, and latency targets are measured, never asserted (CONVENTIONS).

@@ -10,6 +10,7 @@ count in ``osp_messages{message="error",code="500"}``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -65,13 +66,13 @@ def _broken(*args: object) -> NoReturn:
     [
         # the usage decoder and the UsageDetail reader
         ("usage-indication-full.http", "_time"),
-        ("usage-indication-full.http", "_decimal"),
+        ("usage-indication-full.http", "_report_decimal"),
         ("usage-indication-full.http", "_txid"),
         ("usage-indication-full.http", "_call_id"),
         ("usage-indication-full.http", "_flatten"),
         ("usage-indication.http", "_usage_detail"),
         # the other decoders and the envelope
-        ("authorization-request.http", "_int"),
+        ("authorization-request.http", "_request_number"),
         ("authorization-request-full.http", "_custom_info"),
         ("capabilities-indication-resources.xml", "_bool"),
         ("reauthorization-request.http", "_txid"),  # lenient only for OSPDecodeError
@@ -123,17 +124,58 @@ def _usage_component(inner: str) -> UsageIndication:
 
 def test_out_of_range_numbers_and_times_are_unreadable_not_errors() -> None:
     """These raised OverflowError/decimal.Overflow inside the decoder (a 400 by accident);
-    like any other unreadable time or number they are now None, kept verbatim in fields."""
+    like any other unreadable time or number they are now None, kept verbatim in fields,
+    and each number out of its range is named in ``problems`` for the log."""
     u = _usage_component(
         "<SetupAttempt>1e999999999</SetupAttempt>"
         "<UsageDetail><StartTime>0001-01-01T00:00:00+01:00</StartTime>"
         "<EndTime>9999-12-31T23:59:59-01:00</EndTime>"
-        "<Increment>-1E+999999999</Increment><Amount>1e999999999</Amount></UsageDetail>"
+        "<Increment>-1E+999999999</Increment><Amount>1e999999999</Amount>"
+        "<PostDialDelay>86400.5</PostDialDelay></UsageDetail>"
     )
     assert u.setup_attempt is None and u.increment is None
     assert u.start_time is None and u.end_time is None
-    assert u.amount == Decimal("1e999999999")  # a finite Decimal, as before
+    assert u.amount is None and u.post_dial_delay is None
     assert u.fields["UsageDetail/StartTime"] == "0001-01-01T00:00:00+01:00"
+    assert u.fields["UsageDetail/Amount"] == "1e999999999"
+    assert u.problems == (
+        "SetupAttempt '1e999999999' is not an integer in 0..2147483647",
+        "UsageDetail/Increment '-1E+999999999' is not an integer in 0..2147483647",
+        "UsageDetail/Amount '1e999999999' is not a number in 0..999999999.999",
+        "PostDialDelay '86400.5' is not a number in 0..86400",
+    )
+
+
+def test_numbers_in_range_are_bounded_values() -> None:
+    u = _usage_component(
+        "<SetupAttempt>2.0</SetupAttempt><UsageDetail><Amount>30.0005</Amount>"
+        "<Increment>1E0</Increment><PostDialDelay>1.010</PostDialDelay></UsageDetail>"
+    )
+    assert (u.setup_attempt, u.increment) == (2, 1)
+    assert u.amount == Decimal("30.000")  # thousandths, half to even
+    assert u.post_dial_delay == Decimal("1.010")
+    assert u.problems == ()
+
+
+@pytest.mark.parametrize(
+    ("element", "problem"),
+    [
+        (
+            "<MaximumDestinations>13</MaximumDestinations>",
+            "MaximumDestinations '13' is not an integer in 1..12",
+        ),
+        ("<MaximumDestinations>1E+99999</MaximumDestinations>", "MaximumDestinations '1E+99999'"),
+        ("<MaximumDestinations></MaximumDestinations>", "MaximumDestinations ''"),
+        ("<MaximumDestinations>2.5</MaximumDestinations>", "MaximumDestinations '2.5'"),
+    ],
+)
+def test_a_request_number_out_of_range_is_a_400_naming_it(element: str, problem: str) -> None:
+    body = _body("authorization-request.http")
+    start = body.index(b"<MaximumDestinations>")
+    end = body.index(b"</MaximumDestinations>") + len(b"</MaximumDestinations>")
+    with pytest.raises(OSPDecodeError, match=re.escape(problem)) as info:
+        decode_request(body[:start] + element.encode() + body[end:])
+    assert info.value.status_code == 400
 
 
 def test_first_occurrence_wins_in_a_usage_component() -> None:
