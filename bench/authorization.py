@@ -315,6 +315,9 @@ def serve(spec: ServeSpec) -> int:
         reactor.callFromThread(reactor.stop)
 
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(start()).addErrback(failed))
+    # Stopped while the reactor still runs, as twistd does: the stop writes to the
+    # database (the heartbeat is withdrawn) before the pools go.
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
     reactor.run()
     if gc_pauses.callback in gc.callbacks:
@@ -323,7 +326,6 @@ def serve(spec: ServeSpec) -> int:
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(spec.profile_file)
-    service.stopService()
     log_stream.close()
     return 0
 

@@ -467,12 +467,17 @@ class CoreService(Service):
         log.info("SIGHUP: reloading TLS material")
         self.components.reload_tls()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
-        self.components.core.storage_probe.stop()
-        self.components.core.write_probe.stop()
-        self.components.core.cpu_pool.stop()
-        self.components.core.db.stop()
+        core = self.components.core
+        core.storage_probe.stop()
+
+        def release(_: object) -> None:
+            core.cpu_pool.stop()
+            core.db.stop()
+
+        # The heartbeat is withdrawn before the database's threads stop.
+        return core.write_probe.stop().addBoth(release)
 
 
 def build_process_service(config: Config, reactor: IOSPReactor) -> MultiService:

@@ -23,10 +23,11 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -159,10 +160,26 @@ class WriteProbe:
         if not self._loop.running:
             self._loop.start(WRITE_INTERVAL_SECONDS, now=True)
 
-    def stop(self) -> None:
-        """Stop probing."""
-        if self._loop.running:
-            self._loop.stop()
+    def stop(self) -> Deferred[None]:
+        """Stop probing, and withdraw this node's heartbeat so that tools (osp-admin
+        restore) see no server running; fires when done (a failure is only logged)."""
+        if not self._loop.running:
+            return succeed(None)
+        self._loop.stop()
+        d: Deferred[None] = self._db.transact("heartbeat", self._clear_txn)
+        d.addTimeout(WRITE_TIMEOUT_SECONDS, self._reactor)
+
+        def failed(failure: Failure) -> None:
+            message = failure.getErrorMessage().splitlines()
+            log.warn(
+                "could not withdraw the heartbeat at stop: {error}",
+                error=message[0] if message else str(failure.type),
+            )
+
+        return d.addErrback(failed)
+
+    def _clear_txn(self, conn: Connection) -> None:
+        heartbeats.clear_txn(conn, self._node)
 
 
 class ReadyResource(Resource):

@@ -110,3 +110,13 @@ def test_the_heartbeat_is_one_row_per_node(db: Any) -> None:
         lambda c: c.exec_driver_sql("SELECT node, at FROM heartbeats ORDER BY node").all()
     )
     assert [r[0] for r in rows] == ["node-a", "x" * 255]
+
+
+def test_a_clean_stop_withdraws_the_heartbeat(server: MemoryServer) -> None:
+    """So that osp-admin restore, run right after the stop, sees no server running."""
+    assert len(_rows(server)) == 1
+    stopped: list[object] = []
+    server.core.write_probe.stop().addCallback(stopped.append)
+    assert stopped == [None] and _rows(server) == []
+    # Stopping again (the service tree may) writes nothing.
+    assert server.core.write_probe.stop().result is None
