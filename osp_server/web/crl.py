@@ -48,6 +48,10 @@ class CRLResource(Resource):
         self._reactor = reactor
         self._clock = clock
         self._cached: tuple[float, bytes] | None = None
+        # The CRL number is the issue time in seconds (it grows across restarts and
+        # restores), and at least one more than the last here: a revocation can
+        # rebuild the CRL within the second of the previous one.
+        self._last_number = 0
 
     def render_GET(self, request: Request) -> int:
         """The DER CRL, ``application/pkix-crl``."""
@@ -63,11 +67,14 @@ class CRLResource(Resource):
                     if self._cached is None:
                         return error_response(503, "CRL temporarily unavailable")
                     return Response(200, self._cached[1], b"application/pkix-crl")
+                now = self._clock()
+                number = max(int(now.timestamp()), self._last_number + 1)
+                self._last_number = number
                 der: bytes = await deferToThreadPool(
                     self._reactor,
                     self._cpu_pool,
                     lambda: self._ca.build_crl(
-                        revoked, now=self._clock(), next_update=CRL_NEXT_UPDATE
+                        revoked, now=now, next_update=CRL_NEXT_UPDATE, crl_number=number
                     ),
                 )
                 self._cached = (now_s, der)

@@ -613,6 +613,23 @@ async def test_crl_lists_revoked_certificates(secure: Tep) -> None:
     assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
 
 
+@pytest_twisted.ensureDeferred
+async def test_crl_numbers_grow_even_within_one_second(secure: Tep) -> None:
+    """The CRL number is the issue time in seconds; a rebuild in the same second (here
+    the clock stands still while the cache expires) still gets a larger number."""
+    server = secure.memory
+    assert server is not None
+    head = b"GET /crl HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    numbers = []
+    for _ in range(2):
+        answer = await secure.send(head, tls=False)
+        crl = x509.load_der_x509_crl(answer.body)
+        numbers.append(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+        server.reactor.advance(61)
+    assert numbers[0] >= int(server.core.clock().timestamp())
+    assert numbers[1] == numbers[0] + 1
+
+
 def test_stalled_storage_is_status_6(secure: Tep) -> None:
     """R5: the database pool does not answer; at the timeout the device gets status 6,
     and the late work stores nothing."""
