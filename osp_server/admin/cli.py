@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from osp_server.admin import (
     audit_commands,
+    backup_commands,
     ca_commands,
     cert_commands,
     customer_commands,
@@ -64,6 +65,7 @@ COMMAND_GROUP_MODULES: Final[tuple[CommandGroup, ...]] = (
     audit_commands,
     route_commands,
     usage_commands,
+    backup_commands,
 )
 """Every command group, in ``--help`` order: the one place a new group is listed."""
 

@@ -32,6 +32,12 @@ class TokenSetupError(Exception):
     """The configured default token format cannot fit the configured size limit."""
 
 
+def token_signer_paths(data_dir: Path) -> tuple[Path, Path]:
+    """(certificate, key) of the token signer in ``data_dir``."""
+    directory = data_dir / "tokens"
+    return directory / "signer.pem", directory / "signer.key"
+
+
 def token_signer_files(data_dir: Path, osp: OSPConfig, ca: CertificateAuthority) -> IssuedFiles:
     """The token-signing key and certificate (EC P-256 by default), issued by our CA.
 
@@ -39,10 +45,10 @@ def token_signer_files(data_dir: Path, osp: OSPConfig, ca: CertificateAuthority)
     earlier version's, ~100 bytes larger in every signed token); an operator's is
     used as it is, and the start-up size check judges it.
     """
-    directory = data_dir / "tokens"
+    cert_file, key_file = token_signer_paths(data_dir)
     return IssuedFiles(
-        cert_file=directory / "signer.pem",
-        key_file=directory / "signer.key",
+        cert_file=cert_file,
+        key_file=key_file,
         key_type="ec-p256" if osp.token_signer_key == "ec-p256" else "rsa2048",
         kind="token_signer",
         issue=lambda key, now: ca.issue_token_signer(

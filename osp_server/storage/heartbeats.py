@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, delete, inspect, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -29,3 +29,22 @@ def beat_txn(conn: Connection, node: str, *, now: datetime) -> None:
         == 0
     ):
         conn.execute(heartbeats.insert().values(node=node, at=now))
+
+
+def clear_txn(conn: Connection, node: str) -> None:
+    """Remove ``node``'s heartbeat (a clean stop: no server writes there any more)."""
+    conn.execute(delete(heartbeats).where(heartbeats.c.node == node[:MAX_NODE_CHARS]))
+
+
+def latest_txn(conn: Connection) -> list[tuple[str, datetime]]:
+    """Every node's last heartbeat (none before the table exists: an older schema)."""
+    if not inspect(conn).has_table(heartbeats.name):
+        return []
+    rows = conn.execute(select(heartbeats.c.node, heartbeats.c.at)).all()
+    return [(str(node), at) for node, at in rows if at is not None]
+
+
+def clear_all_txn(conn: Connection) -> None:
+    """Remove every heartbeat (a backup copy: no server runs on it)."""
+    if inspect(conn).has_table(heartbeats.name):
+        conn.execute(delete(heartbeats))

@@ -199,6 +199,14 @@ class TwistdServer:
         self.kills += 1
         assert alive, f"the server had died on its own:\n{self.log_text()}"
 
+    def terminate(self, timeout: float = 30.0) -> None:
+        """Stop the server cleanly (SIGTERM, as systemd does) and reap it."""
+        process = self.process
+        assert process is not None, "no server to stop"
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout)
+        self.process = None
+
     def stop(self) -> None:
         """Kill and reap the server if one runs (for ``finally`` blocks); never raises."""
         if self.process is not None:

@@ -10,17 +10,34 @@ data directory, outside the database: osp_server.pki.journal.)
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest_twisted
+from cryptography import x509
+from sqlalchemy.engine import make_url
 
 from osp_server.config import load_config
 from osp_server.pki.journal import CertificateJournal
 from osp_server.storage import certificates as cert_store
 from tests.integration.test_osp import add_device_db
 from tests.memory import MemoryDevice, MemoryEnv, enroll_in_memory, memory_server
+from tests.reliability.harness import (
+    TwistdServer,
+    add_devices,
+    enroll_device,
+    exchange,
+    osp_admin,
+    query,
+    tls_context,
+)
+from tests.reliability.harness import write_config as write_twistd_config
+from tests.reliability.test_kill import CUSTOMER, _confirmed, _usage_messages
 from tests.unit.admin_runner import AdminRunner, write_config
 
 
@@ -90,3 +107,110 @@ async def test_r10_restore_then_start_keeps_revocations_and_issued_certificates(
     assert report["journal_events"] == len(
         list(CertificateJournal.in_data_dir(config.data_dir).events())
     )
+
+
+# --- R10 as an operator runs it: osp-admin backup under load, restore, start ----------
+
+
+def _pg_database(database_url: str) -> str | None:
+    url = make_url(database_url)
+    return url.database if url.get_backend_name() == "postgresql" else None
+
+
+def _pg(tool: str, database_url: str, *args: str) -> None:
+    """pg_dump / pg_restore on the test database, as the README tells operators."""
+    url = make_url(database_url)
+    subprocess.run(
+        [
+            tool,
+            "-h",
+            url.host or "127.0.0.1",
+            "-p",
+            str(url.port or 5432),
+            "-U",
+            url.username or "postgres",
+            *args,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def test_r10_backup_under_load_then_revoke_restore_start(database_url: str, tmp_path: Path) -> None:
+    config_path = write_twistd_config(tmp_path, database_url)
+    add_devices(config_path, CUSTOMER, ["1000", "1001"], cwd=tmp_path)
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text("correct horse battery staple\n")
+    archive = tmp_path / "backup.tar"
+    dump = tmp_path / "backup.pgdump"
+    pg_database = _pg_database(database_url)
+    server = TwistdServer(config_path, tmp_path)
+    try:
+        server.start()
+        (tmp_path / "d0").mkdir()
+        (tmp_path / "d1").mkdir()
+        first = enroll_device(server, tmp_path / "d0", CUSTOMER, "1000")
+        first_context = tls_context(first)
+
+        # Load: usage indications on their own connections while the backup runs.
+        done = threading.Event()
+        confirmed: list[int] = []
+
+        def load() -> None:
+            for transaction_id, raw in _usage_messages():
+                if done.is_set():
+                    return
+                code, body = exchange(server.https_port, raw, first_context)
+                assert _confirmed(code, body), (code, body[:200])
+                confirmed.append(transaction_id)
+
+        worker = threading.Thread(target=load, daemon=True)
+        worker.start()
+        while not confirmed:
+            time.sleep(0.01)
+        before_backup = len(confirmed)
+        if pg_database is not None:
+            _pg("pg_dump", database_url, "-Fc", "-f", str(dump), pg_database)
+        osp_admin(
+            config_path, "backup", str(archive), "--passphrase-file", str(passphrase), cwd=tmp_path
+        )
+        done.set()
+        worker.join(60)
+        assert before_backup < len(confirmed) or not worker.is_alive()
+
+        # After the backup: device 1001 enrolls, device 1000 is revoked.
+        second = enroll_device(server, tmp_path / "d1", CUSTOMER, "1001")
+        serial = format(x509.load_pem_x509_certificate(first[0].read_bytes()).serial_number, "x")
+        osp_admin(config_path, "cert", "revoke", serial, "--reason", "keyCompromise", cwd=tmp_path)
+        server.terminate()
+
+        # The restore, server stopped: the database as the backup knew it.
+        if pg_database is not None:
+            _pg("pg_restore", database_url, "--clean", "--if-exists", "-d", pg_database, str(dump))
+        report = json.loads(
+            osp_admin(
+                config_path,
+                "--json",
+                "restore",
+                str(archive),
+                "--passphrase-file",
+                str(passphrase),
+                cwd=tmp_path,
+            )
+        )
+        # The journal put back what the database copy lacked.
+        assert report["revoked_again"] == 1, report
+        assert report["recorded_again"] >= 1, report
+        server.start()
+        # The revoked certificate stays refused; the one issued since still works.
+        code, _ = exchange(server.https_port, _usage_messages()[-1][1], first_context)
+        assert code in (401, 403), code
+        as_second = _usage_messages()[-2][1].replace(b"\n1000</DeviceId>", b"\n1001</DeviceId>")
+        code, body = exchange(server.https_port, as_second, tls_context(second))
+        assert _confirmed(code, body), (code, body[:200])
+    finally:
+        server.stop()
+    # Nothing confirmed before the backup is lost.
+    stored = {int(r[0]) for r in query(database_url, "SELECT transaction_id FROM usage_records")}
+    assert set(confirmed[:before_backup]) <= stored

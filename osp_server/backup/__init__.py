@@ -1,0 +1,1 @@
+"""Backup and restore: the archive format and the operations behind ``osp-admin``."""
