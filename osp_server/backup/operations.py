@@ -102,14 +102,31 @@ def make_backup(config: Config, output: Path, passphrase: bytes, *, now: datetim
         for name, path in archive_files(config).items():
             if path.exists():
                 writer.add_bytes(name, path.read_bytes())
-        journal = CertificateJournal.in_data_dir(config.data_dir).path
-        if journal.exists():
-            writer.add_file(JOURNAL, journal)
+        segments = CertificateJournal.in_data_dir(config.data_dir).segments()
+        if segments:
+            joined = output.with_name(f".{output.name}.journal")
+            try:
+                _join_segments(segments, joined)
+                writer.add_file(JOURNAL, joined)
+            finally:
+                joined.unlink(missing_ok=True)
         writer.finish()
     except BaseException:
         writer.abort()
         raise
     return manifest
+
+
+def _join_segments(segments: list[Path], target: Path) -> None:
+    """Every journal segment, oldest first, into one file; a segment that ends in a
+    torn line gets a newline, so that the next segment's first event stays whole."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        for segment in segments:
+            data = segment.read_bytes()
+            out.write(data)
+            if data and not data.endswith(b"\n"):
+                out.write(b"\n")
 
 
 def _sqlite_online_backup(database: Path, target: Path) -> None:

@@ -21,7 +21,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +29,7 @@ from osp_server.pki.files import fsync_directory, make_private_directory
 
 JOURNAL_VERSION = 1
 MAX_LINE_BYTES = 64 * 1024
+MAX_SEGMENT_BYTES = 64 << 20
 KINDS = ("device", "server", "token_signer")
 
 
@@ -99,10 +100,17 @@ class JournalEvent:
 
 
 class CertificateJournal:
-    """The journal file ``path`` (created 0600 in a 0700 directory)."""
+    """The journal file ``path`` (created 0600 in a 0700 directory).
 
-    def __init__(self, path: Path) -> None:
+    Once ``path`` holds ``max_segment_bytes``, the next append first renames it to
+    ``<name>.<UTC time>`` (a closed segment) and starts a new file.  Closed segments are
+    never deleted here: replay after a restore needs every event since the backup, and
+    an issuance is only a few KiB.  Reading goes through every segment, oldest first.
+    """
+
+    def __init__(self, path: Path, *, max_segment_bytes: int = MAX_SEGMENT_BYTES) -> None:
         self.path = path
+        self.max_segment_bytes = max_segment_bytes
 
     @classmethod
     def in_data_dir(cls, data_dir: Path) -> CertificateJournal:
@@ -116,12 +124,21 @@ class CertificateJournal:
             return
         try:
             created = make_private_directory(self.path.parent)
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = self._open_locked()
             try:
-                # Workers and osp-admin append to the same file: one writer at a time
-                # from the torn-line check to the fsync, so lines never interleave.
-                fcntl.flock(fd, fcntl.LOCK_EX)
                 size = os.fstat(fd).st_size
+                if size >= self.max_segment_bytes:
+                    # Renamed while we hold its lock: a writer waiting on the old file
+                    # finds it renamed once it gets the lock, and re-opens.
+                    self._close_segment()
+                    os.close(fd)
+                    fd = -1
+                    created = True
+                    fd = self._open_locked()
+                    size = os.fstat(fd).st_size
+                # Decided under the lock: once it is released, another writer may
+                # rename the file away.
+                created = created or size == 0
                 if size and os.pread(fd, 1, size - 1) != b"\n":
                     # A line torn by a crash: start afresh, or this event would be
                     # glued to it and lost with it.
@@ -131,20 +148,61 @@ class CertificateJournal:
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
-                os.close(fd)
-            if created or self.path.stat().st_size == len(data):
+                if fd >= 0:
+                    os.close(fd)
+            if created:
                 fsync_directory(self.path.parent)
         except OSError as e:
             raise JournalError(f"certificate journal {self.path}: {e.strerror or e}") from None
 
+    def _open_locked(self) -> int:
+        """The current file, opened for appending, under an exclusive lock: workers and
+        osp-admin append to the same file, one writer at a time from the torn-line
+        check to the fsync, so lines never interleave."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            opened = os.fstat(fd)
+            if current is not None and (current.st_ino, current.st_dev) == (
+                opened.st_ino,
+                opened.st_dev,
+            ):
+                return fd
+            # Another process rotated the file between our open and our lock.
+            os.close(fd)
+
+    def _close_segment(self) -> None:
+        """Rename the current file to ``<name>.<UTC time>`` (caller holds its lock)."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        os.rename(self.path, self.path.with_name(f"{self.path.name}.{stamp}"))
+        fsync_directory(self.path.parent)
+
+    def segments(self) -> list[Path]:
+        """Every file of the journal, oldest first: the closed segments, then the
+        current file (when it exists)."""
+        closed = sorted(
+            p
+            for p in self.path.parent.glob(f"{self.path.name}.*")
+            if p.name[len(self.path.name) + 1 :].endswith("Z")
+        )
+        return [*closed, *([self.path] if self.path.exists() else [])]
+
     def events(self) -> Iterator[JournalEvent]:
-        """Every event, oldest first; a torn or foreign line is skipped."""
+        """Every event of every segment, oldest first; a torn or foreign line is skipped."""
+        for segment in self.segments():
+            yield from self._segment_events(segment)
+
+    def _segment_events(self, segment: Path) -> Iterator[JournalEvent]:
         try:
-            handle = self.path.open("rb")
+            handle = segment.open("rb")
         except FileNotFoundError:
             return
         except OSError as e:
-            raise JournalError(f"certificate journal {self.path}: {e.strerror or e}") from None
+            raise JournalError(f"certificate journal {segment}: {e.strerror or e}") from None
         with handle:
             for line in handle:
                 if len(line) > MAX_LINE_BYTES or not line.endswith(b"\n"):

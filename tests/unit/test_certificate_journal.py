@@ -56,6 +56,46 @@ def test_events_round_trip_and_a_torn_line_is_skipped(tmp_path: Path) -> None:
     assert [e.serial for e in journal.events()] == ["abc", "abc", "def"]
 
 
+def test_a_full_segment_is_closed_and_every_segment_is_read(tmp_path: Path) -> None:
+    journal = CertificateJournal(tmp_path / "journal" / "certificates.log", max_segment_bytes=300)
+    events = [JournalEvent("revoked", format(n, "x"), NOW, reason="r" * 100) for n in range(12)]
+    for event in events:
+        journal.append([event])
+    segments = journal.segments()
+    assert len(segments) > 3 and segments[-1] == journal.path
+    assert all(p.stat().st_size < 300 + 200 for p in segments)
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in segments)
+    # A torn line at the end of a closed segment costs only that line.
+    with segments[0].open("ab") as f:
+        f.write(b'{"v": 1, "event": "rev')
+    assert list(journal.events()) == events
+    # Another journal object (another process) appends to the current file.
+    CertificateJournal(journal.path, max_segment_bytes=300).append([events[0]])
+    assert list(journal.events()) == [*events, events[0]]
+
+
+def test_two_processes_rotating_at_once_lose_nothing(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = tmp_path / "certificates.log"
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_append_many, args=(path, w)) for w in range(3)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+        assert writer.exitcode == 0
+    serials = sorted(e.serial for e in CertificateJournal(path).events())
+    assert serials == sorted(f"{w}{n:03x}" for w in range(3) for n in range(60))
+    assert len(CertificateJournal(path).segments()) > 5
+
+
+def _append_many(path: Path, writer: int) -> None:
+    journal = CertificateJournal(path, max_segment_bytes=1000)
+    for n in range(60):
+        journal.append([JournalEvent("revoked", f"{writer}{n:03x}", NOW)])
+
+
 def test_a_missing_journal_has_no_events(tmp_path: Path) -> None:
     assert list(CertificateJournal(tmp_path / "none.log").events()) == []
 
