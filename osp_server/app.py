@@ -369,7 +369,7 @@ def build_components(core: Core) -> Components:
     osp_root = RootResource()
     osp_root.putChild(b"osp", osp_resource)
 
-    def site(root: Resource, name: str) -> OSPSite:
+    def site(root: Resource, name: str, *, tls: bool = False) -> OSPSite:
         return OSPSite(
             root,
             reactor=core.reactor,
@@ -379,6 +379,7 @@ def build_components(core: Core) -> Components:
             max_connections_per_address=cfg.max_connections_per_address,
             max_connections=cfg.max_connections,
             trusted_networks=cfg.trusted_networks,
+            prefer_authenticated=tls,
         )
 
     metrics_root = RootResource()
@@ -386,14 +387,14 @@ def build_components(core: Core) -> Components:
     return Components(
         core=core,
         http_site=site(plain_root, "http"),
-        https_site=site(https_root, "https"),
+        https_site=site(https_root, "https", tls=True),
         https_tls=https_tls,
         metrics_site=site(metrics_root, "metrics"),
         enrollment=enrollment,
         osp=osp_service,
         policy=policy,
         authenticator=authenticator,
-        osp_site=site(osp_root, "osp"),
+        osp_site=site(osp_root, "osp", tls=True),
         server_certificate=server_certificate,
         mtls_tls=ReloadableServerTLS(tls_loader(require=True)),
         legacy_tls=ReloadableServerTLS(tls_loader(require=True, legacy=True)),
@@ -467,17 +468,17 @@ class CoreService(Service):
         log.info("SIGHUP: reloading TLS material")
         self.components.reload_tls()
 
-    def stopService(self) -> Deferred[None]:
+    def stopService(self) -> None:
         super().stopService()
         core = self.components.core
         core.storage_probe.stop()
-
-        def release(_: object) -> None:
-            core.cpu_pool.stop()
-            core.db.stop()
-
-        # The heartbeat is withdrawn before the database's threads stop.
-        return core.write_probe.stop().addBoth(release)
+        # Queues the heartbeat's withdrawal on the database writer; stopping the pool
+        # below runs the work queued before it, then joins the threads.  Synchronous on
+        # purpose: a stop that waited for the reactor would leave the pools' threads
+        # (and the process) alive wherever the reactor does not run again.
+        core.write_probe.stop()
+        core.cpu_pool.stop()
+        core.db.stop()
 
 
 def build_process_service(config: Config, reactor: IOSPReactor) -> MultiService:
