@@ -160,6 +160,22 @@ class DeadlineChannel(http.HTTPChannel):
     _head_bytes = 0
     _peer_host: str | None = None
     _closing_since: IDelayedCall | None = None
+    _evicted = False
+
+    def evictable(self) -> bool:
+        """True when this connection may make way for a new one from its address: no
+        client certificate (yet), no request being answered, not closing already."""
+        if self._evicted or self._closing_since is not None or self._handlingRequest:
+            return False
+        peer_certificate = getattr(self.transport, "getPeerCertificate", None)
+        return peer_certificate is None or peer_certificate() is None
+
+    def evict(self) -> None:
+        """Close this connection at once to make way for another from its address."""
+        self._evicted = True
+        self._cancel_deadline()
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing_since is not None:
@@ -224,7 +240,7 @@ class DeadlineChannel(http.HTTPChannel):
         if self._closing_since is not None and self._closing_since.active():
             self._closing_since.cancel()
         if self._peer_host is not None:
-            self.site.connection_closed(self._peer_host)
+            self.site.connection_closed(self._peer_host, self)
             self._peer_host = None
         super().connectionLost(reason)
 
@@ -247,6 +263,7 @@ class OSPSite(Site):
         max_connections_per_address: int = 64,
         max_connections: int = 10_000,
         trusted_networks: Sequence[IPv4Network | IPv6Network] = (),
+        prefer_authenticated: bool = False,
     ) -> None:
         # No resource here reads form arguments from a POST body (TEP parses its own
         # raw body), and Twisted's parsing built an email.message object for every POST.
@@ -260,7 +277,13 @@ class OSPSite(Site):
         self.max_connections_per_address = max_connections_per_address
         self.max_connections = max_connections
         self.trusted_networks = tuple(trusted_networks)
+        # On a TLS listener, an address at its limit has its oldest connection without
+        # a client certificate closed to make way, rather than the new one refused: an
+        # attacker behind a device's NAT address cannot hold the device out by keeping
+        # anonymous connections open, and authenticated devices are never cut.
+        self.prefer_authenticated = prefer_authenticated
         self._connections: Counter[str] = Counter()
+        self._channels: dict[str, dict[DeadlineChannel, None]] = {}  # oldest first
         self._open = 0
         self.displayTracebacks = False
 
@@ -279,14 +302,29 @@ class OSPSite(Site):
             )
             return None
         if self._connections[host] >= self.max_connections_per_address and not self._trusted(host):
-            log.warn("refusing connection from {peer}: too many connections", peer=host)
-            return None
+            victim = self._eviction_candidate(host) if self.prefer_authenticated else None
+            if victim is None:
+                log.warn("refusing connection from {peer}: too many connections", peer=host)
+                return None
+            log.warn(
+                "connection limit for {peer}: closing its oldest connection without a "
+                "client certificate to accept a new one",
+                peer=host,
+            )
+            victim.evict()
         channel = super().buildProtocol(addr)
         if channel is not None:
             self._connections[host] += 1
             self._open += 1
+            self._channels.setdefault(host, {})[channel] = None
             channel._peer_host = host
         return channel
+
+    def _eviction_candidate(self, host: str) -> DeadlineChannel | None:
+        for channel in self._channels.get(host, ()):
+            if channel.evictable():
+                return channel
+        return None
 
     def _trusted(self, host: str) -> bool:
         if not self.trusted_networks:
@@ -301,12 +339,16 @@ class OSPSite(Site):
             address = mapped
         return any(address in network for network in self.trusted_networks)
 
-    def connection_closed(self, host: str) -> None:
+    def connection_closed(self, host: str, channel: DeadlineChannel | None = None) -> None:
         """Called by a channel when its connection ends."""
         self._open -= 1
         self._connections[host] -= 1
+        channels = self._channels.get(host)
+        if channels is not None and channel is not None:
+            channels.pop(channel, None)
         if self._connections[host] <= 0:
             del self._connections[host]
+            self._channels.pop(host, None)
 
     def log(self, request: http.Request) -> None:
         """One structured access event per request (no free-text Combined Log lines)."""

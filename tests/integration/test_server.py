@@ -305,32 +305,38 @@ async def test_only_http_1_1_is_negotiated(server: RunningServer) -> None:
 async def test_connections_over_the_limit_are_closed_on_tls(
     tmp_path: Path, database_url: str
 ) -> None:
-    """Refused TLS connections must be closed, not left without any timeout."""
+    """Refused TLS connections must be closed, not left without any timeout; at the
+    per-address limit it is the older connection without a client certificate that
+    is closed, and the new one is served."""
     import time
 
     from twisted.internet.threads import deferToThread
 
-    config = make_config(
-        tmp_path,
-        database_url,
-        listeners={"max_connections_per_address": 1, "request_timeout_seconds": 30.0},
-    )
+    def state(sock: socket.socket, wait: float) -> str:
+        sock.settimeout(wait)
+        try:
+            return "closed" if sock.recv(10) == b"" else "data"
+        except (ConnectionResetError, BrokenPipeError):
+            return "closed"
+        except TimeoutError:
+            return "left open"
 
-    def over_limit(port: int) -> str:
+    def over_limit(port: int) -> tuple[str, str]:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as first:
             first.sendall(b"\x16")  # keep the first connection busy in its handshake
             time.sleep(0.2)
             with socket.create_connection(("127.0.0.1", port), timeout=5) as second:
-                second.settimeout(5)
-                try:
-                    return "closed" if second.recv(10) == b"" else "data"
-                except (ConnectionResetError, BrokenPipeError):
-                    return "closed"
-                except TimeoutError:
-                    return "left open"
+                return state(second, 2), state(first, 5)
 
-    async for running in run_server(config):
-        assert await deferToThread(over_limit, running.https_port) == "closed"
+    for limit, expected in (
+        ({"max_connections": 1}, ("closed", "left open")),
+        ({"max_connections_per_address": 1}, ("left open", "closed")),
+    ):
+        config = make_config(
+            tmp_path, database_url, listeners={**limit, "request_timeout_seconds": 30.0}
+        )
+        async for running in run_server(config):
+            assert await deferToThread(over_limit, running.https_port) == expected, limit
 
 
 @pytest_twisted.ensureDeferred

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
 from tests.conftest import make_config
 from tests.memory import MemoryServer, memory_server
 
@@ -71,7 +75,9 @@ def _limited(tmp_path: Path, **listeners: object) -> Iterator[MemoryServer]:
 def _open(server: MemoryServer, peer: str) -> bool:
     from twisted.internet.address import IPv4Address
 
-    site = server.components.https_site
+    # The plain listener: at the limit it refuses (TLS listeners may close an
+    # anonymous connection instead, tested below).
+    site = server.components.http_site
     return site.buildProtocol(IPv4Address("TCP", peer, 40000)) is not None
 
 
@@ -87,6 +93,73 @@ def test_trusted_addresses_are_not_held_to_the_per_address_limit(tmp_path: Path)
         assert all(_open(server, "::ffff:10.20.0.9") for _ in range(10))
 
 
+class _TLSTransport(StringTransport):
+    """A TLS connection as a channel sees it: a peer certificate (or none yet)."""
+
+    def __init__(self, certificate: object | None) -> None:
+        super().__init__()
+        self.certificate = certificate
+        self.aborted = False
+
+    def getPeerCertificate(self) -> object | None:
+        return self.certificate
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+def _connect(
+    server: MemoryServer, peer: str, certificate: object | None = None, site: str = "https"
+) -> _TLSTransport | None:
+    from twisted.internet.address import IPv4Address
+
+    listener = getattr(server.components, f"{site}_site")
+    channel = listener.buildProtocol(IPv4Address("TCP", peer, 40000))
+    if channel is None:
+        return None
+    transport = _TLSTransport(certificate)
+    channel.makeConnection(transport)
+    return transport
+
+
+def test_at_the_limit_anonymous_connections_make_way_for_new_ones(tmp_path: Path) -> None:
+    """Devices behind one NAT address with an attacker: the attacker's connections
+    without a client certificate no longer hold the devices out, and a device's
+    authenticated connection is never the one closed."""
+    for server in _limited(tmp_path, max_connections_per_address=3):
+        device = _connect(server, "192.0.2.7", certificate="device certificate")
+        attacker = [_connect(server, "192.0.2.7") for _ in range(2)]
+        assert device is not None and all(attacker)
+        # At the limit: each new connection closes the oldest anonymous one.
+        newcomer = _connect(server, "192.0.2.7")
+        assert newcomer is not None
+        assert [t.aborted for t in attacker if t] == [True, False]
+        assert not device.aborted
+        # One in the middle of a request is not cut either.
+        busy = server.components.https_site._channels["192.0.2.7"]
+        for channel in busy:
+            channel._handlingRequest = True
+        assert _connect(server, "192.0.2.7") is None
+        # Other addresses are not affected, and the plain HTTP listener refuses as before.
+        assert _connect(server, "198.51.100.1") is not None
+        assert [_connect(server, "203.0.113.5", site="http") for _ in range(4)][-1] is None
+
+
+def test_authenticated_connections_are_never_closed_for_new_ones(tmp_path: Path) -> None:
+    for server in _limited(tmp_path, max_connections_per_address=2):
+        devices = [_connect(server, "192.0.2.7", certificate="cert") for _ in range(2)]
+        assert _connect(server, "192.0.2.7") is None
+        assert not any(t.aborted for t in devices if t)
+        # A closed connection frees its slot (and leaves the bookkeeping).
+        channels = list(server.components.osp_site._channels.get("192.0.2.7", {}))
+        assert channels == []
+        https = server.components.https_site
+        first = next(iter(https._channels["192.0.2.7"]))
+        first.connectionLost(Failure(ConnectionDone()))
+        assert first not in https._channels["192.0.2.7"]
+        assert _connect(server, "192.0.2.7", certificate="cert") is not None
+
+
 def test_the_listener_cap_counts_everyone_trusted_or_not(tmp_path: Path) -> None:
     for server in _limited(
         tmp_path, max_connections=5, trusted_addresses=["10.20.0.0/24", "2001:db8::/32"]
@@ -96,7 +169,7 @@ def test_the_listener_cap_counts_everyone_trusted_or_not(tmp_path: Path) -> None
         assert not _open(server, "10.20.0.9")
         assert not _open(server, "198.51.100.1")
         # A closed connection frees a slot.
-        server.components.https_site.connection_closed("192.0.2.1")
+        server.components.http_site.connection_closed("192.0.2.1")
         assert _open(server, "198.51.100.1")
 
 
