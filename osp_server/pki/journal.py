@@ -99,6 +99,20 @@ class JournalEvent:
         )
 
 
+def _owned_like_parent(path: Path, fd: int | None = None) -> None:
+    """When running as root (osp-admin by an operator), give a file or directory the
+    journal just created to the owner of its parent: otherwise the server, running as
+    its own user, could no longer append (a new segment owned by root would fail every
+    enrollment)."""
+    if os.geteuid() != 0:
+        return
+    parent = path.parent.stat()
+    if fd is not None:
+        os.fchown(fd, parent.st_uid, parent.st_gid)
+    else:
+        os.chown(path, parent.st_uid, parent.st_gid)
+
+
 class CertificateJournal:
     """The journal file ``path`` (created 0600 in a 0700 directory).
 
@@ -124,6 +138,8 @@ class CertificateJournal:
             return
         try:
             created = make_private_directory(self.path.parent)
+            if created:
+                _owned_like_parent(self.path.parent)
             fd = self._open_locked()
             try:
                 size = os.fstat(fd).st_size
@@ -162,6 +178,8 @@ class CertificateJournal:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_size == 0:
+                _owned_like_parent(self.path, fd)
             try:
                 current = os.stat(self.path)
             except FileNotFoundError:

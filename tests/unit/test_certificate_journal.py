@@ -202,3 +202,22 @@ def test_the_servers_own_certificates_are_journaled_and_replayed(tmp_path: Path)
         record = core.db.transact_sync(cert_store.get_by_serial, serial)
         assert record.kind == kind and record.state == "valid"
     core.db.stop()
+
+
+def test_files_root_creates_belong_to_the_data_directory_owner(tmp_path: Path) -> None:
+    """osp-admin run as root must not leave the server (its own user) a journal
+    directory or segment it cannot append to."""
+    import os
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create files for another user")
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, 4321, 4321)
+    journal = CertificateJournal(data / "journal" / "certificates.log", max_segment_bytes=200)
+    for n in range(5):
+        journal.append([JournalEvent("revoked", format(n, "x"), NOW, reason="r" * 80)])
+    for path in [journal.path.parent, *journal.segments()]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (4321, 4321), path
