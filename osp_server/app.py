@@ -56,6 +56,7 @@ from osp_server.reactor import IOSPReactor, IWorkerReactor
 from osp_server.readiness import Readiness
 from osp_server.routing.refresh import ReplaceableTables, RouteRefresher
 from osp_server.services import ListenerService, ProcessService, freeze_long_lived_objects
+from osp_server.storage import authorities
 from osp_server.storage.db import Database, StorageError, open_database, sqlite_path
 from osp_server.storage.reconcile import reconcile_txn
 from osp_server.tls.context import ReloadableServerTLS, TLSMaterial
@@ -141,15 +142,14 @@ def prepare(
     except OSError as e:
         raise StartupError(f"data directory {config.data_dir}: {e.strerror or e}") from None
     try:
-        ca, created = open_ca(config.ca, now=clock())
-    except CAError as e:
-        raise StartupError(f"CA: {e}") from None
-    except OSError as e:
-        raise StartupError(f"CA: {e.filename or config.ca.key_file}: {e.strerror}") from None
-    try:
         db = open_database(config.database, reactor, migrate=worker is None)
     except Exception as e:
         raise StartupError(f"database {config.database.url.split('@')[-1]}: {e}") from None
+    try:
+        ca, created = _open_the_database_ca(config, db, clock(), claim=worker is None)
+    except StartupError:
+        db.stop()
+        raise
     if worker is None:
         try:
             replay_journal(db, CertificateJournal.in_data_dir(config.data_dir), clock())
@@ -170,6 +170,54 @@ def prepare(
         clock=clock,
         worker=worker,
     )
+
+
+def _open_the_database_ca(
+    config: Config, db: Database, now: datetime, *, claim: bool
+) -> tuple[CertificateAuthority, bool]:
+    """This node's CA, which must be the database's (storage.authorities): loaded, or
+    created only when the database has none yet; the first node records its own."""
+    try:
+        recorded = db.transact_sync(authorities.recorded_authority_txn)
+    except StorageError as e:
+        raise StartupError(f"database: {e}") from None
+    missing = not config.ca.cert_file.exists() and not config.ca.key_file.exists()
+    if recorded is not None and missing:
+        # Creating one would make a CA the other nodes do not trust.
+        raise StartupError(
+            f"CA: this database belongs to CA {recorded.subject} (SHA-256 "
+            f"{recorded.fingerprint_sha256}), and this node has no CA at {config.ca.cert_file}: "
+            "copy it from a node that has it (there: osp-admin ca export FILE; here: "
+            "osp-admin ca import FILE), as the README's 'Several nodes' says"
+        )
+    try:
+        ca, created = open_ca(config.ca, now=now)
+    except CAError as e:
+        raise StartupError(f"CA: {e}") from None
+    except OSError as e:
+        raise StartupError(f"CA: {e.filename or config.ca.key_file}: {e.strerror}") from None
+    mine = ca.fingerprint_sha256()
+    if recorded is None and claim:
+        try:
+            recorded = db.transact_sync(
+                authorities.claim_authority_txn,
+                fingerprint_sha256=mine,
+                subject=ca.certificate.subject.rfc4514_string(),
+                certificate=ca.certificate_der,
+                now=now,
+            )
+        except StorageError as e:
+            raise StartupError(f"database: {e}") from None
+    if recorded is not None and recorded.fingerprint_sha256 != mine:
+        raise StartupError(
+            f"CA: this node's CA {ca.certificate.subject.rfc4514_string()} (SHA-256 {mine}, "
+            f"{config.ca.cert_file}) is not the CA of this database, {recorded.subject} "
+            f"(SHA-256 {recorded.fingerprint_sha256}, recorded "
+            f"{recorded.recorded_at:%Y-%m-%d %H:%M}Z): devices enrolled on the other nodes "
+            "would be refused here. Use the same CA on every node (there: osp-admin ca "
+            "export FILE; here: osp-admin ca import FILE)"
+        )
+    return ca, created
 
 
 def replay_journal(db: Database, journal: CertificateJournal, now: datetime) -> None:

@@ -25,7 +25,9 @@ class Options(usage.Options):
         try:
             config = load_config(path)
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            # One line naming the key and the file: twistd prints its whole usage
+            # block after a UsageError, which buries the one line that matters.
+            raise SystemExit(f"osp-server: {e}") from None
         if self["data-dir"]:
             from osp_server.config import parse_config
 

@@ -90,7 +90,8 @@ def cmd_restore(ctx: Context, args: argparse.Namespace) -> None:
     )
 
 
-def _passphrase_option(parser: argparse.ArgumentParser) -> None:
+def passphrase_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--passphrase-file`` (read by :func:`read_passphrase`)."""
     parser.add_argument(
         "--passphrase-file",
         type=Path,
@@ -106,7 +107,7 @@ def register(subparsers: Subparsers) -> None:
         "with a passphrase, certificate journal)",
     )
     backup.add_argument("output", type=Path, help="the archive to create (must not exist)")
-    _passphrase_option(backup)
+    passphrase_option(backup)
     backup.set_defaults(func=cmd_backup)
 
     restore = subparsers.add_parser(
@@ -115,7 +116,7 @@ def register(subparsers: Subparsers) -> None:
         "certificate journal so that no revocation is rolled back",
     )
     restore.add_argument("archive", type=Path)
-    _passphrase_option(restore)
+    passphrase_option(restore)
     restore.add_argument(
         "--replace-files",
         action="store_true",

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from osp_server.admin.context import Context, Subparsers, emit_one, load_existing_ca
+from osp_server.admin.backup_commands import passphrase_option
+from osp_server.admin.context import (
+    AdminError,
+    Context,
+    Subparsers,
+    emit_one,
+    load_existing_ca,
+)
 from osp_server.pki.ca import CertificateAuthority, open_ca
 
 
@@ -36,6 +44,44 @@ def cmd_ca_show(ctx: Context, _args: argparse.Namespace) -> None:
     emit_one(ctx, _ca_row(load_existing_ca(ctx)))
 
 
+def cmd_ca_export(ctx: Context, args: argparse.Namespace) -> None:
+    """Write the CA certificate and its encrypted key for another node."""
+    from osp_server.admin.backup_commands import read_passphrase
+    from osp_server.backup.archive import BackupError
+    from osp_server.backup.ca_transfer import export_ca
+
+    passphrase = read_passphrase(ctx, args, confirm=True)
+    try:
+        export_ca(ctx.config, args.output, passphrase, now=ctx.now())
+    except BackupError as e:
+        raise AdminError(str(e)) from None
+    row = _ca_row(load_existing_ca(ctx))
+    emit_one(ctx, {"exported_to": str(args.output), **row})
+
+
+def cmd_ca_import(ctx: Context, args: argparse.Namespace) -> None:
+    """Install a CA exported by another node (this node's server stopped)."""
+    from osp_server.admin.backup_commands import read_passphrase
+    from osp_server.backup.archive import BackupError
+    from osp_server.backup.ca_transfer import import_ca
+
+    passphrase = read_passphrase(ctx, args, confirm=False)
+    try:
+        imported = import_ca(
+            ctx.config, args.archive, passphrase, now=ctx.now(), replace=args.replace
+        )
+    except BackupError as e:
+        raise AdminError(str(e)) from None
+    emit_one(
+        ctx,
+        {
+            "outcome": imported.outcome,
+            "subject": imported.subject,
+            "sha256_fingerprint": imported.fingerprint_sha256,
+        },
+    )
+
+
 def register(subparsers: Subparsers) -> None:
     """Add the ``ca`` command group."""
     ca = subparsers.add_parser("ca", help="certificate authority").add_subparsers(
@@ -45,3 +91,23 @@ def register(subparsers: Subparsers) -> None:
         func=cmd_ca_init
     )
     ca.add_parser("show", help="show the CA and its fingerprints").set_defaults(func=cmd_ca_show)
+    export = ca.add_parser(
+        "export",
+        help="write the CA certificate and key (encrypted with a passphrase) for another "
+        "node of the same database",
+    )
+    export.add_argument("output", type=Path, help="the file to create (must not exist)")
+    passphrase_option(export)
+    export.set_defaults(func=cmd_ca_export)
+    imported = ca.add_parser(
+        "import", help="install the CA another node exported (stop this node's server first)"
+    )
+    imported.add_argument("archive", type=Path)
+    passphrase_option(imported)
+    imported.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace a different CA this node already has (moved aside, with the TLS and "
+        "token-signer files issued from it)",
+    )
+    imported.set_defaults(func=cmd_ca_import)

@@ -196,7 +196,8 @@ class Manifest:
             raise BackupError("manifest: bad created_at") from None
         engine = document.get("engine")
         revision = document.get("schema_revision")
-        if engine not in ("sqlite", "postgresql") or not (
+        # "none": a CA export (osp_server.backup.ca_transfer), no database involved.
+        if engine not in ("sqlite", "postgresql", "none") or not (
             revision is None or isinstance(revision, str)
         ):
             raise BackupError("manifest: bad engine or schema revision")

@@ -263,3 +263,15 @@ audit_log = Table(
     Column("detail", Text, nullable=False),
     Index("ix_audit_log_at", "at"),
 )
+
+ca_identity = Table(
+    "ca_identity",
+    metadata,
+    # One row (id 1): the CA every node of this database must use.  A second node that
+    # created its own CA would issue certificates the first refuses (issue 11).
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("fingerprint_sha256", String(95), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("certificate", LargeBinary, nullable=False),
+    Column("recorded_at", UTCDateTime(), nullable=False),
+)

@@ -197,7 +197,10 @@ def test_bad_config_stops_twistd_with_one_line(installed: Path, tmp_path: Path) 
         installed, "twistd", "-n", "--pidfile=", "osp", "--config", str(config), cwd=tmp_path
     )
     assert result.returncode != 0
-    assert "listeners.http" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "listeners.http" in output
+    # One line, not twistd's usage block after it.
+    assert "Usage: twistd" not in output and output.strip().count("\n") == 0, output
 
 
 def test_port_in_use_and_bad_endpoint_stop_start_up_with_one_line(

@@ -150,6 +150,6 @@ def test_ca_init_show_and_cert_list(run: Run) -> None:
 
 
 def test_db_upgrade_and_status(run: Run) -> None:
-    assert run.json("db", "upgrade")["schema_revision"] == "0003"
+    assert run.json("db", "upgrade")["schema_revision"] == "0004"
     status = run.json("db", "status")
     assert status["up_to_date"] is True

@@ -35,9 +35,9 @@ def test_migrations_match_the_tables(db: Database) -> None:
         )
     assert diff == []
     current, head = schema_status(db.engine)
-    assert current == head == "0003"
+    assert current == head == "0004"
     # Upgrading again is a no-op.
-    assert upgrade_schema(db.engine) == "0003"
+    assert upgrade_schema(db.engine) == "0004"
 
 
 def test_durability_settings(db: Database) -> None:
@@ -194,5 +194,5 @@ def test_migrations_run_with_their_own_long_timeout(
         return create(url, **kwargs)
 
     monkeypatch.setattr(db_module, "create_db_engine", recording)
-    assert db_module.migrate_schema(empty_database_url) == "0003"
+    assert db_module.migrate_schema(empty_database_url) == "0004"
     assert seen == [db_module.MIGRATION_TIMEOUT_SECONDS]

@@ -1,0 +1,114 @@
+"""``osp-admin ca export`` / ``ca import``: one CA for several nodes.
+
+The export is a backup archive (osp_server.backup.archive) holding only the CA
+certificate and its key, the key encrypted with a passphrase.  The import writes them
+where this node's configuration looks for its CA.  Each node then issues its own TLS
+and token-signer certificates from that CA at start.
+
+A node that already has a different CA keeps it unless told to replace it. The
+replaced CA, and the TLS and token-signer files issued from it, are then moved aside
+(``.before-import-<time>``), so that the next start issues new ones from the imported
+CA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+
+from osp_server.backup.archive import (
+    ArchiveWriter,
+    BackupError,
+    KeyDerivation,
+    Manifest,
+    open_archive,
+)
+from osp_server.backup.operations import archive_files
+from osp_server.config import Config
+from osp_server.pki.files import make_private_directory, write_new_file
+
+CA_MEMBERS = ("ca.pem", "ca.key")
+ISSUED_FROM_CA = ("tls.pem", "tls.key", "tokens.pem", "tokens.key")
+
+
+def export_ca(config: Config, output: Path, passphrase: bytes, *, now: datetime) -> Manifest:
+    """Write this node's CA certificate and (encrypted) key to ``output``."""
+    if output.exists() or output.is_symlink():
+        raise BackupError(f"{output} exists: choose a new name")
+    files = archive_files(config)
+    for name in CA_MEMBERS:
+        if not files[name].exists():
+            raise BackupError(f"no CA at {files[name]}: nothing to export")
+    kdf = KeyDerivation.fresh()
+    manifest = Manifest(created_at=now, engine="none", schema_revision=None, kdf=kdf)
+    writer = ArchiveWriter(output, manifest, kdf.derive(passphrase))
+    try:
+        for name in CA_MEMBERS:
+            writer.add_bytes(name, files[name].read_bytes())
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    return manifest
+
+
+@dataclass(frozen=True)
+class ImportedCA:
+    """What an import did: the CA's subject and fingerprint, and ``outcome``
+    (``imported``, ``unchanged`` or ``replaced``)."""
+
+    subject: str
+    fingerprint_sha256: str
+    outcome: str
+
+
+def import_ca(
+    config: Config, archive: Path, passphrase: bytes, *, now: datetime, replace: bool = False
+) -> ImportedCA:
+    """Put the archive's CA where ``config`` looks for it (module docstring)."""
+    from osp_server.pki.ca import load_ca
+
+    files = archive_files(config)
+    make_private_directory(config.data_dir)
+    with open_archive(archive, passphrase, config.data_dir) as opened:
+        if not all(name in opened.small for name in CA_MEMBERS):
+            raise BackupError(f"{archive}: holds no CA certificate and key")
+        certificate = opened.small["ca.pem"]
+        key = opened.small["ca.key"]
+    try:
+        parsed = x509.load_pem_x509_certificate(certificate)
+    except ValueError:
+        raise BackupError(f"{archive}: ca.pem is not a PEM certificate") from None
+    cert_file, key_file = files["ca.pem"], files["ca.key"]
+    present = cert_file.exists() or key_file.exists()
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    if present:
+        if cert_file.exists() and cert_file.read_bytes() == certificate:
+            outcome = "unchanged"
+        elif not replace:
+            raise BackupError(
+                f"this node already has a different CA at {cert_file}: pass --replace to "
+                "replace it (it and the certificates issued from it are moved aside)"
+            )
+        else:
+            for name in (*CA_MEMBERS, *ISSUED_FROM_CA):
+                path = files[name]
+                if path.exists():
+                    path.rename(path.with_name(f"{path.name}.before-import-{stamp}"))
+            outcome = "replaced"
+    else:
+        outcome = "imported"
+    if outcome != "unchanged":
+        for path, data, mode in ((key_file, key, 0o600), (cert_file, certificate, 0o644)):
+            make_private_directory(path.parent)
+            write_new_file(path, data, mode, "CA file")
+    # The pair must load as the server would load it (key matches certificate).
+    ca = load_ca(key_file, cert_file, profile=config.ca.profile)
+    return ImportedCA(
+        subject=parsed.subject.rfc4514_string(),
+        fingerprint_sha256=ca.fingerprint_sha256(),
+        outcome=outcome,
+    )

@@ -1,0 +1,93 @@
+"""Several nodes on one database share one CA (issue 11): the first records its CA, a
+node without a CA refuses to create another, a node with another CA refuses to start,
+and ``osp-admin ca export``/``import`` bring the CA from one node to the next."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+
+from osp_server.app import StartupError, prepare
+from osp_server.config import Config, load_config
+from osp_server.storage import authorities
+from tests.integration.test_osp import add_device_db
+from tests.memory import MemoryEnv, MemoryReactor, enroll_in_memory, memory_server
+from tests.reliability.test_r10_restore import _authorize
+from tests.unit.admin_runner import AdminRunner
+
+PASSPHRASE = "correct horse battery staple"
+
+
+def _node(tmp_path: Path, name: str, database_url: str) -> tuple[Config, AdminRunner]:
+    directory = tmp_path / name
+    directory.mkdir()
+    path = directory / "osp.toml"
+    path.write_text(
+        f'[server]\ndata_dir = "data"\n[database]\nurl = "{database_url}"\n'
+        '[listeners]\nhttp = "tcp:0:interface=127.0.0.1"\nhttps = "tcp:0:interface=127.0.0.1"\n'
+        'metrics = ""\n'
+    )
+    return load_config(path), AdminRunner(path)
+
+
+def _start_fails(config: Config) -> str:
+    with pytest.raises(StartupError) as info:
+        prepare(config, MemoryReactor())
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodes_share_the_database_ca(tmp_path: Path, database_url: str) -> None:
+    first, first_admin = _node(tmp_path, "a", database_url)
+    second, second_admin = _node(tmp_path, "b", database_url)
+    other, other_admin = _node(tmp_path, "c", database_url)
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text(PASSPHRASE + "\n")
+
+    for server in memory_server(first):
+        recorded = server.core.db.transact_sync(authorities.recorded_authority_txn)
+        assert recorded is not None
+        assert recorded.fingerprint_sha256 == server.core.ca.fingerprint_sha256()
+        add_device_db(server.core.db, "1000", "1000")
+        device = enroll_in_memory(server, "1000", "1000")
+
+    # A second node without a CA does not create one the first would not trust.
+    message = _start_fails(second)
+    assert "this database belongs to CA CN=OSP Server CA" in message
+    assert recorded.fingerprint_sha256 in message and "osp-admin ca import" in message
+    assert not second.ca.cert_file.exists() and not second.ca.key_file.exists()
+
+    # A node with a CA of its own refuses to start, naming both fingerprints.
+    mine = other_admin.json("ca", "init")["sha256_fingerprint"]
+    message = _start_fails(other)
+    assert mine in message and recorded.fingerprint_sha256 in message
+    assert re.search(r"is not the CA of this database", message)
+
+    # Export from the first node, import on the others.
+    archive = tmp_path / "ca.tar"
+    exported = first_admin.json("ca", "export", str(archive), "--passphrase-file", str(passphrase))
+    assert exported["sha256_fingerprint"] == recorded.fingerprint_sha256
+    imported = second_admin.json("ca", "import", str(archive), "--passphrase-file", str(passphrase))
+    assert imported == {
+        "outcome": "imported",
+        "subject": "CN=OSP Server CA,O=OSP Server",
+        "sha256_fingerprint": recorded.fingerprint_sha256,
+    }
+    code, _, err = other_admin("ca", "import", str(archive), "--passphrase-file", str(passphrase))
+    assert code == 1 and "already has a different CA" in err and "--replace" in err
+    replaced = other_admin.json(
+        "ca", "import", str(archive), "--passphrase-file", str(passphrase), "--replace"
+    )
+    assert replaced["outcome"] == "replaced"
+    assert list(other.ca.cert_file.parent.glob("ca.pem.before-import-*"))
+
+    # The device enrolled on the first node is served by the others.
+    for node in (second, other):
+        for server in memory_server(node):
+            env = MemoryEnv(server, tmp_path, device)
+            assert await _authorize(env, device) == 200
