@@ -60,6 +60,15 @@ def test_example_config_parses_and_documents_every_key() -> None:
         "request_timeout_seconds",
     ):
         assert f"{key} =" in text, key
+    # Paths derive from data_dir: editing only data_dir moves all of them.
+    assert config.database.url == f"sqlite:///{config.data_dir / 'osp.sqlite3'}"
+    assert config.ca.key_file == config.data_dir / "ca" / "ca.key"
+    assert config.tls.cert_file == config.data_dir / "tls" / "server.pem"
+    # No other key repeats the data directory (a copy would not follow an edit of it).
+    settings = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert [line for line in settings if "/var/lib/osp-server" in line] == [
+        'data_dir = "/var/lib/osp-server"'
+    ]
 
 
 def _write(tmp_path: Path, text: str) -> Path:
