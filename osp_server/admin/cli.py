@@ -15,6 +15,7 @@ install after adding a module).  Groups appear in ``--help`` in that order.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Final, Protocol, TextIO
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from osp_server import __version__
 from osp_server.admin import (
     audit_commands,
     backup_commands,
@@ -87,7 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every command group."""
     parser = argparse.ArgumentParser(prog="osp-admin", description=__doc__.split("\n")[0])
     parser.add_argument("--config", "-c", type=Path, help="TOML config (default: built-ins)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable output (also accepted after the command)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     for group in COMMAND_GROUP_MODULES:
         group.register(subparsers)
@@ -105,15 +112,24 @@ def main(
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # --json anywhere: `osp-admin device list --json` as well as `osp-admin --json ...`.
+    as_json = "--json" in arguments
+    arguments = [a for a in arguments if a != "--json"]
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(arguments)
     except SystemExit as e:
         return int(e.code or 0)
+    args.json = args.json or as_json
     ctx: Context | None = None
     try:
         config = load_config(args.config)
         ctx = Context(config=config, out=out, as_json=args.json, stdin=stdin or sys.stdin)
         args.func(ctx, args)
+        return EXIT_OK
+    except BrokenPipeError:
+        # The reader went away (`osp-admin usage export | head`): end quietly.
+        _silence_stdout(out)
         return EXIT_OK
     except HANDLED_ERRORS as e:
         err.write(error_line(e))
@@ -124,6 +140,15 @@ def main(
     finally:
         if ctx is not None:
             ctx.close()
+
+
+def _silence_stdout(out: TextIO) -> None:
+    """Point the closed stdout at /dev/null, so that the interpreter's final flush does
+    not report the broken pipe again."""
+    if out is sys.stdout:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from osp_server import __version__
 from osp_server.enrollment import wire
 from osp_server.pki.der import DERError, children, read_single
 from osp_server.pki.files import FileWriteError, write_new_file
@@ -520,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
             "send a certificate request, wait while it is pending, check and save the result."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--ca-url", default=DEFAULT_CA_URL, help="plain HTTP URL for getcacert")
     parser.add_argument("--url", default=DEFAULT_URL, help="HTTPS URL for request/retrieve")
     parser.add_argument(

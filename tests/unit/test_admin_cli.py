@@ -153,3 +153,31 @@ def test_db_upgrade_and_status(run: Run) -> None:
     assert run.json("db", "upgrade")["schema_revision"] == "0004"
     status = run.json("db", "status")
     assert status["up_to_date"] is True
+
+
+class _ClosedPipe(io.StringIO):
+    """stdout of `osp-admin … | head` once head has exited."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_pipe_ends_quietly(run: Run) -> None:
+    run.json("customer", "add", "1000")
+    err = io.StringIO()
+    code = main(
+        ["--config", str(run.config_path), "customer", "list"], stdout=_ClosedPipe(), stderr=err
+    )
+    assert code == 0 and err.getvalue() == ""
+
+
+def test_json_is_accepted_after_the_command_and_version_is_shown(
+    run: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run.json("customer", "add", "1000")
+    code, out, _ = run("customer", "list", "--json")
+    assert code == 0 and out.lstrip().startswith("[")
+    from osp_server import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"osp-admin {__version__}"

@@ -851,3 +851,11 @@ def test_help_returns_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert client.main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "--insecure-skip-fingerprint" in out and "INSECURE" in out
+
+
+def test_version_is_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    from osp_server import __version__
+    from osp_server.client.enroll import main as enroll_main
+
+    assert enroll_main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"osp-enroll {__version__}"
