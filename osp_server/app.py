@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 
+from osp_server import __version__
 from osp_server.config import Config
 from osp_server.enrollment.resource import TepResource
 from osp_server.enrollment.service import EnrollmentService
@@ -57,7 +58,13 @@ from osp_server.readiness import Readiness
 from osp_server.routing.refresh import ReplaceableTables, RouteRefresher
 from osp_server.services import ListenerService, ProcessService, freeze_long_lived_objects
 from osp_server.storage import authorities
-from osp_server.storage.db import Database, StorageError, open_database, sqlite_path
+from osp_server.storage.db import (
+    Database,
+    StorageError,
+    displayable_url,
+    open_database,
+    sqlite_path,
+)
 from osp_server.storage.reconcile import reconcile_txn
 from osp_server.tls.context import ReloadableServerTLS, TLSMaterial
 from osp_server.tls.issued import IssuedFiles, MaterialError, provide_now
@@ -144,7 +151,7 @@ def prepare(
     try:
         db = open_database(config.database, reactor, migrate=worker is None)
     except Exception as e:
-        raise StartupError(f"database {config.database.url.split('@')[-1]}: {e}") from None
+        raise StartupError(f"database {displayable_url(config.database.url)}: {e}") from None
     try:
         ca, created = _open_the_database_ca(config, db, clock(), claim=worker is None)
     except StartupError:
@@ -497,8 +504,20 @@ class CoreService(Service):
         super().privilegedStartService()
         if self.components.core.worker is not None:
             return  # the supervisor logged them
-        ca = self.components.core.ca
-        log.info("CA {subject}", subject=ca.certificate.subject.rfc4514_string())
+        core = self.components.core
+        ca = core.ca
+        log.info(
+            "osp-server {version}: data directory {data_dir}, database {database}",
+            version=__version__,
+            data_dir=str(core.config.data_dir),
+            database=displayable_url(core.config.database.url),
+        )
+        log.info(
+            "CA {subject} ({how} {path})",
+            subject=ca.certificate.subject.rfc4514_string(),
+            how="created at" if core.ca_created else "loaded from",
+            path=str(core.config.ca.cert_file),
+        )
         log.info("CA fingerprint SHA-256 {fp}", fp=ca.fingerprint_sha256())
         log.info("CA fingerprint MD5 (enroll -fprint) {fp}", fp=ca.fingerprint_md5())
 

@@ -65,6 +65,14 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def displayable_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for logs and command output."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is reported elsewhere; show nothing of it
+        return "<unreadable database URL>"
+
+
 def sqlite_path(url: str) -> Path | None:
     """The database file of a SQLite URL; None for other engines."""
     parsed = make_url(normalize_url(url))

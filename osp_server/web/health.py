@@ -19,6 +19,7 @@ from twisted.internet.task import LoopingCall
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from osp_server import __version__
 from osp_server.readiness import Readiness
 from osp_server.storage.db import Database
 from osp_server.web.responses import Response, render_async
@@ -81,7 +82,7 @@ class StorageProbe:
 
 def _answer(ok: bool, starting: tuple[str, ...] = ()) -> Response:
     state = "ok" if ok else "unavailable"
-    document: dict[str, object] = {"status": state, "storage": state}
+    document: dict[str, object] = {"status": state, "storage": state, "version": __version__}
     if starting:
         # Listening, but not taking OSP traffic yet (e.g. the first route load).
         document["status"] = "starting"

@@ -17,6 +17,7 @@ from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from osp_server import __version__
 from osp_server.config import Config
 from tests.conftest import make_config
 from tests.integration.harness import RunningServer, reactor, run_server
@@ -45,7 +46,7 @@ async def test_health_reports_storage(server: RunningServer) -> None:
     answer = await deferToThread(_raw_exchange, server.http_port, request)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert json.loads(body) == {"status": "ok", "storage": "ok"}
+    assert json.loads(body) == {"status": "ok", "storage": "ok", "version": __version__}
     assert f"Content-Length: {len(body)}".encode() in head.split(b"\r\n")
     assert b"Content-Type: application/json" in head.split(b"\r\n")
 

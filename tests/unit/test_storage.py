@@ -196,3 +196,17 @@ def test_migrations_run_with_their_own_long_timeout(
     monkeypatch.setattr(db_module, "create_db_engine", recording)
     assert db_module.migrate_schema(empty_database_url) == "0004"
     assert seen == [db_module.MIGRATION_TIMEOUT_SECONDS]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://osp:s3cret@db:5432/osp", "postgresql+psycopg://osp:***@db:5432/osp"),
+        ("sqlite:////var/lib/osp-server/osp.sqlite3", "sqlite:////var/lib/osp-server/osp.sqlite3"),
+        ("::not a url::", "<unreadable database URL>"),
+    ],
+)
+def test_database_urls_are_shown_without_their_password(url: str, shown: str) -> None:
+    from osp_server.storage.db import displayable_url
+
+    assert displayable_url(url) == shown

@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyRequest
 
+from osp_server import __version__
 from osp_server.osp.authn import DeviceAuthenticator
 from osp_server.osp.resource import OSPResource
 from osp_server.osp.service import OSPService
@@ -104,6 +105,11 @@ def test_health_says_starting_until_ready() -> None:
     resource = HealthResource(probe, readiness)
     code, document = _health(resource)
     assert code == 503
-    assert document == {"status": "starting", "storage": "ok", "waiting_for": ["routes"]}
+    assert document == {
+        "status": "starting",
+        "storage": "ok",
+        "version": __version__,
+        "waiting_for": ["routes"],
+    }
     loaded.callback(1)
-    assert _health(resource) == (200, {"status": "ok", "storage": "ok"})
+    assert _health(resource) == (200, {"status": "ok", "storage": "ok", "version": __version__})
