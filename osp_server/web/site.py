@@ -19,6 +19,7 @@ from io import BytesIO
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -151,6 +152,20 @@ class CappedRequest(Request):
         super().render(resrc)
 
 
+def tls_failure_reason(error: BaseException | None) -> str:
+    """OpenSSL's reasons for a failed TLS connection, in its words
+    (``tlsv1 alert unknown ca``, ``peer did not return a certificate``)."""
+    if error is None:
+        return "unknown"
+    reasons = []
+    details = error.args[0] if error.args else None
+    if isinstance(details, list):
+        for entry in details:
+            if isinstance(entry, tuple) and entry:
+                reasons.append(str(entry[-1]))
+    return "; ".join(reason for reason in reasons if reason) or str(error) or type(error).__name__
+
+
 class DeadlineChannel(http.HTTPChannel):
     """An HTTP channel that must receive each whole request within a deadline."""
 
@@ -236,6 +251,15 @@ class DeadlineChannel(http.HTTPChannel):
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(SSL.Error) is not None:
+            # Once per connection, with what OpenSSL said: a device with a certificate
+            # from another CA, none where one is required, an MD5 one on a normal listener.
+            log.info(
+                "TLS with {peer} on {listener} failed: {why}",
+                peer=self._peer_host,
+                listener=self.site.name,
+                why=tls_failure_reason(reason.value),
+            )
         self._cancel_deadline()
         if self._closing_since is not None and self._closing_since.active():
             self._closing_since.cancel()

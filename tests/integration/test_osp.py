@@ -27,7 +27,7 @@ from defusedxml import ElementTree
 from prometheus_client import generate_latest
 
 from twisted.internet.threads import deferToThread
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 
 from osp_server import passwords
 from osp_server.enrollment.wire import TepOperation, encode_fields, parse_client_view
@@ -705,8 +705,13 @@ async def test_mtls_required_listener(env_tls: Env) -> None:
     )
     try:
         number = port.getHost().port
-        result = await deferToThread(_handshake_fails, number, None)
+        with capturedLogs() as events:
+            result = await deferToThread(_handshake_fails, number, None)
         assert result.startswith("refused") or result == "closed", result
+        # Logged once, at info, with the peer and OpenSSL's reason.
+        failed = [formatEvent(e) for e in events if "TLS with" in formatEvent(e)]
+        assert len(failed) == 1, failed
+        assert "127.0.0.1 on osp failed: peer did not return a certificate" in failed[0]
         _, body = split_vector(OSP / "authorization-request.http")
         head, _ = split_vector(OSP / "authorization-request.http")
         answer = await deferToThread(

@@ -206,3 +206,14 @@ def test_after_a_431_nothing_more_is_read_and_the_connection_is_aborted(
     assert not connection.transport.disconnected
     server.reactor.advance(ABORT_AFTER_SECONDS)
     assert connection.transport.disconnected  # StringTransport.abortConnection
+
+
+def test_tls_failure_reasons_are_openssls_words() -> None:
+    from OpenSSL import SSL
+
+    from osp_server.web.site import tls_failure_reason
+
+    error = SSL.Error([("SSL routines", "", "tlsv1 alert unknown ca")])
+    assert tls_failure_reason(error) == "tlsv1 alert unknown ca"
+    assert tls_failure_reason(SSL.Error("odd")) == "odd"
+    assert tls_failure_reason(None) == "unknown"
