@@ -43,6 +43,7 @@ from osp_server.interfaces import (
     load_enrollment_authorizer,
     load_routing_policy,
 )
+from osp_server.inventory import InventoryProbe
 from osp_server.maintenance import TransactionReaper
 from osp_server.metrics import Metrics, MetricsResource
 from osp_server.osp.authn import DeviceAuthenticator
@@ -124,6 +125,10 @@ class Core:
             clock=self.clock,
             run_blocking=lambda fn: deferToThreadPool(self.reactor, self.cpu_pool, fn),
             metrics=self.metrics,
+        )
+        self.inventory_probe = InventoryProbe(self.db, self.reactor, self.metrics, clock=self.clock)
+        self.metrics.certificate_expiry.labels("ca").set(
+            self.ca.certificate.not_valid_after_utc.timestamp()
         )
         self.db.observer = self.metrics.observe_transaction
 
@@ -346,6 +351,10 @@ def build_components(core: Core) -> Components:
     cfg = core.config.listeners
 
     server_certificate = build_server_certificate(core)
+    # Read at each scrape: SIGHUP may have renewed it.
+    core.metrics.certificate_expiry.labels("server").set_function(
+        lambda: server_certificate.cert.not_valid_after_utc.timestamp()
+    )
 
     def tls_loader(*, require: bool, legacy: bool = False) -> Callable[[], TLSMaterial]:
         def load() -> TLSMaterial:
@@ -398,10 +407,14 @@ def build_components(core: Core) -> Components:
     )
     policy = build_routing_policy(core)
     authenticator = DeviceAuthenticator(core.db, clock=core.clock, monotonic=core.reactor.seconds)
+    signer = token_signer(core)
+    core.metrics.certificate_expiry.labels("token_signer").set(
+        signer.certificate.not_valid_after_utc.timestamp()
+    )
     osp_service = OSPService(
         db=core.db,
         policy=policy,
-        tokens=token_factory(core, token_signer(core)),
+        tokens=token_factory(core, signer),
         config=core.config.osp,
         clock=core.clock,
     )
@@ -529,6 +542,7 @@ class CoreService(Service):
         if self.serves:
             core.storage_probe.start()
             core.write_probe.start()
+            core.inventory_probe.start()
 
     def reload(self) -> None:
         """Rebuild TLS contexts from the files (SIGHUP)."""
@@ -539,6 +553,7 @@ class CoreService(Service):
         super().stopService()
         core = self.components.core
         core.storage_probe.stop()
+        core.inventory_probe.stop()
         # Queues the heartbeat's withdrawal on the database writer; stopping the pool
         # below runs the work queued before it, then joins the threads.  Synchronous on
         # purpose: a stop that waited for the reactor would leave the pools' threads
@@ -666,6 +681,7 @@ def _assemble(
         )
         refresher.setName("routes")
         refresher.setServiceParent(top)
+        refresher.after_load.append(lambda: _route_gauges(core.metrics, refresher))
         # Listeners bind before the first load: until it is done /osp answers 503.
         core.readiness.wait_for("routes", refresher.when_loaded())
     if core.worker is None or core.worker.runs_housekeeping:
@@ -690,6 +706,14 @@ def _assemble(
             svc.setName(name)
             svc.setServiceParent(top)
     return top
+
+
+def _route_gauges(metrics: Metrics, refresher: RouteRefresher) -> None:
+    if refresher.loaded is not None:
+        version, routes, blocks = refresher.loaded
+        metrics.route_version.set(version)
+        metrics.route_table.labels("routes").set(routes)
+        metrics.route_table.labels("block_rules").set(blocks)
 
 
 def warn_about_settings(config: Config) -> None:

@@ -64,6 +64,50 @@ class Metrics:
             registry=self.registry,
         )
 
+        # What operators ask for first (issue 11).  The inventory gauges come from a
+        # periodic read (osp_server.inventory), the expiry times from the certificates
+        # in use, the route gauges from each load, in-flight from the OSP resource.
+        self.devices = Gauge(
+            "osp_devices",
+            "Devices by state of their certificate: enrolled (a valid device certificate) "
+            "or not_enrolled",
+            ["state"],
+            registry=self.registry,
+        )
+        self.pending_enrollments = Gauge(
+            "osp_pending_enrollments",
+            "Certificate requests waiting for an operator's approval",
+            registry=self.registry,
+        )
+        self.expiring_certificates = Gauge(
+            "osp_device_certificates_expiring_30d",
+            "Valid device certificates that expire within 30 days",
+            registry=self.registry,
+        )
+        self.certificate_expiry = Gauge(
+            "osp_certificate_expiry_timestamp_seconds",
+            "Unix time at which the CA's, the server's TLS and the token signer's "
+            "certificates expire",
+            ["certificate"],
+            registry=self.registry,
+        )
+        self.route_table = Gauge(
+            "osp_route_table_entries",
+            "Entries of the loaded route tables, by kind (routes, block_rules)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.route_version = Gauge(
+            "osp_route_table_version",
+            "Version of the loaded route tables",
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "osp_requests_in_flight",
+            "OSP requests being answered now",
+            registry=self.registry,
+        )
+
     def observe_transaction(self, desc: str, seconds: float, outcome: str) -> None:
         """The :class:`~osp_server.storage.db.TransactionObserver` the server installs
         (called from database worker threads; prometheus_client is thread-safe)."""

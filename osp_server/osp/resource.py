@@ -129,6 +129,8 @@ class OSPResource(Resource):
         self._identify = identify
         self._max_in_flight = max_in_flight
         self._in_flight = 0
+        if metrics is not None:
+            metrics.in_flight.set_function(lambda: self._in_flight)
         self._routes: dict[type, MessageRoute] = dict(MESSAGE_ROUTES)
         if answer_reauthorization:
             # Off by default: stock 4.33.1 clients crash on any ReauthorizationResponse.

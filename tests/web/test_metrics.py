@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest_twisted
+
 from twisted.web.test.requesthelper import DummyRequest
 
 from osp_server.metrics import Metrics, MetricsResource
@@ -27,3 +31,80 @@ def test_registries_are_separate() -> None:
     first.enrollments.labels("request", "2").inc()
     body = MetricsResource(second).render_GET(DummyRequest([b""]))  # type: ignore[arg-type]
     assert b'status="2"' not in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_operator_gauges(tmp_path: Path, database_url: str) -> None:
+    """Devices enrolled or not, requests awaiting approval, certificates expiring within
+    30 days, the certificates' expiry times, the route tables, requests in flight."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.conftest import make_config
+    from tests.integration.test_osp import add_device_db
+    from tests.memory import enroll_in_memory, memory_server
+
+    for server in memory_server(make_config(tmp_path, database_url)):
+        core = server.core
+        add_device_db(core.db, "1000", "1000")
+        add_device_db(core.db, "1000", "1001")
+        device = enroll_in_memory(server, "1000", "1000")
+        counted = await core.inventory_probe.refresh()
+        assert counted is not None
+        registry = core.metrics.registry
+        assert registry.get_sample_value("osp_devices", {"state": "enrolled"}) == 1
+        assert registry.get_sample_value("osp_devices", {"state": "not_enrolled"}) == 1
+        assert registry.get_sample_value("osp_pending_enrollments") == 0
+        _pending_request(core.db, "1000", "1001")
+        await core.inventory_probe.refresh()
+        assert registry.get_sample_value("osp_pending_enrollments") == 1
+        assert registry.get_sample_value("osp_device_certificates_expiring_30d") == 0
+        # Thirty days before the device certificate expires, it counts as expiring.
+        later = device.cert.not_valid_after_utc - timedelta(days=29)
+        core.inventory_probe._clock = lambda later=later: later
+        await core.inventory_probe.refresh()
+        assert registry.get_sample_value("osp_device_certificates_expiring_30d") == 1
+        for certificate in ("ca", "server", "token_signer"):
+            expiry = registry.get_sample_value(
+                "osp_certificate_expiry_timestamp_seconds", {"certificate": certificate}
+            )
+            assert expiry is not None and expiry > datetime.now(UTC).timestamp()
+        assert registry.get_sample_value("osp_requests_in_flight") == 0
+
+
+def test_route_gauges_follow_each_load() -> None:
+    from osp_server.app import _route_gauges
+
+    class Loaded:
+        loaded = (7, 1200, 3)
+
+    metrics = Metrics()
+    _route_gauges(metrics, Loaded())  # type: ignore[arg-type]
+    assert metrics.registry.get_sample_value("osp_route_table_version") == 7
+    assert metrics.registry.get_sample_value("osp_route_table_entries", {"kind": "routes"}) == 1200
+    assert (
+        metrics.registry.get_sample_value("osp_route_table_entries", {"kind": "block_rules"}) == 3
+    )
+
+
+def _pending_request(db: object, customer: str, device: str) -> None:
+    """A certificate request waiting for approval, as a manual-policy device leaves."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert
+
+    from osp_server.storage import devices as device_store
+    from osp_server.storage.schema import enrollments
+
+    def work(conn: object) -> None:
+        pk = device_store.get_device(conn, customer, device).pk  # type: ignore[arg-type]
+        conn.execute(  # type: ignore[attr-defined]
+            insert(enrollments).values(
+                device_pk=pk,
+                csr_sha256="0" * 64,
+                csr_der=b"csr",
+                state="pending",
+                created_at=datetime.now(UTC),
+            )
+        )
+
+    db.transact_sync(work)  # type: ignore[attr-defined]
