@@ -12,6 +12,12 @@ def cmd_audit(ctx: Context, args: argparse.Namespace) -> None:
     from osp_server.storage import audit
 
     rows = [vars(e) for e in ctx.db.transact_sync(audit.recent, limit=args.limit)]
+    if not ctx.as_json:
+        # key=value pairs read better in a table than a Python dict (JSON keeps the object).
+        for row in rows:
+            detail = row.get("detail")
+            if isinstance(detail, dict):
+                row["detail"] = " ".join(f"{k}={v}" for k, v in detail.items()) or None
     emit(ctx, rows, ["at", "actor", "action", "subject", "serial", "detail"])
 
 

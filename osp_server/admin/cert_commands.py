@@ -43,20 +43,23 @@ def cmd_cert_revoke(ctx: Context, args: argparse.Namespace) -> None:
     """Revoke a certificate: the /osp listeners refuse it from the next request on."""
     from osp_server.storage import audit
 
-    def work(conn: Any) -> cert_store.CertificateRecord:
+    def work(conn: Any) -> tuple[cert_store.CertificateRecord, bool]:
+        before = cert_store.get_by_serial(conn, args.serial)
+        if before.state == "revoked":
+            return before, True  # said so below; no second audit event
         record = cert_store.revoke(conn, args.serial, now=ctx.now(), reason=args.reason)
         audit.record_txn(
             conn,
             at=ctx.now(),
-            actor="osp-admin",
+            actor=ctx.actor,
             action="certificate.revoked",
-            subject=f"customer {record.customer_id} device {record.device_id}",
+            subject=_audit_subject(record),
             serial=record.serial,
             detail={"reason": args.reason},
         )
-        return record
+        return record, False
 
-    record = ctx.db.transact_sync(work)
+    record, already = ctx.db.transact_sync(work)
     # Journaled before the operator is told: a restore from an older backup must not
     # bring the certificate back (osp_server.pki.journal).
     try:
@@ -72,7 +75,13 @@ def cmd_cert_revoke(ctx: Context, args: argparse.Namespace) -> None:
         )
     except JournalError as e:
         raise AdminError(f"revoked in the database, but {e}; run the command again") from None
-    emit_one(ctx, _cert_row(record))
+    emit_one(ctx, {**_cert_row(record), "already_revoked": already})
+
+
+def _audit_subject(record: cert_store.CertificateRecord) -> str:
+    if record.device_id is None:
+        return f"{record.kind} certificate"
+    return f"customer {record.customer_id} device {record.device_id}"
 
 
 def register(subparsers: Subparsers) -> None:

@@ -10,11 +10,13 @@ one line on stderr and exit status `EXIT_ERROR`.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, TextIO, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TextIO, TypeAlias, TypeVar
 
 from osp_server.config import Config
 from osp_server.pki.journal import CertificateJournal
@@ -22,6 +24,8 @@ from osp_server.storage.db import Database, open_database
 
 if TYPE_CHECKING:
     from osp_server.pki.ca import CertificateAuthority
+
+T = TypeVar("T")
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
@@ -56,6 +60,37 @@ class Context:
     def journal(self) -> CertificateJournal:
         """The server's certificate journal (osp_server.pki.journal)."""
         return CertificateJournal.in_data_dir(self.config.data_dir)
+
+    @property
+    def actor(self) -> str:
+        """Who makes a change, for the audit log: ``osp-admin (<OS user>)``."""
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # no name for this uid (a container)
+            user = f"uid {os.getuid()}"
+        return f"osp-admin ({user})"
+
+    def change(
+        self,
+        action: str,
+        subject: str,
+        fn: Callable[..., T],
+        *args: Any,
+        detail: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """``fn(connection, *args, **kwargs)`` and its audit entry (``action`` on
+        ``subject`` by :attr:`actor`), in one transaction: no change goes unrecorded."""
+        from osp_server.storage import audit
+
+        def work(conn: Any) -> T:
+            result = fn(conn, *args, **kwargs)
+            audit.record_txn(
+                conn, at=self.now(), actor=self.actor, action=action, subject=subject, detail=detail
+            )
+            return result
+
+        return self.db.transact_sync(work)
 
     def now(self) -> datetime:
         """The current UTC time."""

@@ -10,7 +10,9 @@ from osp_server.storage import devices as device_store
 
 def cmd_customer_add(ctx: Context, args: argparse.Namespace) -> None:
     """Create a customer."""
-    customer = ctx.db.transact_sync(
+    customer = ctx.change(
+        "customer.added",
+        f"customer {args.customer_id}",
         device_store.add_customer,
         customer_id=args.customer_id,
         name=args.name or f"customer {args.customer_id}",

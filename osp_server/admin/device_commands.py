@@ -29,6 +29,12 @@ def _device_row(d: device_store.Device) -> dict[str, Any]:
 
 def _read_password(ctx: Context, args: argparse.Namespace) -> str:
     if args.password_stdin:
+        if ctx.stdin.isatty():
+            # Typed there, the password would show on the screen.
+            raise AdminError(
+                "--password-stdin reads a pipe (echo '…' | osp-admin …); on a terminal "
+                "leave it out and type the password at the hidden prompt"
+            )
         line = ctx.stdin.readline()
         password = line.rstrip("\r\n")
         if not password:
@@ -65,8 +71,14 @@ def cmd_device_add(ctx: Context, args: argparse.Namespace) -> None:
         secret_expires = now + timedelta(hours=ctx.config.enrollment.secret_ttl_hours)
     else:
         password_hash = _hash(ctx, _read_password(ctx, args))
-    device = ctx.db.transact_sync(
+    device = ctx.change(
+        "device.added",
+        f"customer {args.customer_id} device {args.device_id}",
         device_store.add_device,
+        detail={
+            "credential": "one-time secret" if secret is not None else "password",
+            "policy": args.policy,
+        },
         customer_id=args.customer_id,
         device_id=args.device_id,
         username=args.username,
@@ -114,7 +126,9 @@ def cmd_device_show(ctx: Context, args: argparse.Namespace) -> None:
 
 def _set_state(state: str) -> Command:
     def command(ctx: Context, args: argparse.Namespace) -> None:
-        device = ctx.db.transact_sync(
+        device = ctx.change(
+            f"device.{'enabled' if state == 'active' else state}",
+            f"customer {args.customer_id} device {args.device_id}",
             device_store.update_device,
             args.customer_id,
             args.device_id,
@@ -140,8 +154,14 @@ def cmd_device_password(ctx: Context, args: argparse.Namespace) -> None:
         }
     else:
         values = {"password_hash": _hash(ctx, _read_password(ctx, args))}
-    device = ctx.db.transact_sync(
-        device_store.update_device, args.customer_id, args.device_id, now=now, **values
+    device = ctx.change(
+        "device.secret_issued" if secret is not None else "device.password_set",
+        f"customer {args.customer_id} device {args.device_id}",
+        device_store.update_device,
+        args.customer_id,
+        args.device_id,
+        now=now,
+        **values,
     )
     row = _device_row(device)
     if secret is not None:

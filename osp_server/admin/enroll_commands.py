@@ -55,7 +55,7 @@ def cmd_enroll_approve(ctx: Context, args: argparse.Namespace) -> None:
             ca=load_existing_ca(ctx),
             config=ctx.config.enrollment,
             now=ctx.now(),
-            actor="osp-admin",
+            actor=ctx.actor,
             journal=ctx.journal,
         )
     except EnrollmentStateError as e:
@@ -84,7 +84,7 @@ def cmd_enroll_reject(ctx: Context, args: argparse.Namespace) -> None:
             ctx.db,
             args.id,
             now=ctx.now(),
-            actor="osp-admin",
+            actor=ctx.actor,
             status=TepStatus(args.status),
             reason=args.reason or "",
         )

@@ -113,8 +113,13 @@ def cmd_route_import(ctx: Context, args: argparse.Namespace) -> None:
     """
     with _route_lines(ctx, args.file) as lines:
         try:
-            result = ctx.db.transact_sync(
-                route_store.import_routes, iter_routes_csv(lines), replace=args.replace
+            result = ctx.change(
+                "routes.imported",
+                f"routes file {_label(args.file)}",
+                route_store.import_routes,
+                iter_routes_csv(lines),
+                replace=args.replace,
+                detail={"replace": args.replace},
             )
         except (RouteFileError, route_store.RouteStoreError) as e:
             raise AdminError(f"{_label(args.file)}: {e}") from None
@@ -153,7 +158,14 @@ def cmd_route_import_blocks(ctx: Context, args: argparse.Namespace) -> None:
     except RouteFileError as e:
         raise AdminError(f"{_label(args.file)}: {e}") from None
     try:
-        result = ctx.db.transact_sync(route_store.import_blocks, rules, replace=args.replace)
+        result = ctx.change(
+            "route_blocks.imported",
+            f"block rules file {_label(args.file)}",
+            route_store.import_blocks,
+            rules,
+            replace=args.replace,
+            detail={"replace": args.replace},
+        )
     except route_store.RouteStoreError as e:
         raise AdminError(f"{_label(args.file)}: {e}") from None
     emit_one(ctx, _result_row(args.file, len(rules), result))
@@ -200,7 +212,13 @@ def _report_delete(ctx: Context, delete: Callable[..., int], **where: Any) -> No
     def work(conn: Any) -> tuple[int, int]:
         return delete(conn, **where), route_store.current_version_txn(conn)
 
-    count, version = ctx.db.transact_sync(work)
+    action = "route_blocks.deleted" if delete is route_store.delete_blocks else "routes.deleted"
+    count, version = ctx.change(
+        action,
+        f"route table {where.get('table')}",
+        work,
+        detail={k: v for k, v in where.items() if v is not None},
+    )
     emit_one(ctx, {"deleted": count, "version": version})
 
 

@@ -181,3 +181,56 @@ def test_json_is_accepted_after_the_command_and_version_is_shown(
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"osp-admin {__version__}"
+
+
+def test_every_administrative_change_is_audited_with_the_os_user(run: Run) -> None:
+    import getpass
+
+    run.json("customer", "add", "1000")
+    run.json("device", "add", "1000", "1000", "--username", "gw", "--password-stdin", stdin="pw\n")
+    run.json("device", "disable", "1000", "1000")
+    run.json("device", "enable", "1000", "1000")
+    run.json("device", "password", "1000", "1000", "--generate-secret")
+    entries = run.json("audit")
+    assert [e["action"] for e in entries][:5] == [
+        "device.secret_issued",
+        "device.enabled",
+        "device.disabled",
+        "device.added",
+        "customer.added",
+    ]
+    assert {e["actor"] for e in entries} == {f"osp-admin ({getpass.getuser()})"}
+    assert entries[3]["subject"] == "customer 1000 device 1000"
+    assert entries[3]["detail"] == {"credential": "password", "policy": "auto"}
+    # The table shows details as key=value.
+    code, out, _ = run("audit", "--limit", "2")
+    assert code == 0 and "credential=password policy=auto" not in out  # not among the 2 newest
+    code, out, _ = run("audit")
+    assert "credential=password policy=auto" in out and "{'" not in out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_password_stdin_refuses_a_terminal(run: Run) -> None:
+    run.json("customer", "add", "1000")
+    err = io.StringIO()
+    code = main(
+        [
+            "--config",
+            str(run.config_path),
+            "device",
+            "add",
+            "1000",
+            "1000",
+            "--username",
+            "gw",
+            "--password-stdin",
+        ],
+        stdout=io.StringIO(),
+        stderr=err,
+        stdin=_Terminal("typed in clear\n"),
+    )
+    assert code == 1 and "--password-stdin reads a pipe" in err.getvalue()

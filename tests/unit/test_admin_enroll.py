@@ -92,9 +92,12 @@ def test_approve_signs_once_and_revoke(admin: Admin) -> None:
     certs = admin.json("cert", "list", "--kind", "device")
     assert [c["serial"] for c in certs] == [approved["serial"]]
     revoked = admin.json("cert", "revoke", approved["serial"], "--reason", "keyCompromise")
-    assert revoked["state"] == "revoked"
+    assert revoked["state"] == "revoked" and revoked["already_revoked"] is False
+    # Again: said so, exit 0, the first revocation kept, no second audit event.
+    again = admin.json("cert", "revoke", approved["serial"])
+    assert again["already_revoked"] is True and again["revoked_at"] == revoked["revoked_at"]
     actions = [e["action"] for e in admin.json("audit")]
-    assert "certificate.revoked" in actions and "certificate.issued" in actions
+    assert actions.count("certificate.revoked") == 1 and "certificate.issued" in actions
     assert "certificate.sign-intent" in actions
 
 
