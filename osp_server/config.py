@@ -8,6 +8,7 @@ directory when running on built-in defaults).
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -266,6 +267,26 @@ class _Section:
 
 
 _SECTIONS = ("server", "listeners", "database", "ca", "tls", "enrollment", "osp", "plugins")
+
+
+CONFIG_ENV = "OSP_CONFIG"
+SEARCHED_CONFIG_FILES = (Path("osp.toml"), Path("/etc/osp-server/osp.toml"))
+"""Where the server and osp-admin look, in order, without --config or $OSP_CONFIG."""
+
+
+def find_config(explicit: Path | None = None) -> Path | None:
+    """The configuration file the server and ``osp-admin`` use: ``explicit`` (--config),
+    else $OSP_CONFIG, else ``./osp.toml``, else ``/etc/osp-server/osp.toml``; None when
+    there is none (the built-in defaults)."""
+    if explicit is not None:
+        return explicit
+    from_env = os.environ.get(CONFIG_ENV, "").strip()
+    if from_env:
+        return Path(from_env)
+    for candidate in SEARCHED_CONFIG_FILES:
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def load_config(path: Path | None = None) -> Config:

@@ -8,20 +8,26 @@ from typing import ClassVar, cast
 from twisted.application.service import IService
 from twisted.python import usage
 
-from osp_server.config import ConfigError, load_config
+from osp_server.config import ConfigError, find_config, load_config
 
 
 class Options(usage.Options):
     """Options of ``twistd osp``."""
 
     optParameters: ClassVar[list[list[str | None]]] = [
-        ["config", "c", None, "Path of the TOML configuration file (default: built-in defaults)."],
+        [
+            "config",
+            "c",
+            None,
+            "Path of the TOML configuration file (default: $OSP_CONFIG, ./osp.toml, "
+            "/etc/osp-server/osp.toml, else the built-in defaults).",
+        ],
         ["data-dir", "d", None, "Override [server] data_dir."],
     ]
 
     def postOptions(self) -> None:
         """Load and check the configuration now, so errors come before daemonizing."""
-        path = Path(self["config"]) if self["config"] else None
+        path = find_config(Path(self["config"]) if self["config"] else None)
         try:
             config = load_config(path)
         except ConfigError as e:

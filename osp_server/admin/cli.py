@@ -29,6 +29,7 @@ from osp_server.admin import (
     backup_commands,
     ca_commands,
     cert_commands,
+    config_commands,
     customer_commands,
     db_commands,
     device_commands,
@@ -44,7 +45,7 @@ from osp_server.admin.context import (
     Subparsers,
     error_line,
 )
-from osp_server.config import ConfigError, load_config
+from osp_server.config import ConfigError, find_config, load_config
 from osp_server.pki.ca import CAError
 from osp_server.storage.db import StorageError
 from osp_server.storage.errors import ConflictError, NotFoundError
@@ -68,6 +69,7 @@ COMMAND_GROUP_MODULES: Final[tuple[CommandGroup, ...]] = (
     route_commands,
     usage_commands,
     backup_commands,
+    config_commands,
 )
 """Every command group, in ``--help`` order: the one place a new group is listed."""
 
@@ -88,7 +90,13 @@ HANDLED_ERRORS: Final = (
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every command group."""
     parser = argparse.ArgumentParser(prog="osp-admin", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", "-c", type=Path, help="TOML config (default: built-ins)")
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        help="TOML config (default: as the server: $OSP_CONFIG, ./osp.toml, "
+        "/etc/osp-server/osp.toml, else the built-in defaults)",
+    )
     parser.add_argument(
         "--json",
         action="store_true",
@@ -123,7 +131,7 @@ def main(
     args.json = args.json or as_json
     ctx: Context | None = None
     try:
-        config = load_config(args.config)
+        config = load_config(find_config(args.config))
         ctx = Context(config=config, out=out, as_json=args.json, stdin=stdin or sys.stdin)
         args.func(ctx, args)
         return EXIT_OK

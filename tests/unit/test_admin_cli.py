@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,44 @@ def test_password_stdin_refuses_a_terminal(run: Run) -> None:
         stdin=_Terminal("typed in clear\n"),
     )
     assert code == 1 and "--password-stdin reads a pipe" in err.getvalue()
+
+
+def test_without_config_the_server_s_file_is_used(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$OSP_CONFIG, then ./osp.toml: osp-admin finds the file the server would use."""
+    from osp_server.config import find_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OSP_CONFIG", raising=False)
+    here = tmp_path / "osp.toml"
+    here.write_text(f'[server]\ndata_dir = "here"\n[database]\nurl = "{database_url}"\n')
+    assert find_config(None) == Path("osp.toml")
+    elsewhere = tmp_path / "elsewhere.toml"
+    elsewhere.write_text('[server]\ndata_dir = "elsewhere"\n')
+    monkeypatch.setenv("OSP_CONFIG", str(elsewhere))
+    assert find_config(None) == elsewhere
+    assert find_config(here) == here  # --config wins
+    out = io.StringIO()
+    assert main(["--json", "config", "check"], stdout=out) == 0
+    settings = json.loads(out.getvalue())
+    assert settings["file"] == str(elsewhere)
+    assert settings["server.data_dir"] == str(tmp_path / "elsewhere")
+
+
+def test_config_check_shows_effective_settings_with_secrets_hidden(tmp_path: Path) -> None:
+    path = tmp_path / "osp.toml"
+    path.write_text(
+        '[server]\ndata_dir = "state"\n[database]\nurl = "postgresql://osp:s3cret@db/osp"\n'
+    )
+    out = io.StringIO()
+    assert main(["--json", "config", "check", str(path)], stdout=out) == 0
+    settings = json.loads(out.getvalue())
+    assert settings["database.url"] == "postgresql://osp:***@db/osp"
+    assert "s3cret" not in out.getvalue()
+    assert settings["ca.key_file"] == str(tmp_path / "state" / "ca" / "ca.key")
+    assert settings["listeners.max_connections_per_address"] == 64
+    path.write_text("[server]\nworkers = 0\n")
+    err = io.StringIO()
+    assert main(["config", "check", str(path)], stdout=io.StringIO(), stderr=err) == 1
+    assert "server.workers" in err.getvalue() and err.getvalue().count("\n") == 1
