@@ -591,6 +591,11 @@ def _validate(args: argparse.Namespace) -> bytes | None:
         except ValueError as exc:
             raise EnrollError(f"--fingerprint: {exc}", EXIT_USAGE) from None
     if args.password_stdin:
+        if sys.stdin.isatty():
+            raise EnrollError(
+                "--password-stdin reads a pipe (echo '…' | osp-enroll …), not a terminal",
+                EXIT_USAGE,
+            )
         args.password = sys.stdin.readline().rstrip("\r\n")
     text = f"1-{wire.MAX_SECRET_CHARS} printable ASCII characters"
     digits = f"1-{wire.MAX_ID_DIGITS} digits"

@@ -859,3 +859,21 @@ def test_version_is_shown(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert enroll_main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"osp-enroll {__version__}"
+
+
+def test_password_stdin_refuses_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from osp_server.client.enroll import EXIT_USAGE
+    from osp_server.client.enroll import main as enroll_main
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal("typed in clear\n"))
+    fingerprint = ":".join(["AB"] * 32)
+    argv = ["--username", "u", "--password-stdin", "--device", "1", "--customer", "1"]
+    code = enroll_main([*argv, "--fingerprint", fingerprint])
+    assert code == EXIT_USAGE
+    assert "--password-stdin reads a pipe" in capsys.readouterr().err
