@@ -148,6 +148,9 @@ def prepare(
     worker: WorkerRole | None = None,
 ) -> Core:
     """Blocking start-up: CA, database, migrations.  Raises StartupError with a clear line."""
+    if worker is None:
+        # Before anything is created: a typo in a listener must not leave a CA behind.
+        check_endpoints(config, reactor)
     try:
         # Keys, password hashes and call records live here: owner-only when we make it.
         make_private_directory(config.data_dir)
@@ -641,6 +644,21 @@ def endpoint_for(
         raise StartupError(f"{key}: bad endpoint description {description!r}: {e}") from None
     except Exception as e:  # any parser error names a bad description
         raise StartupError(f"{key}: bad endpoint description {description!r}: {e}") from None
+
+
+def check_endpoints(config: Config, reactor: IOSPReactor) -> None:
+    """:class:`StartupError` naming the key when a listener's endpoint description
+    does not parse (parsing binds nothing)."""
+    cfg = config.listeners
+    for name, description in (
+        ("http", cfg.http),
+        ("https", cfg.https),
+        ("osp-mtls", cfg.osp_mtls),
+        ("legacy-osp", cfg.legacy_osp),
+        ("metrics", cfg.metrics),
+    ):
+        if description:
+            endpoint_for(config, reactor, name, description)
 
 
 def _bound_listeners(config: Config, reactor: IOSPReactor) -> MakeListener:

@@ -667,3 +667,5 @@ def test_listener_descriptions_fail_start_up_with_a_reason(
     config = make_config(tmp_path, listeners={"https": description})
     with pytest.raises(StartupError, match=rf"listeners\.https: .*{problem}"):
         build_service(config, MemoryReactor())
+    # Refused before anything was created: no data directory, CA or database.
+    assert not config.data_dir.exists()
