@@ -103,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="machine-readable output (also accepted after the command)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--create",
+        action="store_true",
+        help="create the database if it does not exist yet (refused otherwise)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="say which database is used (on stderr)"
+    )
     subparsers = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     for group in COMMAND_GROUP_MODULES:
         group.register(subparsers)
@@ -133,6 +141,8 @@ def main(
     try:
         config = load_config(find_config(args.config))
         ctx = Context(config=config, out=out, as_json=args.json, stdin=stdin or sys.stdin)
+        ctx.may_create = args.create or getattr(args, "creates_database", False)
+        ctx.verbose = args.verbose
         args.func(ctx, args)
         return EXIT_OK
     except BrokenPipeError:

@@ -13,6 +13,7 @@ import argparse
 import getpass
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO, TypeAlias, TypeVar
 
 from osp_server.config import Config
 from osp_server.pki.journal import CertificateJournal
-from osp_server.storage.db import Database, open_database
+from osp_server.storage.db import Database, displayable_url, open_database, sqlite_path
 
 if TYPE_CHECKING:
     from osp_server.pki.ca import CertificateAuthority
@@ -49,12 +50,46 @@ class Context:
     stdin: TextIO
     _db: Database | None = None
 
+    may_create: bool = False
+    """``--create`` (and ``db upgrade``): a missing or empty database may be created."""
+    verbose: bool = False
+
     @property
     def db(self) -> Database:
-        """The database, migrated to the current schema."""
+        """The database, migrated to the current schema.  A database that does not
+        exist yet is created only when asked: otherwise a mistyped --config or a
+        command run before the server's first start would make a new, empty one."""
         if self._db is None:
+            if not self.may_create:
+                self._refuse_to_create()
             self._db = open_database(self.config.database, None)
+            if self.verbose:
+                sys.stderr.write(
+                    f"osp-admin: database {displayable_url(self.config.database.url)}\n"
+                )
         return self._db
+
+    def _refuse_to_create(self) -> None:
+        url = self.config.database.url
+        path = sqlite_path(url)
+        if path is not None:
+            if path.exists():
+                return
+            where = str(path)
+        else:
+            from osp_server.storage.db import create_db_engine, schema_status
+
+            engine = create_db_engine(url, pool_size=1)
+            try:
+                if schema_status(engine)[0] is not None:
+                    return
+            finally:
+                engine.dispose()
+            where = displayable_url(url)
+        raise AdminError(
+            f"no osp-server database at {where} (config: {self.config.source}): start the "
+            "server once, or run `osp-admin db upgrade` (or pass --create) to create it"
+        )
 
     @property
     def journal(self) -> CertificateJournal:

@@ -51,7 +51,9 @@ def register(subparsers: Subparsers) -> None:
     db = subparsers.add_parser("db", help="database schema").add_subparsers(
         dest="command", required=True
     )
-    db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
+    db.add_parser("upgrade", help="create the database or apply migrations").set_defaults(
+        func=cmd_db_upgrade, creates_database=True
+    )
     db.add_parser("status", help="schema revision").set_defaults(func=cmd_db_status)
     db.add_parser(
         "reconcile",

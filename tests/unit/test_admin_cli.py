@@ -276,3 +276,24 @@ def test_config_check_shows_effective_settings_with_secrets_hidden(tmp_path: Pat
     err = io.StringIO()
     assert main(["config", "check", str(path)], stdout=io.StringIO(), stderr=err) == 1
     assert "server.workers" in err.getvalue() and err.getvalue().count("\n") == 1
+
+
+def test_a_missing_database_is_created_only_when_asked(
+    tmp_path: Path, empty_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped --config, or a command run before the server's first start, used to
+    make a new empty database silently."""
+    from osp_server.storage.db import sqlite_path
+
+    path = tmp_path / "osp.toml"
+    path.write_text(f'[server]\ndata_dir = "data"\n[database]\nurl = "{empty_database_url}"\n')
+    run = Run(path)
+    code, _, err = run("customer", "list")
+    assert code == 1 and "no osp-server database at" in err and "db upgrade" in err
+    file = sqlite_path(empty_database_url)
+    assert file is None or not file.exists()
+    # --create (or db upgrade) makes it; -v says which database is used.
+    code, _, err = run("--create", "-v", "customer", "list")
+    assert code == 0, err
+    assert "osp-admin: database " in capsys.readouterr().err
+    assert run("customer", "list")[0] == 0
