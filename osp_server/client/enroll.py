@@ -252,6 +252,8 @@ class _Material:
     key: rsa.RSAPrivateKey | None
     key_path: Path | None
     csr_der: bytes
+    generated: bool = False
+    """The key was generated (and written) by this run."""
 
 
 def _read_input(path: str, what: str) -> bytes:
@@ -340,7 +342,8 @@ def _prepare_material(args: argparse.Namespace, out_dir: Path) -> _Material:
                 f"{key_file} already exists and is not {key_path}; use another --out-dir",
                 EXIT_LOCAL,
             )
-    return _Material(key=key, key_path=key_path, csr_der=csr_der)
+    generated = args.key is None and args.csr is None
+    return _Material(key=key, key_path=key_path, csr_der=csr_der, generated=generated)
 
 
 def _spki_of_key(key: rsa.RSAPrivateKey) -> bytes:
@@ -619,6 +622,11 @@ def _run(argv: Sequence[str] | None) -> int:
     except ValueError as exc:
         raise EnrollError(str(exc), EXIT_USAGE) from None
     out_dir = Path(args.out_dir)
+    try:
+        # Created if missing (owner-only: the private key goes there).
+        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EnrollError(f"--out-dir {out_dir}: {exc.strerror or exc}", EXIT_LOCAL) from None
     if not out_dir.is_dir():
         raise EnrollError(f"--out-dir {out_dir} is not a directory", EXIT_LOCAL)
 
@@ -632,6 +640,41 @@ def _run(argv: Sequence[str] | None) -> int:
         _warn(f"{args.url} is plain HTTP: the password travels in clear")
 
     material = _prepare_material(args, out_dir)
+    try:
+        outcome = _enroll(args, endpoint, tls, ca, out_dir, material)
+    except BaseException:
+        _drop_unused_key(material)
+        raise
+    if outcome not in (EXIT_OK, EXIT_PENDING_TIMEOUT):
+        _drop_unused_key(material)
+        if outcome == wire.TepStatus.MALFORMED and endpoint.scheme == "http":
+            _info(
+                "the server may refuse requests over plain HTTP (its default): use an "
+                "https:// --url"
+            )
+    return outcome
+
+
+def _drop_unused_key(material: _Material) -> None:
+    """A key this run generated for a request that got no certificate (and is not
+    pending) is removed: a retry then starts afresh instead of tripping over it."""
+    if material.generated and material.key_path is not None:
+        try:
+            material.key_path.unlink()
+        except FileNotFoundError:
+            return
+        _info(f"removed the unused key {material.key_path}")
+
+
+def _enroll(
+    args: argparse.Namespace,
+    endpoint: _Endpoint,
+    tls: ssl.SSLContext | None,
+    ca: x509.Certificate,
+    out_dir: Path,
+    material: _Material,
+) -> int:
+    """Request (then retrieve while pending) and save the certificate; the exit code."""
 
     def exchange(operation: wire.TepOperation) -> tuple[int, bytes | None]:
         body = build_request_body(

@@ -877,3 +877,16 @@ def test_password_stdin_refuses_a_terminal(
     code = enroll_main([*argv, "--fingerprint", fingerprint])
     assert code == EXIT_USAGE
     assert "--password-stdin reads a pipe" in capsys.readouterr().err
+
+
+def test_a_refused_run_leaves_no_key_and_a_retry_starts_afresh(
+    ca: CA, serve: Callable[..., FakeServer], tmp_path: Path
+) -> None:
+    out = tmp_path / "new" / "dir"  # created, owner-only
+    server = serve(Script(ca, [TepStatus.DENIED]))
+    assert client.main(_args(ca, server, out)) == TepStatus.DENIED
+    assert _mode(out) == 0o700
+    assert not (out / "pkey.pem").exists()
+    server = serve(Script(ca))
+    assert client.main(_args(ca, server, out)) == client.EXIT_OK
+    assert (out / "pkey.pem").exists() and (out / "localcert.pem").exists()
