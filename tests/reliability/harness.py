@@ -90,9 +90,11 @@ def osp_admin(config: Path, *args: str, stdin: str | None = None, cwd: Path) -> 
 def add_devices(config: Path, customer: str, devices: Sequence[str], *, cwd: Path) -> None:
     """A customer and its devices (username ``gw<id>``, password ``secret``), via osp-admin.
 
-    The customer comes first (it also migrates the database); the devices are added in
-    parallel because each one costs an argon2id hash and a Python start-up.
+    The database is created (or migrated) first, as an operator does before the first
+    start; the devices are added in parallel because each one costs an argon2id hash
+    and a Python start-up.
     """
+    osp_admin(config, "db", "upgrade", cwd=cwd)
     osp_admin(config, "customer", "add", customer, cwd=cwd)
     running = [
         subprocess.Popen(
