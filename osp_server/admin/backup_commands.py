@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from osp_server.admin.context import AdminError, Context, Subparsers, emit_one
+from osp_server.admin.progress import progress_bar
 from osp_server.backup.archive import BackupError, check_passphrase
 
 PASSPHRASE_ENV = "OSP_BACKUP_PASSPHRASE"
@@ -43,10 +44,19 @@ def cmd_backup(ctx: Context, args: argparse.Namespace) -> None:
     from osp_server.backup.operations import make_backup
 
     passphrase = read_passphrase(ctx, args, confirm=True)
+    bar = progress_bar(total=None, unit=" pages", description="copying the database")
+
+    def copied(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
     try:
-        manifest = make_backup(ctx.config, args.output, passphrase, now=ctx.now())
+        manifest = make_backup(ctx.config, args.output, passphrase, now=ctx.now(), progress=copied)
     except BackupError as e:
         raise AdminError(str(e)) from None
+    finally:
+        bar.close()
     row: dict[str, object] = {
         "archive": str(args.output),
         "created_at": manifest.created_at,

@@ -14,9 +14,10 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from osp_server.admin.context import AdminError, Context, Subparsers, emit, emit_one
+from osp_server.admin.progress import counting_bytes, progress_bar
 from osp_server.routing.csvio import (
     BLOCK_COLUMNS,
     ROUTE_COLUMNS,
@@ -111,7 +112,10 @@ def cmd_route_import(ctx: Context, args: argparse.Namespace) -> None:
     The file is read line by line inside the import transaction (millions of rows
     are fine); any bad line rolls the whole import back.
     """
-    with _route_lines(ctx, args.file) as lines:
+    with _route_lines(ctx, args.file) as opened:
+        size = _size(opened)
+        bar = progress_bar(total=size, unit="B", description="importing routes")
+        lines = cast("Iterable[bytes] | Iterable[str]", counting_bytes(opened, bar))
         try:
             result = ctx.change(
                 "routes.imported",
@@ -125,8 +129,18 @@ def cmd_route_import(ctx: Context, args: argparse.Namespace) -> None:
             raise AdminError(f"{_label(args.file)}: {e}") from None
         except OSError as e:
             raise AdminError(f"{_label(args.file)}: cannot read: {e.strerror or e}") from None
+        finally:
+            bar.close()
     rows = result.inserted + result.updated + result.unchanged
     emit_one(ctx, _result_row(args.file, rows, result))
+
+
+def _size(opened: object) -> int | None:
+    """The size of a regular file being read, for the progress bar (None: a pipe)."""
+    try:
+        return os.fstat(opened.fileno()).st_size or None  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 @contextmanager

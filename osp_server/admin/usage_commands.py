@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from osp_server.admin.context import AdminError, Context, Subparsers
+from osp_server.admin.progress import progress_bar
 from osp_server.storage import calls
 
 PAGE_ROWS = 5000
@@ -62,6 +63,23 @@ def cmd_usage_export(ctx: Context, args: argparse.Namespace) -> None:
     writer = None if as_json else csv.writer(ctx.out, lineterminator="\n")
     if writer is not None:
         writer.writerow(calls.USAGE_EXPORT_COLUMNS)
+    bar = progress_bar(total=args.limit, unit=" records", description="exporting usage")
+    try:
+        _export_pages(ctx, args, writer, bar, since, until, unfinished_before)
+    finally:
+        bar.close()
+
+
+def _export_pages(
+    ctx: Context,
+    args: argparse.Namespace,
+    writer: Any,
+    bar: Any,
+    since: datetime | None,
+    until: datetime | None,
+    unfinished_before: datetime | None,
+) -> int:
+    """Write the records page by page (keyset pagination); how many were written."""
     after, written = 0, 0
     while args.limit is None or written < args.limit:
         page_size = PAGE_ROWS if args.limit is None else min(PAGE_ROWS, args.limit - written)
@@ -83,7 +101,9 @@ def cmd_usage_export(ctx: Context, args: argparse.Namespace) -> None:
                 ctx.out.write(json.dumps(dict(zip(calls.USAGE_EXPORT_COLUMNS, cells, strict=True))))
                 ctx.out.write("\n")
         written += len(rows)
+        bar.update(len(rows))
         after = rows[-1]["id"]
+    return written
 
 
 def register(subparsers: Subparsers) -> None:

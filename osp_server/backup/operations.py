@@ -44,6 +44,7 @@ from osp_server.storage.db import (
 RUNNING_IF_HEARTBEAT_WITHIN = timedelta(seconds=30)
 """A heartbeat older than this is not a running server's (web.ready writes one every
 5 s, and withdraws it at a clean stop)."""
+BACKUP_STEP_PAGES = 1024
 RECHECK_AFTER_SECONDS = 11.0
 """Two heartbeat intervals and a little: long enough for a running server to write."""
 
@@ -73,7 +74,18 @@ def _schema_revision(config: Config) -> str | None:
         engine.dispose()
 
 
-def make_backup(config: Config, output: Path, passphrase: bytes, *, now: datetime) -> Manifest:
+Progress = Callable[[int, int], object]
+"""``progress(done, total)`` in database pages, as a copy advances."""
+
+
+def make_backup(
+    config: Config,
+    output: Path,
+    passphrase: bytes,
+    *,
+    now: datetime,
+    progress: Progress | None = None,
+) -> Manifest:
     """Write a backup of ``config``'s server to ``output`` (which must not exist)."""
     if output.exists() or output.is_symlink():
         raise BackupError(f"{output} exists: choose a new name")
@@ -94,7 +106,7 @@ def make_backup(config: Config, output: Path, passphrase: bytes, *, now: datetim
             # least every certificate event the database copy does.
             copy = output.with_name(f".{output.name}.db")
             try:
-                _sqlite_online_backup(database, copy)
+                _sqlite_online_backup(database, copy, progress)
                 _forget_heartbeats(copy)
                 writer.add_file(DATABASE, copy)
             finally:
@@ -129,8 +141,9 @@ def _join_segments(segments: list[Path], target: Path) -> None:
                 out.write(b"\n")
 
 
-def _sqlite_online_backup(database: Path, target: Path) -> None:
-    """A consistent copy of a live SQLite database (its online backup API)."""
+def _sqlite_online_backup(database: Path, target: Path, progress: Progress | None) -> None:
+    """A consistent copy of a live SQLite database (its online backup API), in steps of
+    BACKUP_STEP_PAGES so that the server's writers get their turn and progress shows."""
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.close(fd)
     try:
@@ -138,7 +151,15 @@ def _sqlite_online_backup(database: Path, target: Path) -> None:
         try:
             copy = sqlite3.connect(target)
             try:
-                source.backup(copy)
+                source.backup(
+                    copy,
+                    pages=BACKUP_STEP_PAGES,
+                    progress=(
+                        None
+                        if progress is None
+                        else lambda _status, remaining, total: progress(total - remaining, total)
+                    ),
+                )
             finally:
                 copy.close()
         finally:
