@@ -7,9 +7,13 @@ import getpass
 import os
 from pathlib import Path
 
+from alembic.util import CommandError as AlembicCommandError
+
 from osp_server.admin.context import AdminError, Context, Subparsers, emit_one
 from osp_server.admin.progress import progress_bar
 from osp_server.backup.archive import BackupError, check_passphrase
+from osp_server.pki.files import FileWriteError
+from osp_server.pki.journal import JournalError
 
 PASSPHRASE_ENV = "OSP_BACKUP_PASSPHRASE"
 
@@ -83,8 +87,10 @@ def cmd_restore(ctx: Context, args: argparse.Namespace) -> None:
             replace_files=args.replace_files,
             force=args.force,
         )
-    except BackupError as e:
+    except (BackupError, FileWriteError, JournalError) as e:
         raise AdminError(str(e)) from None
+    except AlembicCommandError as e:
+        raise AdminError(f"restored, but the schema migration failed: {e}") from None
     emit_one(
         ctx,
         {

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -39,6 +40,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 FORMAT: Final = "osp-server-backup"
 VERSION: Final = 1
 MANIFEST: Final = "manifest.json"
+MANIFEST_MAC: Final = "manifest.mac"
 DATABASE: Final = "database.sqlite3"
 JOURNAL: Final = "journal.log"
 CERTIFICATES: Final = ("ca.pem", "tls.pem", "tokens.pem")
@@ -88,10 +90,12 @@ class KeyDerivation:
         """New parameters with a random salt (one per archive)."""
         return cls(salt=os.urandom(_SALT_BYTES))
 
-    def derive(self, passphrase: bytes) -> AESGCM:
-        """The cipher keyed from ``passphrase``."""
-        kdf = Scrypt(salt=self.salt, length=32, n=self.n, r=self.r, p=self.p)
-        return AESGCM(kdf.derive(passphrase))
+    def derive(self, passphrase: bytes) -> ArchiveKeys:
+        """The keys derived from ``passphrase``: one seals the private keys, the other
+        authenticates the manifest (and through its checksums, every member)."""
+        kdf = Scrypt(salt=self.salt, length=64, n=self.n, r=self.r, p=self.p)
+        material = kdf.derive(passphrase)
+        return ArchiveKeys(cipher=AESGCM(material[:32]), mac_key=material[32:])
 
     def to_json(self) -> dict[str, Any]:
         """The manifest's ``kdf`` object."""
@@ -111,14 +115,36 @@ class KeyDerivation:
             raise BackupError("manifest: kdf is not scrypt")
         try:
             salt = base64.b64decode(str(document["salt"]), validate=True)
-            n, r, p = int(document["n"]), int(document["r"]), int(document["p"])
+            n, r, p = document["n"], document["r"], document["p"]
         except (KeyError, ValueError, TypeError):
             raise BackupError("manifest: unreadable kdf parameters") from None
-        if not (1 << 14 <= n <= 1 << 20 and n & (n - 1) == 0 and 1 <= r <= 16 and 1 <= p <= 4):
+        if not all(type(v) is int for v in (n, r, p)):
+            raise BackupError("manifest: scrypt parameters must be integers")
+        # At most 256 MiB of memory (128 * n * r) and p 1-2: a hostile archive cannot
+        # make the derivation exhaust the machine.
+        if not (
+            1 << 14 <= n <= 1 << 18
+            and n & (n - 1) == 0
+            and 1 <= r <= 16
+            and 128 * n * r <= 256 << 20
+            and 1 <= p <= 2
+        ):
             raise BackupError(f"manifest: scrypt parameters out of range (n={n}, r={r}, p={p})")
         if not 8 <= len(salt) <= 64:
             raise BackupError("manifest: bad scrypt salt")
         return cls(salt=salt, n=n, r=r, p=p)
+
+
+@dataclass(frozen=True)
+class ArchiveKeys:
+    """What the passphrase unlocks: the cipher for private keys, the manifest MAC key."""
+
+    cipher: AESGCM
+    mac_key: bytes
+
+    def mac(self, manifest: bytes) -> bytes:
+        """The manifest's authentication tag (HMAC-SHA-256)."""
+        return hmac.new(self.mac_key, manifest, hashlib.sha256).digest()
 
 
 def encrypt(cipher: AESGCM, name: str, plaintext: bytes) -> bytes:
@@ -214,10 +240,11 @@ class ArchiveWriter:
     """Builds an archive at ``path`` (0600, written to a temporary name and renamed
     into place once complete and fsynced, so a failed backup leaves nothing)."""
 
-    def __init__(self, path: Path, manifest: Manifest, cipher: AESGCM) -> None:
+    def __init__(self, path: Path, manifest: Manifest, keys: ArchiveKeys) -> None:
         self.path = path
         self.manifest = manifest
-        self._cipher = cipher
+        self._keys = keys
+        self._cipher = keys.cipher
         self._tmp = path.with_name(f".{path.name}.partial")
         fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)
@@ -260,8 +287,11 @@ class ArchiveWriter:
         self._tar.addfile(info, data)
 
     def finish(self) -> None:
-        """Write the manifest last, make it durable, rename into place."""
-        self._add(MANIFEST, io.BytesIO(self.manifest.to_bytes()), len(self.manifest.to_bytes()))
+        """Write the manifest and its MAC last, make it durable, rename into place."""
+        manifest = self.manifest.to_bytes()
+        self._add(MANIFEST, io.BytesIO(manifest), len(manifest))
+        tag = self._keys.mac(manifest)
+        self._add(MANIFEST_MAC, io.BytesIO(tag), len(tag))
         self._tar.close()
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -307,11 +337,24 @@ def open_archive(path: Path, passphrase: bytes, scratch: Path) -> Iterator[Opene
     try:
         with tar:
             members = _regular_members(tar)
-            manifest = Manifest.from_bytes(_read(tar, members, MANIFEST, MAX_MANIFEST_BYTES))
+            raw_manifest = _read(tar, members, MANIFEST, MAX_MANIFEST_BYTES)
+            manifest = Manifest.from_bytes(raw_manifest)
+            # The manifest carries every member's checksum: authenticated first, so
+            # that nothing in the archive can be altered (a journal line added, a
+            # database swapped) without the passphrase.
+            keys = manifest.kdf.derive(passphrase)
+            tag = _read(tar, members, MANIFEST_MAC, 64) if MANIFEST_MAC in members else b""
+            if not hmac.compare_digest(tag, keys.mac(raw_manifest)):
+                raise BackupError(
+                    f"{path}: the archive does not authenticate: wrong passphrase, or it "
+                    "was altered"
+                )
             small: dict[str, bytes] = {}
             for name, entry in manifest.members.items():
                 if name not in members:
                     raise BackupError(f"{path}: {name} is listed but missing")
+                if members[name].size != entry["size"]:
+                    raise BackupError(f"{name}: size differs from the manifest")
                 if name == DATABASE:
                     extracted = scratch / f".osp-restore-{os.getpid()}.sqlite3"
                     _extract(tar, members[name], extracted, entry)
@@ -320,10 +363,9 @@ def open_archive(path: Path, passphrase: bytes, scratch: Path) -> Iterator[Opene
                 data = _read(tar, members, name, limit)
                 _check(name, data, entry)
                 small[name] = data
-            cipher = manifest.kdf.derive(passphrase)
             for name in KEYS:
                 if name in small:
-                    small[name] = decrypt(cipher, name, small[name])
+                    small[name] = decrypt(keys.cipher, name, small[name])
         yield OpenedArchive(manifest=manifest, small=small, database=extracted)
     finally:
         if extracted is not None:
@@ -334,9 +376,9 @@ def _regular_members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
     members: dict[str, tarfile.TarInfo] = {}
     try:
         for info in tar:
-            if info.name not in (MANIFEST, *MEMBERS):
+            if info.name not in (MANIFEST, MANIFEST_MAC, *MEMBERS):
                 raise BackupError(f"unexpected member {info.name[:80]!r} in the archive")
-            if not info.isreg():
+            if not info.isreg() or info.issparse():
                 raise BackupError(f"member {info.name} is not a regular file")
             if info.name in members:
                 raise BackupError(f"member {info.name} appears twice")

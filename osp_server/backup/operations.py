@@ -223,6 +223,7 @@ def restore_backup(
         stamp = now.strftime("%Y%m%dT%H%M%SZ")
         if opened.database is not None and database is not None:
             _check_sqlite(opened.database)
+            _check_schema(opened.database)
             _put_database_in_place(opened.database, database, stamp)
             report.database = f"restored to {database}"
         elif manifest.engine == "postgresql":
@@ -282,6 +283,25 @@ def _heartbeats(config: Config) -> list[tuple[str, datetime]]:
             return latest_txn(conn)
     finally:
         engine.dispose()
+
+
+def _check_schema(path: Path) -> None:
+    """The archive's database must be an osp-server schema this program can migrate,
+    checked before the live database is touched."""
+    from osp_server.storage.db import known_revision
+
+    engine = create_db_engine(f"sqlite:///{path}", pool_size=1)
+    try:
+        current, _head = schema_status(engine)
+    finally:
+        engine.dispose()
+    if current is None:
+        raise BackupError("the archive's database has no osp-server schema")
+    if not known_revision(current):
+        raise BackupError(
+            f"the archive's database is at schema revision {current}, which this version "
+            "does not know: restore it with the osp-server version that made it"
+        )
 
 
 def _check_sqlite(path: Path) -> None:

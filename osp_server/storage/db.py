@@ -235,6 +235,15 @@ def schema_status(engine: Engine) -> tuple[str | None, str | None]:
     return current, head
 
 
+def known_revision(revision: str) -> bool:
+    """True when this program's migrations include ``revision`` (a database migrated by
+    a newer version carries one it does not know)."""
+    try:
+        return ScriptDirectory(str(MIGRATIONS_DIR)).get_revision(revision) is not None
+    except Exception:  # alembic raises several error types for an unknown id
+        return False
+
+
 class TransactionObserver(Protocol):
     """Told about every transaction :meth:`Database.transact` ran (the metrics hook)."""
 

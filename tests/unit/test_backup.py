@@ -5,6 +5,7 @@ tests/reliability/test_r10_restore.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sqlite3
@@ -71,7 +72,7 @@ def test_backup_holds_everything_with_the_keys_encrypted(
     assert members["ca.pem"] == config.ca.cert_file.read_bytes()
     journal = CertificateJournal.in_data_dir(config.data_dir).path.read_bytes()
     assert members["journal.log"] == journal
-    cipher = KeyDerivation.from_json(manifest["kdf"]).derive(PASSPHRASE.encode())
+    cipher = KeyDerivation.from_json(manifest["kdf"]).derive(PASSPHRASE.encode()).cipher
     for name in KEYS:
         assert b"PRIVATE KEY" not in members[name]
         assert manifest["members"][name]["encrypted"] is True
@@ -113,7 +114,9 @@ def test_restore_onto_a_lost_machine_brings_everything_back(
         pass
 
 
-@pytest.mark.parametrize("problem", ["passphrase", "damaged", "hostile member", "not a tar"])
+@pytest.mark.parametrize(
+    "problem", ["passphrase", "damaged", "altered", "hostile member", "not a tar"]
+)
 def test_a_bad_restore_changes_nothing(
     setup: tuple[Config, AdminRunner, Path], tmp_path: Path, problem: str
 ) -> None:
@@ -122,13 +125,34 @@ def test_a_bad_restore_changes_nothing(
     admin.json("backup", str(archive), "--passphrase-file", str(passphrase))
     if problem == "passphrase":
         passphrase.write_text("the wrong passphrase, long enough\n")
-        expected = "cannot decrypt: wrong passphrase"
+        expected = "does not authenticate: wrong passphrase"
     elif problem == "damaged":
         data = bytearray(archive.read_bytes())
         offset = data.index(b"-----BEGIN CERTIFICATE-----")
         data[offset + 40] ^= 1
         archive.write_bytes(bytes(data))
         expected = "checksum mismatch"
+    elif problem == "altered":
+        # A revocation of every certificate slipped into the journal, with the manifest's
+        # checksum recomputed: only the passphrase can make it authenticate.
+        members = _members(archive)
+        manifest = json.loads(members["manifest.json"])
+        journal = members["journal.log"] + (
+            b'{"at": "2026-11-30T00:00:00+00:00", "event": "revoked", "serial": "1", "v": 1}\n'
+        )
+        manifest["members"]["journal.log"] = {
+            "sha256": hashlib.sha256(journal).hexdigest(),
+            "size": len(journal),
+            "encrypted": False,
+        }
+        members["journal.log"] = journal
+        members["manifest.json"] = json.dumps(manifest).encode()
+        with tarfile.open(archive, "w") as tar:
+            for name, content in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+        expected = "does not authenticate"
     elif problem == "hostile member":
         with tarfile.open(archive, "a") as tar:
             info = tarfile.TarInfo("../../etc/evil")
@@ -241,3 +265,27 @@ def test_hostile_manifest_kdf_parameters_are_refused() -> None:
         )
     with pytest.raises(BackupError, match="kdf is not scrypt"):
         KeyDerivation.from_json({"name": "none"})
+
+
+def test_a_database_from_a_newer_version_is_refused_before_anything_changes(
+    tmp_path: Path,
+) -> None:
+    # SQLite only: a PostgreSQL archive carries no database.
+    database = tmp_path / "osp.sqlite3"
+    config_path = write_config(tmp_path, f"sqlite:///{database}")
+    config = load_config(config_path)
+    for _server in memory_server(config):
+        pass
+    admin = AdminRunner(config_path)
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text(PASSPHRASE + "\n")
+    with sqlite3.connect(database) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099'")
+    archive = tmp_path / "backup.tar"
+    admin.json("backup", str(archive), "--passphrase-file", str(passphrase))
+    with sqlite3.connect(database) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0004'")
+    before = _snapshot(config.data_dir)
+    code, _, err = admin("restore", str(archive), "--passphrase-file", str(passphrase), "--force")
+    assert code == 1 and "schema revision 0099, which this version does not know" in err
+    assert _snapshot(config.data_dir) == before
