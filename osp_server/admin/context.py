@@ -10,9 +10,9 @@ one line on stderr and exit status `EXIT_ERROR`.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
+import pwd
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,10 +99,14 @@ class Context:
     @property
     def actor(self) -> str:
         """Who makes a change, for the audit log: ``osp-admin (<OS user>)``."""
+        # The account, not $USER (which anyone can set); and who became it with sudo.
         try:
-            user = getpass.getuser()
-        except (KeyError, OSError):  # no name for this uid (a container)
+            user = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:  # no name for this uid (a container)
             user = f"uid {os.getuid()}"
+        sudo = os.environ.get("SUDO_USER")
+        if sudo and sudo != user:
+            user = f"{user} via sudo by {sudo}"
         return f"osp-admin ({user})"
 
     def change(

@@ -179,8 +179,11 @@ class DeadlineChannel(http.HTTPChannel):
 
     def evictable(self) -> bool:
         """True when this connection may make way for a new one from its address: no
-        client certificate (yet), no request being answered, not closing already."""
+        client certificate (yet), idle (no request arriving or being answered: the
+        request deadline runs from a request's first byte to its answer), not closing."""
         if self._evicted or self._closing_since is not None or self._handlingRequest:
+            return False
+        if self._deadline is not None:
             return False
         peer_certificate = getattr(self.transport, "getPeerCertificate", None)
         return peer_certificate is None or peer_certificate() is None

@@ -185,7 +185,8 @@ def test_json_is_accepted_after_the_command_and_version_is_shown(
 
 
 def test_every_administrative_change_is_audited_with_the_os_user(run: Run) -> None:
-    import getpass
+    import os
+    import pwd
 
     run.json("customer", "add", "1000")
     run.json("device", "add", "1000", "1000", "--username", "gw", "--password-stdin", stdin="pw\n")
@@ -200,7 +201,7 @@ def test_every_administrative_change_is_audited_with_the_os_user(run: Run) -> No
         "device.added",
         "customer.added",
     ]
-    assert {e["actor"] for e in entries} == {f"osp-admin ({getpass.getuser()})"}
+    assert {e["actor"] for e in entries} == {f"osp-admin ({pwd.getpwuid(os.getuid()).pw_name})"}
     assert entries[3]["subject"] == "customer 1000 device 1000"
     assert entries[3]["detail"] == {"credential": "password", "policy": "auto"}
     # The table shows details as key=value.

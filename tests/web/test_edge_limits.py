@@ -135,9 +135,10 @@ def test_at_the_limit_anonymous_connections_make_way_for_new_ones(tmp_path: Path
         assert newcomer is not None
         assert [t.aborted for t in attacker if t] == [True, False]
         assert not device.aborted
-        # One in the middle of a request is not cut either.
-        busy = server.components.https_site._channels["192.0.2.7"]
-        for channel in busy:
+        # One whose request is arriving, or being answered, is not cut either.
+        channels = list(server.components.https_site._channels["192.0.2.7"])
+        channels[-1].dataReceived(b"POST /tep HTTP/1.1\r\nHost: osp\r\n")  # head on its way
+        for channel in channels[:-1]:
             channel._handlingRequest = True
         assert _connect(server, "192.0.2.7") is None
         # Other addresses are not affected, and the plain HTTP listener refuses as before.
