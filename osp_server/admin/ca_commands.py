@@ -50,12 +50,13 @@ def cmd_ca_export(ctx: Context, args: argparse.Namespace) -> None:
     from osp_server.backup.archive import BackupError
     from osp_server.backup.ca_transfer import export_ca
 
+    # Loaded first: a CA whose key does not match its certificate is not exported.
+    row = _ca_row(load_existing_ca(ctx))
     passphrase = read_passphrase(ctx, args, confirm=True)
     try:
         export_ca(ctx.config, args.output, passphrase, now=ctx.now())
     except BackupError as e:
         raise AdminError(str(e)) from None
-    row = _ca_row(load_existing_ca(ctx))
     emit_one(ctx, {"exported_to": str(args.output), **row})
 
 

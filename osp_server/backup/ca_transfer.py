@@ -13,6 +13,7 @@ CA.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from osp_server.backup.archive import (
     Manifest,
     open_archive,
 )
-from osp_server.backup.operations import archive_files
+from osp_server.backup.operations import archive_files, give_to_data_dir_owner
 from osp_server.config import Config
 from osp_server.pki.files import make_private_directory, write_new_file
 
@@ -65,6 +66,22 @@ class ImportedCA:
     outcome: str
 
 
+def _check_pair(archive: Path, certificate: bytes, key: bytes) -> x509.Certificate:
+    """The archive's CA certificate, once its key is known to match it: checked before
+    any file is touched, so a bad export cannot leave a node without its CA."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        parsed = x509.load_pem_x509_certificate(certificate)
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        raise BackupError(f"{archive}: the CA certificate or key is unreadable") from None
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if private.public_key().public_bytes(*spki) != parsed.public_key().public_bytes(*spki):
+        raise BackupError(f"{archive}: the CA key does not match the CA certificate")
+    return parsed
+
+
 def import_ca(
     config: Config, archive: Path, passphrase: bytes, *, now: datetime, replace: bool = False
 ) -> ImportedCA:
@@ -78,15 +95,18 @@ def import_ca(
             raise BackupError(f"{archive}: holds no CA certificate and key")
         certificate = opened.small["ca.pem"]
         key = opened.small["ca.key"]
-    try:
-        parsed = x509.load_pem_x509_certificate(certificate)
-    except ValueError:
-        raise BackupError(f"{archive}: ca.pem is not a PEM certificate") from None
+    parsed = _check_pair(archive, certificate, key)
     cert_file, key_file = files["ca.pem"], files["ca.key"]
     present = cert_file.exists() or key_file.exists()
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     if present:
-        if cert_file.exists() and cert_file.read_bytes() == certificate:
+        same = (
+            cert_file.exists()
+            and cert_file.read_bytes() == certificate
+            and key_file.exists()
+            and key_file.read_bytes() == key
+        )
+        if same:
             outcome = "unchanged"
         elif not replace:
             raise BackupError(
@@ -105,7 +125,9 @@ def import_ca(
         for path, data, mode in ((key_file, key, 0o600), (cert_file, certificate, 0o644)):
             make_private_directory(path.parent)
             write_new_file(path, data, mode, "CA file")
-    # The pair must load as the server would load it (key matches certificate).
+    if os.geteuid() == 0:
+        give_to_data_dir_owner(config, key_file, cert_file)
+    # The pair loads as the server will load it.
     ca = load_ca(key_file, cert_file, profile=config.ca.profile)
     return ImportedCA(
         subject=parsed.subject.rfc4514_string(),

@@ -62,6 +62,18 @@ def archive_files(config: Config) -> dict[str, Path]:
     }
 
 
+def give_to_data_dir_owner(config: Config, *paths: Path) -> None:
+    """Run as root (an operator's osp-admin), give files it wrote to the owner of the
+    data directory: the server runs as that user and must read them."""
+    if os.geteuid() != 0:
+        return
+    owner = config.data_dir.stat()
+    for path in paths:
+        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            if name.exists():
+                os.chown(name, owner.st_uid, owner.st_gid)
+
+
 def _engine_name(config: Config) -> str:
     return "sqlite" if sqlite_path(config.database.url) is not None else "postgresql"
 
@@ -114,11 +126,17 @@ def make_backup(
         for name, path in archive_files(config).items():
             if path.exists():
                 writer.add_bytes(name, path.read_bytes())
-        segments = CertificateJournal.in_data_dir(config.data_dir).segments()
-        if segments:
+        journal = CertificateJournal.in_data_dir(config.data_dir)
+        if journal.segments():
             joined = output.with_name(f".{output.name}.journal")
             try:
-                _join_segments(segments, joined)
+                # A rotation between listing and reading would hide the segment it
+                # closed: read again until the list did not change meanwhile.
+                while True:
+                    segments = journal.segments()
+                    _join_segments(segments, joined)
+                    if journal.segments() == segments:
+                        break
                 writer.add_file(JOURNAL, joined)
             finally:
                 joined.unlink(missing_ok=True)
@@ -245,6 +263,10 @@ def restore_backup(
         replayed = db.transact_sync(reconcile_txn, events, now=now)
     finally:
         db.engine.dispose()
+    written = [
+        archive_files(config)[name] for name in report.files if name in archive_files(config)
+    ]
+    give_to_data_dir_owner(config, *written, *([database] if database is not None else []))
     report.journal_events = len(events)
     report.recorded_again = len(replayed.recorded)
     report.revoked_again = len(replayed.revoked)

@@ -91,3 +91,36 @@ async def test_nodes_share_the_database_ca(tmp_path: Path, database_url: str) ->
         for server in memory_server(node):
             env = MemoryEnv(server, tmp_path, device)
             assert await _authorize(env, device) == 200
+
+
+def test_an_export_whose_key_does_not_match_is_refused_before_any_file_moves(
+    tmp_path: Path, database_url: str
+) -> None:
+    first, first_admin = _node(tmp_path, "a", database_url)
+    other, other_admin = _node(tmp_path, "c", database_url)
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text(PASSPHRASE + "\n")
+    first_admin.json("ca", "init")
+    other_admin.json("ca", "init")
+    # A broken node's key is another CA's: export refuses it; an archive built by hand
+    # with such a pair (authentic, with the passphrase) is refused by import.
+    first.ca.key_file.write_bytes(other.ca.key_file.read_bytes())
+    archive = tmp_path / "ca.tar"
+    code, _, err = first_admin("ca", "export", str(archive), "--passphrase-file", str(passphrase))
+    assert code == 1 and "does not match" in err and not archive.exists()
+    from datetime import UTC, datetime
+
+    from osp_server.backup.archive import ArchiveWriter, KeyDerivation, Manifest
+
+    kdf = KeyDerivation.fresh()
+    manifest = Manifest(created_at=datetime.now(UTC), engine="none", schema_revision=None, kdf=kdf)
+    writer = ArchiveWriter(archive, manifest, kdf.derive(PASSPHRASE.encode()))
+    writer.add_bytes("ca.pem", first.ca.cert_file.read_bytes())
+    writer.add_bytes("ca.key", first.ca.key_file.read_bytes())
+    writer.finish()
+    before = {p: p.read_bytes() for p in other.ca.cert_file.parent.iterdir()}
+    code, _, err = other_admin(
+        "ca", "import", str(archive), "--passphrase-file", str(passphrase), "--replace"
+    )
+    assert code == 1 and "the CA key does not match the CA certificate" in err
+    assert {p: p.read_bytes() for p in other.ca.cert_file.parent.iterdir()} == before
