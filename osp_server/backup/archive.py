@@ -236,6 +236,15 @@ class Manifest:
         )
 
 
+def create_private_file(path: Path) -> int:
+    """A new file at ``path`` (0600) opened for writing: never an existing file or a
+    symlink someone put there (a shared directory such as /tmp)."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise BackupError(f"{path} exists (left by an interrupted run?): remove it") from None
+
+
 class ArchiveWriter:
     """Builds an archive at ``path`` (0600, written to a temporary name and renamed
     into place once complete and fsynced, so a failed backup leaves nothing)."""
@@ -246,8 +255,8 @@ class ArchiveWriter:
         self._keys = keys
         self._cipher = keys.cipher
         self._tmp = path.with_name(f".{path.name}.partial")
-        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
+        fd = create_private_file(self._tmp)
+        os.fchmod(fd, 0o600)  # whatever the umask
         self._file = os.fdopen(fd, "wb")
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
 
@@ -296,7 +305,14 @@ class ArchiveWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        os.replace(self._tmp, self.path)
+        # A hard link fails if the name was taken meanwhile: an archive never replaces
+        # a file (os.replace would).
+        try:
+            os.link(self._tmp, self.path)
+        except FileExistsError:
+            self._tmp.unlink(missing_ok=True)
+            raise BackupError(f"{self.path} exists: choose a new name") from None
+        self._tmp.unlink()
         _fsync_directory(self.path.parent)
 
     def abort(self) -> None:
@@ -417,7 +433,8 @@ def _extract(
     if handle is None:
         raise BackupError(f"{info.name}: unreadable")
     digest = hashlib.sha256()
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    target.unlink(missing_ok=True)  # our own name in a private directory
+    fd = create_private_file(target)
     with os.fdopen(fd, "wb") as out:
         try:
             for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -27,6 +27,7 @@ from osp_server.backup.archive import (
     BackupError,
     KeyDerivation,
     Manifest,
+    create_private_file,
     open_archive,
 )
 from osp_server.config import Config
@@ -134,6 +135,7 @@ def make_backup(
                 # closed: read again until the list did not change meanwhile.
                 while True:
                     segments = journal.segments()
+                    joined.unlink(missing_ok=True)  # the previous round's copy
                     _join_segments(segments, joined)
                     if journal.segments() == segments:
                         break
@@ -150,7 +152,7 @@ def make_backup(
 def _join_segments(segments: list[Path], target: Path) -> None:
     """Every journal segment, oldest first, into one file; a segment that ends in a
     torn line gets a newline, so that the next segment's first event stays whole."""
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = create_private_file(target)
     with os.fdopen(fd, "wb") as out:
         for segment in segments:
             data = segment.read_bytes()
@@ -162,7 +164,7 @@ def _join_segments(segments: list[Path], target: Path) -> None:
 def _sqlite_online_backup(database: Path, target: Path, progress: Progress | None) -> None:
     """A consistent copy of a live SQLite database (its online backup API), in steps of
     BACKUP_STEP_PAGES so that the server's writers get their turn and progress shows."""
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = create_private_file(target)
     os.close(fd)
     try:
         source = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)

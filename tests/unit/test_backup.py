@@ -289,3 +289,18 @@ def test_a_database_from_a_newer_version_is_refused_before_anything_changes(
     code, _, err = admin("restore", str(archive), "--passphrase-file", str(passphrase), "--force")
     assert code == 1 and "schema revision 0099, which this version does not know" in err
     assert _snapshot(config.data_dir) == before
+
+
+def test_a_planted_temporary_file_or_symlink_is_never_written_through(
+    setup: tuple[Config, AdminRunner, Path], tmp_path: Path
+) -> None:
+    """In a shared directory, someone may plant the archive's temporary name first."""
+    _, admin, passphrase = setup
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"untouched")
+    (tmp_path / ".backup.tar.partial").symlink_to(victim)
+    code, _, err = admin(
+        "backup", str(tmp_path / "backup.tar"), "--passphrase-file", str(passphrase)
+    )
+    assert code == 1 and "exists" in err
+    assert victim.read_bytes() == b"untouched" and not (tmp_path / "backup.tar").exists()
