@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from twisted.python.reflect import safe_str
 
 from osp_server.workers.role import HandOverError, WorkerRole, read_config
-from osp_server.workers.supervisor import SERVING_KEY
+from osp_server.workers.supervisor import ACCEPTING_KEY, SERVING_KEY
 
 if TYPE_CHECKING:
     from osp_server.reactor import IWorkerReactor
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_HANDOVER
     globalLogBeginner.beginLoggingTo([json_lines_observer(sys.stdout)], redirectStandardIO=False)
 
-    from osp_server.app import StartupError, build_worker_service
+    from osp_server.app import CoreService, StartupError, build_worker_service
     from osp_server.reactor import global_reactor
 
     reactor = cast("IWorkerReactor", global_reactor())
@@ -169,6 +169,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             count=role.count,
             **{SERVING_KEY: True},
         )
+        core_service = service.getServiceNamed("core")
+        if isinstance(core_service, CoreService):
+            # Tells the supervisor this worker answers OSP now: a replacement started
+            # beside it may leave the shared sockets to it.
+            core_service.components.core.readiness.when_ready().addCallback(
+                lambda _: log.info(
+                    "worker {index} accepting OSP traffic",
+                    index=role.index,
+                    **{ACCEPTING_KEY: True},
+                )
+            )
 
     exit_status: list[int] = []
     reactor.callWhenRunning(start)

@@ -69,6 +69,8 @@ def describe_exit(reason: Failure) -> str:
 
 
 SERVING_KEY = "osp_worker_serving"
+ACCEPTING_KEY = "osp_worker_accepting"
+"""Set on the log event a worker sends once it answers OSP (start-up work done)."""
 """Set in the event a worker logs once it serves (its SIGHUP handler is installed)."""
 DEFERRED_SIGNALS = frozenset({"HUP"})
 """Signals held for a worker until it serves: before, SIGHUP's default action kills it."""
@@ -134,6 +136,8 @@ class WorkerProcess(ProcessProtocol):
         self._clock = clock
         self.started_at = clock()
         self.serving_since: float | None = None
+        self.accepting = False
+        """The worker said it takes OSP traffic (its readiness fired)."""
         self.pid: int | None = None
         self._held: set[str] = set()
         self._stdin = stdin
@@ -155,6 +159,8 @@ class WorkerProcess(ProcessProtocol):
 
     def _relay(self, line: bytes) -> None:
         event = relay_line(self.index, line, self._observer, self._log)
+        if event is not None and event.get(ACCEPTING_KEY) is True:
+            self.accepting = True
         if event is not None and event.get(SERVING_KEY) is True and not self.serving:
             self.serving_since = self._clock()
             for name in sorted(self._held):
@@ -231,7 +237,9 @@ class WorkerSupervisor(Service):
     def _start(self, index: int) -> None:
         self._restarts.pop(index, None)
         # With a sibling serving, the new worker accepts only once it can answer.
-        siblings_serve = any(w.serving for i, w in self.workers.items() if i != index)
+        # Accepting, not merely serving: a sibling still holding its own listeners
+        # (itself a replacement) answers nothing yet.
+        siblings_serve = any(w.accepting for i, w in self.workers.items() if i != index)
         launch = self._launch(index, siblings_serve)
         worker = WorkerProcess(
             index,

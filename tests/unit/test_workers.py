@@ -25,6 +25,7 @@ from osp_server.workers.child import event_as_json_line
 from osp_server.workers.role import HandOverError, WorkerRole, encode_config, read_config
 from osp_server.workers.sockets import SharedSocketError, offset_port
 from osp_server.workers.supervisor import (
+    ACCEPTING_KEY,
     FIRST_BACKOFF_SECONDS,
     MAX_BACKOFF_SECONDS,
     MAX_FAILED_STARTS,
@@ -280,14 +281,14 @@ def test_stop_cancels_a_pending_restart() -> None:
     assert len(reactor.spawned) == 1
 
 
-def _serving_line(index: int) -> bytes:
+def _serving_line(index: int, key: str = SERVING_KEY) -> bytes:
     event = {
         "log_format": "worker {index} serving",
         "log_level": LogLevel.info,
         "log_namespace": "osp_server.workers.child",
         "log_time": 1.0,
         "index": index,
-        SERVING_KEY: True,
+        key: True,
     }
     return eventAsJSON(event).encode() + b"\n"
 
@@ -323,13 +324,19 @@ def test_a_restarted_worker_accepts_only_once_ready_while_a_sibling_serves() -> 
     first.protocol.outReceived(_serving_line(0))
     second.end(_killed())
     reactor.advance(FIRST_BACKOFF_SECONDS)
-    # Worker 0 serves: the new worker 1 leaves the shared sockets to it until ready.
-    assert reactor.spawned[2][1] == ["python", "--index=1", "--accept-when-ready"]
+    # Worker 0 serves but does not accept yet (itself waiting for its routes): the new
+    # worker 1 must not hold back too, or nobody would accept.
+    assert reactor.spawned[2][1] == ["python", "--index=1"]
+    reactor.spawned[2][0].end(_killed())
+    first.protocol.outReceived(_serving_line(0, ACCEPTING_KEY))
+    reactor.advance(2 * FIRST_BACKOFF_SECONDS)
+    # Worker 0 accepts: the new worker 1 leaves the shared sockets to it until ready.
+    assert reactor.spawned[3][1] == ["python", "--index=1", "--accept-when-ready"]
     # Both gone: the next one has no sibling to leave connections to.
     first.end(_killed())
-    reactor.spawned[2][0].end(_killed())
+    reactor.spawned[3][0].end(_killed())
     reactor.advance(MAX_BACKOFF_SECONDS)
-    assert [args for _, args, _ in reactor.spawned[3:]] == [
+    assert [args for _, args, _ in reactor.spawned[4:]] == [
         ["python", "--index=0"],
         ["python", "--index=1"],
     ]
