@@ -13,7 +13,6 @@ unreachable).
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Sequence
 from io import BytesIO
 from ipaddress import IPv4Network, IPv6Network, ip_address
@@ -309,8 +308,9 @@ class OSPSite(Site):
         # attacker behind a device's NAT address cannot hold the device out by keeping
         # anonymous connections open, and authenticated devices are never cut.
         self.prefer_authenticated = prefer_authenticated
-        self._connections: Counter[str] = Counter()
-        self._channels: dict[str, dict[DeadlineChannel, None]] = {}  # oldest first
+        # Each address's open connections, oldest first (their count is the per-address
+        # figure; the order picks whom to evict).
+        self._channels: dict[str, dict[DeadlineChannel, None]] = {}
         self._open = 0
         self.displayTracebacks = False
 
@@ -328,7 +328,8 @@ class OSPSite(Site):
                 listener=self.name,
             )
             return None
-        if self._connections[host] >= self.max_connections_per_address and not self._trusted(host):
+        open_here = len(self._channels.get(host, ()))
+        if open_here >= self.max_connections_per_address and not self._trusted(host):
             victim = self._eviction_candidate(host) if self.prefer_authenticated else None
             if victim is None:
                 log.warn("refusing connection from {peer}: too many connections", peer=host)
@@ -341,7 +342,6 @@ class OSPSite(Site):
             victim.evict()
         channel = super().buildProtocol(addr)
         if channel is not None:
-            self._connections[host] += 1
             self._open += 1
             self._channels.setdefault(host, {})[channel] = None
             channel._peer_host = host
@@ -366,16 +366,14 @@ class OSPSite(Site):
             address = mapped
         return any(address in network for network in self.trusted_networks)
 
-    def connection_closed(self, host: str, channel: DeadlineChannel | None = None) -> None:
+    def connection_closed(self, host: str, channel: DeadlineChannel) -> None:
         """Called by a channel when its connection ends."""
         self._open -= 1
-        self._connections[host] -= 1
         channels = self._channels.get(host)
-        if channels is not None and channel is not None:
+        if channels is not None:
             channels.pop(channel, None)
-        if self._connections[host] <= 0:
-            del self._connections[host]
-            self._channels.pop(host, None)
+            if not channels:
+                del self._channels[host]
 
     def log(self, request: http.Request) -> None:
         """One structured access event per request (no free-text Combined Log lines)."""

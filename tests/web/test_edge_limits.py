@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,13 +73,17 @@ def _limited(tmp_path: Path, **listeners: object) -> Iterator[MemoryServer]:
     return memory_server(make_config(tmp_path, listeners=listeners))
 
 
-def _open(server: MemoryServer, peer: str) -> bool:
+def _open_channel(server: MemoryServer, peer: str) -> Any:
     from twisted.internet.address import IPv4Address
 
     # The plain listener: at the limit it refuses (TLS listeners may close an
     # anonymous connection instead, tested below).
     site = server.components.http_site
-    return site.buildProtocol(IPv4Address("TCP", peer, 40000)) is not None
+    return site.buildProtocol(IPv4Address("TCP", peer, 40000))
+
+
+def _open(server: MemoryServer, peer: str) -> bool:
+    return _open_channel(server, peer) is not None
 
 
 def test_trusted_addresses_are_not_held_to_the_per_address_limit(tmp_path: Path) -> None:
@@ -165,12 +170,14 @@ def test_the_listener_cap_counts_everyone_trusted_or_not(tmp_path: Path) -> None
     for server in _limited(
         tmp_path, max_connections=5, trusted_addresses=["10.20.0.0/24", "2001:db8::/32"]
     ):
-        assert all(_open(server, f"192.0.2.{i}") for i in range(3))
+        first = _open_channel(server, "192.0.2.0")
+        assert first is not None
+        assert all(_open(server, f"192.0.2.{i}") for i in range(1, 3))
         assert all(_open(server, "10.20.0.9") for _ in range(2))
         assert not _open(server, "10.20.0.9")
         assert not _open(server, "198.51.100.1")
         # A closed connection frees a slot.
-        server.components.http_site.connection_closed("192.0.2.1")
+        server.components.http_site.connection_closed("192.0.2.0", first)
         assert _open(server, "198.51.100.1")
 
 
