@@ -11,9 +11,7 @@ from alembic.util import CommandError as AlembicCommandError
 
 from osp_server.admin.context import AdminError, Context, Subparsers, emit_one
 from osp_server.admin.progress import progress_bar
-from osp_server.backup.archive import BackupError, check_passphrase
-from osp_server.pki.files import FileWriteError
-from osp_server.pki.journal import JournalError
+from osp_server.backup.archive import check_passphrase
 
 PASSPHRASE_ENV = "OSP_BACKUP_PASSPHRASE"
 
@@ -37,10 +35,7 @@ def read_passphrase(ctx: Context, args: argparse.Namespace, *, confirm: bool) ->
         raise AdminError(
             f"no passphrase: give --passphrase-file, set {PASSPHRASE_ENV}, or run on a terminal"
         )
-    try:
-        return check_passphrase(passphrase)
-    except BackupError as e:
-        raise AdminError(str(e)) from None
+    return check_passphrase(passphrase)
 
 
 def cmd_backup(ctx: Context, args: argparse.Namespace) -> None:
@@ -57,8 +52,6 @@ def cmd_backup(ctx: Context, args: argparse.Namespace) -> None:
 
     try:
         manifest = make_backup(ctx.config, args.output, passphrase, now=ctx.now(), progress=copied)
-    except BackupError as e:
-        raise AdminError(str(e)) from None
     finally:
         bar.close()
     row: dict[str, object] = {
@@ -87,8 +80,6 @@ def cmd_restore(ctx: Context, args: argparse.Namespace) -> None:
             replace_files=args.replace_files,
             force=args.force,
         )
-    except (BackupError, FileWriteError, JournalError) as e:
-        raise AdminError(str(e)) from None
     except AlembicCommandError as e:
         raise AdminError(f"restored, but the schema migration failed: {e}") from None
     emit_one(

@@ -8,7 +8,6 @@ from typing import Any
 
 from osp_server.admin.backup_commands import passphrase_option
 from osp_server.admin.context import (
-    AdminError,
     Context,
     Subparsers,
     emit_one,
@@ -47,32 +46,22 @@ def cmd_ca_show(ctx: Context, _args: argparse.Namespace) -> None:
 def cmd_ca_export(ctx: Context, args: argparse.Namespace) -> None:
     """Write the CA certificate and its encrypted key for another node."""
     from osp_server.admin.backup_commands import read_passphrase
-    from osp_server.backup.archive import BackupError
     from osp_server.backup.ca_transfer import export_ca
 
     # Loaded first: a CA whose key does not match its certificate is not exported.
     row = _ca_row(load_existing_ca(ctx))
     passphrase = read_passphrase(ctx, args, confirm=True)
-    try:
-        export_ca(ctx.config, args.output, passphrase, now=ctx.now())
-    except BackupError as e:
-        raise AdminError(str(e)) from None
+    export_ca(ctx.config, args.output, passphrase, now=ctx.now())
     emit_one(ctx, {"exported_to": str(args.output), **row})
 
 
 def cmd_ca_import(ctx: Context, args: argparse.Namespace) -> None:
     """Install a CA exported by another node (this node's server stopped)."""
     from osp_server.admin.backup_commands import read_passphrase
-    from osp_server.backup.archive import BackupError
     from osp_server.backup.ca_transfer import import_ca
 
     passphrase = read_passphrase(ctx, args, confirm=False)
-    try:
-        imported = import_ca(
-            ctx.config, args.archive, passphrase, now=ctx.now(), replace=args.replace
-        )
-    except BackupError as e:
-        raise AdminError(str(e)) from None
+    imported = import_ca(ctx.config, args.archive, passphrase, now=ctx.now(), replace=args.replace)
     emit_one(
         ctx,
         {

@@ -45,8 +45,11 @@ from osp_server.admin.context import (
     Subparsers,
     error_line,
 )
+from osp_server.backup.archive import BackupError
 from osp_server.config import ConfigError, find_config, load_config
 from osp_server.pki.ca import CAError
+from osp_server.pki.files import FileWriteError
+from osp_server.pki.journal import JournalError
 from osp_server.storage.db import StorageError
 from osp_server.storage.errors import ConflictError, NotFoundError
 
@@ -75,6 +78,9 @@ COMMAND_GROUP_MODULES: Final[tuple[CommandGroup, ...]] = (
 
 HANDLED_ERRORS: Final = (
     AdminError,
+    BackupError,
+    FileWriteError,
+    JournalError,
     ConfigError,
     CAError,
     StorageError,
