@@ -248,11 +248,15 @@ def restore_backup(
             report.database = f"restored to {database}"
         elif manifest.engine == "postgresql":
             report.database = "PostgreSQL: not in the archive (restore it with pg_restore first)"
+        written: list[Path] = []
         for name, target in archive_files(config).items():
             if name in opened.small:
-                report.files[name] = _restore_file(
+                outcome, wrote = _restore_file(
                     target, opened.small[name], stamp, replace=replace_files
                 )
+                report.files[name] = outcome
+                if wrote:
+                    written.append(target)
         journal = CertificateJournal.in_data_dir(config.data_dir)
         if JOURNAL in opened.small:
             report.journal_events_added = _merge_journal(journal, opened.small[JOURNAL])
@@ -265,9 +269,6 @@ def restore_backup(
         replayed = db.transact_sync(reconcile_txn, events, now=now)
     finally:
         db.engine.dispose()
-    written = [
-        archive_files(config)[name] for name in report.files if name in archive_files(config)
-    ]
     give_to_data_dir_owner(config, *written, *([database] if database is not None else []))
     report.journal_events = len(events)
     report.recorded_again = len(replayed.recorded)
@@ -351,21 +352,23 @@ def _put_database_in_place(restored: Path, database: Path, stamp: str) -> None:
     fsync_directory(database.parent)
 
 
-def _restore_file(target: Path, data: bytes, stamp: str, *, replace: bool) -> str:
+def _restore_file(target: Path, data: bytes, stamp: str, *, replace: bool) -> tuple[str, bool]:
+    """Put ``data`` at ``target`` unless a different file there is kept: what was done
+    (for the report), and whether the file was written."""
     from osp_server.pki.files import write_new_file
 
     mode = 0o600 if target.suffix == ".key" else 0o644
     if target.exists():
         if target.read_bytes() == data:
-            return "unchanged"
+            return "unchanged", False
         if not replace:
-            return "kept (differs from the archive; --replace-files to restore it)"
+            return "kept (differs from the archive; --replace-files to restore it)", False
         target.rename(target.with_name(f"{target.name}.before-restore-{stamp}"))
         write_new_file(target, data, mode, "restored file")
-        return "replaced (the previous one kept as .before-restore-*)"
+        return "replaced (the previous one kept as .before-restore-*)", True
     make_private_directory(target.parent)
     write_new_file(target, data, mode, "restored file")
-    return "restored"
+    return "restored", True
 
 
 def _merge_journal(journal: CertificateJournal, archived: bytes) -> int:
