@@ -727,9 +727,9 @@ def _assemble(
 
 
 def _route_gauges(metrics: Metrics, refresher: RouteRefresher) -> None:
-    if refresher.loaded is not None:
-        version, routes, blocks = refresher.loaded
-        metrics.route_version.set(version)
+    if refresher.loaded_counts is not None and refresher.version is not None:
+        routes, blocks = refresher.loaded_counts
+        metrics.route_version.set(refresher.version)
         metrics.route_table.labels("routes").set(routes)
         metrics.route_table.labels("block_rules").set(blocks)
 

@@ -64,8 +64,8 @@ class RouteRefresher(Service):
         self.failures = 0
         """Consecutive failed polls (0 after a good one)."""
         self.after_load: list[Callable[[], object]] = []
-        self.loaded: tuple[int, int, int] | None = None
-        """(version, routes, block rules) of the tables in use, once loaded."""
+        self.loaded_counts: tuple[int, int] | None = None
+        """(routes, block rules) of the tables in use (of ``version``), once loaded."""
         """Called after each new table is in place (twistd freezes it out of the GC)."""
 
     def when_loaded(self) -> Deferred[int]:
@@ -120,7 +120,7 @@ class RouteRefresher(Service):
                 return False  # never go back to older tables
             self._policy.replace(tables)
             self.version = version
-            self.loaded = (version, tables.route_count, tables.block_count)
+            self.loaded_counts = (tables.route_count, tables.block_count)
             for hook in self.after_load:
                 hook()
         finally:

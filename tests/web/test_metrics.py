@@ -75,7 +75,8 @@ def test_route_gauges_follow_each_load() -> None:
     from osp_server.app import _route_gauges
 
     class Loaded:
-        loaded = (7, 1200, 3)
+        version = 7
+        loaded_counts = (1200, 3)
 
     metrics = Metrics()
     _route_gauges(metrics, Loaded())  # type: ignore[arg-type]
