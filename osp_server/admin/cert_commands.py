@@ -60,22 +60,26 @@ def cmd_cert_revoke(ctx: Context, args: argparse.Namespace) -> None:
         return record, False
 
     record, already = ctx.db.transact_sync(work)
-    # Journaled before the operator is told: a restore from an older backup must not
-    # bring the certificate back (osp_server.pki.journal).
-    try:
-        ctx.journal.append(
-            [
-                JournalEvent(
-                    "revoked",
-                    record.serial,
-                    record.revoked_at or ctx.now(),
-                    reason=record.revocation_reason,
-                )
-            ]
-        )
-    except JournalError as e:
-        raise AdminError(f"revoked in the database, but {e}; run the command again") from None
+    journal_revocations(ctx, [record], retry="run the command again")
     emit_one(ctx, {**_cert_row(record), "already_revoked": already})
+
+
+def journal_revocations(
+    ctx: Context, records: list[cert_store.CertificateRecord], *, retry: str
+) -> None:
+    """Journal revocations the database has committed, before the operator is told: a
+    restore from an older backup must not bring the certificates back
+    (osp_server.pki.journal).  ``retry`` says how to journal them when that fails."""
+    if not records:
+        return
+    events = [
+        JournalEvent("revoked", r.serial, r.revoked_at or ctx.now(), reason=r.revocation_reason)
+        for r in records
+    ]
+    try:
+        ctx.journal.append(events)
+    except JournalError as e:
+        raise AdminError(f"revoked in the database, but {e}; {retry}") from None
 
 
 def _audit_subject(record: cert_store.CertificateRecord) -> str:

@@ -51,7 +51,7 @@ from osp_server.pki.ca import CAError
 from osp_server.pki.files import FileWriteError
 from osp_server.pki.journal import JournalError
 from osp_server.storage.db import StorageError
-from osp_server.storage.errors import ConflictError, NotFoundError
+from osp_server.storage.errors import ConflictError, InUseError, NotFoundError
 
 
 class CommandGroup(Protocol):
@@ -86,6 +86,7 @@ HANDLED_ERRORS: Final = (
     StorageError,
     NotFoundError,
     ConflictError,
+    InUseError,
     ValueError,
     OSError,
     SQLAlchemyError,

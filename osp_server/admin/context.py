@@ -115,17 +115,23 @@ class Context:
         subject: str,
         fn: Callable[..., T],
         *args: Any,
-        detail: dict[str, Any] | None = None,
+        detail: dict[str, Any] | Callable[[T], dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> T:
         """``fn(connection, *args, **kwargs)`` and its audit entry (``action`` on
-        ``subject`` by :attr:`actor`), in one transaction: no change goes unrecorded."""
+        ``subject`` by :attr:`actor`), in one transaction: no change goes unrecorded.
+        ``detail`` may be a function of the result (what a deletion took away)."""
         from osp_server.storage import audit
 
         def work(conn: Any) -> T:
             result = fn(conn, *args, **kwargs)
             audit.record_txn(
-                conn, at=self.now(), actor=self.actor, action=action, subject=subject, detail=detail
+                conn,
+                at=self.now(),
+                actor=self.actor,
+                action=action,
+                subject=subject,
+                detail=detail(result) if callable(detail) else detail,
             )
             return result
 

@@ -1,11 +1,13 @@
-"""``osp-admin customer``: add and list customers."""
+"""``osp-admin customer``: add, list and delete customers."""
 
 from __future__ import annotations
 
 import argparse
 
 from osp_server.admin.context import Context, Subparsers, emit, emit_one
+from osp_server.admin.device_commands import add_removal_options, report_removal
 from osp_server.storage import devices as device_store
+from osp_server.storage import removal
 
 
 def cmd_customer_add(ctx: Context, args: argparse.Namespace) -> None:
@@ -29,6 +31,25 @@ def cmd_customer_list(ctx: Context, _args: argparse.Namespace) -> None:
     emit(ctx, rows, ["customer_id", "name", "route_table", "token_format", "created_at"])
 
 
+def cmd_customer_delete(ctx: Context, args: argparse.Namespace) -> None:
+    """Delete a customer (refused while it has devices unless ``--devices``)."""
+    removed = ctx.change(
+        "customer.deleted",
+        f"customer {args.customer_id}",
+        removal.delete_customer_txn,
+        args.customer_id,
+        now=ctx.now(),
+        with_devices=args.devices,
+        revoke=args.revoke,
+        with_usage=args.with_usage,
+        detail=lambda removed: {
+            **{"devices": args.devices, "revoke": args.revoke, "with_usage": args.with_usage},
+            **removed.as_row(),
+        },
+    )
+    report_removal(ctx, removed, {"customer_id": args.customer_id, "device_ids": removed.devices})
+
+
 def register(subparsers: Subparsers) -> None:
     """Add the ``customer`` command group."""
     cu = subparsers.add_parser("customer", help="customers").add_subparsers(
@@ -41,3 +62,8 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--token-format", choices=["signed", "xml", "ascii"])
     p.set_defaults(func=cmd_customer_add)
     cu.add_parser("list", help="list customers").set_defaults(func=cmd_customer_list)
+    p = cu.add_parser("delete", help="delete a customer (with --devices: and its devices)")
+    p.add_argument("customer_id")
+    p.add_argument("--devices", action="store_true", help="delete its devices too")
+    add_removal_options(p)
+    p.set_defaults(func=cmd_customer_delete)

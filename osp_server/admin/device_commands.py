@@ -1,4 +1,4 @@
-"""``osp-admin device``: add, list, show, enable and disable devices, set passwords."""
+"""``osp-admin device``: add, list, show, enable, disable and delete devices, set passwords."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from datetime import timedelta
 from typing import Any
 
 from osp_server import passwords
+from osp_server.admin.cert_commands import journal_revocations
 from osp_server.admin.context import AdminError, Command, Context, Subparsers, emit, emit_one
 from osp_server.storage import certificates as cert_store
 from osp_server.storage import devices as device_store
+from osp_server.storage import removal
 
 
 def _device_row(d: device_store.Device) -> dict[str, Any]:
@@ -169,6 +171,54 @@ def cmd_device_password(ctx: Context, args: argparse.Namespace) -> None:
     emit_one(ctx, row)
 
 
+def cmd_device_delete(ctx: Context, args: argparse.Namespace) -> None:
+    """Delete a device (refused while it holds valid certificates unless ``--revoke``,
+    and while it has usage records unless ``--with-usage``)."""
+    removed = ctx.change(
+        "device.deleted",
+        f"customer {args.customer_id} device {args.device_id}",
+        removal.delete_device_txn,
+        args.customer_id,
+        args.device_id,
+        now=ctx.now(),
+        revoke=args.revoke,
+        with_usage=args.with_usage,
+        detail=lambda removed: {
+            **{"revoke": args.revoke, "with_usage": args.with_usage},
+            **removed.as_row(),
+        },
+    )
+    report_removal(ctx, removed, {"customer_id": args.customer_id, "device_id": args.device_id})
+
+
+def report_removal(ctx: Context, removed: removal.Removal, about: dict[str, Any]) -> None:
+    """Journal what a deletion revoked, then print what it took away."""
+    journal_revocations(
+        ctx,
+        removed.revoked,
+        retry="journal each with `osp-admin cert revoke SERIAL`: "
+        + ", ".join(r.serial for r in removed.revoked),
+    )
+    emit_one(
+        ctx,
+        {**about, **removed.as_row(), "revoked_serials": [r.serial for r in removed.revoked]},
+    )
+
+
+def add_removal_options(p: argparse.ArgumentParser) -> None:
+    """``--revoke`` and ``--with-usage``, shared by device and customer delete."""
+    p.add_argument(
+        "--revoke",
+        action="store_true",
+        help="revoke the device's valid certificates (otherwise they refuse the delete)",
+    )
+    p.add_argument(
+        "--with-usage",
+        action="store_true",
+        help="delete its usage records too (otherwise they refuse the delete)",
+    )
+
+
 def register(subparsers: Subparsers) -> None:
     """Add the ``device`` command group."""
     dv = subparsers.add_parser("device", help="devices").add_subparsers(
@@ -205,3 +255,11 @@ def register(subparsers: Subparsers) -> None:
     how.add_argument("--password-stdin", action="store_true")
     how.add_argument("--generate-secret", action="store_true")
     p.set_defaults(func=cmd_device_password)
+    p = dv.add_parser(
+        "delete",
+        help="delete a device (its certificates stay on record, detached and refused)",
+    )
+    p.add_argument("customer_id")
+    p.add_argument("device_id")
+    add_removal_options(p)
+    p.set_defaults(func=cmd_device_delete)

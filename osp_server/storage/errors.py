@@ -11,6 +11,10 @@ class ConflictError(ValueError):
     """The row would violate a uniqueness rule (it already exists)."""
 
 
+class InUseError(ValueError):
+    """The row cannot go: something that must be dealt with first still depends on it."""
+
+
 class StorageError(Exception):
     """The database could not be reached or refused the operation (a temporary failure)."""
 

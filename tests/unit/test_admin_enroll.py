@@ -2,62 +2,11 @@
 
 from __future__ import annotations
 
-import io
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
-from osp_server.admin.context import Context
-from osp_server.config import load_config
-from osp_server.storage import enrollments
-from tests.unit.admin_runner import AdminRunner, write_config
-
-KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _csr() -> bytes:
-    return (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw")]))
-        .sign(KEY, hashes.SHA256())
-        .public_bytes(serialization.Encoding.DER)
-    )
-
-
-class Admin(AdminRunner):
-    """osp-admin plus a way to create a pending enrollment directly in storage."""
-
-    def pending(self) -> int:
-        ctx = Context(
-            config=load_config(self.config_path),
-            out=io.StringIO(),
-            as_json=True,
-            stdin=io.StringIO(),
-        )
-        try:
-            device = ctx.db.transact_sync(
-                lambda c: c.exec_driver_sql("SELECT id FROM devices").scalar_one()
-            )
-            csr = _csr()
-            import hashlib
-
-            enrollment = ctx.db.transact_sync(
-                enrollments.create,
-                device_pk=device,
-                csr_sha256=hashlib.sha256(csr).hexdigest(),
-                csr_der=csr,
-                state="pending",
-                source_address="127.0.0.1",
-                now=datetime.now(UTC),
-            )
-            return enrollment.id
-        finally:
-            ctx.close()
+from tests.unit.admin_runner import Admin, write_config
 
 
 @pytest.fixture
