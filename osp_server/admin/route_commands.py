@@ -1,7 +1,7 @@
 """``osp-admin route``: import, export, list and delete routes and block rules.
 
 Files are the CSV formats of `osp_server.routing.csvio`; an import is applied in one
-transaction (a routes file read line by line within it), so a bad file changes
+transaction (the file read line by line within it), so a bad file changes
 nothing. Every change bumps the route version, and each server node reloads its
 tables within ``osp.route_refresh_seconds``.
 """
@@ -22,19 +22,17 @@ from osp_server.routing.csvio import (
     BLOCK_COLUMNS,
     ROUTE_COLUMNS,
     RouteFileError,
+    iter_blocks_csv,
     iter_routes_csv,
-    parse_blocks_csv,
     render_blocks_csv,
     render_routes_csv,
 )
 from osp_server.routing.model import BlockRule, Route
 from osp_server.storage import routes as route_store
 
-MAX_FILE_BYTES: Final = 64 * 1024 * 1024
-"""Block-rule files larger than this are refused before they are read."""
 MAX_IMPORT_BYTES: Final = 4 * 1024 * 1024 * 1024
-"""Routes files (read line by line) larger than this are refused before they are read:
-about 50 million rows, beyond `MAX_STREAM_ROWS` anyway."""
+"""Route and block-rule files (read line by line) larger than this are refused before
+they are read: about 50 million rows, beyond `MAX_STREAM_ROWS` anyway."""
 
 
 def route_row(route: Route) -> dict[str, Any]:
@@ -62,37 +60,6 @@ def block_row(rule: BlockRule) -> dict[str, Any]:
     }
 
 
-def read_route_file(ctx: Context, name: str) -> str:
-    """The text of a route file (``-``: standard input), capped at `MAX_FILE_BYTES`.
-
-    Raises `AdminError` naming the file when it cannot be read, is too large or is
-    not UTF-8.
-    """
-    if name == "-":
-        text = ctx.stdin.read(MAX_FILE_BYTES + 1)
-        if len(text) > MAX_FILE_BYTES:
-            raise AdminError(f"<stdin>: larger than {MAX_FILE_BYTES} bytes")
-        return text
-    path = Path(name)
-    try:
-        with path.open("rb") as f:
-            # Refuse a huge regular file without reading it; the read cap covers pipes.
-            if os.fstat(f.fileno()).st_size > MAX_FILE_BYTES:
-                raise AdminError(f"{name}: larger than {MAX_FILE_BYTES} bytes")
-            data = f.read(MAX_FILE_BYTES + 1)
-    except OSError as e:
-        raise AdminError(f"{name}: cannot read: {e.strerror or e}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise AdminError(f"{name}: larger than {MAX_FILE_BYTES} bytes")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise AdminError(
-            f"{name}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})"
-        ) from None
-
-
 def _result_row(name: str, count: int, result: route_store.ImportResult) -> dict[str, Any]:
     return {
         "file": name,
@@ -112,16 +79,34 @@ def cmd_route_import(ctx: Context, args: argparse.Namespace) -> None:
     The file is read line by line inside the import transaction (millions of rows
     are fine); any bad line rolls the whole import back.
     """
+    _import_file(ctx, args, "routes", iter_routes_csv, route_store.import_routes)
+
+
+def cmd_route_import_blocks(ctx: Context, args: argparse.Namespace) -> None:
+    """Import a block-rule file (upsert; ``--replace`` as for routes), streamed as
+    routes files are."""
+    _import_file(ctx, args, "block rules", iter_blocks_csv, route_store.import_blocks)
+
+
+def _import_file(
+    ctx: Context,
+    args: argparse.Namespace,
+    what: str,
+    parse: Callable[[Iterable[bytes] | Iterable[str]], Iterable[Any]],
+    store: Callable[..., route_store.ImportResult],
+) -> None:
+    """Stream ``args.file`` through ``parse`` into ``store`` in one audited
+    transaction, with a progress bar on a terminal; print the counts."""
+    action = "routes.imported" if what == "routes" else "route_blocks.imported"
     with _route_lines(ctx, args.file) as opened:
-        size = _size(opened)
-        bar = progress_bar(total=size, unit="B", description="importing routes")
+        bar = progress_bar(total=_size(opened), unit="B", description=f"importing {what}")
         lines = cast("Iterable[bytes] | Iterable[str]", counting_bytes(opened, bar))
         try:
             result = ctx.change(
-                "routes.imported",
-                f"routes file {_label(args.file)}",
-                route_store.import_routes,
-                iter_routes_csv(lines),
+                action,
+                f"{what} file {_label(args.file)}",
+                store,
+                parse(lines),
                 replace=args.replace,
                 detail={"replace": args.replace},
             )
@@ -162,27 +147,6 @@ def _route_lines(ctx: Context, name: str) -> Iterator[Iterable[bytes] | Iterable
         if size > MAX_IMPORT_BYTES:
             raise AdminError(f"{name}: larger than {MAX_IMPORT_BYTES} bytes")
         yield f
-
-
-def cmd_route_import_blocks(ctx: Context, args: argparse.Namespace) -> None:
-    """Import a block-rule file (upsert; ``--replace`` as for routes)."""
-    text = read_route_file(ctx, args.file)
-    try:
-        rules = parse_blocks_csv(text)
-    except RouteFileError as e:
-        raise AdminError(f"{_label(args.file)}: {e}") from None
-    try:
-        result = ctx.change(
-            "route_blocks.imported",
-            f"block rules file {_label(args.file)}",
-            route_store.import_blocks,
-            rules,
-            replace=args.replace,
-            detail={"replace": args.replace},
-        )
-    except route_store.RouteStoreError as e:
-        raise AdminError(f"{_label(args.file)}: {e}") from None
-    emit_one(ctx, _result_row(args.file, len(rules), result))
 
 
 def _label(name: str) -> str:

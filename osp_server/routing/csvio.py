@@ -134,16 +134,28 @@ def iter_routes_csv(
 
 def parse_blocks_csv(text: str, *, max_rows: int = MAX_ROWS) -> list[BlockRule]:
     """Parse a block-rule file (``table,kind,prefix,description``); raise `RouteFileError`."""
-    rules: list[BlockRule] = []
+    return list(iter_blocks_csv(text, max_rows=max_rows))
+
+
+def iter_blocks_csv(
+    source: str | Iterable[bytes] | Iterable[str], *, max_rows: int | None = None
+) -> Iterator[BlockRule]:
+    """The block rules of a file, one at a time, read as `iter_routes_csv` reads routes
+    (text or lines; ``max_rows`` the same defaults); raise `RouteFileError`."""
+    if max_rows is None:
+        max_rows = MAX_ROWS if isinstance(source, str) else MAX_STREAM_ROWS
     first_seen: dict[tuple[str, str, str], int] = {}
-    for line, cells in _rows(text, BLOCK_COLUMNS, BLOCK_REQUIRED, max_rows):
+    shared: dict[str, str] = {}  # one object per distinct table and description
+    for line, cells in _rows(source, BLOCK_COLUMNS, BLOCK_REQUIRED, max_rows):
         cell = _Cells(line, cells)
+        table = cell.get("table", validate_table, DEFAULT_TABLE)
+        description = cell.get("description", validate_description, "Blocked")
         rule = cell.build(
             BlockRule,
-            table=cell.get("table", validate_table, DEFAULT_TABLE),
+            table=shared.setdefault(table, table),
             kind=cell.require("kind", _kind),
             prefix=cell.get("prefix", validate_prefix, ""),
-            description=cell.get("description", validate_description, "Blocked"),
+            description=shared.setdefault(description, description),
         )
         previous = first_seen.setdefault(rule.key, line)
         if previous != line:
@@ -152,8 +164,7 @@ def parse_blocks_csv(text: str, *, max_rows: int = MAX_ROWS) -> list[BlockRule]:
                 f"duplicate block rule: table {rule.table!r}, kind {rule.kind!r}, prefix "
                 f"{rule.prefix!r} already on line {previous}",
             )
-        rules.append(rule)
-    return rules
+        yield rule
 
 
 def render_routes_csv(routes: Iterable[Route]) -> str:

@@ -303,18 +303,6 @@ def _table_arg(table: str) -> str:
         raise RouteStoreError(str(e)) from None
 
 
-def _unique(items: Iterable[_T], key: Any, what: str) -> list[_T]:
-    seen: set[object] = set()
-    out: list[_T] = []
-    for item in items:
-        k = key(item)
-        if k in seen:
-            raise RouteStoreError(f"duplicate {what} {k!r}")
-        seen.add(k)
-        out.append(item)
-    return out
-
-
 # --- writing ---------------------------------------------------------------------------
 
 
@@ -431,46 +419,71 @@ def _existing_routes(
 
 
 def import_blocks(
-    conn: Connection, blocks_in: Sequence[BlockRule], *, replace: bool
+    conn: Connection, blocks_in: Iterable[BlockRule], *, replace: bool
 ) -> ImportResult:
-    """Insert or update block rules keyed by (table, kind, prefix); ``replace`` as in
-    `import_routes` (rules of the named tables not listed are deleted)."""
-    wanted = _unique(blocks_in, lambda b: b.key, "block rule")
-    for rule in wanted:
-        check_storable_block(rule)
+    """Insert or update block rules keyed by (table, kind, prefix); consumed in chunks
+    and ``replace`` as in `import_routes` (rules of the named tables not listed are
+    deleted)."""
     _lock(conn)
+    seen: set[tuple[str, str, str]] = set()
+    tables: set[str] = set()
+    inserted = updated = unchanged = 0
+    for chunk in _batched(blocks_in, _IMPORT_CHUNK):
+        for rule in chunk:
+            if rule.key in seen:
+                raise RouteStoreError(f"duplicate block rule {rule.key!r}")
+            seen.add(rule.key)
+            tables.add(rule.table)
+            check_storable_block(rule)
+        existing = _existing_blocks(conn, chunk)
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for rule in chunk:
+            found = existing.get(rule.key)
+            if found is None:
+                inserts.append(_block_values(rule))
+            elif found[1] != rule.description:
+                updates.append({"_id": found[0], **_block_values(rule)})
+            else:
+                unchanged += 1
+        _write(conn, route_blocks, inserts, updates)
+        inserted += len(inserts)
+        updated += len(updates)
+    stale: list[int] = []
+    if replace:
+        for table in sorted(tables):
+            keyed = select(route_blocks.c.id, route_blocks.c.kind, route_blocks.c.prefix).where(
+                route_blocks.c.route_table == table
+            )
+            stale.extend(
+                row_id
+                for row_id, kind, prefix in conn.execute(keyed)
+                if (table, kind, prefix) not in seen
+            )
+    return _finish(conn, route_blocks, inserted, updated, stale, unchanged)
+
+
+def _existing_blocks(
+    conn: Connection, chunk: Sequence[BlockRule]
+) -> dict[tuple[str, str, str], tuple[int, str]]:
+    """The stored block rules with the keys of ``chunk``: id and description."""
+    # By table and kind, so that the lookups follow the (table, kind, prefix) index.
+    prefixes: dict[tuple[str, str], set[str]] = {}
+    for rule in chunk:
+        prefixes.setdefault((rule.table, rule.kind), set()).add(rule.prefix)
     existing: dict[tuple[str, str, str], tuple[int, str]] = {}
-    tables = sorted({rule.table for rule in wanted})
-    for chunk in _batched(tables, _CHUNK):
-        query = select(route_blocks).where(route_blocks.c.route_table.in_(chunk))
-        for row in conn.execute(query).mappings():
-            key = (row["route_table"], row["kind"], row["prefix"])
-            existing[key] = (row["id"], row["description"])
-    inserts: list[dict[str, Any]] = []
-    updates: list[dict[str, Any]] = []
-    unchanged = 0
-    for rule in wanted:
-        found = existing.pop(rule.key, None)
-        if found is None:
-            inserts.append(_block_values(rule))
-        elif found[1] != rule.description:
-            updates.append({"_id": found[0], **_block_values(rule)})
-        else:
-            unchanged += 1
-    stale = [row_id for row_id, _ in existing.values()] if replace else []
-    return _apply(conn, route_blocks, inserts, updates, stale, unchanged)
-
-
-def _apply(
-    conn: Connection,
-    table: Table,
-    inserts: list[dict[str, Any]],
-    updates: list[dict[str, Any]],
-    stale: list[int],
-    unchanged: int,
-) -> ImportResult:
-    _write(conn, table, inserts, updates)
-    return _finish(conn, table, len(inserts), len(updates), stale, unchanged)
+    for (table, kind), wanted in prefixes.items():
+        for part in _batched(sorted(wanted), _CHUNK):
+            query = select(
+                route_blocks.c.id, route_blocks.c.prefix, route_blocks.c.description
+            ).where(
+                route_blocks.c.route_table == table,
+                route_blocks.c.kind == kind,
+                route_blocks.c.prefix.in_(part),
+            )
+            for row_id, prefix, description in conn.execute(query):
+                existing[(table, kind, prefix)] = (row_id, description)
+    return existing
 
 
 def _write(

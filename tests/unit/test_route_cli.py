@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from osp_server.admin import route_commands
+from osp_server.routing import csvio
 from osp_server.routing.csvio import ROUTE_COLUMNS, parse_blocks_csv, parse_routes_csv
 from tests.unit.admin_runner import AdminRunner
 
@@ -120,6 +121,20 @@ def test_import_from_stdin(run: Run) -> None:
     assert result["inserted"] == 1 and result["file"] == "-"
 
 
+def test_block_files_are_streamed_past_the_in_memory_row_cap(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """import-blocks reads its file line by line, as route import does: the cap on a
+    file parsed whole (`MAX_ROWS`) does not apply, for a file or for stdin."""
+    monkeypatch.setattr(csvio, "MAX_ROWS", 5)
+    rows = "".join(f"default,source,{900 + i},Premium\n" for i in range(12))
+    text = "table,kind,prefix,description\n" + rows
+    assert run.json("route", "import-blocks", run.file("many.csv", text))["inserted"] == 12
+    result = run.json("route", "import-blocks", "--replace", "-", stdin=text)
+    assert (result["unchanged"], result["deleted"]) == (12, 0)
+    assert len(run.json("route", "list", "--blocks")) == 12
+
+
 def test_blocks(run: Run) -> None:
     result = run.json("route", "import-blocks", run.file("blocks.csv", BLOCKS))
     assert (result["inserted"], result["version"]) == (2, 1)
@@ -221,9 +236,9 @@ def test_unreadable_files(run: Run, tmp_path: Path) -> None:
     assert f"larger than {limit} bytes" in _one_line_error(run, "route", "import", str(huge))
     huge_blocks = tmp_path / "huge-blocks.csv"
     with huge_blocks.open("wb") as f:
-        f.truncate(route_commands.MAX_FILE_BYTES + 1)
+        f.truncate(route_commands.MAX_IMPORT_BYTES + 1)
     err = _one_line_error(run, "route", "import-blocks", str(huge_blocks))
-    assert f"larger than {route_commands.MAX_FILE_BYTES} bytes" in err
+    assert f"larger than {limit} bytes" in err
     err = _one_line_error(run, "route", "import", "-", stdin="prefix,destination\n1,x y\n")
     assert err.startswith("osp-admin: error: <stdin>: line 2, column 'destination'")
 
@@ -240,7 +255,6 @@ def test_routes_files_are_read_line_by_line_past_the_whole_file_cap(
 ) -> None:
     """A routes file is streamed: the cap for files parsed whole (MAX_ROWS) does not
     apply, its own row cap does, and a bad line late in the file changes nothing."""
-    from osp_server.routing import csvio
 
     monkeypatch.setattr(csvio, "MAX_ROWS", 10)
     monkeypatch.setattr(csvio, "MAX_STREAM_ROWS", 60)

@@ -337,3 +337,27 @@ def test_import_streams_in_chunks(db: Database, monkeypatch: pytest.MonkeyPatch)
         db.transact_sync(store.import_routes, duplicate_late(), replace=False)
     stored = db.transact_sync(store.list_routes)
     assert len(stored) == 20 and {r.destination for r in stored} == {"[192.0.2.1]:5060"}
+
+
+def test_block_import_streams_in_chunks(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Block rules too are read, compared and written a chunk at a time; replace,
+    duplicates and rollback hold across chunks."""
+    monkeypatch.setattr(store, "_IMPORT_CHUNK", 7)
+
+    def rules(count: int, description: str = "Blocked") -> Iterator[BlockRule]:
+        for i in range(count):
+            yield BlockRule("default", ("source", "destination")[i % 2], str(900 + i), description)
+
+    first = db.transact_sync(store.import_blocks, rules(30), replace=False)
+    assert (first.inserted, first.updated, first.unchanged) == (30, 0, 0)
+    again = db.transact_sync(store.import_blocks, rules(20, "Fraud"), replace=True)
+    assert (again.inserted, again.updated, again.deleted) == (0, 20, 10)
+
+    def duplicate_late() -> Iterator[BlockRule]:
+        yield from rules(15, "Later")
+        yield BlockRule("default", "destination", "903")
+
+    with pytest.raises(store.RouteStoreError, match="duplicate block rule"):
+        db.transact_sync(store.import_blocks, duplicate_late(), replace=False)
+    stored = db.transact_sync(store.list_blocks)
+    assert len(stored) == 20 and {r.description for r in stored} == {"Fraud"}
