@@ -5,12 +5,32 @@ from __future__ import annotations
 import argparse
 
 from osp_server.admin.context import Context, Subparsers, emit_one
+from osp_server.admin.progress import progress_bar
 from osp_server.storage.db import migrate_schema, schema_status
 
 
 def cmd_db_upgrade(ctx: Context, _args: argparse.Namespace) -> None:
-    """Apply pending migrations (with the long migration timeout)."""
-    emit_one(ctx, {"schema_revision": migrate_schema(ctx.config.database.url)})
+    """Apply pending migrations (with the long migration timeout), a step of the
+    progress bar each; print the revision reached and the revisions applied."""
+    applied: list[str] = []
+    bar = progress_bar(
+        total=None, unit=" migrations", description="upgrading the database", unit_scale=False
+    )
+
+    def pending(revisions: list[str]) -> None:
+        bar.reset(total=len(revisions))
+
+    def step(revision: str, description: str) -> None:
+        applied.append(revision)
+        bar.set_postfix_str(f"{revision} {description}".strip(), refresh=False)
+        bar.update(1)
+        bar.refresh()  # a step can take minutes: show each one when it is done
+
+    try:
+        revision = migrate_schema(ctx.config.database.url, on_pending=pending, on_applied=step)
+    finally:
+        bar.close()
+    emit_one(ctx, {"schema_revision": revision, "applied": applied})
 
 
 def cmd_db_reconcile(ctx: Context, _args: argparse.Namespace) -> None:

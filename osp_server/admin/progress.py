@@ -16,14 +16,20 @@ T = TypeVar("T")
 
 
 def progress_bar(
-    *, total: float | None, unit: str, description: str, stream: TextIO | None = None
+    *,
+    total: float | None,
+    unit: str,
+    description: str,
+    stream: TextIO | None = None,
+    unit_scale: bool = True,
 ) -> Any:
-    """A tqdm bar on ``stream`` (stderr), disabled unless it is a terminal."""
+    """A tqdm bar on ``stream`` (stderr), disabled unless it is a terminal;
+    ``unit_scale`` writes large counts as 1.2M (off for counts of a few steps)."""
     out = stream if stream is not None else sys.stderr
     return tqdm(
         total=total,
         unit=unit,
-        unit_scale=True,
+        unit_scale=unit_scale,
         desc=description,
         file=out,
         disable=not out.isatty(),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Concatenate, NoReturn, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, NoReturn, ParamSpec, Protocol, TypeAlias, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -204,11 +204,38 @@ def _alembic_config(conn: Connection) -> AlembicConfig:
     return cfg
 
 
-def upgrade_schema(engine: Engine, revision: str = "head") -> str | None:
+MigrationApplied: TypeAlias = Callable[[str, str], None]
+"""Told ``(revision, description)`` after each migration step is applied."""
+
+
+def upgrade_schema(
+    engine: Engine, revision: str = "head", *, on_applied: MigrationApplied | None = None
+) -> str | None:
     """Apply the pending migrations up to ``revision``; returns the revision now current."""
     with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), revision)
+        cfg = _alembic_config(conn)
+        if on_applied is not None:
+            cfg.attributes["on_version_apply"] = _reporting(on_applied)
+        command.upgrade(cfg, revision)
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def _reporting(on_applied: MigrationApplied) -> Callable[..., None]:
+    """Alembic's ``on_version_apply`` hook, reduced to (revision, description)."""
+
+    def hook(*, step: Any, **_: Any) -> None:
+        on_applied(str(step.up_revision_id), str(step.up_revision.doc or ""))
+
+    return hook
+
+
+def pending_migrations(engine: Engine) -> list[str]:
+    """The revisions an upgrade to head would apply, oldest first."""
+    current, head = schema_status(engine)
+    if head is None or current == head:
+        return []
+    script = ScriptDirectory(str(MIGRATIONS_DIR))
+    return [r.revision for r in reversed(list(script.iterate_revisions(head, current)))]
 
 
 MIGRATION_TIMEOUT_SECONDS = 3600.0
@@ -216,12 +243,20 @@ MIGRATION_TIMEOUT_SECONDS = 3600.0
 far longer than the request-path timeout allows."""
 
 
-def migrate_schema(url: str) -> str | None:
+def migrate_schema(
+    url: str,
+    *,
+    on_pending: Callable[[list[str]], None] | None = None,
+    on_applied: MigrationApplied | None = None,
+) -> str | None:
     """:func:`upgrade_schema` on an engine of its own with MIGRATION_TIMEOUT_SECONDS
-    (the server's engine carries the short request-path timeout)."""
+    (the server's engine carries the short request-path timeout).  ``on_pending`` is
+    told the revisions about to be applied, ``on_applied`` each one when it is."""
     engine = create_db_engine(url, pool_size=1, timeout_seconds=MIGRATION_TIMEOUT_SECONDS)
     try:
-        return upgrade_schema(engine)
+        if on_pending is not None:
+            on_pending(pending_migrations(engine))
+        return upgrade_schema(engine, on_applied=on_applied)
     finally:
         engine.dispose()
 

@@ -10,7 +10,7 @@ import pytest
 
 from osp_server import passwords
 from osp_server.admin.cli import main
-from tests.unit.admin_runner import AdminRunner
+from tests.unit.admin_runner import AdminRunner, write_config
 
 Run = AdminRunner
 
@@ -150,8 +150,11 @@ def test_ca_init_show_and_cert_list(run: Run) -> None:
     assert run.json("cert", "list") == []
 
 
-def test_db_upgrade_and_status(run: Run) -> None:
-    assert run.json("db", "upgrade")["schema_revision"] == "0004"
+def test_db_upgrade_and_status(tmp_path: Path, empty_database_url: str) -> None:
+    run = Run(write_config(tmp_path, empty_database_url))
+    upgraded = run.json("db", "upgrade")
+    assert upgraded == {"schema_revision": "0004", "applied": ["0001", "0002", "0003", "0004"]}
+    assert run.json("db", "upgrade") == {"schema_revision": "0004", "applied": []}
     status = run.json("db", "status")
     assert status["up_to_date"] is True
 

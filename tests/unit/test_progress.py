@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 from osp_server.admin.progress import counting_bytes, progress_bar
 from osp_server.backup.operations import make_backup
 from osp_server.config import load_config
 from tests.memory import memory_server
-from tests.unit.admin_runner import write_config
+from tests.unit.admin_runner import AdminRunner, write_config
 
 
 class _Terminal(io.StringIO):
@@ -41,3 +44,16 @@ def test_a_backup_reports_the_database_copy(tmp_path: Path) -> None:
         progress=lambda done, total: seen.append((done, total)),
     )
     assert seen and seen[-1][0] == seen[-1][1] > 0
+
+
+def test_a_database_upgrade_shows_each_migration_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    runner = AdminRunner(write_config(tmp_path, f"sqlite:///{tmp_path / 'osp.sqlite3'}"))
+    code, out, _ = runner("db", "upgrade")
+    assert code == 0 and "applied" in out
+    shown = terminal.getvalue()
+    assert "upgrading the database" in shown and "4/4" in shown
+    assert "0004 The CA of this database" in shown
