@@ -10,14 +10,16 @@ one line on stderr and exit status `EXIT_ERROR`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pwd
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, TextIO, TypeAlias, TypeVar
+
+import simplejson
 
 from osp_server.config import Config
 from osp_server.pki.journal import CertificateJournal
@@ -166,11 +168,18 @@ def load_existing_ca(ctx: Context) -> CertificateAuthority:
     return load_ca(c.key_file, c.cert_file, profile=c.profile)
 
 
+def write_json(out: TextIO, value: Any, *, indent: int | None = 2) -> None:
+    """``value`` as JSON and a newline, the one way every command writes JSON: counts
+    and amounts as numbers (a `Decimal` exactly as stored), absent values as ``null``,
+    times as ISO 8601 UTC, bytes as hex."""
+    simplejson.dump(value, out, indent=indent, use_decimal=True, default=_json_default)
+    out.write("\n")
+
+
 def emit(ctx: Context, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     """Print rows as an aligned table, or as a JSON list with ``--json``."""
     if ctx.as_json:
-        json.dump(list(rows), ctx.out, indent=2, default=_json_default)
-        ctx.out.write("\n")
+        write_json(ctx.out, list(rows))
         return
     if not rows:
         ctx.out.write("(none)\n")
@@ -187,8 +196,7 @@ def emit(ctx: Context, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -
 def emit_one(ctx: Context, row: dict[str, Any]) -> None:
     """Print one record as ``key: value`` lines, or a JSON object."""
     if ctx.as_json:
-        json.dump(row, ctx.out, indent=2, default=_json_default)
-        ctx.out.write("\n")
+        write_json(ctx.out, row)
         return
     width = max(len(k) for k in row)
     for k, v in row.items():
@@ -198,8 +206,12 @@ def emit_one(ctx: Context, row: dict[str, Any]) -> None:
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%SZ")
+    if isinstance(value, Decimal):
+        return format(value, "f")
     return str(value)
 
 

@@ -22,7 +22,7 @@ def _device_row(d: device_store.Device) -> dict[str, Any]:
         "username": d.username,
         "state": d.state,
         "enrollment_policy": d.enrollment_policy,
-        "password": "set" if d.password_hash else "-",
+        "password_set": d.password_hash is not None,
         "one_time_secret_expires": d.secret_expires_at if d.secret_hash else None,
         "description": d.description,
         "created_at": d.created_at,
@@ -105,7 +105,7 @@ def cmd_device_list(ctx: Context, args: argparse.Namespace) -> None:
     emit(
         ctx,
         [_device_row(d) for d in devices],
-        ["customer_id", "device_id", "username", "state", "enrollment_policy", "password"],
+        ["customer_id", "device_id", "username", "state", "enrollment_policy", "password_set"],
     )
 
 

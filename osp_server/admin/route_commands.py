@@ -9,14 +9,20 @@ tables within ``osp.route_refresh_seconds``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, cast
 
-from osp_server.admin.context import AdminError, Context, Subparsers, emit, emit_one
+from osp_server.admin.context import (
+    AdminError,
+    Context,
+    Subparsers,
+    emit,
+    emit_one,
+    write_json,
+)
 from osp_server.admin.progress import counting_bytes, progress_bar
 from osp_server.routing.csvio import (
     BLOCK_COLUMNS,
@@ -36,7 +42,7 @@ they are read: about 50 million rows, beyond `MAX_STREAM_ROWS` anyway."""
 
 
 def route_row(route: Route) -> dict[str, Any]:
-    """A route as a JSON-friendly dict (the cost as an exact decimal string)."""
+    """A route as a dict (the cost an exact `Decimal`: a JSON number as stored)."""
     return {
         "table": route.table,
         "prefix": route.prefix,
@@ -44,7 +50,7 @@ def route_row(route: Route) -> dict[str, Any]:
         "protocol": route.protocol,
         "priority": route.priority,
         "weight": route.weight,
-        "cost": format(route.cost, "f"),
+        "cost": route.cost,
         "network_id": route.network_id,
         "call_limit": route.call_limit,
     }
@@ -158,20 +164,15 @@ def cmd_route_export(ctx: Context, args: argparse.Namespace) -> None:
     if args.blocks:
         rules = ctx.db.transact_sync(route_store.list_blocks, table=args.table)
         if ctx.as_json:
-            _dump(ctx, [block_row(r) for r in rules])
+            write_json(ctx.out, [block_row(r) for r in rules])
         else:
             ctx.out.write(render_blocks_csv(rules))
         return
     routes = ctx.db.transact_sync(route_store.list_routes, table=args.table)
     if ctx.as_json:
-        _dump(ctx, [route_row(r) for r in routes])
+        write_json(ctx.out, [route_row(r) for r in routes])
     else:
         ctx.out.write(render_routes_csv(routes))
-
-
-def _dump(ctx: Context, rows: list[dict[str, Any]]) -> None:
-    json.dump(rows, ctx.out, indent=2)
-    ctx.out.write("\n")
 
 
 def cmd_route_list(ctx: Context, args: argparse.Namespace) -> None:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
-import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from osp_server.admin.context import AdminError, Context, Subparsers
+from osp_server.admin.context import AdminError, Context, Subparsers, write_json
 from osp_server.admin.progress import progress_bar
 from osp_server.storage import calls
 
@@ -41,6 +40,12 @@ def _cell(value: Any) -> str:
     if isinstance(value, Decimal):
         return format(value, "f")
     return str(value)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    return value
 
 
 def cmd_usage_export(ctx: Context, args: argparse.Namespace) -> None:
@@ -94,12 +99,13 @@ def _export_pages(
         if not rows:
             break
         for row in rows:
-            cells = [_cell(row[c]) for c in calls.USAGE_EXPORT_COLUMNS]
             if writer is not None:
-                writer.writerow(cells)
+                writer.writerow([_cell(row[c]) for c in calls.USAGE_EXPORT_COLUMNS])
             else:
-                ctx.out.write(json.dumps(dict(zip(calls.USAGE_EXPORT_COLUMNS, cells, strict=True))))
-                ctx.out.write("\n")
+                # Typed as every command's JSON: numbers, null, ISO 8601 times; the
+                # call id in base64 as in the CSV (it is the device's bytes).
+                record = {c: _json_value(row[c]) for c in calls.USAGE_EXPORT_COLUMNS}
+                write_json(ctx.out, record, indent=None)
         written += len(rows)
         bar.update(len(rows))
         after = rows[-1]["id"]

@@ -34,7 +34,7 @@ def test_customer_and_device_lifecycle(run: Run) -> None:
         "--password-stdin",
         stdin="nexus\n",
     )
-    assert device["state"] == "active" and device["password"] == "set"
+    assert device["state"] == "active" and device["password_set"] is True
     listed = run.json("device", "list")
     assert [(d["customer_id"], d["device_id"]) for d in listed] == [("1000", "1000")]
     assert run.json("device", "disable", "1000", "1000")["state"] == "disabled"

@@ -58,7 +58,9 @@ def test_import_list_export(run: Run) -> None:
         ("gold", "44", "[2001:db8::1]:5061"),
     ]
     gold = listed[2]
-    assert gold["cost"] == "123456789.123456"  # a string: exact, not a float
+    # A JSON number, written exactly as stored (not through a float).
+    assert gold["cost"] == 123456789.123456
+    assert '"cost": 123456789.123456' in run("--json", "route", "list", "--table", "gold")[1]
     assert (gold["protocol"], gold["priority"], gold["weight"]) == ("h323-Q931", 0, 0)
     assert listed[0]["network_id"] == "trunk7" and listed[0]["call_limit"] == 50
     assert listed[1]["call_limit"] is None
@@ -86,7 +88,7 @@ def test_import_list_export(run: Run) -> None:
     assert exported.splitlines()[0] == ",".join(ROUTE_COLUMNS)
     assert set(parse_routes_csv(exported)) == set(parse_routes_csv(ROUTES))
     exported_json = run.json("route", "export", "--table", "default")
-    assert [r["cost"] for r in exported_json] == ["0.05", "0.0125"]
+    assert [r["cost"] for r in exported_json] == [0.05, 0.0125]
 
 
 def test_export_then_import_elsewhere_is_identical(run: Run) -> None:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,16 @@ def test_csv_and_json_export(config_path: Path) -> None:
     code, out, _ = _run(config_path, "usage", "export", "--format", "json", "--limit", "1")
     lines = out.splitlines()
     assert code == 0 and len(lines) == 1 and json.loads(lines[0])["device_id"] == "1000"
+    # JSON lines are typed like every command's JSON: numbers, null, ISO 8601 UTC times.
+    code, out, _ = _run(config_path, "usage", "export", "--format", "json")
+    records = [json.loads(line, parse_float=Decimal) for line in out.splitlines()]
+    assert code == 0 and len(records) == 2
+    answered_json = next(r for r in records if r["duration"] is not None)
+    assert answered_json["duration"] == Decimal("30.000") and '"duration": 30.000' in out
+    assert isinstance(answered_json["id"], int) and isinstance(answered_json["reports"], int)
+    assert answered_json["received_at"].endswith("Z")
+    unanswered = next(r for r in records if r["duration"] is None)
+    assert unanswered["connect_time"] is None and '""' not in out
     code, out, _ = _run(config_path, "usage", "export", "--since", "2030-01-01T00:00:00Z")
     assert code == 0 and len(out.splitlines()) == 1  # header only
 
