@@ -646,18 +646,25 @@ def endpoint_for(
         raise StartupError(f"{key}: bad endpoint description {description!r}: {e}") from None
 
 
-def check_endpoints(config: Config, reactor: IOSPReactor) -> None:
-    """:class:`StartupError` naming the key when a listener's endpoint description
-    does not parse (parsing binds nothing)."""
+def listener_descriptions(config: Config) -> list[tuple[str, str]]:
+    """(listener name, endpoint description) of every configured listener."""
     cfg = config.listeners
-    for name, description in (
+    named = (
         ("http", cfg.http),
         ("https", cfg.https),
         ("osp-mtls", cfg.osp_mtls),
         ("legacy-osp", cfg.legacy_osp),
         ("metrics", cfg.metrics),
-    ):
-        if description:
+    )
+    return [(name, description) for name, description in named if description]
+
+
+def check_endpoints(config: Config, reactor: IOSPReactor, *, systemd: bool = True) -> None:
+    """:class:`StartupError` naming the key when a listener's endpoint description
+    does not parse (parsing binds nothing).  ``systemd=False`` skips ``systemd:``
+    descriptions, which only parse under systemd (with the sockets it passes)."""
+    for name, description in listener_descriptions(config):
+        if systemd or not description.strip().lower().startswith("systemd:"):
             endpoint_for(config, reactor, name, description)
 
 

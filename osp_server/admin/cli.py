@@ -50,7 +50,7 @@ from osp_server.config import ConfigError, find_config, load_config
 from osp_server.pki.ca import CAError
 from osp_server.pki.files import FileWriteError
 from osp_server.pki.journal import JournalError
-from osp_server.storage.db import StorageError
+from osp_server.storage.db import StorageError, displayable_url
 from osp_server.storage.errors import ConflictError, InUseError, NotFoundError
 
 
@@ -116,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="create the database if it does not exist yet (refused otherwise)",
     )
     parser.add_argument(
-        "-v", "--verbose", action="store_true", help="say which database is used (on stderr)"
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="say which config and database are used (on stderr)",
     )
     subparsers = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     for group in COMMAND_GROUP_MODULES:
@@ -149,7 +152,11 @@ def main(
         config = load_config(find_config(args.config))
         ctx = Context(config=config, out=out, as_json=args.json, stdin=stdin or sys.stdin)
         ctx.may_create = args.create or getattr(args, "creates_database", False)
-        ctx.verbose = args.verbose
+        if args.verbose:
+            err.write(
+                f"osp-admin: config {config.source}, database "
+                f"{displayable_url(config.database.url)}\n"
+            )
         args.func(ctx, args)
         return EXIT_OK
     except BrokenPipeError:

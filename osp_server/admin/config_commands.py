@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from osp_server.admin.context import Context, Subparsers, emit_one
+from osp_server.admin.context import AdminError, Context, Subparsers, emit_one
 from osp_server.config import Config, load_config
 from osp_server.storage.db import displayable_url
 
@@ -58,8 +58,19 @@ def _plain(value: Any) -> Any:
 
 
 def cmd_config_check(ctx: Context, args: argparse.Namespace) -> None:
-    """Load the file (as the server would), then print every effective setting."""
+    """Load the file and parse its listener endpoints (as the server would), then
+    print every effective setting."""
+    from twisted.internet import reactor
+
+    from osp_server.app import StartupError, check_endpoints
+
     config = load_config(args.file) if args.file is not None else ctx.config
+    try:
+        # As the server checks them before it creates anything (systemd sockets are
+        # only there under systemd).
+        check_endpoints(config, reactor, systemd=False)  # type: ignore[arg-type]
+    except StartupError as e:
+        raise AdminError(str(e)) from None
     emit_one(ctx, effective_settings(config))
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,7 +53,6 @@ class Context:
 
     may_create: bool = False
     """``--create`` (and ``db upgrade``): a missing or empty database may be created."""
-    verbose: bool = False
 
     @property
     def db(self) -> Database:
@@ -65,10 +63,6 @@ class Context:
             if not self.may_create:
                 self._refuse_to_create()
             self._db = open_database(self.config.database, None)
-            if self.verbose:
-                sys.stderr.write(
-                    f"osp-admin: database {displayable_url(self.config.database.url)}\n"
-                )
         return self._db
 
     def _refuse_to_create(self) -> None:

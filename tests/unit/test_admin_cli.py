@@ -280,14 +280,22 @@ def test_config_check_shows_effective_settings_with_secrets_hidden(tmp_path: Pat
     err = io.StringIO()
     assert main(["config", "check", str(path)], stdout=io.StringIO(), stderr=err) == 1
     assert "server.workers" in err.getvalue() and err.getvalue().count("\n") == 1
+    # Endpoints are parsed as the server parses them before it creates anything;
+    # systemd sockets exist only under systemd, so they are left to the start.
+    path.write_text('[listeners]\nhttps = "tcp:port=notaport"\n')
+    err = io.StringIO()
+    assert main(["config", "check", str(path)], stdout=io.StringIO(), stderr=err) == 1
+    assert "listeners.https: bad endpoint description 'tcp:port=notaport'" in err.getvalue()
+    path.write_text('[listeners]\nhttps = "systemd:domain=INET:index=0"\n')
+    assert main(["config", "check", str(path)], stdout=io.StringIO()) == 0
 
 
 def test_a_missing_database_is_created_only_when_asked(
-    tmp_path: Path, empty_database_url: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, empty_database_url: str
 ) -> None:
     """A mistyped --config, or a command run before the server's first start, used to
     make a new empty database silently."""
-    from osp_server.storage.db import sqlite_path
+    from osp_server.storage.db import displayable_url, sqlite_path
 
     path = tmp_path / "osp.toml"
     path.write_text(f'[server]\ndata_dir = "data"\n[database]\nurl = "{empty_database_url}"\n')
@@ -299,5 +307,7 @@ def test_a_missing_database_is_created_only_when_asked(
     # --create (or db upgrade) makes it; -v says which database is used.
     code, _, err = run("--create", "-v", "customer", "list")
     assert code == 0, err
-    assert "osp-admin: database " in capsys.readouterr().err
+    assert err == f"osp-admin: config {path}, database {displayable_url(empty_database_url)}\n"
+    code, _, err = run("-v", "db", "status")  # commands that open their own engine too
+    assert code == 0 and "osp-admin: config " in err
     assert run("customer", "list")[0] == 0
