@@ -32,7 +32,12 @@ from twisted.python.threadpool import ThreadPool
 from osp_server.config import DatabaseConfig
 from osp_server.pki.files import make_private_directory, make_private_file, remove_world_access
 from osp_server.reactor import IOSPReactor
-from osp_server.storage.errors import DurabilityError, StorageError, storage_error
+from osp_server.storage.errors import (
+    DurabilityError,
+    StorageError,
+    describe_error,
+    storage_error,
+)
 from osp_server.storage.group_commit import GroupCommitWriter
 
 __all__ = [
@@ -493,5 +498,5 @@ def open_database(
             check_durability(conn)
     except (SQLAlchemyError, OSError) as e:
         engine.dispose()
-        raise StorageError(f"cannot open the database: {type(e).__name__}: {e}") from None
+        raise StorageError(f"cannot open the database: {describe_error(e)}") from None
     return Database(engine, reactor, threads=config.threads, timeout_seconds=config.timeout_seconds)

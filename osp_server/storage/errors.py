@@ -25,4 +25,12 @@ class DurabilityError(StorageError):
 
 def storage_error(error: Exception) -> StorageError:
     """The :class:`StorageError` that reports a driver or SQLAlchemy ``error``."""
-    return StorageError(f"database error: {type(error).__name__}: {error}")
+    return StorageError(f"database error: {describe_error(error)}")
+
+
+def describe_error(error: BaseException) -> str:
+    """``error`` in one line: the driver's own error where SQLAlchemy wraps one (its
+    text adds the statement and a link to its documentation), whitespace collapsed."""
+    original = getattr(error, "orig", None)
+    shown = original if isinstance(original, BaseException) else error
+    return f"{type(shown).__name__}: {' '.join(str(shown).split())}"

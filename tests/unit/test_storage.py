@@ -210,3 +210,25 @@ def test_database_urls_are_shown_without_their_password(url: str, shown: str) ->
     from osp_server.storage.db import displayable_url
 
     assert displayable_url(url) == shown
+
+
+def test_database_errors_are_one_line_with_the_driver_s_reason() -> None:
+    """SQLAlchemy's text of a driver error spans lines (statement, documentation link):
+    start-up and osp-admin print one line with the driver's own reason."""
+    from sqlalchemy.exc import OperationalError
+
+    from osp_server.storage.errors import describe_error, storage_error
+
+    class DriverError(Exception):
+        pass
+
+    wrapped = OperationalError(
+        None, None, DriverError("connection failed: fe_sendauth:\n no password supplied")
+    )
+    assert "\n" in str(wrapped) and "sqlalche.me" in str(wrapped)
+    assert (
+        describe_error(wrapped)
+        == "DriverError: connection failed: fe_sendauth: no password supplied"
+    )
+    assert str(storage_error(wrapped)).startswith("database error: DriverError: connection")
+    assert describe_error(ValueError("plain")) == "ValueError: plain"
