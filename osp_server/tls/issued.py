@@ -160,10 +160,10 @@ async def provide(
             return key, cert
         if outdated:
             log.info(
-                "re-issuing the {kind} certificate (serial {serial:x}): issued by an "
+                "re-issuing the {kind} certificate (serial {serial}): issued by an "
                 "earlier version, not the current profile",
                 kind=files.kind,
-                serial=cert.serial_number,
+                serial=cert_store.serial_hex(cert.serial_number),
             )
         else:
             log.info(
@@ -197,10 +197,12 @@ async def provide(
         except JournalError as e:
             raise MaterialError(str(e)) from None
     log.info(
-        "issued the {kind} certificate {subject} (serial {serial:x})",
+        "issued the {kind} certificate {subject} (serial {serial})",
         kind=files.kind,
         subject=cert.subject.rfc4514_string(),
-        serial=cert.serial_number,
+        # Hex, as osp-admin cert list shows it (a JSON log would write the integer
+        # as a long decimal string).
+        serial=cert_store.serial_hex(cert.serial_number),
     )
     return key, cert
 

@@ -132,6 +132,9 @@ def test_earlier_non_compact_signer_is_reissued(
     cert_file, _ = _signer_files(core)
     assert x509.load_pem_x509_certificate(cert_file.read_bytes()) == new
     assert any("re-issuing the {kind} certificate" in e["log_format"] for e in events)
+    # Serials in the log are hex, as osp-admin shows them.
+    issued = next(e for e in events if e["log_format"].startswith("issued the {kind}"))
+    assert issued["serial"] == format(new.serial_number, "x")
     token_factory(core, token_signer(core))  # starts
 
 
