@@ -1,8 +1,8 @@
 """The built wheel, installed into a clean virtualenv and run from outside the checkout.
 
 The checkout masks packaging bugs (it puts ./twisted/plugins on sys.path), so these
-tests build the wheel, install it in a new virtualenv and run ``twistd`` and
-``osp-admin`` from a temporary directory.
+tests build the wheel (from the files the Dockerfile copies into the image), install
+it in a new virtualenv and run ``twistd`` and ``osp-admin`` from a temporary directory.
 """
 
 from __future__ import annotations
@@ -46,11 +46,38 @@ def run_installed(
     )
 
 
+def image_sources(into: Path) -> Path:
+    """What the Dockerfile's build stage copies to /src, copied to ``into`` the same
+    way: the wheel is built from it, so a file the build needs but the image leaves
+    out fails here rather than in ``docker build``."""
+    import shutil
+
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if len(words) < 3 or words[0] != "COPY" or words[1].startswith("--"):
+            continue
+        *sources, destination = words[1:]
+        if not destination.startswith("/src"):
+            continue
+        for source in sources:
+            target = into / destination.removeprefix("/src").strip("/")
+            if destination.endswith("/"):
+                target = target / Path(source).name
+            if (REPO / source).is_dir():
+                ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "dropin.cache")
+                shutil.copytree(REPO / source, target, ignore=ignore)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / source, target)
+    return into
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    source = image_sources(tmp_path_factory.mktemp("image-src") / "src")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
         check=True,
         env=_env(),
         cwd=out,
