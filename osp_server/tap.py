@@ -51,7 +51,8 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> IService:
     """Build the server (blocking start-up work happens here, before the reactor runs)."""
-    from osp_server.app import StartupError, build_process_service
+    from osp_server.app import build_process_service
+    from osp_server.endpoints import StartupError
     from osp_server.reactor import ISupervisorReactor, global_reactor
     from osp_server.workers.composition import build_supervisor_service
 

@@ -62,7 +62,7 @@ def cmd_config_check(ctx: Context, args: argparse.Namespace) -> None:
     print every effective setting."""
     from twisted.internet import reactor
 
-    from osp_server.app import StartupError, check_endpoints
+    from osp_server.endpoints import StartupError, check_endpoints
 
     config = load_config(args.file) if args.file is not None else ctx.config
     try:

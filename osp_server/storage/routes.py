@@ -14,10 +14,10 @@ are refused with `RouteStoreError` instead of being silently changed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -340,47 +340,89 @@ def import_routes(conn: Connection, routes_in: Iterable[Route], *, replace: bool
     failed import changes nothing.
     """
     dialect = conn.dialect.name
+    return _import(
+        conn,
+        routes_in,
+        _Upsert(
+            table=routes,
+            what="route",
+            check=lambda route: check_storable_route(route, dialect),
+            existing=_existing_routes,
+            values=_route_values,
+            unchanged=lambda route, stored: stored == route,
+            key_columns=(routes.c.prefix, routes.c.destination),
+        ),
+        replace=replace,
+    )
+
+
+_IMPORT_CHUNK: Final = 5_000
+"""Rows read, compared and written at a time by `import_routes` and `import_blocks`."""
+
+_Item = TypeVar("_Item", Route, BlockRule)
+_Stored = TypeVar("_Stored")
+
+
+@dataclass(frozen=True)
+class _Upsert(Generic[_Item, _Stored]):
+    """How `_import` stores one kind of keyed row (routes, block rules)."""
+
+    table: Table
+    what: str
+    check: Callable[[_Item], None]
+    existing: Callable[
+        [Connection, Sequence[_Item]], dict[tuple[str, str, str], tuple[int, _Stored]]
+    ]
+    """The stored rows with the keys of a chunk: id and what `unchanged` compares."""
+    values: Callable[[_Item], dict[str, Any]]
+    unchanged: Callable[[_Item, _Stored], bool]
+    key_columns: tuple[Any, Any]
+    """The columns after the table name that make an item's key."""
+
+
+def _import(
+    conn: Connection,
+    items: Iterable[_Item],
+    spec: _Upsert[_Item, _Stored],
+    *,
+    replace: bool,
+) -> ImportResult:
+    """Upsert ``items`` a chunk at a time under the version lock; with ``replace``,
+    delete the rows of the tables they name that they do not list."""
     _lock(conn)
     seen: set[tuple[str, str, str]] = set()
     tables: set[str] = set()
     inserted = updated = unchanged = 0
-    for chunk in _batched(routes_in, _IMPORT_CHUNK):
-        for route in chunk:
-            if route.key in seen:
-                raise RouteStoreError(f"duplicate route {route.key!r}")
-            seen.add(route.key)
-            tables.add(route.table)
-            check_storable_route(route, dialect)
-        existing = _existing_routes(conn, chunk)
+    for chunk in _batched(items, _IMPORT_CHUNK):
+        for item in chunk:
+            if item.key in seen:
+                raise RouteStoreError(f"duplicate {spec.what} {item.key!r}")
+            seen.add(item.key)
+            tables.add(item.table)
+            spec.check(item)
+        existing = spec.existing(conn, chunk)
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
-        for route in chunk:
-            found = existing.get(route.key)
+        for item in chunk:
+            found = existing.get(item.key)
             if found is None:
-                inserts.append(_route_values(route))
-            elif found[1] != route:
-                updates.append({"_id": found[0], **_route_values(route)})
+                inserts.append(spec.values(item))
+            elif not spec.unchanged(item, found[1]):
+                updates.append({"_id": found[0], **spec.values(item)})
             else:
                 unchanged += 1
-        _write(conn, routes, inserts, updates)
+        _write(conn, spec.table, inserts, updates)
         inserted += len(inserts)
         updated += len(updates)
     stale: list[int] = []
     if replace:
+        first, second = spec.key_columns
         for table in sorted(tables):
-            keyed = select(routes.c.id, routes.c.prefix, routes.c.destination).where(
-                routes.c.route_table == table
-            )
+            keyed = select(spec.table.c.id, first, second).where(spec.table.c.route_table == table)
             stale.extend(
-                row_id
-                for row_id, prefix, destination in conn.execute(keyed)
-                if (table, prefix, destination) not in seen
+                row_id for row_id, a, b in conn.execute(keyed) if (table, a, b) not in seen
             )
-    return _finish(conn, routes, inserted, updated, stale, unchanged)
-
-
-_IMPORT_CHUNK: Final = 5_000
-"""Routes read, compared and written at a time by `import_routes`."""
+    return _finish(conn, spec.table, inserted, updated, stale, unchanged)
 
 
 def _batched(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
@@ -424,43 +466,20 @@ def import_blocks(
     """Insert or update block rules keyed by (table, kind, prefix); consumed in chunks
     and ``replace`` as in `import_routes` (rules of the named tables not listed are
     deleted)."""
-    _lock(conn)
-    seen: set[tuple[str, str, str]] = set()
-    tables: set[str] = set()
-    inserted = updated = unchanged = 0
-    for chunk in _batched(blocks_in, _IMPORT_CHUNK):
-        for rule in chunk:
-            if rule.key in seen:
-                raise RouteStoreError(f"duplicate block rule {rule.key!r}")
-            seen.add(rule.key)
-            tables.add(rule.table)
-            check_storable_block(rule)
-        existing = _existing_blocks(conn, chunk)
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
-        for rule in chunk:
-            found = existing.get(rule.key)
-            if found is None:
-                inserts.append(_block_values(rule))
-            elif found[1] != rule.description:
-                updates.append({"_id": found[0], **_block_values(rule)})
-            else:
-                unchanged += 1
-        _write(conn, route_blocks, inserts, updates)
-        inserted += len(inserts)
-        updated += len(updates)
-    stale: list[int] = []
-    if replace:
-        for table in sorted(tables):
-            keyed = select(route_blocks.c.id, route_blocks.c.kind, route_blocks.c.prefix).where(
-                route_blocks.c.route_table == table
-            )
-            stale.extend(
-                row_id
-                for row_id, kind, prefix in conn.execute(keyed)
-                if (table, kind, prefix) not in seen
-            )
-    return _finish(conn, route_blocks, inserted, updated, stale, unchanged)
+    return _import(
+        conn,
+        blocks_in,
+        _Upsert(
+            table=route_blocks,
+            what="block rule",
+            check=check_storable_block,
+            existing=_existing_blocks,
+            values=_block_values,
+            unchanged=lambda rule, description: description == rule.description,
+            key_columns=(route_blocks.c.kind, route_blocks.c.prefix),
+        ),
+        replace=replace,
+    )
 
 
 def _existing_blocks(

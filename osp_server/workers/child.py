@@ -131,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_HANDOVER
     globalLogBeginner.beginLoggingTo([json_lines_observer(sys.stdout)], redirectStandardIO=False)
 
-    from osp_server.app import CoreService, StartupError, build_worker_service
+    from osp_server.app import CoreService, build_worker_service
+    from osp_server.endpoints import StartupError
     from osp_server.reactor import global_reactor
 
     reactor = cast("IWorkerReactor", global_reactor())

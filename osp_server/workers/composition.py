@@ -18,14 +18,13 @@ from twisted.logger import Logger
 from osp_server.app import (
     Core,
     CoreService,
-    StartupError,
     assemble_or_release,
     checked_components,
-    endpoint_for,
     prepare,
     warn_about_settings,
 )
 from osp_server.config import Config
+from osp_server.endpoints import StartupError, endpoint_for
 from osp_server.reactor import IOSPReactor, ISupervisorReactor
 from osp_server.services import ProcessService
 from osp_server.workers.role import HandOverError, encode_config

@@ -354,7 +354,8 @@ async def test_413_is_not_followed_by_100_continue(server: RunningServer) -> Non
 
 
 def test_bad_tls_names_stop_start_up_with_one_line(tmp_path: Path, database_url: str) -> None:
-    from osp_server.app import StartupError, build_service
+    from osp_server.app import build_service
+    from osp_server.endpoints import StartupError
 
     config = make_config(tmp_path, database_url, tls={"server_names": ["bad name!"]})
     with pytest.raises(StartupError) as info:

@@ -709,7 +709,8 @@ async def test_enrollment_authorizer_decides_new_requests(
 
 
 def test_unknown_enrollment_authorizer_stops_start_up(tmp_path: Path) -> None:
-    from osp_server.app import StartupError, build_service
+    from osp_server.app import build_service
+    from osp_server.endpoints import StartupError
     from tests.integration.harness import reactor
 
     config = make_config(

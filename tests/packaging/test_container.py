@@ -13,8 +13,8 @@ from pathlib import Path
 
 from twisted.internet.testing import MemoryReactor
 
-from osp_server.app import check_endpoints, listener_descriptions
 from osp_server.config import load_config
+from osp_server.endpoints import check_endpoints, listener_descriptions
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,9 @@ import pytest
 from twisted.application.service import MultiService
 from zope.interface import implementer
 
-from osp_server.app import CoreService, StartupError, build_service
+from osp_server.app import CoreService, build_service
 from osp_server.config import ConfigError, parse_config
+from osp_server.endpoints import StartupError
 from osp_server.interfaces import IRouteTablesConsumer, IRoutingPolicy
 from osp_server.reactor import global_reactor
 from osp_server.routing.example import StaticRoutingPolicy

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from osp_server.app import StartupError, prepare
+from osp_server.app import prepare
 from osp_server.config import Config, load_config
+from osp_server.endpoints import StartupError
 from osp_server.storage import authorities
 from tests.integration.test_osp import add_device_db
 from tests.memory import MemoryEnv, MemoryReactor, enroll_in_memory, memory_server

@@ -20,15 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.logger import capturedLogs
 
 from bench.common import pkix_token_signer
-from osp_server.app import (
-    Core,
-    StartupError,
-    build_service,
-    prepare,
-    token_factory,
-    token_signer,
-)
+from osp_server.app import Core, build_service, prepare, token_factory, token_signer
 from osp_server.config import Config
+from osp_server.endpoints import StartupError
 from osp_server.osp.token_setup import TOKEN_SIGNER_NAME, log_call_id_dropped
 from osp_server.osp.tokens import (
     DEFAULT_MAX_TOKEN_BYTES,

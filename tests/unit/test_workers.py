@@ -18,8 +18,9 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogLevel, eventAsJSON, formatEventAsClassicLogText
 from twisted.python.failure import Failure
 
-from osp_server.app import StartupError, build_server_certificate, prepare, token_signer
+from osp_server.app import build_server_certificate, prepare, token_signer
 from osp_server.config import Config, ConfigError, parse_config
+from osp_server.endpoints import StartupError
 from osp_server.storage.db import normalize_url
 from osp_server.workers.child import event_as_json_line
 from osp_server.workers.role import HandOverError, WorkerRole, encode_config, read_config
