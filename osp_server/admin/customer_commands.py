@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 
 from osp_server.admin.context import Context, Subparsers, emit, emit_one
-from osp_server.admin.device_commands import add_removal_options, report_removal
+from osp_server.admin.device_commands import (
+    add_removal_options,
+    audited_removal,
+    report_removal,
+)
 from osp_server.storage import devices as device_store
 from osp_server.storage import removal
 
@@ -36,7 +40,7 @@ def cmd_customer_delete(ctx: Context, args: argparse.Namespace) -> None:
     removed = ctx.change(
         "customer.deleted",
         f"customer {args.customer_id}",
-        removal.delete_customer_txn,
+        audited_removal(ctx, removal.delete_customer_txn),
         args.customer_id,
         now=ctx.now(),
         with_devices=args.devices,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -177,7 +178,7 @@ def cmd_device_delete(ctx: Context, args: argparse.Namespace) -> None:
     removed = ctx.change(
         "device.deleted",
         f"customer {args.customer_id} device {args.device_id}",
-        removal.delete_device_txn,
+        audited_removal(ctx, removal.delete_device_txn),
         args.customer_id,
         args.device_id,
         now=ctx.now(),
@@ -189,6 +190,30 @@ def cmd_device_delete(ctx: Context, args: argparse.Namespace) -> None:
         },
     )
     report_removal(ctx, removed, {"customer_id": args.customer_id, "device_id": args.device_id})
+
+
+def audited_removal(
+    ctx: Context, delete: Callable[..., removal.Removal]
+) -> Callable[..., removal.Removal]:
+    """``delete`` plus a ``certificate.revoked`` audit entry for each certificate it
+    revoked, in its transaction (as ``cert revoke`` records one, with the serial)."""
+    from osp_server.storage import audit
+
+    def work(conn: Any, *args: Any, **kwargs: Any) -> removal.Removal:
+        removed = delete(conn, *args, **kwargs)
+        for record in removed.revoked:
+            audit.record_txn(
+                conn,
+                at=ctx.now(),
+                actor=ctx.actor,
+                action="certificate.revoked",
+                subject=f"customer {record.customer_id} device {record.device_id}",
+                serial=record.serial,
+                detail={"reason": record.revocation_reason, "by": "delete"},
+            )
+        return removed
+
+    return work
 
 
 def report_removal(ctx: Context, removed: removal.Removal, about: dict[str, Any]) -> None:

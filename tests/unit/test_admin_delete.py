@@ -110,6 +110,11 @@ def test_valid_certificates_refuse_the_delete_unless_revoked(admin: Admin, tmp_p
     assert record.device_pk is None and record.device_id is None
     assert admin.transact(cert_store.presented_certificate_txn, record.sha256) is None
     assert serial in {r.serial for r in admin.transact(cert_store.revoked_certificates_txn)}
+    # Audited as cert revoke audits, with the serial, beside the deletion.
+    entries = admin.json("audit", "--limit", "2")
+    assert [e["action"] for e in entries] == ["device.deleted", "certificate.revoked"]
+    assert entries[1]["serial"] == serial and entries[1]["subject"] == "customer 1000 device 2000"
+    assert entries[1]["detail"] == {"by": "delete", "reason": "cessationOfOperation"}
     # Journaled, so a restore of an older backup cannot bring it back.
     journal = CertificateJournal.in_data_dir(load_config(admin.config_path).data_dir)
     revoked = [e for e in journal.events() if e.kind == "device" and e.event == "revoked"]
