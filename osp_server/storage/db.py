@@ -216,13 +216,36 @@ MigrationApplied: TypeAlias = Callable[[str, str], None]
 def upgrade_schema(
     engine: Engine, revision: str = "head", *, on_applied: MigrationApplied | None = None
 ) -> str | None:
-    """Apply the pending migrations up to ``revision``; returns the revision now current."""
-    with engine.begin() as conn:
-        cfg = _alembic_config(conn)
-        if on_applied is not None:
-            cfg.attributes["on_version_apply"] = _reporting(on_applied)
-        command.upgrade(cfg, revision)
-        return MigrationContext.configure(conn).get_current_revision()
+    """Apply the pending migrations up to ``revision``; returns the revision now current.
+
+    On SQLite, foreign keys are off while migrations run (a table that others refer to
+    can only be rebuilt so: SQLite's documented procedure) and checked before the
+    commit: a violation rolls the whole upgrade back.
+    """
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # Outside any transaction, where SQLite honours it (the DBAPI connection
+            # runs in autocommit; SQLAlchemy's would begin one first).
+            conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+        try:
+            with conn.begin():
+                cfg = _alembic_config(conn)
+                if on_applied is not None:
+                    cfg.attributes["on_version_apply"] = _reporting(on_applied)
+                command.upgrade(cfg, revision)
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise StorageError(
+                            f"the migration would leave {len(broken)} rows whose foreign "
+                            f"keys point nowhere (first: {tuple(broken[0])}); nothing changed"
+                        )
+                current = MigrationContext.configure(conn).get_current_revision()
+        finally:
+            if sqlite:
+                conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
+    return current
 
 
 def _reporting(on_applied: MigrationApplied) -> Callable[..., None]:

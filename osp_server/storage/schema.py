@@ -93,6 +93,8 @@ devices = Table(
     UniqueConstraint("customer_id", "device_id"),
     CheckConstraint("enrollment_policy IN ('auto', 'manual')", name="policy"),
     CheckConstraint("state IN ('active', 'disabled')", name="state"),
+    # SQLite: never reuse a deleted row's id (migration 0005).
+    sqlite_autoincrement=True,
 )
 
 certificates = Table(
@@ -132,6 +134,8 @@ enrollments = Table(
     Column("decided_by", String(128), nullable=True),
     UniqueConstraint("device_pk", "csr_sha256"),
     CheckConstraint("state IN ('pending', 'signing', 'issued', 'rejected')", name="state"),
+    # SQLite: never reuse a deleted row's id (migration 0005).
+    sqlite_autoincrement=True,
 )
 
 enrollment_nonces = Table(
@@ -196,6 +200,8 @@ usage_records = Table(
     Index("ix_usage_records_transaction_id", "transaction_id"),
     Index("ix_usage_records_received_at", "received_at"),
     Index("ix_usage_records_updated_at", "updated_at"),
+    # SQLite: never reuse a deleted row's id (migration 0005).
+    sqlite_autoincrement=True,
 )
 
 capabilities = Table(

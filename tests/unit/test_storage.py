@@ -10,7 +10,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, insert
 
-from osp_server.storage import audit
+from osp_server.osp.usage_reports import leg_report
+from osp_server.storage import audit, calls
 from osp_server.storage import certificates as certs
 from osp_server.storage import devices as dev
 from osp_server.storage.db import (
@@ -35,9 +36,9 @@ def test_migrations_match_the_tables(db: Database) -> None:
         )
     assert diff == []
     current, head = schema_status(db.engine)
-    assert current == head == "0004"
+    assert current == head == "0005"
     # Upgrading again is a no-op.
-    assert upgrade_schema(db.engine) == "0004"
+    assert upgrade_schema(db.engine) == "0005"
 
 
 def test_durability_settings(db: Database) -> None:
@@ -194,7 +195,7 @@ def test_migrations_run_with_their_own_long_timeout(
         return create(url, **kwargs)
 
     monkeypatch.setattr(db_module, "create_db_engine", recording)
-    assert db_module.migrate_schema(empty_database_url) == "0004"
+    assert db_module.migrate_schema(empty_database_url) == "0005"
     assert seen == [db_module.MIGRATION_TIMEOUT_SECONDS]
 
 
@@ -232,3 +233,93 @@ def test_database_errors_are_one_line_with_the_driver_s_reason() -> None:
     )
     assert str(storage_error(wrapped)).startswith("database error: DriverError: connection")
     assert describe_error(ValueError("plain")) == "ValueError: plain"
+
+
+def test_a_deleted_device_s_id_is_never_given_to_a_new_one(db: Database) -> None:
+    """SQLite without AUTOINCREMENT gave the newest row's id to the next one once that
+    row was deleted: an enrollment in flight for a deleted device would have landed
+    on its successor (migration 0005)."""
+    from osp_server.storage.removal import delete_device_txn
+
+    def add(conn: Connection, device_id: str) -> int:
+        return dev.add_device(
+            conn, customer_id="1000", device_id=device_id, username="u", now=NOW
+        ).pk
+
+    db.transact_sync(dev.add_customer, customer_id="1000", name="c", now=NOW)
+    first = db.transact_sync(add, "1")
+    newest = db.transact_sync(add, "2")
+    db.transact_sync(delete_device_txn, "1000", "2", now=NOW)
+    assert db.transact_sync(add, "2") > newest > first
+
+
+def test_migration_0005_keeps_every_row_and_reference(empty_database_url: str) -> None:
+    """The SQLite tables rebuilt with AUTOINCREMENT keep their rows, indexes and
+    constraints; foreign keys are checked before the upgrade commits."""
+    from osp_server.storage.db import create_db_engine
+
+    engine = create_db_engine(empty_database_url)
+    try:
+        assert upgrade_schema(engine, "0004") == "0004"
+        database = Database(engine, None)
+        database.transact_sync(dev.add_customer, customer_id="1000", name="c", now=NOW)
+        device = database.transact_sync(
+            dev.add_device, customer_id="1000", device_id="7", username="u", now=NOW
+        )
+        database.transact_sync(
+            calls.store_usage_txn,
+            device_pk=device.pk,
+            reports=[leg_report(c) for c in _usage_components()],
+            now=NOW,
+        )
+        before = database.transact_sync(
+            calls.usage_page, after_id=0, since=None, until=None, limit=10
+        )
+        assert upgrade_schema(engine) == "0005"
+        assert (
+            database.transact_sync(calls.usage_page, after_id=0, since=None, until=None, limit=10)
+            == before
+        )
+        assert database.transact_sync(dev.get_device, "1000", "7") == device
+        with engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                tables = conn.exec_driver_sql(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'table'"
+                ).all()
+                rebuilt = {n for n, sql in tables if "AUTOINCREMENT" in (sql or "")}
+                assert rebuilt == {"devices", "enrollments", "usage_records"}
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+                assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+            diff = compare_metadata(
+                MigrationContext.configure(conn, opts={"compare_type": True}), metadata
+            )
+            assert diff == []
+        # A usage record still cannot name a device that does not exist.
+        with pytest.raises(Exception, match=r"(?i)foreign key"):
+            database.transact_sync(
+                lambda conn: conn.execute(
+                    usage_records.insert().values(
+                        device_pk=999,
+                        transaction_id=1,
+                        role="source",
+                        destination="x",
+                        component_id="",
+                        fields="{}",
+                        received_at=NOW,
+                        updated_at=NOW,
+                    )
+                )
+            )
+    finally:
+        engine.dispose()
+
+
+def _usage_components() -> list[Any]:
+    from osp_server.osp.codec import decode_request
+    from osp_server.osp.messages import UsageIndicationMessage
+    from tests.conftest import VECTORS
+
+    raw = (VECTORS / "osp" / "usage-indication.http").read_bytes()
+    message = decode_request(raw.partition(b"\r\n\r\n")[2])
+    assert isinstance(message, UsageIndicationMessage)
+    return list(message.components)
