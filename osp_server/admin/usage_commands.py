@@ -64,6 +64,8 @@ def cmd_usage_export(ctx: Context, args: argparse.Namespace) -> None:
         unfinished_before = ctx.now() - timedelta(seconds=older_than)
     elif args.older_than is not None:
         raise AdminError("--older-than: only with --unfinished")
+    if args.device is not None and args.customer is None:
+        raise AdminError("--device: only with --customer (device ids are per customer)")
     as_json = ctx.as_json or args.format == "json"
     writer = None if as_json else csv.writer(ctx.out, lineterminator="\n")
     if writer is not None:
@@ -95,6 +97,8 @@ def _export_pages(
             until=until,
             limit=page_size,
             unfinished_before=unfinished_before,
+            customer_id=args.customer,
+            device_id=args.device,
         )
         if not rows:
             break
@@ -133,6 +137,8 @@ def register(subparsers: Subparsers) -> None:
         metavar="SECONDS",
         help="with --unfinished: unchanged for this long (default: [osp] call_time_limit_seconds)",
     )
+    p.add_argument("--customer", help="only the legs of this customer's devices")
+    p.add_argument("--device", help="with --customer: only this device's legs")
     p.add_argument("--format", choices=["csv", "json"], default="csv")
     p.add_argument("--limit", type=int, help="at most this many records")
     p.set_defaults(func=cmd_usage_export)

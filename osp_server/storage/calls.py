@@ -371,13 +371,16 @@ def usage_page(
     until: datetime | None,
     limit: int,
     unfinished_before: datetime | None = None,
+    customer_id: str | None = None,
+    device_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Call legs with ids above ``after_id`` (keyset pages, oldest first).
 
     ``since``/``until`` select legs by their last change (``updated_at``), so an export
     from the time of the previous one also brings the legs that a later report
     completed.  ``unfinished_before`` keeps only legs whose ``stop`` has not come and
-    that nothing changed since that time.
+    that nothing changed since that time.  ``customer_id`` (and ``device_id``) keep
+    the legs of one customer (or one of its devices).
     """
     columns = [
         (devices.c if name in _DEVICE_COLUMNS else usage_records.c)[name]
@@ -398,6 +401,10 @@ def usage_page(
         query = query.where(
             usage_records.c.state != "stop", usage_records.c.updated_at < unfinished_before
         )
+    if customer_id is not None:
+        query = query.where(devices.c.customer_id == customer_id)
+    if device_id is not None:
+        query = query.where(devices.c.device_id == device_id)
     return [
         {**r, "transaction_id": from_storage_id(r["transaction_id"])}
         for r in conn.execute(query).mappings()

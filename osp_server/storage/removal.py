@@ -71,6 +71,10 @@ def delete_device_txn(
     """
     removal = into if into is not None else Removal()
     device = get_device(conn, customer_id, device_id)
+    # PostgreSQL: hold the row, so that a certificate or usage record committed for it
+    # from now on waits for this transaction, then fails on its foreign key; one
+    # committed before is seen by the reads below.  (SQLite writers run one at a time.)
+    conn.execute(select(devices.c.id).where(devices.c.id == device.pk).with_for_update())
     name = f"device {device_id} of customer {customer_id}"
     held = cert_store.list_certificates(conn, device_pk=device.pk)
     valid = [c for c in held if c.state == "valid" and c.not_after > now]
@@ -84,20 +88,21 @@ def delete_device_txn(
     if usage and not with_usage:
         raise InUseError(
             f"{name} has {usage} usage record(s), which are billing data: export them "
-            "(osp-admin usage export) and pass --with-usage to delete them too, or "
-            "disable the device instead (osp-admin device disable)"
+            f"(osp-admin usage export --customer {customer_id} --device {device_id}) and "
+            "pass --with-usage to delete them too, or disable the device instead "
+            "(osp-admin device disable)"
         )
     for c in valid:
         removal.revoked.append(
             cert_store.revoke(conn, c.serial, now=now, reason="cessationOfOperation")
         )
     removal.certificates_kept += len(held)
-    removal.usage_records_deleted += usage
+    removal.usage_records_deleted += conn.execute(
+        delete(usage_records).where(usage_records.c.device_pk == device.pk)
+    ).rowcount
     removal.transactions_deleted += conn.execute(
         delete(transactions).where(transactions.c.device_pk == device.pk)
     ).rowcount
-    if usage:
-        conn.execute(delete(usage_records).where(usage_records.c.device_pk == device.pk))
     conn.execute(delete(enrollment_nonces).where(enrollment_nonces.c.device_pk == device.pk))
     conn.execute(delete(capabilities).where(capabilities.c.device_pk == device.pk))
     removal.enrollments_deleted += conn.execute(

@@ -166,3 +166,45 @@ def test_a_customer_without_devices_is_deleted(admin: Admin) -> None:
     assert [c["customer_id"] for c in admin.json("customer", "list")] == ["1000"]
     code, _, err = admin("customer", "delete", "3000")
     assert code == 1 and "customer 3000 does not exist" in err
+
+
+def test_on_postgresql_a_certificate_issued_during_the_delete_waits_for_it(
+    admin: Admin, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the delete's check for valid certificates and its end, an issuance
+    committing for the device would have slipped past the check and been detached
+    unrevoked: the delete now holds the device row, so the issuance waits (and then
+    fails on its foreign key)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one writer at a time: nothing can commit in between")
+    from sqlalchemy.exc import OperationalError
+
+    from osp_server.storage.db import create_db_engine
+
+    other = create_db_engine(database_url)
+    device_pk = admin.transact(device_store.get_device, "1000", "2000").pk
+    outcome: list[str] = []
+    listing = cert_store.list_certificates
+
+    def issue_meanwhile(conn: Connection, **kwargs: Any) -> Any:
+        # What the enrollment service would write for the device, from elsewhere.
+        try:
+            with other.begin() as elsewhere:
+                elsewhere.exec_driver_sql("SET LOCAL lock_timeout = '300ms'")
+                elsewhere.execute(
+                    insert(capabilities).values(
+                        device_pk=device_pk, details="{}", updated_at=datetime.now(UTC)
+                    )
+                )
+            outcome.append("committed")
+        except OperationalError as e:
+            outcome.append("waited" if "lock timeout" in str(e) else str(e))
+        return listing(conn, **kwargs)
+
+    monkeypatch.setattr(cert_store, "list_certificates", issue_meanwhile)
+    try:
+        admin.json("device", "delete", "1000", "2000")
+    finally:
+        other.dispose()
+    assert outcome == ["waited"]
+    assert [d["device_id"] for d in admin.json("device", "list")] == ["1000"]

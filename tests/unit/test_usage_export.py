@@ -99,6 +99,13 @@ def test_csv_and_json_export(config_path: Path) -> None:
     assert answered_json["received_at"].endswith("Z")
     unanswered = next(r for r in records if r["duration"] is None)
     assert unanswered["connect_time"] is None and '""' not in out
+    # One customer's or one device's legs (what device delete asks to export first).
+    code, out, _ = _run(config_path, "usage", "export", "--customer", "1000", "--device", "1000")
+    assert code == 0 and len(out.splitlines()) == 3
+    code, out, _ = _run(config_path, "usage", "export", "--customer", "2000")
+    assert code == 0 and len(out.splitlines()) == 1  # header only
+    code, _, err = _run(config_path, "usage", "export", "--device", "1000")
+    assert code == 1 and "--device: only with --customer" in err
     code, out, _ = _run(config_path, "usage", "export", "--since", "2030-01-01T00:00:00Z")
     assert code == 0 and len(out.splitlines()) == 1  # header only
 
