@@ -166,7 +166,10 @@ def write_json(out: TextIO, value: Any, *, indent: int | None = 2) -> None:
     """``value`` as JSON and a newline, the one way every command writes JSON: counts
     and amounts as numbers (a `Decimal` exactly as stored), absent values as ``null``,
     times as ISO 8601 UTC, bytes as hex."""
-    simplejson.dump(value, out, indent=indent, use_decimal=True, default=_json_default)
+    # encoding=None: bytes go to _json_default (hex), not decoded as UTF-8.
+    simplejson.dump(
+        value, out, indent=indent, use_decimal=True, encoding=None, default=_json_default
+    )
     out.write("\n")
 
 
@@ -206,6 +209,8 @@ def _cell(value: Any) -> str:
         return value.strftime("%Y-%m-%d %H:%M:%SZ")
     if isinstance(value, Decimal):
         return format(value, "f")
+    if isinstance(value, list | tuple):
+        return ", ".join(_cell(v) for v in value) if value else "-"
     return str(value)
 
 

@@ -314,3 +314,36 @@ def test_a_missing_database_is_created_only_when_asked(
     code, _, err = run("-v", "db", "status")  # commands that open their own engine too
     assert code == 0 and "osp-admin: config " in err
     assert run("customer", "list")[0] == 0
+
+
+def test_json_and_table_values_are_written_alike_everywhere() -> None:
+    """write_json: exact decimals as numbers, bytes as hex (not decoded as text), times
+    in ISO 8601 UTC; the table shows lists comma-separated, not as Python lists."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from osp_server.admin.context import Context, emit_one, write_json
+
+    out = io.StringIO()
+    write_json(
+        out,
+        {
+            "cost": Decimal("99999999999.123456"),
+            "digest": b"\xff\x00",
+            "at": datetime(2026, 11, 30, 8, 0, tzinfo=UTC),
+            "none": None,
+        },
+        indent=None,
+    )
+    assert out.getvalue() == (
+        '{"cost": 99999999999.123456, "digest": "ff00", "at": "2026-11-30T08:00:00Z", '
+        '"none": null}\n'
+    )
+    table = io.StringIO()
+    ctx = Context(config=None, out=table, as_json=False, stdin=io.StringIO())  # type: ignore[arg-type]
+    emit_one(ctx, {"revoked_serials": ["ab", "cd"], "applied": [], "set": True})
+    assert table.getvalue().splitlines() == [
+        "revoked_serials  ab, cd",
+        "applied          -",
+        "set              yes",
+    ]
