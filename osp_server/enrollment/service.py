@@ -85,6 +85,7 @@ class SecretAlreadyUsed(Exception):
 class _Registered:
     enrollment: enrollment_store.Enrollment | None
     nonce_conflict: bool = False
+    device_gone: bool = False
 
 
 def _utcnow() -> datetime:
@@ -230,6 +231,10 @@ class EnrollmentService:
             now,
             approval,
         )
+        if registered.device_gone:
+            reason = "device deleted or disabled during the request"
+            await self._audit("enrollment.denied", request, source, reason=reason)
+            return Outcome(TepStatus.DENIED, reason=reason)
         if registered.nonce_conflict:
             await self._audit("enrollment.nonce-reused", request, source, csr_sha256=csr.sha256_hex)
             return Outcome(TepStatus.MALFORMED, reason="nonce reused with another CSR")
@@ -339,6 +344,17 @@ class EnrollmentService:
         approval: EnrollmentVerdict | None = None,
     ) -> _Registered:
         """Replay check and enrollment lookup/creation, in one transaction."""
+        # The device was read before the password hash (which takes a while): it may
+        # have been deleted or disabled since.
+        try:
+            current = device_store.get_device_by_pk(conn, device.pk)
+        except NotFoundError:
+            return _Registered(None, device_gone=True)
+        if current.state != "active" or (current.customer_id, current.device_id) != (
+            device.customer_id,
+            device.device_id,
+        ):
+            return _Registered(None, device_gone=True)
         if not enrollment_store.remember_nonce(
             conn, device_pk=device.pk, nonce=request.nonce, csr_sha256=csr_sha256, now=now
         ):

@@ -462,6 +462,38 @@ async def test_nonce_reused_with_another_csr_is_4(secure: Tep) -> None:
     assert status_of(await secure.fields(enroll_fields(other))) == 4
 
 
+@pytest.mark.parametrize("change", ["delete", "disable", "delete and add again"])
+@pytest_twisted.ensureDeferred
+async def test_a_device_deleted_or_disabled_during_its_request_gets_nothing(
+    secure: Tep, change: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The device is read before its password is hashed (which takes a while); if the
+    operator deletes or disables it meanwhile, the request is refused (2), not filed
+    under a successor or signed."""
+    from osp_server.storage.removal import delete_device_txn
+
+    secure.add_device()
+    service = secure.components.enrollment
+    authenticate = service._authenticate
+
+    def then_change(*args: Any) -> Any:
+        verdict = authenticate(*args)
+        if change == "disable":
+            secure.db.transact_sync(
+                device_store.update_device, "1000", "1000", now=NOW, state="disabled"
+            )
+        else:
+            secure.db.transact_sync(delete_device_txn, "1000", "1000", now=NOW)
+            if change == "delete and add again":
+                secure.add_device(password="another")
+        return verdict
+
+    monkeypatch.setattr(service, "_authenticate", then_change)
+    assert status_of(await secure.fields(enroll_fields(sha256_csr()))) == 2
+    assert secure.count(lambda c: cert_store.list_certificates(c, kind="device")) == 0
+    assert secure.count(enrollments.list_enrollments) == 0
+
+
 @pytest_twisted.ensureDeferred
 async def test_new_csr_keeps_previous_by_default(secure: Tep) -> None:
     secure.add_device()
