@@ -216,6 +216,18 @@ def _open_the_database_ca(
             )
         except StorageError as e:
             raise StartupError(f"database: {e}") from None
+    if recorded is not None and recorded.fingerprint_sha256 != mine and created:
+        # Another node started at the same moment and recorded its CA first.  The CA
+        # made a moment ago here was never used: remove it, so that this node is left
+        # as one that never had a CA (ca import, no --replace needed).
+        for path in (config.ca.key_file, config.ca.cert_file):
+            path.unlink(missing_ok=True)
+        raise StartupError(
+            f"CA: another node recorded its CA {recorded.subject} (SHA-256 "
+            f"{recorded.fingerprint_sha256}) in this database while this node was "
+            "starting; the CA this node had just created was removed. Copy the database's "
+            "CA here (there: osp-admin ca export FILE; here: osp-admin ca import FILE)"
+        )
     if recorded is not None and recorded.fingerprint_sha256 != mine:
         raise StartupError(
             f"CA: this node's CA {ca.certificate.subject.rfc4514_string()} (SHA-256 {mine}, "

@@ -125,3 +125,36 @@ def test_an_export_whose_key_does_not_match_is_refused_before_any_file_moves(
     )
     assert code == 1 and "the CA key does not match the CA certificate" in err
     assert {p: p.read_bytes() for p in other.ca.cert_file.parent.iterdir()} == before
+
+
+def test_a_node_that_loses_the_race_to_record_its_ca_removes_the_one_it_made(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two nodes starting on an empty database at once both see no CA recorded and both
+    create one; the second to record it must not keep a CA nobody trusts (it used to,
+    and its ca import then needed --replace)."""
+    first, first_admin = _node(tmp_path, "a", database_url)
+    second, second_admin = _node(tmp_path, "b", database_url)
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text(PASSPHRASE + "\n")
+    for server in memory_server(first):
+        winner = server.core.ca.fingerprint_sha256()
+    # The second node read "no CA recorded" before the first recorded its own.
+    real = authorities.recorded_authority_txn
+    reads: list[object] = []
+
+    def first_read_too_early(conn: object) -> object:
+        reads.append(conn)
+        return None if len(reads) == 1 else real(conn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(authorities, "recorded_authority_txn", first_read_too_early)
+    message = _start_fails(second)
+    monkeypatch.undo()
+    assert "another node recorded its CA" in message and winner in message
+    assert not second.ca.cert_file.exists() and not second.ca.key_file.exists()
+    archive = tmp_path / "ca.tar"
+    first_admin.json("ca", "export", str(archive), "--passphrase-file", str(passphrase))
+    imported = second_admin.json("ca", "import", str(archive), "--passphrase-file", str(passphrase))
+    assert imported["outcome"] == "imported"
+    for server in memory_server(second):
+        assert server.core.ca.fingerprint_sha256() == winner
