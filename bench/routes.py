@@ -2,8 +2,10 @@
 """Benchmark: a large route table through the real storage and routing code.
 
 Imports N routes (default 1,000,000, spread over a few dozen gateways and prices, as
-a carrier's rate deck is) into a fresh SQLite database with the storage module's own
-import, then measures what a server node does with them:
+a carrier's rate deck is) into a fresh SQLite database (or the empty PostgreSQL
+database ``--database`` names) with the storage module's own import, then the same
+number of block rules, then both again unchanged (what a nightly re-import of the same
+deck costs), then measures what a server node does with the routes:
 
 * ``load``       ``load_snapshot_txn`` on a connection of its own: read, validate and
                  index every route (seconds), and the process RSS after it;
@@ -12,6 +14,8 @@ import, then measures what a server node does with them:
                  ``gc.freeze()`` (what the server does after each load).
 
 Targets (issue 9): load < 10 s, RSS < 500 MB, lookup < 20 us, no GC pause > 50 ms.
+Imports (issue 11) must grow linearly with the file on both engines: compare the
+figures of ``--routes 100000`` and ``--routes 1000000``.
 Nothing here asserts a timing; it prints numbers.
 """
 
@@ -26,15 +30,22 @@ import time
 import timeit
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import positive_int  # noqa: E402
-from osp_server.routing.model import Route  # noqa: E402
+from osp_server.routing.model import BlockKind, BlockRule, Route  # noqa: E402
 from osp_server.storage import routes as route_store  # noqa: E402
-from osp_server.storage.db import create_db_engine, upgrade_schema  # noqa: E402
+from osp_server.storage.db import (  # noqa: E402
+    MIGRATION_TIMEOUT_SECONDS,
+    create_db_engine,
+    upgrade_schema,
+)
 
 
 def _rss_mib() -> float:
@@ -58,28 +69,55 @@ def _routes(count: int, seed: int) -> list[Route]:
     ]
 
 
+def _blocks(count: int) -> list[BlockRule]:
+    kinds: tuple[BlockKind, BlockKind] = ("source", "destination")
+    return [
+        BlockRule(table="default", kind=kinds[i % 2], prefix=str(20_000_000 + i))
+        for i in range(count)
+    ]
+
+
+def _timed_import(engine: Engine, store: Any, items: list[Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        result = store(conn, items, replace=True)
+    return result, time.perf_counter() - started
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(prog="bench/routes.py", description=__doc__.split("\n")[0])
     parser.add_argument("--routes", type=positive_int, default=1_000_000)
+    parser.add_argument(
+        "--database",
+        help="an empty PostgreSQL database (postgresql://...) instead of a new SQLite file",
+    )
     args = parser.parse_args(argv)
     say = print
     with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{Path(tmp) / 'osp.sqlite3'}"
-        engine = create_db_engine(url)
+        url = args.database or f"sqlite:///{Path(tmp) / 'osp.sqlite3'}"
+        # The migration timeout: the request path's statement timeout is not for this.
+        engine = create_db_engine(url, timeout_seconds=MIGRATION_TIMEOUT_SECONDS)
         upgrade_schema(engine)
-        started = time.perf_counter()
-        wanted = _routes(args.routes, seed=20261130)
-        with engine.begin() as conn:
-            result = route_store.import_routes(conn, wanted, replace=False)
-        del wanted
-        imported = time.perf_counter() - started
-        gc.collect()
         say(
-            f"osp-server route table benchmark: {args.routes:,} routes, SQLite, "
-            f"Python {sys.version.split()[0]}"
+            f"osp-server route table benchmark: {args.routes:,} routes, "
+            f"{engine.dialect.name}, Python {sys.version.split()[0]}"
         )
-        say(f"import: {result.inserted:,} routes in {imported:.1f} s (outside the server)")
+        wanted = _routes(args.routes, seed=20261130)
+        blocks = _blocks(args.routes)
+        for what, store, items in (
+            ("routes", route_store.import_routes, wanted),
+            ("block rules", route_store.import_blocks, blocks),
+        ):
+            first, fresh = _timed_import(engine, store, items)
+            again, unchanged = _timed_import(engine, store, items)
+            say(
+                f"import: {first.inserted:,} {what} in {fresh:.1f} s "
+                f"({first.inserted / fresh:,.0f}/s); again unchanged "
+                f"({again.unchanged:,}): {unchanged:.1f} s (outside the server)"
+            )
+        del wanted, blocks
+        gc.collect()
         before = _rss_mib()
         started = time.perf_counter()
         with engine.connect() as conn:
