@@ -168,20 +168,19 @@ def test_a_customer_without_devices_is_deleted(admin: Admin) -> None:
     assert code == 1 and "customer 3000 does not exist" in err
 
 
-def test_on_postgresql_a_certificate_issued_during_the_delete_waits_for_it(
+def test_a_certificate_issued_during_the_delete_waits_for_it(
     admin: Admin, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Between the delete's check for valid certificates and its end, an issuance
-    committing for the device would have slipped past the check and been detached
-    unrevoked: the delete now holds the device row, so the issuance waits (and then
-    fails on its foreign key)."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite runs one writer at a time: nothing can commit in between")
+    committing for the device would have slipped past the check on PostgreSQL and been
+    detached unrevoked: the delete now holds the device row, so the issuance waits (and
+    then fails on its foreign key).  SQLite takes its write lock at BEGIN: the other
+    writer waits there."""
     from sqlalchemy.exc import OperationalError
 
     from osp_server.storage.db import create_db_engine
 
-    other = create_db_engine(database_url)
+    other = create_db_engine(database_url, timeout_seconds=0.3)
     device_pk = admin.transact(device_store.get_device, "1000", "2000").pk
     outcome: list[str] = []
     listing = cert_store.list_certificates
@@ -190,7 +189,8 @@ def test_on_postgresql_a_certificate_issued_during_the_delete_waits_for_it(
         # What the enrollment service would write for the device, from elsewhere.
         try:
             with other.begin() as elsewhere:
-                elsewhere.exec_driver_sql("SET LOCAL lock_timeout = '300ms'")
+                if elsewhere.dialect.name == "postgresql":
+                    elsewhere.exec_driver_sql("SET LOCAL lock_timeout = '300ms'")
                 elsewhere.execute(
                     insert(capabilities).values(
                         device_pk=device_pk, details="{}", updated_at=datetime.now(UTC)
@@ -198,7 +198,10 @@ def test_on_postgresql_a_certificate_issued_during_the_delete_waits_for_it(
                 )
             outcome.append("committed")
         except OperationalError as e:
-            outcome.append("waited" if "lock timeout" in str(e) else str(e))
+            # PostgreSQL: timed out waiting for the device row; SQLite: for the writer.
+            waited = "locking tuple" in str(e) and 'relation "devices"' in str(e)
+            waited = waited or "lock timeout" in str(e) or "database is locked" in str(e)
+            outcome.append("waited" if waited else str(e))
         return listing(conn, **kwargs)
 
     monkeypatch.setattr(cert_store, "list_certificates", issue_meanwhile)
