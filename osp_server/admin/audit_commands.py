@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from osp_server.admin.context import Context, Subparsers, emit
 
@@ -17,8 +18,21 @@ def cmd_audit(ctx: Context, args: argparse.Namespace) -> None:
         for row in rows:
             detail = row.get("detail")
             if isinstance(detail, dict):
-                row["detail"] = " ".join(f"{k}={v}" for k, v in detail.items()) or None
+                row["detail"] = " ".join(f"{k}={_logfmt(v)}" for k, v in detail.items()) or None
     emit(ctx, rows, ["at", "actor", "action", "subject", "serial", "detail"])
+
+
+def _logfmt(value: object) -> str:
+    """One detail value as logfmt writes it: true/false, and quotes around text with
+    spaces, quotes or ``=`` (so that the pairs split unambiguously)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    text = str(value)
+    if not text or any(c in text for c in ' "=') or not text.isprintable():
+        return json.dumps(text)
+    return text
 
 
 def register(subparsers: Subparsers) -> None:

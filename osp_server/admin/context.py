@@ -183,7 +183,8 @@ def emit(ctx: Context, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -
         return
     cells = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    ctx.out.write("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    header = "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))
+    ctx.out.write(header.rstrip())
     ctx.out.write("\n")
     for row in cells:
         ctx.out.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

@@ -215,6 +215,13 @@ def test_every_administrative_change_is_audited_with_the_os_user(run: Run) -> No
     assert code == 0 and "credential=password policy=auto" not in out  # not among the 2 newest
     code, out, _ = run("audit")
     assert "credential=password policy=auto" in out and "{'" not in out
+    # logfmt: text with spaces quoted, booleans lower-case; no line ends in padding.
+    run.json("device", "add", "1000", "2000", "--username", "gw2", "--generate-secret")
+    assert 'credential="one-time secret" policy=auto' in run("audit", "--limit", "1")[1]
+    run.json("device", "delete", "1000", "1000")
+    code, out, _ = run("audit", "--limit", "1")
+    assert "revoke=false" in out and "with_usage=false" in out
+    assert all(line == line.rstrip() for line in out.splitlines())
 
 
 class _Terminal(io.StringIO):
