@@ -24,7 +24,7 @@ def read_passphrase(ctx: Context, args: argparse.Namespace, *, confirm: bool) ->
             text = Path(args.passphrase_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise AdminError(f"--passphrase-file {args.passphrase_file}: {e}") from None
-        passphrase = text.splitlines()[0] if text.splitlines() else ""
+        passphrase = (text.splitlines() or [""])[0]
     elif os.environ.get(PASSPHRASE_ENV):
         passphrase = os.environ[PASSPHRASE_ENV]
     elif ctx.stdin.isatty():

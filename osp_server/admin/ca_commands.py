@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from osp_server.admin.backup_commands import passphrase_option
+from osp_server.admin.backup_commands import passphrase_option, read_passphrase
 from osp_server.admin.context import (
     Context,
     Subparsers,
@@ -45,7 +45,6 @@ def cmd_ca_show(ctx: Context, _args: argparse.Namespace) -> None:
 
 def cmd_ca_export(ctx: Context, args: argparse.Namespace) -> None:
     """Write the CA certificate and its encrypted key for another node."""
-    from osp_server.admin.backup_commands import read_passphrase
     from osp_server.backup.ca_transfer import export_ca
 
     # Loaded first: a CA whose key does not match its certificate is not exported.
@@ -57,7 +56,6 @@ def cmd_ca_export(ctx: Context, args: argparse.Namespace) -> None:
 
 def cmd_ca_import(ctx: Context, args: argparse.Namespace) -> None:
     """Install a CA exported by another node (this node's server stopped)."""
-    from osp_server.admin.backup_commands import read_passphrase
     from osp_server.backup.ca_transfer import import_ca
 
     passphrase = read_passphrase(ctx, args, confirm=False)

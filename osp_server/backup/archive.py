@@ -37,6 +37,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from osp_server.pki.files import fsync_directory
+
 FORMAT: Final = "osp-server-backup"
 VERSION: Final = 1
 MANIFEST: Final = "manifest.json"
@@ -245,6 +247,19 @@ def create_private_file(path: Path) -> int:
         raise BackupError(f"{path} exists (left by an interrupted run?): remove it") from None
 
 
+class _HashingReader:
+    """``handle``'s ``read``, with the SHA-256 of everything read so far."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        self.digest.update(data)
+        return data
+
+
 class ArchiveWriter:
     """Builds an archive at ``path`` (0600, written to a temporary name and renamed
     into place once complete and fsynced, so a failed backup leaves nothing)."""
@@ -253,7 +268,6 @@ class ArchiveWriter:
         self.path = path
         self.manifest = manifest
         self._keys = keys
-        self._cipher = keys.cipher
         self._tmp = path.with_name(f".{path.name}.partial")
         fd = create_private_file(self._tmp)
         os.fchmod(fd, 0o600)  # whatever the umask
@@ -264,7 +278,7 @@ class ArchiveWriter:
         """Add member ``name`` (keys are encrypted here)."""
         assert name in MEMBERS, name
         encrypted = name in KEYS
-        payload = encrypt(self._cipher, name, data) if encrypted else data
+        payload = encrypt(self._keys.cipher, name, data) if encrypted else data
         self._add(name, io.BytesIO(payload), len(payload))
         self.manifest.members[name] = {
             "sha256": hashlib.sha256(payload).hexdigest(),
@@ -275,20 +289,18 @@ class ArchiveWriter:
     def add_file(self, name: str, source: Path) -> None:
         """Add a large unencrypted member from a file, streamed."""
         assert name in MEMBERS and name not in KEYS, name
-        digest = hashlib.sha256()
         size = source.stat().st_size
         with source.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-            handle.seek(0)
-            self._add(name, handle, size)
+            # Hashed as tar copies it: the file (a database, gigabytes) is read once.
+            reader = _HashingReader(handle)
+            self._add(name, reader, size)
         self.manifest.members[name] = {
-            "sha256": digest.hexdigest(),
+            "sha256": reader.digest.hexdigest(),
             "size": size,
             "encrypted": False,
         }
 
-    def _add(self, name: str, data: IO[bytes], size: int) -> None:
+    def _add(self, name: str, data: IO[bytes] | _HashingReader, size: int) -> None:
         info = tarfile.TarInfo(name)
         info.size = size
         info.mode = 0o600
@@ -313,7 +325,7 @@ class ArchiveWriter:
             self._tmp.unlink(missing_ok=True)
             raise BackupError(f"{self.path} exists: choose a new name") from None
         self._tmp.unlink()
-        _fsync_directory(self.path.parent)
+        fsync_directory(self.path.parent)
 
     def abort(self) -> None:
         """Drop the partial archive."""
@@ -322,12 +334,6 @@ class ArchiveWriter:
         finally:
             self._file.close()
             self._tmp.unlink(missing_ok=True)
-
-
-def _fsync_directory(directory: Path) -> None:
-    from osp_server.pki.files import fsync_directory
-
-    fsync_directory(directory)
 
 
 @dataclass

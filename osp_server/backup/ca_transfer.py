@@ -13,7 +13,6 @@ CA.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -125,8 +124,7 @@ def import_ca(
         for path, data, mode in ((key_file, key, 0o600), (cert_file, certificate, 0o644)):
             make_private_directory(path.parent)
             write_new_file(path, data, mode, "CA file")
-    if os.geteuid() == 0:
-        give_to_data_dir_owner(config, key_file, cert_file)
+    give_to_data_dir_owner(config, key_file, cert_file)
     # The pair loads as the server will load it.
     ca = load_ca(key_file, cert_file, profile=config.ca.profile)
     return ImportedCA(

@@ -128,17 +128,19 @@ def make_backup(
             if path.exists():
                 writer.add_bytes(name, path.read_bytes())
         journal = CertificateJournal.in_data_dir(config.data_dir)
-        if journal.segments():
+        segments = journal.segments()
+        if segments:
             joined = output.with_name(f".{output.name}.journal")
             try:
                 # A rotation between listing and reading would hide the segment it
                 # closed: read again until the list did not change meanwhile.
                 while True:
-                    segments = journal.segments()
                     joined.unlink(missing_ok=True)  # the previous round's copy
                     _join_segments(segments, joined)
-                    if journal.segments() == segments:
+                    listed = journal.segments()
+                    if listed == segments:
                         break
+                    segments = listed
                 writer.add_file(JOURNAL, joined)
             finally:
                 joined.unlink(missing_ok=True)
@@ -258,13 +260,15 @@ def restore_backup(
                 if wrote:
                     written.append(target)
         journal = CertificateJournal.in_data_dir(config.data_dir)
+        events = list(journal.events())
         if JOURNAL in opened.small:
-            report.journal_events_added = _merge_journal(journal, opened.small[JOURNAL])
+            added = _merge_journal(journal, events, opened.small[JOURNAL])
+            report.journal_events_added = len(added)
+            events += added  # what the journal holds now, without reading it again
     migrate_schema(config.database.url)
     from osp_server.storage.reconcile import reconcile_txn
 
-    events = list(journal.events())
-    db = open_database(config.database, None)
+    db = open_database(config.database, None, migrate=False)  # migrated just above
     try:
         replayed = db.transact_sync(reconcile_txn, events, now=now)
     finally:
@@ -371,9 +375,12 @@ def _restore_file(target: Path, data: bytes, stamp: str, *, replace: bool) -> tu
     return "restored", True
 
 
-def _merge_journal(journal: CertificateJournal, archived: bytes) -> int:
-    """Append the archive's events the journal lacks; the number appended."""
-    present = {event.to_line() for event in journal.events()}
+def _merge_journal(
+    journal: CertificateJournal, existing: list[JournalEvent], archived: bytes
+) -> list[JournalEvent]:
+    """Append the archive's events the journal (holding ``existing``) lacks; the events
+    appended."""
+    present = {event.to_line() for event in existing}
     missing: list[JournalEvent] = []
     for line in archived.splitlines(keepends=True):
         if not line.endswith(b"\n"):
@@ -386,4 +393,4 @@ def _merge_journal(journal: CertificateJournal, archived: bytes) -> int:
             present.add(event.to_line())
             missing.append(event)
     journal.append(missing)
-    return len(missing)
+    return missing

@@ -41,7 +41,7 @@ def latest_txn(conn: Connection) -> list[tuple[str, datetime]]:
     if not inspect(conn).has_table(heartbeats.name):
         return []
     rows = conn.execute(select(heartbeats.c.node, heartbeats.c.at)).all()
-    return [(str(node), at) for node, at in rows if at is not None]
+    return [(str(node), at) for node, at in rows]
 
 
 def clear_all_txn(conn: Connection) -> None:
