@@ -28,6 +28,7 @@ from osp_server.backup.archive import (
 )
 from osp_server.backup.operations import archive_files, give_to_data_dir_owner
 from osp_server.config import Config
+from osp_server.pki.ca import load_ca, spki_der
 from osp_server.pki.files import make_private_directory, write_new_file
 
 CA_MEMBERS = ("ca.pem", "ca.key")
@@ -75,8 +76,7 @@ def _check_pair(archive: Path, certificate: bytes, key: bytes) -> x509.Certifica
         private = serialization.load_pem_private_key(key, password=None)
     except (ValueError, TypeError):
         raise BackupError(f"{archive}: the CA certificate or key is unreadable") from None
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if private.public_key().public_bytes(*spki) != parsed.public_key().public_bytes(*spki):
+    if spki_der(private.public_key()) != spki_der(parsed.public_key()):
         raise BackupError(f"{archive}: the CA key does not match the CA certificate")
     return parsed
 
@@ -85,8 +85,6 @@ def import_ca(
     config: Config, archive: Path, passphrase: bytes, *, now: datetime, replace: bool = False
 ) -> ImportedCA:
     """Put the archive's CA where ``config`` looks for it (module docstring)."""
-    from osp_server.pki.ca import load_ca
-
     files = archive_files(config)
     make_private_directory(config.data_dir)
     with open_archive(archive, passphrase, config.data_dir) as opened:

@@ -23,10 +23,9 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from sqlalchemy import Connection
 
-from osp_server.pki.ca import CertificateAuthority, DeviceSubject
+from osp_server.pki.ca import CertificateAuthority, DeviceSubject, spki_der
 from osp_server.pki.csr import validate_csr
 from osp_server.pki.journal import JournalEvent
 from osp_server.pki.names import device_name
@@ -186,12 +185,6 @@ def device_subject(device: device_store.Device) -> DeviceSubject:
     return DeviceSubject(customer_id=device.customer_id, device_id=device.device_id)
 
 
-def _spki(key: CertificatePublicKeyTypes) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
 def _check_signed_for(
     certificate: x509.Certificate,
     enrollment: enrollment_store.Enrollment,
@@ -202,7 +195,7 @@ def _check_signed_for(
     csr = x509.load_der_x509_csr(enrollment.csr_der)
     expected = device_name(device.customer_id, device.device_id, None)
     if (
-        _spki(certificate.public_key()) != _spki(csr.public_key())
+        spki_der(certificate.public_key()) != spki_der(csr.public_key())
         or certificate.subject != expected
     ):
         raise SignedCertificateMismatch(

@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
 from osp_server.config import CAConfig
@@ -248,7 +249,9 @@ def _read_capped(path: Path, what: str, *, private: bool) -> bytes:
 # ---------------------------------------------------------------- helpers
 
 
-def _spki(key: SubjectPublicKey | CAPrivateKey) -> bytes:
+def spki_der(key: PublicKeyTypes | CAPrivateKey) -> bytes:
+    """The DER SubjectPublicKeyInfo of a public key (or of a CA key's public half): what
+    says whether a certificate, a CSR and a private key belong together."""
     public = key.public_key() if isinstance(key, CAPrivateKey) else key
     return public.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -364,7 +367,7 @@ class CertificateAuthority:
             raise CAError(f"unknown profile {profile!r} (secure or legacy)")
         if profile == "legacy" and not isinstance(private_key, rsa.RSAPrivateKey):
             raise CAError("the legacy profile needs an RSA CA key (MD5 signatures are RSA)")
-        if _spki(private_key) != _spki(_check_public_key(certificate.public_key(), "CA")):
+        if spki_der(private_key) != spki_der(_check_public_key(certificate.public_key(), "CA")):
             raise CAError("the CA private key does not match the CA certificate")
         self._key = private_key
         self.certificate = certificate
@@ -563,7 +566,7 @@ class CertificateAuthority:
             .add_extension(x509.SubjectAlternativeName(general_names), critical=False)
         )
         certificate = self._sign_sha256(builder)
-        self._check_issued(certificate, _spki(key))
+        self._check_issued(certificate, spki_der(key))
         return certificate
 
     def issue_token_signer(
@@ -596,7 +599,7 @@ class CertificateAuthority:
             subject, key, now, validity, serial_bits=TOKEN_SIGNER_SERIAL_BITS
         ).add_extension(_key_usage(digital_signature=True), critical=True)
         certificate = self._sign_sha256(builder)
-        self._check_issued(certificate, _spki(key))
+        self._check_issued(certificate, spki_der(key))
         if not is_compact_token_signer(certificate):
             raise CAError("issued token signer certificate is not compact")
         return certificate
