@@ -315,6 +315,7 @@ def _prepare_material(args: argparse.Namespace, out_dir: Path) -> _Material:
     key_file = out_dir / "pkey.pem"
     key: rsa.RSAPrivateKey | None = None
     key_path: Path | None = None
+    generated = False
     if args.key is not None:
         key = _load_key(args.key)
         key_path = Path(args.key)
@@ -334,6 +335,7 @@ def _prepare_material(args: argparse.Namespace, out_dir: Path) -> _Material:
             # Saved now, before anything is sent, so a pending enrollment can be resumed.
             _write_key(key_file, key)
             key_path = key_file
+            generated = True
             _info(f"generated an RSA-2048 key in {key_file}")
         csr_der = _make_csr(key, args.device)
     if key is not None and key_path is not None and not _same_file(key_path, key_file):
@@ -342,7 +344,6 @@ def _prepare_material(args: argparse.Namespace, out_dir: Path) -> _Material:
                 f"{key_file} already exists and is not {key_path}; use another --out-dir",
                 EXIT_LOCAL,
             )
-    generated = args.key is None and args.csr is None
     return _Material(key=key, key_path=key_path, csr_der=csr_der, generated=generated)
 
 
@@ -626,9 +627,8 @@ def _run(argv: Sequence[str] | None) -> int:
         # Created if missing (owner-only: the private key goes there).
         out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
+        # (A file in the way is FileExistsError here: "File exists".)
         raise EnrollError(f"--out-dir {out_dir}: {exc.strerror or exc}", EXIT_LOCAL) from None
-    if not out_dir.is_dir():
-        raise EnrollError(f"--out-dir {out_dir} is not a directory", EXIT_LOCAL)
 
     answer = _post(ca_endpoint, b"operation=getcacert", "text/plain", None, args.timeout)
     _, ca_der = wire.parse_client_view(answer, operation=wire.TepOperation.GETCACERT)

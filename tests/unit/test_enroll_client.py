@@ -890,3 +890,14 @@ def test_a_refused_run_leaves_no_key_and_a_retry_starts_afresh(
     server = serve(Script(ca))
     assert client.main(_args(ca, server, out)) == client.EXIT_OK
     assert (out / "pkey.pem").exists() and (out / "localcert.pem").exists()
+
+
+def test_a_file_where_the_out_dir_goes_is_refused_locally(
+    ca: CA, serve: Callable[..., FakeServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_the_way = tmp_path / "certs"
+    in_the_way.write_text("not a directory")
+    server = serve(Script(ca, [TepStatus.ISSUED]))
+    assert client.main(_args(ca, server, in_the_way)) == client.EXIT_LOCAL
+    assert f"--out-dir {in_the_way}: File exists" in capsys.readouterr().err
+    assert in_the_way.read_text() == "not a directory"
