@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from osp_server.metrics import Metrics
 from osp_server.storage.db import Database
+from osp_server.storage.errors import describe_error
 from osp_server.storage.inventory import Inventory, inventory_txn
 
 log = Logger()
@@ -45,7 +46,7 @@ class InventoryProbe:
             counted = await d
         except Exception as e:
             if not self._failing:
-                log.warn("inventory for metrics failed: {error}", error=str(e).splitlines()[0])
+                log.warn("inventory for metrics failed: {error}", error=describe_error(e))
             self._failing = True
             return None
         self._failing = False

@@ -109,3 +109,35 @@ def _pending_request(db: object, customer: str, device: str) -> None:
         )
 
     db.transact_sync(work)  # type: ignore[attr-defined]
+
+
+def test_a_failed_inventory_read_is_logged_once_even_without_a_message() -> None:
+    """The warning took the first line of the error's text, and an error with none
+    (TimeoutError()) raised IndexError out of the loop: the gauges stopped for good."""
+    from datetime import UTC, datetime
+    from typing import Any
+
+    from twisted.internet.defer import Deferred, fail
+    from twisted.internet.task import Clock
+    from twisted.logger import capturedLogs
+
+    from osp_server.inventory import InventoryProbe
+
+    class FailingDatabase:
+        def read(self, *_: Any, **__: Any) -> Deferred[Any]:
+            return fail(TimeoutError())
+
+    probe = InventoryProbe(
+        FailingDatabase(),  # type: ignore[arg-type]
+        Clock(),
+        Metrics(),
+        clock=lambda: datetime.now(UTC),
+    )
+    with capturedLogs() as events:
+        for _ in range(2):
+            outcome = Deferred.fromCoroutine(probe.refresh())
+            results: list[object] = []
+            outcome.addBoth(results.append)
+            assert results == [None]
+    warnings = [e for e in events if "inventory for metrics failed" in e["log_format"]]
+    assert len(warnings) == 1 and warnings[0]["error"] == "TimeoutError: "
