@@ -28,7 +28,12 @@ from twisted.web.resource import Resource
 
 from osp_server import __version__
 from osp_server.config import Config
-from osp_server.endpoints import StartupError, check_endpoints, endpoint_for
+from osp_server.endpoints import (
+    StartupError,
+    check_endpoints,
+    endpoint_for,
+    listener_descriptions,
+)
 from osp_server.enrollment.resource import TepResource
 from osp_server.enrollment.service import EnrollmentService
 from osp_server.enrollment.throttle import EnrollmentThrottle
@@ -677,18 +682,15 @@ def _assemble(
         reaper.setServiceParent(top)
     if core.worker is None:
         warn_about_settings(config)
-    cfg = config.listeners
-    listeners: list[tuple[str, str | None, IProtocolFactory]] = [
-        ("http", cfg.http, components.http_site),
-        ("https", cfg.https, components.https_factory()),
-        ("osp-mtls", cfg.osp_mtls, components.osp_mtls_factory()),
-        ("legacy-osp", cfg.legacy_osp, components.legacy_osp_factory()),
-        ("metrics", cfg.metrics, components.metrics_site),
-    ]
-    for name, description, factory in listeners:
-        if not description:
-            continue
-        svc = make_listener(name, description, factory)
+    factories: dict[str, Callable[[], IProtocolFactory]] = {
+        "http": lambda: components.http_site,
+        "https": components.https_factory,
+        "osp-mtls": components.osp_mtls_factory,
+        "legacy-osp": components.legacy_osp_factory,
+        "metrics": lambda: components.metrics_site,
+    }
+    for name, description in listener_descriptions(config):
+        svc = make_listener(name, description, factories[name]())
         if svc is not None:
             svc.setName(name)
             svc.setServiceParent(top)

@@ -28,7 +28,7 @@ def endpoint_for(
         endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
         return endpoint
     except (IndexError, KeyError) as e:
-        if description.strip().lower().startswith("systemd:"):
+        if _is_systemd(description):
             # Twisted says only "list index out of range" (or the missing name).
             raise StartupError(
                 f"{key}: {description!r}: systemd passed no such socket ({e}); start "
@@ -57,5 +57,10 @@ def check_endpoints(config: Config, reactor: IOSPReactor, *, systemd: bool = Tru
     does not parse (parsing binds nothing).  ``systemd=False`` skips ``systemd:``
     descriptions, which only parse under systemd (with the sockets it passes)."""
     for name, description in listener_descriptions(config):
-        if systemd or not description.strip().lower().startswith("systemd:"):
+        if systemd or not _is_systemd(description):
             endpoint_for(config, reactor, name, description)
+
+
+def _is_systemd(description: str) -> bool:
+    """A socket systemd passes (``systemd:...``), which exists only under systemd."""
+    return description.strip().lower().startswith("systemd:")

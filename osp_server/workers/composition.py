@@ -24,7 +24,7 @@ from osp_server.app import (
     warn_about_settings,
 )
 from osp_server.config import Config
-from osp_server.endpoints import StartupError, endpoint_for
+from osp_server.endpoints import StartupError, endpoint_for, listener_descriptions
 from osp_server.reactor import IOSPReactor, ISupervisorReactor
 from osp_server.services import ProcessService
 from osp_server.workers.role import HandOverError, encode_config
@@ -63,12 +63,8 @@ def _assemble_supervisor(core: Core, config: Config, reactor: ISupervisorReactor
     core_service.setName("core")
     core_service.setServiceParent(top)
     cfg = config.listeners
-    descriptions = {
-        "http": cfg.http,
-        "https": cfg.https,
-        "osp-mtls": cfg.osp_mtls,
-        "legacy-osp": cfg.legacy_osp,
-    }
+    # Metrics are not shared: each worker listens on a port of its own (below).
+    descriptions = [(n, d) for n, d in listener_descriptions(config) if n != "metrics"]
     try:
         handover = encode_config(config)
     except HandOverError as e:
@@ -89,9 +85,8 @@ def _assemble_supervisor(core: Core, config: Config, reactor: ISupervisorReactor
         osp_reactor.stop()
 
     supervisor = WorkerSupervisor(reactor, config.workers, launch, give_up=give_up)
-    for name, description in descriptions.items():
-        if description:
-            shared.append(_shared_listener(config, osp_reactor, name, description, top, supervisor))
+    for name, description in descriptions:
+        shared.append(_shared_listener(config, osp_reactor, name, description, top, supervisor))
     if cfg.metrics:
         for index in range(config.workers):
             try:
