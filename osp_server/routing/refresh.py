@@ -64,9 +64,9 @@ class RouteRefresher(Service):
         self.failures = 0
         """Consecutive failed polls (0 after a good one)."""
         self.after_load: list[Callable[[], object]] = []
+        """Called after each new table is in place (twistd freezes it out of the GC)."""
         self.loaded_counts: tuple[int, int] | None = None
         """(routes, block rules) of the tables in use (of ``version``), once loaded."""
-        """Called after each new table is in place (twistd freezes it out of the GC)."""
 
     def when_loaded(self) -> Deferred[int]:
         """A new Deferred firing with the version once tables are loaded (at once if
@@ -120,7 +120,7 @@ class RouteRefresher(Service):
                 return False  # never go back to older tables
             self._policy.replace(tables)
             self.version = version
-            self.loaded_counts = (tables.route_count, tables.block_count)
+            self.loaded_counts = routes, blocks = tables.route_count, tables.block_count
             for hook in self.after_load:
                 hook()
         finally:
@@ -128,8 +128,8 @@ class RouteRefresher(Service):
         log.info(
             "route tables loaded: version {version}, {routes} routes, {blocks} block rules",
             version=version,
-            routes=tables.route_count,
-            blocks=tables.block_count,
+            routes=routes,
+            blocks=blocks,
         )
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:

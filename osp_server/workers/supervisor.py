@@ -69,9 +69,9 @@ def describe_exit(reason: Failure) -> str:
 
 
 SERVING_KEY = "osp_worker_serving"
+"""Set in the event a worker logs once it serves (its SIGHUP handler is installed)."""
 ACCEPTING_KEY = "osp_worker_accepting"
 """Set on the log event a worker sends once it answers OSP (start-up work done)."""
-"""Set in the event a worker logs once it serves (its SIGHUP handler is installed)."""
 DEFERRED_SIGNALS = frozenset({"HUP"})
 """Signals held for a worker until it serves: before, SIGHUP's default action kills it."""
 
