@@ -69,6 +69,7 @@ from osp_server.osp.numbers import (
     SETUP_ATTEMPT,
     USAGE_AMOUNT,
     USAGE_INCREMENT,
+    N,
     NumberOutOfRange,
     NumericField,
 )
@@ -395,32 +396,21 @@ def _time(text: str) -> datetime | None:
         return None
 
 
-def _request_number(spec: NumericField, text: str) -> int:
+def _request_number(spec: NumericField[int], text: str) -> int:
     """An integer a request's answer depends on: out of range, the request is malformed."""
     try:
-        return spec.parse_int(text)
+        return spec.parse(text)
     except NumberOutOfRange as e:
         raise OSPDecodeError(str(e)) from None
 
 
-def _report_number(spec: NumericField, text: str, problems: list[str]) -> int | None:
-    """An integer of a usage report: out of range it is ``None`` and a line in
+def _report_number(spec: NumericField[N], text: str, problems: list[str]) -> N | None:
+    """A number of a usage report: out of range it is ``None`` and a line in
     ``problems``, since the report must still be stored (numbers module docstring)."""
     if not text:
         return None
     try:
-        return spec.parse_int(text)
-    except NumberOutOfRange as e:
-        problems.append(str(e))
-        return None
-
-
-def _report_decimal(spec: NumericField, text: str, problems: list[str]) -> Decimal | None:
-    """:func:`_report_number` for a decimal field."""
-    if not text:
-        return None
-    try:
-        return spec.parse_decimal(text)
+        return spec.parse(text)
     except NumberOutOfRange as e:
         problems.append(str(e))
         return None
@@ -659,7 +649,7 @@ def _reauthorization(comp: _Node, message_id: str, component_id: str) -> Reautho
                 ignored: list[str] = []
                 usage.offer(
                     (
-                        _report_decimal(USAGE_AMOUNT, amount.text, ignored)
+                        _report_number(USAGE_AMOUNT, amount.text, ignored)
                         if amount is not None
                         else None,
                         _report_number(USAGE_INCREMENT, increment.text, ignored)
@@ -843,7 +833,7 @@ def _usage_detail(node: _Node, detail: _UsageDetail) -> None:
     for c in node.children:
         tag = c.tag
         if tag == "Amount":
-            detail.amount = _report_decimal(USAGE_AMOUNT, c.text, detail.problems)
+            detail.amount = _report_number(USAGE_AMOUNT, c.text, detail.problems)
         elif tag == "Increment":
             detail.increment = _report_number(USAGE_INCREMENT, c.text, detail.problems)
         elif tag == "Unit":
@@ -857,7 +847,7 @@ def _usage_detail(node: _Node, detail: _UsageDetail) -> None:
         elif tag == "ConnectTime":
             detail.connect_time = _time(c.text)
         elif tag == "PostDialDelay":
-            value = _report_decimal(POST_DIAL_DELAY, c.text, detail.problems)
+            value = _report_number(POST_DIAL_DELAY, c.text, detail.problems)
             if (c.get("type") or "source") == "source":
                 pdd_source = pdd_source if pdd_source is not None else value
             elif pdd_other is None:

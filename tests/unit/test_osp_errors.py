@@ -66,7 +66,7 @@ def _broken(*args: object) -> NoReturn:
     [
         # the usage decoder and the UsageDetail reader
         ("usage-indication-full.http", "_time"),
-        ("usage-indication-full.http", "_report_decimal"),
+        ("usage-indication-full.http", "_report_number"),
         ("usage-indication-full.http", "_txid"),
         ("usage-indication-full.http", "_call_id"),
         ("usage-indication-full.http", "_flatten"),
