@@ -35,6 +35,7 @@ from osp_server.osp.token_setup import token_signer_paths
 from osp_server.pki.files import fsync_directory, make_private_directory
 from osp_server.pki.journal import CertificateJournal, JournalEvent
 from osp_server.storage.db import (
+    SQLITE_SUFFIXES,
     create_db_engine,
     migrate_schema,
     open_database,
@@ -70,7 +71,7 @@ def give_to_data_dir_owner(config: Config, *paths: Path) -> None:
         return
     owner = config.data_dir.stat()
     for path in paths:
-        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        for name in (Path(f"{path}{suffix}") for suffix in SQLITE_SUFFIXES):
             if name.exists():
                 os.chown(name, owner.st_uid, owner.st_gid)
 
@@ -348,7 +349,7 @@ def _check_sqlite(path: Path) -> None:
 
 def _put_database_in_place(restored: Path, database: Path, stamp: str) -> None:
     """The current database (with its -wal and -shm) moves aside, the restored one in."""
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in SQLITE_SUFFIXES:
         current = Path(f"{database}{suffix}")
         if current.exists():
             current.rename(Path(f"{database}.before-restore-{stamp}{suffix}"))

@@ -86,6 +86,10 @@ def sqlite_path(url: str) -> Path | None:
     return None
 
 
+SQLITE_SUFFIXES = ("", "-wal", "-shm")
+"""A SQLite database is its file and, in WAL mode, the two beside it with these suffixes."""
+
+
 def _private_sqlite_file(path: Path) -> None:
     # The file holds password hashes and call records: owner-only from its first byte,
     # whatever the umask.  SQLite creates the -wal and -shm files with the database
@@ -95,7 +99,7 @@ def _private_sqlite_file(path: Path) -> None:
         make_private_file(path)
     except OSError as e:
         raise StorageError(f"{path}: {e.strerror or e}") from None
-    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+    for file in (Path(f"{path}{suffix}") for suffix in SQLITE_SUFFIXES):
         try:
             if file.exists() and remove_world_access(file):
                 log.warn("{path}: was readable by other users; no longer", path=str(file))
