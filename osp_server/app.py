@@ -27,6 +27,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 
 from osp_server import __version__
+from osp_server.access_watch import AccessWatcher
 from osp_server.config import Config
 from osp_server.endpoints import (
     StartupError,
@@ -330,6 +331,8 @@ class Components:
     server_certificate: ServerCertificate
     mtls_tls: ReloadableServerTLS
     legacy_tls: ReloadableServerTLS
+    access_watcher: AccessWatcher
+    crl: CRLResource
 
     def https_factory(self) -> IProtocolFactory:
         """The HTTPS listener's factory: TLS around the site (client certificate optional)."""
@@ -385,6 +388,9 @@ def build_components(core: Core) -> Components:
     # client sends none.  /osp enforces them in the application.
     https_tls = ReloadableServerTLS(tls_loader(require=False))
 
+    access_watcher = AccessWatcher(
+        core.db, core.reactor, interval=core.config.osp.access_poll_seconds
+    )
     enrollment = EnrollmentService(
         db=core.db,
         ca=core.ca,
@@ -400,15 +406,15 @@ def build_components(core: Core) -> Components:
         clock=core.clock,
         authorizer=build_enrollment_authorizer(core),
         journal=core.journal,
+        on_access_change=access_watcher.changed,
     )
     health = HealthResource(core.storage_probe, core.readiness)
     ready = ReadyResource(core.write_probe, core.readiness)
     plain_root = RootResource()
     plain_root.putChild(b"health", health)
     plain_root.putChild(b"ready", ready)
-    plain_root.putChild(
-        b"crl", CRLResource(core.db, core.ca, core.reactor, core.clock, core.cpu_pool)
-    )
+    crl = CRLResource(core.db, core.ca, core.reactor, core.clock, core.cpu_pool)
+    plain_root.putChild(b"crl", crl)
     plain_root.putChild(
         b"tep",
         TepResource(
@@ -420,6 +426,8 @@ def build_components(core: Core) -> Components:
     )
     policy = build_routing_policy(core)
     authenticator = DeviceAuthenticator(core.db, clock=core.clock, monotonic=core.reactor.seconds)
+    access_watcher.subscribe(authenticator.invalidate)
+    access_watcher.subscribe(crl.invalidate)
     signer = token_signer(core)
     core.metrics.certificate_expiry.labels("token_signer").set(
         signer.certificate.not_valid_after_utc.timestamp()
@@ -479,6 +487,8 @@ def build_components(core: Core) -> Components:
         server_certificate=server_certificate,
         mtls_tls=ReloadableServerTLS(tls_loader(require=True)),
         legacy_tls=ReloadableServerTLS(tls_loader(require=True, legacy=True)),
+        access_watcher=access_watcher,
+        crl=crl,
     )
 
 
@@ -553,6 +563,7 @@ class CoreService(Service):
         core.db.start()
         core.cpu_pool.start()
         if self.serves:
+            self.components.access_watcher.startService()
             core.storage_probe.start()
             core.write_probe.start()
             core.inventory_probe.start()
@@ -565,6 +576,8 @@ class CoreService(Service):
     def stopService(self) -> None:
         super().stopService()
         core = self.components.core
+        if self.components.access_watcher.running:
+            self.components.access_watcher.stopService()
         core.storage_probe.stop()
         core.inventory_probe.stop()
         # Queues the heartbeat's withdrawal on the database writer; stopping the pool

@@ -102,6 +102,8 @@ class EnrollmentConfig:
     certificate_validity_days: int = 365
     allow_plain_http: bool = False
     renewal: RenewalPolicy = "keep"
+    renewal_window_days: int = 30
+    """A device renews over mutual TLS only this close to its certificate's expiry."""
     secret_ttl_hours: int = 72
     throttle_failures: int = 5
     throttle_window_seconds: int = 300
@@ -122,6 +124,9 @@ class OSPConfig:
     transaction_ttl_seconds: int = 86400
     routing_policy: str = "default"
     route_refresh_seconds: float = 5.0
+    access_poll_seconds: float = 0.5
+    """How often each node polls for revocations and device state changes (PostgreSQL
+    also notifies at once)."""
     reauthorization_fixed_clients: bool = False
     # Largest raw token sent; 1024 fits the OpenSIPS/Kamailio 2,048-byte base64 buffer.
     max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES
@@ -408,6 +413,9 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
         ),
         allow_plain_http=en.boolean("allow_plain_http", EnrollmentConfig.allow_plain_http),
         renewal=cast(RenewalPolicy, en.choice("renewal", EnrollmentConfig.renewal, _RENEWAL)),
+        renewal_window_days=en.integer(
+            "renewal_window_days", EnrollmentConfig.renewal_window_days, minimum=1, maximum=3650
+        ),
         password_hashing=cast(
             PasswordProfile,
             en.choice(
@@ -463,6 +471,9 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
         routing_policy=osp_s.string("routing_policy", OSPConfig.routing_policy),
         route_refresh_seconds=osp_s.number(
             "route_refresh_seconds", OSPConfig.route_refresh_seconds, minimum=0.5, maximum=3600.0
+        ),
+        access_poll_seconds=osp_s.number(
+            "access_poll_seconds", OSPConfig.access_poll_seconds, minimum=0.05, maximum=60.0
         ),
         reauthorization_fixed_clients=osp_s.boolean(
             "reauthorization_fixed_clients", OSPConfig.reauthorization_fixed_clients

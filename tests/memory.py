@@ -220,8 +220,10 @@ def memory_server(config: Config) -> Iterator[MemoryServer]:
     immediate = cast(ThreadPool, ImmediateThreadPool())
     core.db._pool = immediate  # test-only: the database pools run work at once
     core.db._read_pool = immediate
+    core.db._peek_pool = immediate
     core.cpu_pool = immediate
     components = build_components(core)
+    components.access_watcher.listen = False  # no LISTEN thread: the clock drives polls
     service = CoreService(components)
     service.startService()
     try:
@@ -237,6 +239,8 @@ class MemoryDevice:
     customer_id: str
     device_id: str
     cert: x509.Certificate
+    key: Any = None
+    """The device's private key (RSA), where the test made it."""
 
 
 def enroll_in_memory(
@@ -279,7 +283,7 @@ def enroll_in_memory(
     assert head.startswith(b"HTTP/1.1 200 "), answer[:300]
     status, der = parse_client_view(payload, operation=TepOperation.REQUEST)
     assert status == "0" and der is not None, payload
-    return MemoryDevice(customer_id, device_id, x509.load_der_x509_certificate(der))
+    return MemoryDevice(customer_id, device_id, x509.load_der_x509_certificate(der), key)
 
 
 @dataclass

@@ -39,15 +39,32 @@ def cmd_cert_list(ctx: Context, args: argparse.Namespace) -> None:
     emit(ctx, rows, ["serial", "kind", "customer_id", "device_id", "state", "not_after"])
 
 
+REVOCATION_REASONS = (
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "privilegeWithdrawn",
+)
+"""RFC 5280 reason codes an operator may give (the CRL and OCSP carry them); not
+certificateHold: a revocation here is final."""
+
+
 def cmd_cert_revoke(ctx: Context, args: argparse.Namespace) -> None:
-    """Revoke a certificate: the /osp listeners refuse it from the next request on."""
+    """Revoke one certificate, or every valid certificate of a device: every node refuses
+    them from the next request on (osp_server.access_watch)."""
     from osp_server.storage import audit
 
-    def work(conn: Any) -> tuple[cert_store.CertificateRecord, bool]:
-        before = cert_store.get_by_serial(conn, args.serial)
-        if before.state == "revoked":
-            return before, True  # said so below; no second audit event
-        record = cert_store.revoke(conn, args.serial, now=ctx.now(), reason=args.reason)
+    by_device = args.device is not None
+    if by_device == (args.serial is not None):
+        raise AdminError("name either a SERIAL or --customer C --device D, not both")
+    if by_device and args.customer is None:
+        raise AdminError("--device needs --customer")
+
+    def revoke_one(conn: Any, before: cert_store.CertificateRecord) -> cert_store.CertificateRecord:
+        record = cert_store.revoke(conn, before.serial, now=ctx.now(), reason=args.reason)
         audit.record_txn(
             conn,
             at=ctx.now(),
@@ -57,10 +74,30 @@ def cmd_cert_revoke(ctx: Context, args: argparse.Namespace) -> None:
             serial=record.serial,
             detail={"reason": args.reason},
         )
-        return record, False
+        return record
 
-    record, already = ctx.db.transact_sync(work)
-    journal_revocations(ctx, [record], retry="run the command again")
+    def work(conn: Any) -> list[tuple[cert_store.CertificateRecord, bool]]:
+        if by_device:
+            device = device_store.get_device(conn, args.customer, args.device)
+            held = cert_store.list_certificates(conn, device_pk=device.pk, kind="device")
+            return [(revoke_one(conn, c), False) for c in held if c.state == "valid"]
+        before = cert_store.get_by_serial(conn, args.serial)
+        if before.state == "revoked":
+            return [(before, True)]  # said so below; no second audit event
+        return [(revoke_one(conn, before), False)]
+
+    results = ctx.db.transact_sync(work)
+    journal_revocations(
+        ctx, [r for r, already in results if not already], retry="run the command again"
+    )
+    if by_device:
+        emit(
+            ctx,
+            [_cert_row(r) for r, _ in results],
+            ["serial", "customer_id", "device_id", "state", "not_after"],
+        )
+        return
+    ((record, already),) = results
     emit_one(ctx, {**_cert_row(record), "already_revoked": already})
 
 
@@ -98,11 +135,12 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--device")
     p.add_argument("--kind", choices=["device", "server", "token_signer"])
     p.set_defaults(func=cmd_cert_list)
-    p = ce.add_parser("revoke", help="revoke a certificate by serial (hex)")
-    p.add_argument("serial")
-    p.add_argument(
-        "--reason",
-        choices=["unspecified", "keyCompromise", "superseded", "cessationOfOperation"],
-        default="unspecified",
+    p = ce.add_parser(
+        "revoke",
+        help="revoke a certificate by serial (hex), or all of a device's with --device",
     )
+    p.add_argument("serial", nargs="?")
+    p.add_argument("--customer", help="with --device: the device's customer")
+    p.add_argument("--device", help="revoke every valid certificate of this device")
+    p.add_argument("--reason", choices=REVOCATION_REASONS, default="unspecified")
     p.set_defaults(func=cmd_cert_revoke)

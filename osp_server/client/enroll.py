@@ -733,8 +733,13 @@ def _enroll(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``osp-enroll`` console script; returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _run(argv)
+        if arguments[:1] == ["renew"]:
+            from osp_server.client import renew
+
+            return renew.run(arguments[1:])
+        return _run(arguments)
     except EnrollError as exc:
         _info(str(exc))
         return exc.exit_code

@@ -25,6 +25,7 @@ from osp_server.enrollment.wire import (
     render_status,
 )
 from osp_server.metrics import Metrics
+from osp_server.tls.identity import peer_certificate
 from osp_server.web.responses import Response, render_async
 from osp_server.web.site import note_device
 
@@ -114,7 +115,12 @@ class TepResource(Resource):
                 )
                 self._count(parsed.operation.value, TepStatus.MALFORMED)
                 return _answer(render_status(TepStatus.MALFORMED))
-            outcome = await self._service.enroll(parsed, source=source)
+            # A renewal is authenticated by the TLS client certificate (read only then:
+            # the stock enroll client sends none).
+            client = peer_certificate(request) if parsed.renewal else None
+            outcome = await self._service.enroll(
+                parsed, source=source, client_certificate=None if client is None else client.der
+            )
             self._count(parsed.operation.value, outcome.status)
             if outcome.status is TepStatus.ISSUED and outcome.certificate_der is not None:
                 return _answer(render_certificate(outcome.certificate_der))

@@ -8,10 +8,11 @@ decision is logged for the operator and written to the audit log.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from cryptography import x509
@@ -36,10 +37,11 @@ from osp_server.enrollment.issuance import (
 from osp_server.enrollment.throttle import EnrollmentThrottle
 from osp_server.enrollment.wire import EnrollmentRequest, TepOperation, TepStatus
 from osp_server.interfaces import EnrollmentVerdict, IEnrollmentAuthorizer
-from osp_server.pki.ca import CAError, CertificateAuthority
+from osp_server.pki.ca import CAError, CertificateAuthority, spki_der
 from osp_server.pki.csr import CSRPolicyError, ValidatedCSR, validate_csr
 from osp_server.pki.journal import CertificateJournal, JournalError
 from osp_server.storage import audit
+from osp_server.storage import certificates as cert_store
 from osp_server.storage import devices as device_store
 from osp_server.storage import enrollments as enrollment_store
 from osp_server.storage.db import Database, StorageError
@@ -61,13 +63,58 @@ class Outcome:
     serial: str | None = None
 
 
-AuthMethod = Literal["password", "secret"]
+AuthMethod = Literal["password", "secret", "certificate"]
 
 
 @dataclass(frozen=True)
 class _Auth:
     method: AuthMethod
     secret_hash: str | None = None  # the one-time secret's hash, to spend it exactly once
+    renews: bytes | None = None  # a renewal: the DER of the certificate it renews
+
+
+@dataclass(frozen=True)
+class _Renewing:
+    """The certificate a renewal presents, and its device."""
+
+    certificate: cert_store.PresentedCertificate
+    device: device_store.Device
+
+
+def _renewing_txn(conn: Connection, sha256: str) -> _Renewing | None:
+    presented = cert_store.presented_certificate_txn(conn, sha256)
+    if presented is None:
+        return None
+    return _Renewing(presented, device_store.get_device_by_pk(conn, presented.device_pk))
+
+
+def _renewal_refusal(
+    found: _Renewing | None, request: EnrollmentRequest, now: datetime
+) -> str | None:
+    """Why a renewal is not authenticated (None: it is)."""
+    if found is None:
+        return "renewal without a client certificate this server issued"
+    presented = found.certificate
+    if presented.kind != "device":
+        return "renewal with a certificate that is not a device certificate"
+    if (presented.customer_id, presented.device_id) != (request.customer_id, request.device_id):
+        return (
+            f"renewal for customer {request.customer_id} device {request.device_id} with the "
+            f"certificate of customer {presented.customer_id} device {presented.device_id}"
+        )
+    if presented.state != "valid":
+        return f"renewal with revoked certificate {presented.serial}"
+    if now > presented.not_after:
+        return f"renewal with expired certificate {presented.serial}"
+    if now < presented.not_before:
+        return f"renewal with certificate {presented.serial}, not yet valid"
+    if presented.device_state != "active":
+        return "device disabled"
+    return None
+
+
+def _certificate_spki(der: bytes) -> bytes:
+    return spki_der(x509.load_der_x509_certificate(der).public_key())
 
 
 _STATE_FOR_VERDICT: dict[str, Literal["pending", "signing", "rejected"]] = {
@@ -107,7 +154,11 @@ class EnrollmentService:
         clock: Callable[[], datetime] = _utcnow,
         authorizer: IEnrollmentAuthorizer | None = None,
         journal: CertificateJournal | None = None,
+        on_access_change: Callable[[], object] = lambda: None,
     ) -> None:
+        # Called when an issue revoked the device's earlier certificates ([enrollment]
+        # renewal = "revoke"): this node refuses them from the next request on.
+        self._on_access_change = on_access_change
         # An integrator's extra approval step (IEnrollmentAuthorizer); None: the
         # device's own policy (auto or manual) decides.
         self.authorizer = authorizer
@@ -129,10 +180,13 @@ class EnrollmentService:
     def _in_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return deferToThreadPool(self._reactor, self._cpu_pool, fn, *args, **kwargs)
 
-    async def enroll(self, request: EnrollmentRequest, *, source: str) -> Outcome:
-        """Handle a parsed request/retrieve from ``source`` (the peer address)."""
+    async def enroll(
+        self, request: EnrollmentRequest, *, source: str, client_certificate: bytes | None = None
+    ) -> Outcome:
+        """Handle a parsed request/retrieve from ``source`` (the peer address);
+        ``client_certificate``: the DER the TLS client presented (renewals need it)."""
         try:
-            outcome = await self._enroll(request, source)
+            outcome = await self._enroll(request, source, client_certificate)
         except StorageError as e:  # timeouts included (Database.transact)
             log.error(
                 "enrollment of customer {customer} device {device} failed temporarily: {error}",
@@ -146,7 +200,7 @@ class EnrollmentService:
         log.info(
             "TEP {operation} customer {customer} device {device} from {source}: "
             "status {status} ({reason})",
-            operation=request.operation.value,
+            operation="renewal" if request.renewal else request.operation.value,
             customer=request.customer_id,
             device=request.device_id,
             source=source,
@@ -166,36 +220,26 @@ class EnrollmentService:
             action=action,
             subject=f"customer {request.customer_id} device {request.device_id}",
             serial=detail.pop("serial", None),
-            detail={"operation": request.operation.value, **detail},
+            detail={
+                "operation": "renewal" if request.renewal else request.operation.value,
+                **detail,
+            },
         )
 
-    async def _enroll(self, request: EnrollmentRequest, source: str) -> Outcome:
+    async def _enroll(
+        self, request: EnrollmentRequest, source: str, client_certificate: bytes | None
+    ) -> Outcome:
         customer, device_id = request.customer_id, request.device_id
         if not self._throttle.admit(customer_id=customer, device_id=device_id, address=source):
             return Outcome(TepStatus.THROTTLED, reason="throttled before authentication")
-        verdict: bool | None = None  # None: no verdict (storage trouble), not a failure
-        try:
-            device = await self._db.transact(
-                "tep_find_device", _find_device_txn, customer, device_id
-            )
-            auth: _Auth | None = await self._hashing.run(
-                self._in_thread, self._authenticate, device, request
-            )
-            verdict = device is not None and auth is not None
-        finally:
-            self._throttle.finished(
-                customer_id=customer, device_id=device_id, authenticated=verdict
-            )
-        if device is None or auth is None:
-            reason = (
-                "unknown device"
-                if device is None
-                else "device disabled"
-                if device.state != "active"
-                else "bad credentials"
-            )
-            await self._audit("enrollment.denied", request, source, reason=reason)
-            return Outcome(TepStatus.DENIED, reason=reason)
+        checked: tuple[device_store.Device, _Auth] | Outcome
+        if request.renewal:
+            checked = await self._authenticate_renewal(request, source, client_certificate)
+        else:
+            checked = await self._authenticate_password(request, source)
+        if isinstance(checked, Outcome):
+            return checked
+        device, auth = checked
 
         try:
             csr: ValidatedCSR = await self._in_thread(
@@ -205,8 +249,17 @@ class EnrollmentService:
             await self._audit("enrollment.csr-refused", request, source, reason=str(e))
             return Outcome(TepStatus.CSR_REFUSED, reason=f"CSR refused: {e}")
 
+        if auth.renews is not None and csr.spki_der == _certificate_spki(auth.renews):
+            reason = "the renewal CSR has the key of the certificate it renews; make a new key"
+            await self._audit("enrollment.csr-refused", request, source, reason=reason)
+            return Outcome(TepStatus.CSR_REFUSED, reason=reason)
+
         approval: EnrollmentVerdict | None = None
-        if self.authorizer is not None and request.operation is TepOperation.REQUEST:
+        if auth.renews is not None:
+            # The device proved it holds a certificate we issued: renewals are signed
+            # at once, whatever its first enrollment's approval policy.
+            approval = "issue"
+        elif self.authorizer is not None and request.operation is TepOperation.REQUEST:
             known = await self._db.transact(
                 "tep_find_enrollment",
                 enrollment_store.find_txn,
@@ -288,8 +341,75 @@ class EnrollmentService:
             except JournalError as e:
                 log.error("enrollment {id}: {error}", id=enrollment.id, error=str(e))
                 return Outcome(TepStatus.TEMPORARY_FAILURE, reason="certificate journal failed")
+        if issued.newly_issued and issued.revoked:
+            self._on_access_change()
         reason = "issued" if issued.newly_issued else "stored certificate returned"
         return Outcome(TepStatus.ISSUED, issued.der, reason=reason, serial=issued.serial)
+
+    async def _authenticate_password(
+        self, request: EnrollmentRequest, source: str
+    ) -> tuple[device_store.Device, _Auth] | Outcome:
+        customer, device_id = request.customer_id, request.device_id
+        verdict: bool | None = None  # None: no verdict (storage trouble), not a failure
+        try:
+            device = await self._db.transact(
+                "tep_find_device", _find_device_txn, customer, device_id
+            )
+            auth: _Auth | None = await self._hashing.run(
+                self._in_thread, self._authenticate, device, request
+            )
+            verdict = device is not None and auth is not None
+        finally:
+            self._throttle.finished(
+                customer_id=customer, device_id=device_id, authenticated=verdict
+            )
+        if device is None or auth is None:
+            reason = (
+                "unknown device"
+                if device is None
+                else "device disabled"
+                if device.state != "active"
+                else "bad credentials"
+            )
+            await self._audit("enrollment.denied", request, source, reason=reason)
+            return Outcome(TepStatus.DENIED, reason=reason)
+        return device, auth
+
+    async def _authenticate_renewal(
+        self, request: EnrollmentRequest, source: str, client_certificate: bytes | None
+    ) -> tuple[device_store.Device, _Auth] | Outcome:
+        """The device's current certificate instead of its password: one we issued to
+        this device, valid (unrevoked, unexpired), of an active device, and within the
+        renewal window."""
+        customer, device_id = request.customer_id, request.device_id
+        verdict: bool | None = None
+        try:
+            found: _Renewing | None = None
+            if client_certificate is not None:
+                found = await self._db.transact(
+                    "tep_renewal_certificate",
+                    _renewing_txn,
+                    hashlib.sha256(client_certificate).hexdigest(),
+                )
+            reason = _renewal_refusal(found, request, self._clock())
+            verdict = reason is None
+        finally:
+            self._throttle.finished(
+                customer_id=customer, device_id=device_id, authenticated=verdict
+            )
+        if reason is not None:
+            await self._audit("enrollment.denied", request, source, reason=reason)
+            return Outcome(TepStatus.DENIED, reason=reason)
+        assert found is not None and client_certificate is not None
+        window = timedelta(days=self._config.renewal_window_days)
+        if found.certificate.not_after - self._clock() > window:
+            return Outcome(
+                TepStatus.NOT_DUE,
+                reason=f"certificate {found.certificate.serial} expires "
+                f"{found.certificate.not_after.isoformat()}, renewable "
+                f"{self._config.renewal_window_days} days before",
+            )
+        return found.device, _Auth("certificate", renews=client_certificate)
 
     async def _ask_authorizer(
         self, request: EnrollmentRequest, csr_sha256: str
@@ -400,8 +520,8 @@ class EnrollmentService:
             detail={
                 "enrollment": enrollment.id,
                 "csr_sha256": csr_sha256,
-                "policy": state,
-                "authorizer": approval,
+                "policy": "renewal" if request.renewal else state,
+                "authorizer": None if request.renewal else approval,
             },
         )
         return _Registered(enrollment)

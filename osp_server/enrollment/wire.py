@@ -68,6 +68,7 @@ class TepStatus(enum.IntEnum):
     TEMPORARY_FAILURE = 6
     # 7 is deliberately absent: enroll uses exit 7 for its own "no status" failure.
     NO_REQUEST = 8
+    NOT_DUE = 9  # a renewal before the renewal window (osp-server's own; not the toolkit's)
 
     @property
     def meaning(self) -> str:
@@ -84,6 +85,7 @@ _STATUS_MEANINGS: dict[TepStatus, str] = {
     TepStatus.THROTTLED: "throttled: too many failed attempts, try again later",
     TepStatus.TEMPORARY_FAILURE: "temporary server failure, nothing was issued; try again",
     TepStatus.NO_REQUEST: "retrieve: the server has no matching certificate request",
+    TepStatus.NOT_DUE: "renewal refused: the certificate is not yet close enough to expiry",
 }
 
 
@@ -131,6 +133,10 @@ class EnrollmentRequest:
 
     ``csr_der`` is only known to be one well-framed DER SEQUENCE; the CSR policy step
     parses it. ``ignored_fields`` lists unknown field names (for logging).
+
+    ``renewal``: a ``request`` without ``username`` and ``password`` (both absent), which
+    the device's current certificate, presented as the TLS client certificate,
+    authenticates instead (TEP.md "Renewal over mutual TLS"); the two are then empty.
     """
 
     operation: TepOperation
@@ -141,9 +147,11 @@ class EnrollmentRequest:
     customer_id: str
     csr_der: bytes
     ignored_fields: tuple[str, ...] = ()
+    renewal: bool = False
 
 
 _ENROLL_FIELDS = ("operation", "nonce", "username", "password", "device", "customer", "request")
+_CREDENTIAL_FIELDS = ("username", "password")
 _KNOWN_FIELDS = frozenset(_ENROLL_FIELDS)
 
 # A "%" not followed by two hex digits; unquote_to_bytes would pass it through silently.
@@ -254,7 +262,14 @@ def parse_body(body: bytes) -> CACertRequest | EnrollmentRequest:
     operation = TepOperation.from_wire(values["operation"])
     if operation is TepOperation.GETCACERT:
         return CACertRequest(operation)
-    missing = [name for name in _ENROLL_FIELDS if name not in values]
+    renewal = operation is TepOperation.REQUEST and not any(
+        name in values for name in _CREDENTIAL_FIELDS
+    )
+    missing = [
+        name
+        for name in _ENROLL_FIELDS
+        if name not in values and not (renewal and name in _CREDENTIAL_FIELDS)
+    ]
     if missing:
         raise TepFormatError("missing field(s): " + ", ".join(repr(n) for n in missing))
     nonce = values["nonce"]
@@ -265,12 +280,13 @@ def parse_body(body: bytes) -> CACertRequest | EnrollmentRequest:
     return EnrollmentRequest(
         operation=operation,
         nonce=nonce,
-        username=_ascii_field(values, "username", _PRINTABLE, printable),
-        password=_ascii_field(values, "password", _PRINTABLE, printable),
+        username="" if renewal else _ascii_field(values, "username", _PRINTABLE, printable),
+        password="" if renewal else _ascii_field(values, "password", _PRINTABLE, printable),
         device_id=_ascii_field(values, "device", _DIGITS, digits),
         customer_id=_ascii_field(values, "customer", _DIGITS, digits),
         csr_der=_decode_csr(values["request"]),
         ignored_fields=tuple(ignored),
+        renewal=renewal,
     )
 
 

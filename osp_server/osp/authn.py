@@ -4,9 +4,11 @@ TLS proves the certificate chains to our CA and is within its dates.  Here the
 presented certificate must also be one we issued and recorded (exact SHA-256
 match), a device certificate, unrevoked, within its validity, of an active device.
 A certificate we did not issue never passes, even with a valid signature, which
-keeps MD5-signed legacy certificates safe for authentication.  Answers are cached
-for a short time so the hot path does not hit storage on every message; revocation
-and device changes made anywhere reach every node within the cache lifetime.
+keeps MD5-signed legacy certificates safe for authentication.  Answers are cached so
+the hot path does not hit storage on every message.  A revocation or device change
+made anywhere empties the cache of every node (:mod:`osp_server.access_watch`: at once
+here, within ``[osp] access_poll_seconds`` elsewhere); the cache lifetime only bounds
+how long a node cut off from those signals goes on trusting its answers.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from osp_server.storage import certificates as cert_store
 from osp_server.storage.db import Database
 from osp_server.tls.identity import PeerCertificate
 
-CACHE_SECONDS = 2.0
+CACHE_SECONDS = 30.0
 CACHE_ENTRIES = 50_000
 
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, RowMapping, Select, insert, select, update
 
+from osp_server.storage.access import bump_txn
 from osp_server.storage.errors import NotFoundError
 from osp_server.storage.schema import certificates, customers, devices
 
@@ -132,7 +133,8 @@ def get_by_fingerprint(conn: Connection, sha256: str) -> CertificateRecord | Non
 def revoke(
     conn: Connection, serial: str, *, now: datetime, reason: str | None = None
 ) -> CertificateRecord:
-    """Mark a certificate revoked (idempotent: the first revocation time stays)."""
+    """Mark a certificate revoked (idempotent: the first revocation time stays); every
+    node hears of it when the transaction commits (osp_server.storage.access)."""
     current = get_by_serial(conn, serial)
     if current.state != "revoked":
         conn.execute(
@@ -140,6 +142,7 @@ def revoke(
             .where(certificates.c.serial == current.serial)
             .values(state="revoked", revoked_at=now, revocation_reason=reason)
         )
+        bump_txn(conn)
     return get_by_serial(conn, serial)
 
 

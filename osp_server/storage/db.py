@@ -355,12 +355,17 @@ class Database:
         self.read_timeout_seconds = max(READ_TIMEOUT_SECONDS, timeout_seconds)
         self._read_pool = ThreadPool(minthreads=0, maxthreads=1, name="osp-db-read")
         self._read_engine: Engine | None = None
+        # Tiny reads polled often (the access version) on a connection of their own:
+        # neither a long read nor SQLite's writer lock may delay them.
+        self._peek_pool = ThreadPool(minthreads=0, maxthreads=1, name="osp-db-peek")
+        self._peek_engine: Engine | None = None
 
     def start(self) -> None:
         """Start the worker threads (call from the reactor thread)."""
         if not self._started:
             self._pool.start()
             self._read_pool.start()
+            self._peek_pool.start()
             self._started = True
 
     def stop(self) -> None:
@@ -368,10 +373,12 @@ class Database:
         if self._started:
             self._pool.stop()
             self._read_pool.stop()
+            self._peek_pool.stop()
             self._started = False
         self.engine.dispose()
-        if self._read_engine is not None:
-            self._read_engine.dispose()
+        for engine in (self._read_engine, self._peek_engine):
+            if engine is not None:
+                engine.dispose()
 
     def read(
         self,
@@ -393,6 +400,24 @@ class Database:
         return self._run(
             self._read_engine, self._read_pool, self.read_timeout_seconds, desc, fn, args, kwargs
         )
+
+    def peek(
+        self,
+        desc: str,
+        fn: Callable[Concatenate[Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Deferred[T]:
+        """Like :meth:`read`, for a tiny read that runs often and must not wait: its own
+        read-only connection and thread, and the ordinary timeout."""
+        if self._peek_engine is None:
+            self._peek_engine = create_db_engine(
+                self.engine.url.render_as_string(hide_password=False),
+                pool_size=1,
+                timeout_seconds=self._timeout,
+                read_only=True,
+            )
+        return self._run(self._peek_engine, self._peek_pool, self._timeout, desc, fn, args, kwargs)
 
     def transact(
         self,

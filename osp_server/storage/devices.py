@@ -10,6 +10,7 @@ from typing import Literal
 from sqlalchemy import Connection, RowMapping, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from osp_server.storage.access import bump_txn
 from osp_server.storage.errors import ConflictError, NotFoundError
 from osp_server.storage.schema import customers, devices
 
@@ -234,6 +235,8 @@ def update_device(
     )
     if result.rowcount == 0:
         raise NotFoundError(f"device {device_id} of customer {customer_id} does not exist")
+    if "state" in values:
+        bump_txn(conn)  # a disabled device is refused at once, on every node
     return get_device(conn, customer_id, device_id)
 
 

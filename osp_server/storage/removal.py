@@ -16,6 +16,7 @@ from datetime import datetime
 from sqlalchemy import Connection, delete, func, select, update
 
 from osp_server.storage import certificates as cert_store
+from osp_server.storage.access import bump_txn
 from osp_server.storage.devices import get_customer, get_device
 from osp_server.storage.errors import InUseError
 from osp_server.storage.schema import (
@@ -112,6 +113,7 @@ def delete_device_txn(
         update(certificates).where(certificates.c.device_pk == device.pk).values(device_pk=None)
     )
     conn.execute(delete(devices).where(devices.c.id == device.pk))
+    bump_txn(conn)
     removal.devices.append(device_id)
     return removal
 

@@ -249,6 +249,15 @@ route_version = Table(
     Column("version", BigInteger, nullable=False),
 )
 
+# One row; bumped in the transaction of every revocation and device state change, so
+# that every node drops what it cached about who may connect (osp_server.access_watch).
+access_version = Table(
+    "access_version",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False),
+)
+
 # One row per node (host name): /ready writes it to prove that a write commits.
 heartbeats = Table(
     "heartbeats",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from cryptography import x509
+
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
@@ -20,9 +22,22 @@ CRL_NEXT_UPDATE = timedelta(days=1)
 CRL_REFRESH_SECONDS = 60.0
 
 
+def reason_flag(reason: str | None) -> x509.ReasonFlags | None:
+    """The RFC 5280 reason code of a stored revocation reason (None: none recorded, or
+    one this version does not know)."""
+    try:
+        return None if reason is None else x509.ReasonFlags(reason)
+    except ValueError:
+        return None
+
+
 def _revoked(records: list[cert_store.CertificateRecord]) -> list[RevokedEntry]:
     return [
-        RevokedEntry(serial=int(r.serial, 16), revoked_at=r.revoked_at, reason=None)
+        RevokedEntry(
+            serial=int(r.serial, 16),
+            revoked_at=r.revoked_at,
+            reason=reason_flag(r.revocation_reason),
+        )
         for r in records
         if r.revoked_at is not None
     ]

@@ -167,3 +167,61 @@ async def test_legacy_device_uses_the_level_0_listener(legacy_flow: Flow) -> Non
         assert status == 200
     finally:
         await maybeDeferred(port.stopListening)
+
+
+@pytest_twisted.async_yield_fixture
+async def renewing_flow(tmp_path: Path, database_url: str) -> AsyncIterator[Flow]:
+    config = make_config(
+        tmp_path, database_url, enrollment={"renewal_window_days": 3650, "renewal": "revoke"}
+    )
+    async for server in run_server(config):
+        server.components.policy.replace(  # type: ignore[attr-defined]
+            RouteTables(routes=[Route(table="default", prefix="1", destination="[10.9.9.9]:5060")])
+        )
+        yield Flow(server, tmp_path)
+
+
+def _renew_argv(flow: Flow, out: Path) -> list[str]:
+    return ["renew", "--url", f"{flow.server.https_url}/tep", "--out-dir", str(out)]
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in ("localcert.pem", "pkey.pem")}
+
+
+@pytest_twisted.ensureDeferred
+async def test_osp_enroll_renew_without_password(renewing_flow: Flow) -> None:
+    """Enrolled once with the password, the device renews over mutual TLS: a new key and
+    certificate replace the old ones, the old certificate is revoked ([enrollment]
+    renewal = "revoke") and refused, and the new pair authorizes calls."""
+    add_device(renewing_flow.server, "1000", "1000")
+    out = renewing_flow.tmp_path / "device"
+    assert await deferToThread(osp_enroll, renewing_flow.enroll_argv(out)) == 0
+    before = _files(out)
+    assert await deferToThread(osp_enroll, _renew_argv(renewing_flow, out)) == 0
+    after = _files(out)
+    assert after["pkey.pem"] != before["pkey.pem"]
+    assert after["localcert.pem"] != before["localcert.pem"]
+    assert (out / "pkey.pem").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in out.iterdir()) == ["cacert_0.pem", "localcert.pem", "pkey.pem"]
+    assert await deferToThread(_authorize, renewing_flow.server.https_port, out) == 200
+    old = renewing_flow.tmp_path / "old"
+    old.mkdir()
+    for name, data in before.items():
+        (old / name).write_bytes(data)
+    (old / "pkey.pem").chmod(0o600)
+    (old / "cacert_0.pem").write_bytes((out / "cacert_0.pem").read_bytes())
+    assert await deferToThread(_authorize, renewing_flow.server.https_port, old) == 403
+    # The revoked certificate renews nothing, and the files stay as they were.
+    assert await deferToThread(osp_enroll, _renew_argv(renewing_flow, old)) == 2
+    assert _files(old) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_osp_enroll_renew_not_yet_due_changes_nothing(secure_flow: Flow) -> None:
+    add_device(secure_flow.server, "1000", "1000")
+    out = secure_flow.tmp_path / "device"
+    assert await deferToThread(osp_enroll, secure_flow.enroll_argv(out)) == 0
+    before = _files(out)
+    assert await deferToThread(osp_enroll, _renew_argv(secure_flow, out)) == 0
+    assert _files(out) == before

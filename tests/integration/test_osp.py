@@ -606,21 +606,31 @@ async def test_forged_device_id_is_refused(env: Env) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_revoked_certificate_and_disabled_device_are_refused(env: Env) -> None:
-    db = env.core.db
+async def test_revocation_elsewhere_is_refused_after_one_poll(env: MemoryEnv) -> None:
+    """Revoked by another process (osp-admin): the answer was cached, and the next poll
+    of the access version (not the cache lifetime) ends it, on the open connection."""
+    assert (await env.vector("authorization-request.http"))[0].code == 200
     serial = format(env.device.cert.serial_number, "x")
-    db.transact_sync(cert_store.revoke, serial, now=datetime.now(UTC))
-    env.server.components.authenticator.invalidate()
+    env.core.db.transact_sync(cert_store.revoke, serial, now=datetime.now(UTC))
+    assert (await env.vector("authorization-request.http"))[0].code == 200  # cached
+    env.server.reactor.advance(env.core.config.osp.access_poll_seconds)
     assert (await env.vector("authorization-request.http"))[0].code == 403
 
 
 @pytest_twisted.ensureDeferred
-async def test_disabled_device_is_refused(env: Env) -> None:
+async def test_disabled_device_is_refused_after_one_poll(env: MemoryEnv) -> None:
+    assert (await env.vector("authorization-request.http"))[0].code == 200
     env.core.db.transact_sync(
         device_store.update_device, "1000", "1000", now=datetime.now(UTC), state="disabled"
     )
-    env.server.components.authenticator.invalidate()
+    env.server.reactor.advance(env.core.config.osp.access_poll_seconds)
     assert (await env.vector("authorization-request.http"))[0].code == 403
+    # Enabled again: accepted again, by the same signal.
+    env.core.db.transact_sync(
+        device_store.update_device, "1000", "1000", now=datetime.now(UTC), state="active"
+    )
+    env.server.reactor.advance(env.core.config.osp.access_poll_seconds)
+    assert (await env.vector("authorization-request.http"))[0].code == 200
 
 
 @pytest_twisted.ensureDeferred

@@ -259,34 +259,39 @@ def exchange(
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
             with context.wrap_socket(raw) as sock:
                 sock.sendall(data)
-                received = b""
-                while b"\r\n\r\n" not in received:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        raise Interrupted(f"connection closed after {len(received)} bytes")
-                    received += chunk
-                    if len(received) > MAX_ANSWER_BYTES:
-                        raise Interrupted("answer head too large")
-                head, _, body = received.partition(b"\r\n\r\n")
-                lines = head.split(b"\r\n")
-                status_line = lines[0].split(b" ")
-                assert len(status_line) >= 3 and status_line[1].isdigit(), head
-                code = int(status_line[1])
-                lengths = [
-                    int(v.strip())
-                    for k, _, v in (line.partition(b":") for line in lines[1:])
-                    if k.strip().lower() == b"content-length"
-                ]
-                if len(lengths) != 1 or lengths[0] > MAX_ANSWER_BYTES:
-                    raise Interrupted(f"no usable Content-Length in {head!r}")
-                while len(body) < lengths[0]:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        raise Interrupted(f"body cut at {len(body)} of {lengths[0]} bytes")
-                    body += chunk
-                return code, body
+                return read_answer(sock)
     except OSError as e:  # refused, reset, TLS EOF, timeout (all OSError subclasses)
         raise Interrupted(f"{type(e).__name__}: {e}") from e
+
+
+def read_answer(sock: ssl.SSLSocket) -> tuple[int, bytes]:
+    """One whole HTTP answer from ``sock``: (status, body); the connection stays open."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise Interrupted(f"connection closed after {len(received)} bytes")
+        received += chunk
+        if len(received) > MAX_ANSWER_BYTES:
+            raise Interrupted("answer head too large")
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status_line = lines[0].split(b" ")
+    assert len(status_line) >= 3 and status_line[1].isdigit(), head
+    code = int(status_line[1])
+    lengths = [
+        int(v.strip())
+        for k, _, v in (line.partition(b":") for line in lines[1:])
+        if k.strip().lower() == b"content-length"
+    ]
+    if len(lengths) != 1 or lengths[0] > MAX_ANSWER_BYTES:
+        raise Interrupted(f"no usable Content-Length in {head!r}")
+    while len(body) < lengths[0]:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise Interrupted(f"body cut at {len(body)} of {lengths[0]} bytes")
+        body += chunk
+    return code, body
 
 
 def tep_request(

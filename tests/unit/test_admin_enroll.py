@@ -67,3 +67,32 @@ def test_errors(admin: Admin) -> None:
     assert code == 1 and "certificate abc123 does not exist" in err
     code, _, err = admin("enroll", "approve", "x")
     assert code == 2
+
+
+def test_revoke_every_certificate_of_a_device(admin: Admin) -> None:
+    """--device revokes what the device holds, with the reason the CRL will carry, and
+    bumps the access version every node watches."""
+    from osp_server.storage import access
+
+    admin.json("device", "add", "1000", "1001", "--username", "u", "--password-stdin", stdin="p\n")
+    serials = [admin.json("enroll", "approve", str(admin.pending()))["serial"]]
+    other = admin.json("enroll", "approve", str(admin.pending("1000", "1001")))["serial"]
+    version = admin.transact(access.current_version_txn)
+    revoked = admin.json(
+        "cert", "revoke", "--customer", "1000", "--device", "1000", "--reason", "affiliationChanged"
+    )
+    assert sorted(r["serial"] for r in revoked) == sorted(serials)
+    assert {r["state"] for r in revoked} == {"revoked"}
+    assert admin.transact(access.current_version_txn) > version
+    # Nothing left to revoke: an empty list, no error.
+    assert admin.json("cert", "revoke", "--customer", "1000", "--device", "1000") == []
+    audited = [e for e in admin.json("audit") if e["action"] == "certificate.revoked"]
+    assert len(audited) == 1
+    states = {c["serial"]: c["state"] for c in admin.json("cert", "list")}
+    assert states[other] == "valid"
+    code, _, err = admin("cert", "revoke", serials[0], "--customer", "1000", "--device", "1000")
+    assert code == 1 and "not both" in err
+    code, _, err = admin("cert", "revoke")
+    assert code == 1 and "SERIAL" in err
+    code, _, err = admin("cert", "revoke", "--device", "1000")
+    assert code == 1 and "--customer" in err

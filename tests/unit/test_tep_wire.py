@@ -296,8 +296,28 @@ def test_status_values_match_the_spec() -> None:
         "THROTTLED": 5,
         "TEMPORARY_FAILURE": 6,
         "NO_REQUEST": 8,
+        "NOT_DUE": 9,  # ours (renewal over mutual TLS): never 7 or 18, which enroll uses
     }
     assert all(status.meaning for status in TepStatus)
+
+
+def test_renewal_form_has_no_credentials() -> None:
+    """A request without username and password is the renewal form; a retrieve without
+    them, or a request with only one of them, is still malformed."""
+    fields = [
+        ("operation", b"request"),
+        ("nonce", b"1\x00"),
+        ("device", b"1000"),
+        ("customer", b"1000"),
+        ("request", base64.b64encode(b"0\x03\x02\x01\x00")),
+    ]
+    parsed = wire.parse_body(wire.encode_fields(fields))
+    assert isinstance(parsed, wire.EnrollmentRequest)
+    assert parsed.renewal and parsed.username == parsed.password == ""
+    with pytest.raises(TepFormatError, match="username"):
+        wire.parse_body(wire.encode_fields([("operation", b"retrieve"), *fields[1:]]))
+    with pytest.raises(TepFormatError, match="username"):
+        wire.parse_body(wire.encode_fields([*fields, ("password", b"x")]))
 
 
 @pytest.mark.parametrize("status", [s for s in TepStatus if s is not TepStatus.ISSUED])
