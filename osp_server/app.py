@@ -14,20 +14,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
-from cryptography import x509
-
 from OpenSSL import SSL
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 
 from osp_server import __version__
-from osp_server.access_watch import AccessWatcher
+from osp_server.change_watch import ChangeWatcher
 from osp_server.config import Config
 from osp_server.endpoints import (
     StartupError,
@@ -54,14 +52,16 @@ from osp_server.osp.resource import OSPResource
 from osp_server.osp.service import OSPService
 from osp_server.osp.token_setup import TokenSetupError, build_token_factory, token_signer_files
 from osp_server.osp.tokens import TokenFactory, TokenSigner
-from osp_server.pki.ca import CAError, CAPrivateKey, CertificateAuthority, open_ca
+from osp_server.pki.ca import CAError, CertificateAuthority, open_ca
 from osp_server.pki.files import make_private_directory
 from osp_server.pki.journal import CertificateJournal, JournalError
+from osp_server.pki.ocsp import Responder
 from osp_server.reactor import IOSPReactor, IWorkerReactor
 from osp_server.readiness import Readiness
 from osp_server.routing.refresh import ReplaceableTables, RouteRefresher
 from osp_server.services import ListenerService, ProcessService, freeze_long_lived_objects
 from osp_server.storage import authorities
+from osp_server.storage.changes import ACCESS, RELOAD
 from osp_server.storage.db import (
     Database,
     StorageError,
@@ -69,12 +69,19 @@ from osp_server.storage.db import (
     open_database,
     sqlite_path,
 )
+from osp_server.storage.errors import describe_error
 from osp_server.storage.reconcile import reconcile_txn
 from osp_server.tls.context import ReloadableServerTLS, TLSMaterial
-from osp_server.tls.issued import IssuedFiles, MaterialError, provide_now
-from osp_server.tls.server import RefusableTLSFactory, ServerCertificate, server_files
+from osp_server.tls.issued import IssuedFiles, MaterialError
+from osp_server.tls.server import (
+    RefusableTLSFactory,
+    ServerCertificate,
+    ocsp_responder_files,
+    server_files,
+)
 from osp_server.web.crl import CRLResource
 from osp_server.web.health import HealthResource, StorageProbe
+from osp_server.web.ocsp import OCSPResource
 from osp_server.web.ready import ReadyResource, WriteProbe
 from osp_server.web.site import OSPSite, RootResource
 from osp_server.workers.role import WorkerRole
@@ -267,25 +274,18 @@ def _for_role(core: Core, files: IssuedFiles) -> IssuedFiles:
     return replace(files, journal=core.journal)
 
 
-def issued_material(core: Core, files: IssuedFiles) -> tuple[CAPrivateKey, x509.Certificate]:
-    """The key and certificate of ``files`` at start-up (blocking): the operator's as
-    they are, or ours, issued or renewed (osp_server.tls.issued)."""
-    try:
-        return provide_now(
-            _for_role(core, files),
-            ca_subject=core.ca.certificate.subject,
-            now=core.clock(),
-            db=core.db,
-        )
-    except MaterialError as e:
-        raise StartupError(str(e)) from None
-
-
 def token_signer(core: Core) -> TokenSigner:
-    """The token-signing key and certificate (osp_server.osp.token_setup)."""
-    files = token_signer_files(core.config.data_dir, core.config.osp, core.ca)
-    key, cert = issued_material(core, files)
-    return TokenSigner(cert, key)
+    """The token signer as start-up reads (or issues) it."""
+    material = token_signer_material(core)
+    return TokenSigner(material.cert, material.key)
+
+
+def token_signer_material(core: Core) -> ServerCertificate:
+    """The token-signing key and certificate (osp_server.osp.token_setup), renewed on
+    reload like the HTTPS certificate."""
+    return build_issued_material(
+        core, token_signer_files(core.config.data_dir, core.config.osp, core.ca)
+    )
 
 
 def token_factory(core: Core, signer: TokenSigner) -> TokenFactory:
@@ -301,9 +301,15 @@ def token_factory(core: Core, signer: TokenSigner) -> TokenFactory:
 
 def build_server_certificate(core: Core) -> ServerCertificate:
     """The HTTPS listeners' certificate (osp_server.tls.server)."""
+    return build_issued_material(core, server_files(core.config.tls, core.ca))
+
+
+def build_issued_material(core: Core, files: IssuedFiles) -> ServerCertificate:
+    """A key and certificate our CA issues for the server itself, read (or issued)
+    now and refreshed on reload (osp_server.tls.server)."""
     try:
         return ServerCertificate(
-            _for_role(core, server_files(core.config.tls, core.ca)),
+            _for_role(core, files),
             ca_subject=core.ca.certificate.subject,
             clock=core.clock,
             db=core.db,
@@ -331,8 +337,11 @@ class Components:
     server_certificate: ServerCertificate
     mtls_tls: ReloadableServerTLS
     legacy_tls: ReloadableServerTLS
-    access_watcher: AccessWatcher
+    change_watcher: ChangeWatcher
     crl: CRLResource
+    ocsp_responder: ServerCertificate
+    token_signer: ServerCertificate
+    tokens: TokenFactory
 
     def https_factory(self) -> IProtocolFactory:
         """The HTTPS listener's factory: TLS around the site (client certificate optional)."""
@@ -347,19 +356,32 @@ class Components:
         return RefusableTLSFactory(self.legacy_tls, False, self.osp_site)
 
     def reload_tls(self) -> Deferred[None]:
-        """Re-read the certificate files (in a thread) and rebuild every TLS context
-        (SIGHUP).  On failure the listeners keep the contexts they have."""
-        d: Deferred[None] = Deferred.fromCoroutine(self.server_certificate.refresh())
+        """Re-read the certificate files, renewing ours that expire within 30 days (in
+        threads), and rebuild every TLS context: SIGHUP, ``osp-admin reload`` and the
+        periodic renewal check.  A file that cannot be used keeps what was in use and
+        the log says why; the others are still reloaded."""
+        return Deferred.fromCoroutine(self._reload())
 
-        def rebuild(_: None) -> None:
-            for creator in (self.https_tls, self.mtls_tls, self.legacy_tls):
-                creator.reload()
-
-        def failed(failure: Failure) -> None:
-            log.failure("TLS reload failed; keeping the previous certificates", failure)
-
-        d.addCallbacks(rebuild, failed)
-        return d
+    async def _reload(self) -> None:
+        material = (
+            ("TLS", self.server_certificate),
+            ("OCSP responder", self.ocsp_responder),
+            ("token signer", self.token_signer),
+        )
+        for what, held in material:
+            try:
+                await held.refresh()
+            except Exception as e:
+                log.error(
+                    "{what} certificate reload failed; keeping the one in use: {error}",
+                    what=what,
+                    error=describe_error(e),
+                )
+        for creator in (self.https_tls, self.mtls_tls, self.legacy_tls):
+            creator.reload()
+        signer = self.tokens.signer
+        if signer is not None and signer.certificate != self.token_signer.cert:
+            self.tokens.replace_signer(TokenSigner(self.token_signer.cert, self.token_signer.key))
 
 
 def build_components(core: Core) -> Components:
@@ -388,7 +410,7 @@ def build_components(core: Core) -> Components:
     # client sends none.  /osp enforces them in the application.
     https_tls = ReloadableServerTLS(tls_loader(require=False))
 
-    access_watcher = AccessWatcher(
+    change_watcher = ChangeWatcher(
         core.db, core.reactor, interval=core.config.osp.access_poll_seconds
     )
     enrollment = EnrollmentService(
@@ -406,7 +428,7 @@ def build_components(core: Core) -> Components:
         clock=core.clock,
         authorizer=build_enrollment_authorizer(core),
         journal=core.journal,
-        on_access_change=access_watcher.changed,
+        on_access_change=change_watcher.changed,
     )
     health = HealthResource(core.storage_probe, core.readiness)
     ready = ReadyResource(core.write_probe, core.readiness)
@@ -415,6 +437,24 @@ def build_components(core: Core) -> Components:
     plain_root.putChild(b"ready", ready)
     crl = CRLResource(core.db, core.ca, core.reactor, core.clock, core.cpu_pool)
     plain_root.putChild(b"crl", crl)
+    plain_root.putChild(b"crl.pem", crl.pem())
+    ocsp_responder = build_issued_material(
+        core, ocsp_responder_files(core.config.data_dir, core.ca)
+    )
+    plain_root.putChild(
+        b"ocsp",
+        OCSPResource(
+            core.db,
+            lambda: Responder(
+                ca=core.ca.certificate,
+                certificate=ocsp_responder.cert,
+                key=ocsp_responder.key,
+            ),
+            core.reactor,
+            core.clock,
+            core.cpu_pool,
+        ),
+    )
     plain_root.putChild(
         b"tep",
         TepResource(
@@ -426,16 +466,20 @@ def build_components(core: Core) -> Components:
     )
     policy = build_routing_policy(core)
     authenticator = DeviceAuthenticator(core.db, clock=core.clock, monotonic=core.reactor.seconds)
-    access_watcher.subscribe(authenticator.invalidate)
-    access_watcher.subscribe(crl.invalidate)
-    signer = token_signer(core)
-    core.metrics.certificate_expiry.labels("token_signer").set(
-        signer.certificate.not_valid_after_utc.timestamp()
+    change_watcher.subscribe(ACCESS, authenticator.invalidate)
+    change_watcher.subscribe(ACCESS, crl.invalidate)
+    signer_material = token_signer_material(core)
+    core.metrics.certificate_expiry.labels("token_signer").set_function(
+        lambda: signer_material.cert.not_valid_after_utc.timestamp()
     )
+    core.metrics.certificate_expiry.labels("ocsp_responder").set_function(
+        lambda: ocsp_responder.cert.not_valid_after_utc.timestamp()
+    )
+    tokens = token_factory(core, TokenSigner(signer_material.cert, signer_material.key))
     osp_service = OSPService(
         db=core.db,
         policy=policy,
-        tokens=token_factory(core, signer),
+        tokens=tokens,
         config=core.config.osp,
         clock=core.clock,
     )
@@ -487,8 +531,11 @@ def build_components(core: Core) -> Components:
         server_certificate=server_certificate,
         mtls_tls=ReloadableServerTLS(tls_loader(require=True)),
         legacy_tls=ReloadableServerTLS(tls_loader(require=True, legacy=True)),
-        access_watcher=access_watcher,
+        change_watcher=change_watcher,
         crl=crl,
+        ocsp_responder=ocsp_responder,
+        token_signer=signer_material,
+        tokens=tokens,
     )
 
 
@@ -533,6 +580,10 @@ class CoreService(Service):
         # False in a supervisor of workers: it answers no request, so it neither
         # probes storage for /health nor writes heartbeats for /ready.
         self.serves = serves
+        if serves and components.core.worker is None:
+            # Workers re-read the files when their supervisor, which renews them,
+            # signals them; a supervisor subscribes itself (workers.composition).
+            components.change_watcher.subscribe(RELOAD, lambda: self.reload("osp-admin reload"))
 
     def privilegedStartService(self) -> None:
         # Before the listeners bind (they follow in the service tree), so the
@@ -563,21 +614,22 @@ class CoreService(Service):
         core.db.start()
         core.cpu_pool.start()
         if self.serves:
-            self.components.access_watcher.startService()
+            self.components.change_watcher.startService()
             core.storage_probe.start()
             core.write_probe.start()
             core.inventory_probe.start()
 
-    def reload(self) -> None:
-        """Rebuild TLS contexts from the files (SIGHUP)."""
-        log.info("SIGHUP: reloading TLS material")
-        self.components.reload_tls()
+    def reload(self, why: str = "SIGHUP") -> Deferred[None]:
+        """Re-read the certificate files and rebuild the TLS contexts (SIGHUP, ``osp-admin
+        reload``); ours are renewed when they expire within 30 days."""
+        log.info("{why}: reloading TLS material", why=why)
+        return self.components.reload_tls()
 
     def stopService(self) -> None:
         super().stopService()
         core = self.components.core
-        if self.components.access_watcher.running:
-            self.components.access_watcher.stopService()
+        if self.components.change_watcher.running:
+            self.components.change_watcher.stopService()
         core.storage_probe.stop()
         core.inventory_probe.stop()
         # Queues the heartbeat's withdrawal on the database writer; stopping the pool
@@ -587,6 +639,34 @@ class CoreService(Service):
         core.write_probe.stop()
         core.cpu_pool.stop()
         core.db.stop()
+
+
+class PeriodicRenewal(Service):
+    """Calls ``renew`` every ``interval`` seconds (not at start: start-up just did it),
+    so the server's own certificates are renewed while it runs, not only at start."""
+
+    name = "renewal"
+
+    def __init__(
+        self, reactor: IOSPReactor, renew: Callable[[], object], *, interval: float
+    ) -> None:
+        self._loop = LoopingCall(renew)
+        self._loop.clock = reactor
+        self._interval = interval
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+
+RENEWAL_CHECK_SECONDS = 6 * 3600.0
+"""How often a running server checks whether its own certificates need renewing (they
+are renewed 30 days before they expire)."""
 
 
 def build_process_service(config: Config, reactor: IOSPReactor) -> MultiService:
@@ -689,6 +769,10 @@ def _assemble(
         refresher.after_load.append(lambda: _route_gauges(core.metrics, refresher))
         # Listeners bind before the first load: until it is done /osp answers 503.
         core.readiness.wait_for("routes", refresher.when_loaded())
+    if core.worker is None:
+        PeriodicRenewal(
+            reactor, lambda: components.reload_tls(), interval=RENEWAL_CHECK_SECONDS
+        ).setServiceParent(top)
     if core.worker is None or core.worker.runs_housekeeping:
         reaper = TransactionReaper(core.db, reactor, clock=core.clock)
         reaper.setName("reaper")

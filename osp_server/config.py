@@ -83,6 +83,9 @@ class CAConfig:
     country: str | None = None
     validity_days: int = 3650
     profile: Profile = "secure"
+    public_url: str | None = None
+    """Where relying parties reach the plain listener (``http://host:5045``): issued
+    certificates then name ``<public_url>/crl`` and ``<public_url>/ocsp``."""
 
 
 @dataclass(frozen=True)
@@ -385,11 +388,17 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
             "validity_days", CAConfig.validity_days, minimum=1, maximum=36500
         ),
         profile=cast(Profile, ca_s.choice("profile", CAConfig.profile, _PROFILES)),
+        public_url=(ca_s.optional_string("public_url", CAConfig.public_url) or "").rstrip("/")
+        or None,
     )
     if ca.country is not None and (len(ca.country) != 2 or not ca.country.isalpha()):
         raise ca_s.error("country", f"must be a two-letter country code, got {ca.country!r}")
     if ca.profile == "legacy" and ca.key_type == "ec-p256":
         raise ca_s.error("profile", "the legacy (MD5) profile needs an RSA key_type")
+    if ca.public_url is not None:
+        problem = _public_url_problem(ca.public_url)
+        if problem is not None:
+            raise ca_s.error("public_url", problem)
     ca_s.finish()
 
     tls_s = section("tls")
@@ -543,3 +552,21 @@ def _networks(section: _Section, key: str) -> tuple[IPv4Network | IPv6Network, .
 def validity(days: int) -> timedelta:
     """A validity period of ``days`` days."""
     return timedelta(days=days)
+
+
+def _public_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be named in certificates (None: it can)."""
+    from urllib.parse import urlsplit
+
+    if not url.isascii() or any(c.isspace() or ord(c) < 0x20 for c in url):
+        return f"must be an ASCII URL without spaces, got {url!r}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as e:
+        return f"is not a URL ({e}): {url!r}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be an http:// URL with a host (the plain listener), got {url!r}"
+    if parts.query or parts.fragment:
+        return f"must not have a query or fragment, got {url!r}"
+    return None

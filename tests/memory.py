@@ -223,7 +223,7 @@ def memory_server(config: Config) -> Iterator[MemoryServer]:
     core.db._peek_pool = immediate
     core.cpu_pool = immediate
     components = build_components(core)
-    components.access_watcher.listen = False  # no LISTEN thread: the clock drives polls
+    components.change_watcher.listen = False  # no LISTEN thread: the clock drives polls
     service = CoreService(components)
     service.startService()
     try:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import re
+from datetime import timedelta
+from typing import Any, get_args
 
 from osp_server.admin.context import AdminError, Context, Subparsers, emit, emit_one
 from osp_server.pki.journal import JournalError, JournalEvent
@@ -35,8 +37,41 @@ def cmd_cert_list(ctx: Context, args: argparse.Namespace) -> None:
             device_pk = device_store.get_device(conn, args.customer, args.device).pk
         return cert_store.list_certificates(conn, device_pk=device_pk, kind=args.kind)
 
-    rows = [_cert_row(c) for c in ctx.db.transact_sync(load)]
-    emit(ctx, rows, ["serial", "kind", "customer_id", "device_id", "state", "not_after"])
+    records = ctx.db.transact_sync(load)
+    if args.expiring is None:
+        rows = [_cert_row(c) for c in records]
+        emit(ctx, rows, ["serial", "kind", "customer_id", "device_id", "state", "not_after"])
+        return
+    now = ctx.now()
+    horizon = now + args.expiring
+    due = sorted(
+        (c for c in records if c.state == "valid" and c.not_after <= horizon),
+        key=lambda c: c.not_after,
+    )
+    rows = [
+        {**_cert_row(c), "days_left": round((c.not_after - now).total_seconds() / 86400, 1)}
+        for c in due
+    ]
+    emit(
+        ctx,
+        rows,
+        ["serial", "kind", "customer_id", "device_id", "not_after", "days_left"],
+    )
+
+
+def parse_period(text: str) -> timedelta:
+    """``30d``, ``12h``, ``2w`` or a number of days (argparse type for --expiring)."""
+    match = re.fullmatch(r"\s*(\d{1,5})\s*([dhw]?)\s*", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a period: write 30d, 12h or 2w (a number alone is days)"
+        )
+    amount, unit = int(match.group(1)), match.group(2) or "d"
+    return {
+        "h": timedelta(hours=amount),
+        "d": timedelta(days=amount),
+        "w": timedelta(weeks=amount),
+    }[unit]
 
 
 REVOCATION_REASONS = (
@@ -54,7 +89,7 @@ certificateHold: a revocation here is final."""
 
 def cmd_cert_revoke(ctx: Context, args: argparse.Namespace) -> None:
     """Revoke one certificate, or every valid certificate of a device: every node refuses
-    them from the next request on (osp_server.access_watch)."""
+    them from the next request on (osp_server.change_watch)."""
     from osp_server.storage import audit
 
     by_device = args.device is not None
@@ -133,7 +168,14 @@ def register(subparsers: Subparsers) -> None:
     p = ce.add_parser("list", help="list certificates")
     p.add_argument("--customer")
     p.add_argument("--device")
-    p.add_argument("--kind", choices=["device", "server", "token_signer"])
+    p.add_argument("--kind", choices=list(get_args(cert_store.CertificateKind)))
+    p.add_argument(
+        "--expiring",
+        type=parse_period,
+        metavar="PERIOD",
+        help="only valid certificates that expire within PERIOD (30d, 12h, 2w), soonest "
+        "first, with the days left (negative: expired)",
+    )
     p.set_defaults(func=cmd_cert_list)
     p = ce.add_parser(
         "revoke",

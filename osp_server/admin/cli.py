@@ -34,6 +34,7 @@ from osp_server.admin import (
     db_commands,
     device_commands,
     enroll_commands,
+    reload_commands,
     route_commands,
     usage_commands,
 )
@@ -73,6 +74,7 @@ COMMAND_GROUP_MODULES: Final[tuple[CommandGroup, ...]] = (
     usage_commands,
     backup_commands,
     config_commands,
+    reload_commands,
 )
 """Every command group, in ``--help`` order: the one place a new group is listed."""
 

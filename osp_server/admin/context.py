@@ -159,7 +159,9 @@ def load_existing_ca(ctx: Context) -> CertificateAuthority:
     c = ctx.config.ca
     if not c.cert_file.exists():
         raise AdminError(f"no CA at {c.cert_file}: run `osp-admin ca init` or start the server")
-    return load_ca(c.key_file, c.cert_file, profile=c.profile)
+    ca = load_ca(c.key_file, c.cert_file, profile=c.profile)
+    ca.publish_at(c.public_url)
+    return ca
 
 
 def write_json(out: TextIO, value: Any, *, indent: int | None = 2) -> None:

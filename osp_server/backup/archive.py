@@ -6,9 +6,10 @@ Members (each optional except the manifest):
   every member its SHA-256 and whether it is encrypted;
 - ``database.sqlite3``: a consistent copy of a SQLite database (SQLite's online backup
   API); a PostgreSQL database is backed up with ``pg_dump`` instead (README);
-- ``ca.pem``, ``tls.pem``, ``tokens.pem``: certificates, as they are;
-- ``ca.key``, ``tls.key``, ``tokens.key``: private keys, encrypted (AES-256-GCM under a
-  key derived from the passphrase with scrypt, the member name as associated data);
+- ``ca.pem``, ``tls.pem``, ``tokens.pem``, ``ocsp.pem``: certificates, as they are;
+- ``ca.key``, ``tls.key``, ``tokens.key``, ``ocsp.key``: private keys, encrypted
+  (AES-256-GCM under a key derived from the passphrase with scrypt, the member name as
+  associated data);
 - ``journal.log``: the certificate journal, copied after the database, so that it holds
   everything the database copy does and more.
 
@@ -45,8 +46,8 @@ MANIFEST: Final = "manifest.json"
 MANIFEST_MAC: Final = "manifest.mac"
 DATABASE: Final = "database.sqlite3"
 JOURNAL: Final = "journal.log"
-CERTIFICATES: Final = ("ca.pem", "tls.pem", "tokens.pem")
-KEYS: Final = ("ca.key", "tls.key", "tokens.key")
+CERTIFICATES: Final = ("ca.pem", "tls.pem", "tokens.pem", "ocsp.pem")
+KEYS: Final = ("ca.key", "tls.key", "tokens.key", "ocsp.key")
 MEMBERS: Final = (DATABASE, JOURNAL, *CERTIFICATES, *KEYS)
 
 MIN_PASSPHRASE_CHARS: Final = 12

@@ -32,7 +32,7 @@ from osp_server.pki.ca import load_ca, spki_der
 from osp_server.pki.files import make_private_directory, write_new_file
 
 CA_MEMBERS = ("ca.pem", "ca.key")
-ISSUED_FROM_CA = ("tls.pem", "tls.key", "tokens.pem", "tokens.key")
+ISSUED_FROM_CA = ("tls.pem", "tls.key", "tokens.pem", "tokens.key", "ocsp.pem", "ocsp.key")
 
 
 def export_ca(config: Config, output: Path, passphrase: bytes, *, now: datetime) -> Manifest:

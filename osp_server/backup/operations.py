@@ -42,6 +42,7 @@ from osp_server.storage.db import (
     schema_status,
     sqlite_path,
 )
+from osp_server.tls.server import ocsp_responder_paths
 
 RUNNING_IF_HEARTBEAT_WITHIN = timedelta(seconds=30)
 """A heartbeat older than this is not a running server's (web.ready writes one every
@@ -54,6 +55,7 @@ RECHECK_AFTER_SECONDS = 11.0
 def archive_files(config: Config) -> dict[str, Path]:
     """Archive member -> where that file lives under ``config``."""
     tokens_cert, tokens_key = token_signer_paths(config.data_dir)
+    ocsp_cert, ocsp_key = ocsp_responder_paths(config.data_dir)
     return {
         "ca.pem": config.ca.cert_file,
         "ca.key": config.ca.key_file,
@@ -61,6 +63,8 @@ def archive_files(config: Config) -> dict[str, Path]:
         "tls.key": config.tls.key_file,
         "tokens.pem": tokens_cert,
         "tokens.key": tokens_key,
+        "ocsp.pem": ocsp_cert,
+        "ocsp.key": ocsp_key,
     }
 
 

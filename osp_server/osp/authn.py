@@ -6,7 +6,7 @@ match), a device certificate, unrevoked, within its validity, of an active devic
 A certificate we did not issue never passes, even with a valid signature, which
 keeps MD5-signed legacy certificates safe for authentication.  Answers are cached so
 the hot path does not hit storage on every message.  A revocation or device change
-made anywhere empties the cache of every node (:mod:`osp_server.access_watch`: at once
+made anywhere empties the cache of every node (:mod:`osp_server.change_watch`: at once
 here, within ``[osp] access_poll_seconds`` elsewhere); the cache lifetime only bounds
 how long a node cut off from those signals goes on trusting its answers.
 """

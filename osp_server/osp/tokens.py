@@ -549,6 +549,15 @@ class TokenFactory:
         self._on_call_id_dropped = on_call_id_dropped
 
     @property
+    def signer(self) -> TokenSigner | None:
+        """The signer of signed tokens."""
+        return self._signer
+
+    def replace_signer(self, signer: TokenSigner) -> None:
+        """Sign with ``signer`` from the next token on (its certificate was renewed)."""
+        self._signer = signer
+
+    @property
     def default_format(self) -> TokenFormat:
         """The format used when :meth:`build` is not told otherwise."""
         return self._default_format

@@ -36,7 +36,12 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
+from cryptography.x509.oid import (
+    AuthorityInformationAccessOID,
+    ExtendedKeyUsageOID,
+    NameOID,
+    SignatureAlgorithmOID,
+)
 
 from osp_server.config import CAConfig
 from osp_server.pki import legacy
@@ -71,6 +76,7 @@ __all__ = [
     "load_ca",
     "load_or_create_ca",
     "new_serial",
+    "reason_flag",
     "write_private_key",
 ]
 
@@ -129,6 +135,15 @@ class RevokedEntry:
     serial: int
     revoked_at: datetime
     reason: x509.ReasonFlags | None
+
+
+def reason_flag(reason: str | None) -> x509.ReasonFlags | None:
+    """The RFC 5280 reason code of a stored revocation reason (None: none recorded, or
+    one this version does not know)."""
+    try:
+        return None if reason is None else x509.ReasonFlags(reason)
+    except ValueError:
+        return None
 
 
 def new_serial(bits: int = _SERIAL_BITS) -> int:
@@ -370,6 +385,10 @@ class CertificateAuthority:
         if spki_der(private_key) != spki_der(_check_public_key(certificate.public_key(), "CA")):
             raise CAError("the CA private key does not match the CA certificate")
         self._key = private_key
+        self.crl_url: str | None = None
+        """Named as CRL distribution point in certificates issued (:meth:`publish_at`)."""
+        self.ocsp_url: str | None = None
+        """Named as OCSP responder (AIA) in certificates issued (:meth:`publish_at`)."""
         self.certificate = certificate
         self.certificate_der = certificate.public_bytes(serialization.Encoding.DER)
         self.profile = profile
@@ -393,6 +412,14 @@ class CertificateAuthority:
             f"<CertificateAuthority {self.certificate.subject.rfc4514_string()!r} "
             f"profile={self.profile} sha256={self.fingerprint_sha256()}>"
         )
+
+    def publish_at(self, public_url: str | None) -> None:
+        """Name ``<public_url>/crl`` (CRL distribution point) and ``<public_url>/ocsp``
+        (authorityInfoAccess OCSP) in the device and server certificates issued from now
+        on; None names nothing (``[ca] public_url`` unset)."""
+        base = None if public_url is None else public_url.rstrip("/")
+        self.crl_url = None if base is None else f"{base}/crl"
+        self.ocsp_url = None if base is None else f"{base}/ocsp"
 
     def fingerprint_sha256(self) -> str:
         """SHA-256 of the CA certificate DER, ``AB:CD:...`` (for humans)."""
@@ -447,13 +474,30 @@ class CertificateAuthority:
         now: datetime,
         validity: timedelta,
     ) -> x509.CertificateBuilder:
-        """The PKIX end-entity base: CA:FALSE (critical), SKI and AKI."""
-        return (
+        """The PKIX end-entity base: CA:FALSE (critical), SKI and AKI, and where the CRL
+        and the OCSP responder are when they are published (:meth:`publish_at`)."""
+        builder = (
             self._bare_builder(subject, public_key, now, validity)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier(self._key_id, None, None), critical=False)
         )
+        if self.crl_url is not None:
+            point = x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(self.crl_url)],
+                relative_name=None,
+                reasons=None,
+                crl_issuer=None,
+            )
+            builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+        if self.ocsp_url is not None:
+            access = x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(self.ocsp_url)
+            )
+            builder = builder.add_extension(
+                x509.AuthorityInformationAccess([access]), critical=False
+            )
+        return builder
 
     def _sign_sha256(self, builder: x509.CertificateBuilder) -> x509.Certificate:
         return builder.sign(self._key, hashes.SHA256())
@@ -602,6 +646,36 @@ class CertificateAuthority:
         self._check_issued(certificate, spki_der(key))
         if not is_compact_token_signer(certificate):
             raise CAError("issued token signer certificate is not compact")
+        return certificate
+
+    def issue_ocsp_responder(
+        self, public_key: SubjectPublicKey, *, validity: timedelta, now: datetime
+    ) -> x509.Certificate:
+        """Issue the delegated OCSP responder's certificate (RFC 6960 §4.2.2.2):
+        ``CN=<CA common name> OCSP``, keyUsage digitalSignature (critical), EKU
+        OCSPSigning, id-pkix-ocsp-nocheck (relying parties do not check the responder's
+        own status), SKI, AKI, CA:FALSE; no CRL distribution point or AIA. SHA-256."""
+        key = _check_public_key(public_key, "OCSP responder key")
+        common = self.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        ca_name = common[0].value if common else None
+        name = f"{ca_name[:59]} OCSP" if isinstance(ca_name, str) else "OSP Server OCSP"
+        try:
+            subject = printable_name([(NameOID.COMMON_NAME, name, "OCSP responder")])
+        except InvalidNameError as exc:
+            raise CAError(str(exc)) from exc
+        builder = (
+            self._bare_builder(subject, key, now, validity)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(digital_signature=True), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False
+            )
+            .add_extension(x509.OCSPNoCheck(), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier(self._key_id, None, None), critical=False)
+        )
+        certificate = self._sign_sha256(builder)
+        self._check_issued(certificate, spki_der(key))
         return certificate
 
     def build_crl(
@@ -843,7 +917,7 @@ def open_ca(config: CAConfig, *, now: datetime) -> tuple[CertificateAuthority, b
     """Load the operator's CA, or create ours on first start (True when created)."""
     for directory in {config.key_file.parent, config.cert_file.parent}:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return load_or_create_ca(
+    ca, created = load_or_create_ca(
         config.key_file,
         config.cert_file,
         key_type=config.key_type,
@@ -856,3 +930,5 @@ def open_ca(config: CAConfig, *, now: datetime) -> tuple[CertificateAuthority, b
         profile=config.profile,
         now=now,
     )
+    ca.publish_at(config.public_url)
+    return ca, created

@@ -30,7 +30,7 @@ from osp_server.pki.files import fsync_directory, make_private_directory
 JOURNAL_VERSION = 1
 MAX_LINE_BYTES = 64 * 1024
 MAX_SEGMENT_BYTES = 64 << 20
-KINDS = ("device", "server", "token_signer")
+KINDS = ("device", "server", "token_signer", "ocsp_responder")
 
 
 class JournalError(Exception):

@@ -8,11 +8,11 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, RowMapping, Select, insert, select, update
 
-from osp_server.storage.access import bump_txn
+from osp_server.storage.changes import bump_txn
 from osp_server.storage.errors import NotFoundError
 from osp_server.storage.schema import certificates, customers, devices
 
-CertificateKind = Literal["device", "server", "token_signer"]
+CertificateKind = Literal["device", "server", "token_signer", "ocsp_responder"]
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def revoke(
     conn: Connection, serial: str, *, now: datetime, reason: str | None = None
 ) -> CertificateRecord:
     """Mark a certificate revoked (idempotent: the first revocation time stays); every
-    node hears of it when the transaction commits (osp_server.storage.access)."""
+    node hears of it when the transaction commits (osp_server.storage.changes)."""
     current = get_by_serial(conn, serial)
     if current.state != "revoked":
         conn.execute(

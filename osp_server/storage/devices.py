@@ -10,7 +10,7 @@ from typing import Literal
 from sqlalchemy import Connection, RowMapping, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from osp_server.storage.access import bump_txn
+from osp_server.storage.changes import bump_txn
 from osp_server.storage.errors import ConflictError, NotFoundError
 from osp_server.storage.schema import customers, devices
 

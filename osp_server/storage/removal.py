@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import Connection, delete, func, select, update
 
 from osp_server.storage import certificates as cert_store
-from osp_server.storage.access import bump_txn
+from osp_server.storage.changes import bump_txn
 from osp_server.storage.devices import get_customer, get_device
 from osp_server.storage.errors import InUseError
 from osp_server.storage.schema import (

@@ -113,7 +113,7 @@ certificates = Table(
     Column("revoked_at", UTCDateTime(), nullable=True),
     Column("revocation_reason", String(32), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
-    CheckConstraint("kind IN ('device', 'server', 'token_signer')", name="kind"),
+    CheckConstraint("kind IN ('device', 'server', 'token_signer', 'ocsp_responder')", name="kind"),
     CheckConstraint("state IN ('valid', 'revoked')", name="state"),
     Index("ix_certificates_device_pk", "device_pk"),
 )
@@ -249,12 +249,12 @@ route_version = Table(
     Column("version", BigInteger, nullable=False),
 )
 
-# One row; bumped in the transaction of every revocation and device state change, so
-# that every node drops what it cached about who may connect (osp_server.access_watch).
-access_version = Table(
-    "access_version",
+# One row per kind of change every node must act on, bumped in the change's own
+# transaction (osp_server.storage.changes, osp_server.change_watch).
+change_versions = Table(
+    "change_versions",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(32), primary_key=True),
     Column("version", BigInteger, nullable=False),
 )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -38,8 +39,33 @@ def server_files(tls: TLSConfig, ca: CertificateAuthority) -> IssuedFiles:
     )
 
 
+OCSP_RESPONDER_VALIDITY_DAYS = 90
+
+
+def ocsp_responder_paths(data_dir: Path) -> tuple[Path, Path]:
+    """(certificate, key) of the delegated OCSP responder in ``data_dir``."""
+    directory = data_dir / "ocsp"
+    return directory / "responder.pem", directory / "responder.key"
+
+
+def ocsp_responder_files(data_dir: Path, ca: CertificateAuthority) -> IssuedFiles:
+    """The delegated OCSP responder's key and certificate (``<data_dir>/ocsp``): RSA-2048,
+    90 days, renewed 30 days before expiry like the HTTPS certificate."""
+    cert_file, key_file = ocsp_responder_paths(data_dir)
+    return IssuedFiles(
+        cert_file=cert_file,
+        key_file=key_file,
+        key_type="rsa2048",
+        kind="ocsp_responder",
+        issue=lambda key, now: ca.issue_ocsp_responder(
+            key.public_key(), validity=validity(OCSP_RESPONDER_VALIDITY_DAYS), now=now
+        ),
+    )
+
+
 class ServerCertificate:
-    """The HTTPS listeners' key and certificate, read at start and on reload only.
+    """A key and certificate the server holds for itself (the HTTPS listeners', the OCSP
+    responder's), read at start and refreshed (renewed when ours) on reload only.
 
     Construction is blocking start-up work and raises
     :class:`~osp_server.tls.issued.MaterialError` with a line for the operator.

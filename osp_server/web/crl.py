@@ -1,4 +1,8 @@
-"""``GET /crl``: the CA's current CRL (DER), rebuilt when revocations change."""
+"""``GET /crl`` (DER, ``application/pkix-crl``) and ``GET /crl.pem`` (PEM): the CA's
+current CRL, with a CRL number, each revocation's reason code and a nextUpdate a day
+ahead.  It is rebuilt at the first request after a revocation anywhere (the access
+watcher invalidates it) and at least every minute otherwise, so the CRL served is
+never older than a minute and always long before its nextUpdate."""
 
 from __future__ import annotations
 
@@ -6,13 +10,14 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from osp_server.pki.ca import CertificateAuthority, RevokedEntry
+from osp_server.pki.ca import CertificateAuthority, RevokedEntry, reason_flag
 from osp_server.reactor import IOSPReactor
 from osp_server.storage import certificates as cert_store
 from osp_server.storage.db import Database, StorageError
@@ -20,15 +25,6 @@ from osp_server.web.responses import Response, error_response, render_async
 
 CRL_NEXT_UPDATE = timedelta(days=1)
 CRL_REFRESH_SECONDS = 60.0
-
-
-def reason_flag(reason: str | None) -> x509.ReasonFlags | None:
-    """The RFC 5280 reason code of a stored revocation reason (None: none recorded, or
-    one this version does not know)."""
-    try:
-        return None if reason is None else x509.ReasonFlags(reason)
-    except ValueError:
-        return None
 
 
 def _revoked(records: list[cert_store.CertificateRecord]) -> list[RevokedEntry]:
@@ -44,7 +40,8 @@ def _revoked(records: list[cert_store.CertificateRecord]) -> list[RevokedEntry]:
 
 
 class CRLResource(Resource):
-    """Serves the CRL; a cached copy is reused for a minute."""
+    """Serves the CRL; a cached copy is reused for a minute or until invalidated.
+    :meth:`pem` is the same CRL in PEM, for ``/crl.pem``."""
 
     isLeaf = True
 
@@ -70,33 +67,57 @@ class CRLResource(Resource):
 
     def render_GET(self, request: Request) -> int:
         """The DER CRL, ``application/pkix-crl``."""
+        return render_async(request, self._current)
 
-        async def build() -> Response:
-            now_s = self._reactor.seconds()
-            if self._cached is None or now_s - self._cached[0] > CRL_REFRESH_SECONDS:
-                try:
-                    revoked = _revoked(
-                        await self._db.transact("crl_revoked", cert_store.revoked_certificates_txn)
-                    )
-                except StorageError:
-                    if self._cached is None:
-                        return error_response(503, "CRL temporarily unavailable")
-                    return Response(200, self._cached[1], b"application/pkix-crl")
-                now = self._clock()
-                number = max(int(now.timestamp()), self._last_number + 1)
-                self._last_number = number
-                der: bytes = await deferToThreadPool(
-                    self._reactor,
-                    self._cpu_pool,
-                    lambda: self._ca.build_crl(
-                        revoked, now=now, next_update=CRL_NEXT_UPDATE, crl_number=number
-                    ),
+    def pem(self) -> Resource:
+        """A resource serving this CRL in PEM (``application/x-pem-file``)."""
+        return _PEMView(self)
+
+    async def _current(self) -> Response:
+        """The current CRL (DER), rebuilt when stale."""
+        now_s = self._reactor.seconds()
+        if self._cached is None or now_s - self._cached[0] > CRL_REFRESH_SECONDS:
+            try:
+                revoked = _revoked(
+                    await self._db.transact("crl_revoked", cert_store.revoked_certificates_txn)
                 )
-                self._cached = (now_s, der)
-            return Response(200, self._cached[1], b"application/pkix-crl")
-
-        return render_async(request, build)
+            except StorageError:
+                if self._cached is None:
+                    return error_response(503, "CRL temporarily unavailable")
+                return Response(200, self._cached[1], b"application/pkix-crl")
+            now = self._clock()
+            number = max(int(now.timestamp()), self._last_number + 1)
+            self._last_number = number
+            der: bytes = await deferToThreadPool(
+                self._reactor,
+                self._cpu_pool,
+                lambda: self._ca.build_crl(
+                    revoked, now=now, next_update=CRL_NEXT_UPDATE, crl_number=number
+                ),
+            )
+            self._cached = (now_s, der)
+        return Response(200, self._cached[1], b"application/pkix-crl")
 
     def invalidate(self) -> None:
-        """Drop the cached CRL (after a revocation on this node)."""
+        """Drop the cached CRL (after a revocation anywhere: the access watcher)."""
         self._cached = None
+
+
+class _PEMView(Resource):
+    isLeaf = True
+
+    def __init__(self, crl: CRLResource) -> None:
+        super().__init__()
+        self._crl = crl
+
+    def render_GET(self, request: Request) -> int:
+        async def pem() -> Response:
+            answer = await self._crl._current()
+            if answer.code != 200:
+                return answer
+            crl = x509.load_der_x509_crl(answer.body)
+            return Response(
+                200, crl.public_bytes(serialization.Encoding.PEM), b"application/x-pem-file"
+            )
+
+        return render_async(request, pem)

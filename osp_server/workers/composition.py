@@ -16,8 +16,10 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from osp_server.app import (
+    RENEWAL_CHECK_SECONDS,
     Core,
     CoreService,
+    PeriodicRenewal,
     assemble_or_release,
     checked_components,
     prepare,
@@ -27,6 +29,7 @@ from osp_server.config import Config
 from osp_server.endpoints import StartupError, endpoint_for, listener_descriptions
 from osp_server.reactor import IOSPReactor, ISupervisorReactor
 from osp_server.services import ProcessService
+from osp_server.storage.changes import RELOAD
 from osp_server.workers.role import HandOverError, encode_config
 from osp_server.workers.sockets import (
     SharedListenerService,
@@ -101,9 +104,20 @@ def _assemble_supervisor(core: Core, config: Config, reactor: ISupervisorReactor
     supervisor.setName("workers")
     supervisor.setServiceParent(top)
 
-    def reload() -> None:
-        log.info("SIGHUP: reloading TLS material, then the workers'")
+    def reload(why: str = "SIGHUP") -> None:
+        log.info("{why}: reloading TLS material, then the workers'", why=why)
         components.reload_tls().addBoth(lambda _: supervisor.signal_all("HUP"))
+
+    # osp-admin reload and the periodic renewal check: renewed here, then re-read by
+    # every worker, as on SIGHUP.  (The supervisor serves nothing: access changes are
+    # the workers' own watchers' business.)
+    components.change_watcher.subscribe(RELOAD, lambda: reload("osp-admin reload"))
+    components.change_watcher.setServiceParent(top)
+    PeriodicRenewal(
+        osp_reactor,
+        lambda: components.reload_tls().addBoth(lambda _: supervisor.signal_all("HUP")),
+        interval=RENEWAL_CHECK_SECONDS,
+    ).setServiceParent(top)
 
     process = ProcessService(osp_reactor, reload=reload)
     process.setName("process")

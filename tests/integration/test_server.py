@@ -444,3 +444,64 @@ async def test_reload_never_touches_an_operators_files(
     assert server.components.server_certificate.cert == cert
     assert config.tls.cert_file.read_bytes() == pem
     assert not config.tls.cert_file.with_name(config.tls.cert_file.name + ".previous").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_renews_the_token_signer_and_a_broken_file_keeps_its_old(
+    server: RunningServer, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token signer is renewed while running and the next token is signed by the
+    new one; a broken OCSP responder file keeps the responder in use and says why,
+    and the rest still reloads."""
+    from datetime import timedelta
+
+    from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+    from zope.interface import provider
+
+    from osp_server.tls.server import ocsp_responder_paths
+
+    components = server.components
+    signer_before = components.token_signer.cert
+    responder_before = components.ocsp_responder.cert
+    later = signer_before.not_valid_after_utc - timedelta(days=10)
+    monkeypatch.setattr(components.token_signer, "_clock", lambda: later)
+    responder_cert, _ = ocsp_responder_paths(config.data_dir)
+    responder_cert.write_bytes(b"-----BEGIN CERTIFICATE-----\nbroken\n")
+    logged: list[str] = []
+
+    @provider(ILogObserver)
+    def observe(event: dict[str, object]) -> None:
+        if event.get("log_format"):
+            logged.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        await components.reload_tls()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    renewed = components.token_signer.cert
+    assert renewed.serial_number != signer_before.serial_number
+    signer = components.tokens.signer
+    assert signer is not None and signer.certificate == renewed
+    assert components.ocsp_responder.cert == responder_before
+    assert any(
+        "OCSP responder certificate reload failed; keeping the one in use" in line
+        for line in logged
+    ), logged
+
+
+def test_periodic_renewal_runs_every_interval_not_at_start() -> None:
+    from osp_server.app import PeriodicRenewal
+    from tests.memory import MemoryReactor
+
+    clock = MemoryReactor()
+    calls: list[float] = []
+    renewal = PeriodicRenewal(clock, lambda: calls.append(clock.seconds()), interval=60)
+    renewal.startService()
+    assert calls == []
+    clock.advance(60)
+    clock.advance(60)
+    assert calls == [60, 120]
+    renewal.stopService()
+    clock.advance(60)
+    assert calls == [60, 120]

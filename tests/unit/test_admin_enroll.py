@@ -72,18 +72,18 @@ def test_errors(admin: Admin) -> None:
 def test_revoke_every_certificate_of_a_device(admin: Admin) -> None:
     """--device revokes what the device holds, with the reason the CRL will carry, and
     bumps the access version every node watches."""
-    from osp_server.storage import access
+    from osp_server.storage import changes
 
     admin.json("device", "add", "1000", "1001", "--username", "u", "--password-stdin", stdin="p\n")
     serials = [admin.json("enroll", "approve", str(admin.pending()))["serial"]]
     other = admin.json("enroll", "approve", str(admin.pending("1000", "1001")))["serial"]
-    version = admin.transact(access.current_version_txn)
+    version = admin.transact(changes.current_version_txn)
     revoked = admin.json(
         "cert", "revoke", "--customer", "1000", "--device", "1000", "--reason", "affiliationChanged"
     )
     assert sorted(r["serial"] for r in revoked) == sorted(serials)
     assert {r["state"] for r in revoked} == {"revoked"}
-    assert admin.transact(access.current_version_txn) > version
+    assert admin.transact(changes.current_version_txn) > version
     # Nothing left to revoke: an empty list, no error.
     assert admin.json("cert", "revoke", "--customer", "1000", "--device", "1000") == []
     audited = [e for e in admin.json("audit") if e["action"] == "certificate.revoked"]
@@ -96,3 +96,26 @@ def test_revoke_every_certificate_of_a_device(admin: Admin) -> None:
     assert code == 1 and "SERIAL" in err
     code, _, err = admin("cert", "revoke", "--device", "1000")
     assert code == 1 and "--customer" in err
+
+
+def test_cert_list_expiring(admin: Admin, capsys: pytest.CaptureFixture[str]) -> None:
+    """--expiring 30d: valid certificates that expire within 30 days, soonest first."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from osp_server.storage.schema import certificates
+
+    serial = admin.json("enroll", "approve", str(admin.pending()))["serial"]
+    assert admin.json("cert", "list", "--expiring", "30d") == []
+    soon = datetime.now(UTC) + timedelta(days=10)
+    admin.transact(
+        lambda conn: conn.execute(
+            update(certificates).where(certificates.c.serial == serial).values(not_after=soon)
+        )
+    )
+    (row,) = admin.json("cert", "list", "--expiring", "30d")
+    assert row["serial"] == serial and 9.9 <= row["days_left"] <= 10.0
+    assert admin.json("cert", "list", "--expiring", "1w") == []
+    code, _, _ = admin("cert", "list", "--expiring", "soon")
+    assert code == 2 and "not a period" in capsys.readouterr().err

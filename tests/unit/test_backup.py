@@ -66,7 +66,7 @@ def test_backup_holds_everything_with_the_keys_encrypted(
     manifest = json.loads(members["manifest.json"])
     sqlite = sqlite_path(config.database.url) is not None
     assert manifest["engine"] == done["engine"] == ("sqlite" if sqlite else "postgresql")
-    assert manifest["schema_revision"] == "0006"
+    assert manifest["schema_revision"] == "0007"
     assert ("database.sqlite3" in members) is sqlite
     assert {"ca.pem", "ca.key", "tls.pem", "tls.key", "tokens.pem", "tokens.key"} <= set(members)
     assert members["ca.pem"] == config.ca.cert_file.read_bytes()
@@ -104,7 +104,7 @@ def test_restore_onto_a_lost_machine_brings_everything_back(
         assert "pg_restore" in report["database"]
     after = _snapshot(config.data_dir)
     for name, data in before.items():
-        if name.startswith(("ca/", "tls/", "tokens/", "journal/")):
+        if name.startswith(("ca/", "tls/", "tokens/", "ocsp/", "journal/")):
             assert after[name] == data, name
     assert config.ca.key_file.stat().st_mode & 0o777 == 0o600
     assert config.data_dir.stat().st_mode & 0o777 == 0o700

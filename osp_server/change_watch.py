@@ -1,13 +1,14 @@
-"""Tell this node's caches at once when who may connect changes anywhere.
+"""Act at once, on this node, on changes made anywhere (:mod:`osp_server.storage.changes`).
 
-A revocation or a device state change commits with a new access version
-(:mod:`osp_server.storage.access`).  :class:`AccessWatcher` notices it and calls its
-listeners (the device authenticator and the CRL drop what they cached):
+:class:`ChangeWatcher` notices that a change version moved and calls the listeners
+subscribed to that kind of change: on ``access`` the device authenticator and the CRL
+drop what they cached; on ``reload`` the node re-reads its certificate files.  It
+hears of a change
 
-* on this node, at once: whoever changes access here calls :meth:`AccessWatcher.changed`;
+* on this node, at once: whoever makes the change here calls :meth:`ChangeWatcher.changed`;
 * on PostgreSQL, within milliseconds: a thread holds one extra connection that
-  ``LISTEN``\\s on the channel the change's transaction ``NOTIFY``\\s;
-* everywhere, within ``interval`` seconds: the version is polled, which covers SQLite
+  ``LISTEN``\\s on the channel the change's transaction notifies;
+* everywhere, within ``interval`` seconds: the versions are polled, which covers SQLite
   (``osp-admin`` and worker processes write from other processes), a dropped listening
   connection, and anything sent while it was reconnecting.
 """
@@ -23,7 +24,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from osp_server.reactor import IOSPReactor
-from osp_server.storage import access
+from osp_server.storage import changes
+from osp_server.storage.changes import ChangeName
 from osp_server.storage.db import Database
 from osp_server.storage.errors import describe_error
 
@@ -33,10 +35,10 @@ RECONNECT_SECONDS = 2.0
 _NOTIFY_WAIT_SECONDS = 0.5  # how long the listening thread blocks before checking for stop
 
 
-class AccessWatcher(Service):
-    """Calls every listener once per access change seen (module docstring)."""
+class ChangeWatcher(Service):
+    """Calls the listeners of a kind of change once per change seen (module docstring)."""
 
-    name = "access-watch"
+    name = "change-watch"
 
     def __init__(
         self,
@@ -47,13 +49,13 @@ class AccessWatcher(Service):
         listen: bool | None = None,
     ) -> None:
         if not interval > 0:
-            raise ValueError(f"the access poll interval must be positive, got {interval!r}")
+            raise ValueError(f"the change poll interval must be positive, got {interval!r}")
         self._db = db
         self._reactor = reactor
         self._interval = interval
         self.listen = db.dialect == "postgresql" if listen is None else listen
         """True: a thread LISTENs for PostgreSQL notifications (as well as polling)."""
-        self._listeners: list[Callable[[], object]] = []
+        self._listeners: dict[str, list[Callable[[], object]]] = {}
         self._loop = LoopingCall(self.poll)
         self._loop.clock = reactor
         self._polling = False
@@ -62,43 +64,46 @@ class AccessWatcher(Service):
         self._thread: threading.Thread | None = None
         self.listening = threading.Event()
         """Set while the LISTEN connection is up (PostgreSQL)."""
-        self.version: int | None = None
-        """The access version last seen (None until the first poll)."""
-        self.changes = 0
-        """How many changes the listeners were told of."""
+        self.versions: dict[str, int] | None = None
+        """The change versions last seen (None until the first poll)."""
+        self.changes: dict[str, int] = {}
+        """How many changes of each kind the listeners were told of."""
 
-    def subscribe(self, listener: Callable[[], object]) -> None:
-        """Call ``listener()`` on the reactor thread after every access change."""
-        self._listeners.append(listener)
+    def subscribe(self, name: ChangeName, listener: Callable[[], object]) -> None:
+        """Call ``listener()`` on the reactor thread after every change of kind ``name``."""
+        self._listeners.setdefault(name, []).append(listener)
 
-    def changed(self) -> None:
-        """Access changed (this node changed it, or a notification said so): tell every
-        listener now.  Called on the reactor thread."""
-        self.changes += 1
-        for listener in self._listeners:
+    def changed(self, name: ChangeName = changes.ACCESS) -> None:
+        """A change of kind ``name`` happened (this node made it, or a notification said
+        so): tell its listeners now.  Called on the reactor thread."""
+        self.changes[name] = self.changes.get(name, 0) + 1
+        for listener in self._listeners.get(name, []):
             try:
                 listener()
             except Exception:
-                log.failure("an access change listener failed")
+                log.failure("a {name} change listener failed", name=name)
 
     async def poll(self) -> None:
-        """Read the access version; tell the listeners when it moved."""
+        """Read the versions; tell the listeners of every kind that moved."""
         if self._polling:
             return  # a slow read is still running: the next tick reads again
         self._polling = True
         try:
-            version = await self._db.peek("access_version", access.current_version_txn)
+            versions = await self._db.peek("change_versions", changes.versions_txn)
         except Exception as e:
             if not self._failing:
-                log.warn("reading the access version failed: {error}", error=describe_error(e))
+                log.warn("reading the change versions failed: {error}", error=describe_error(e))
             self._failing = True
             return
         finally:
             self._polling = False
         self._failing = False
-        if self.version is not None and version != self.version:
-            self.changed()
-        self.version = version
+        seen, self.versions = self.versions, versions
+        if seen is None:
+            return
+        for name in (changes.ACCESS, changes.RELOAD):
+            if seen.get(name) != versions.get(name):
+                self.changed(name)
 
     def startService(self) -> None:
         """Poll every ``interval`` seconds, and LISTEN on PostgreSQL."""
@@ -108,7 +113,7 @@ class AccessWatcher(Service):
         if self.listen and self._thread is None:
             self._stop_listening.clear()
             self._thread = threading.Thread(
-                target=self._listen_forever, name="osp-access-listen", daemon=True
+                target=self._listen_forever, name="osp-change-listen", daemon=True
             )
             self._thread.start()
 
@@ -136,7 +141,7 @@ class AccessWatcher(Service):
                 if not reported:
                     self._reactor.callFromThread(
                         log.warn,
-                        "listening for access changes failed ({error}); polling every "
+                        "listening for changes failed ({error}); polling every "
                         "{interval} s until it reconnects",
                         error=describe_error(e),
                         interval=self._interval,
@@ -150,34 +155,30 @@ class AccessWatcher(Service):
         engine = self._db.engine
         args, params = engine.dialect.create_connect_args(engine.url)
         with psycopg.connect(*args, **{**params, "autocommit": True}) as conn:
-            conn.execute(f"LISTEN {access.CHANNEL}")
+            conn.execute(f"LISTEN {changes.CHANNEL}")
             self.listening.set()
             # A change committed while we were not listening: the poll finds it, but
             # at once is better after a reconnect.
-            self._reactor.callFromThread(self._loop_now)
+            self._reactor.callFromThread(self._poll_now)
             while not stop.is_set():
-                for _ in conn.notifies(timeout=_NOTIFY_WAIT_SECONDS):
-                    self._reactor.callFromThread(self._notified)
+                for notice in conn.notifies(timeout=_NOTIFY_WAIT_SECONDS):
+                    for name in (changes.ACCESS, changes.RELOAD):
+                        if notice.payload == name:
+                            self._reactor.callFromThread(self._notified, name)
 
-    def _notified(self) -> None:
-        self.changed()
-        # Keep the version in step, so the next poll does not report the change again.
-        self._read_version(report=False)
+    def _notified(self, name: ChangeName) -> None:
+        self.changed(name)
 
-    def _loop_now(self) -> None:
-        self._read_version(report=True)
-
-    def _read_version(self, *, report: bool) -> None:
-        if not self.running:
-            return
-        if report:
-            Deferred.fromCoroutine(self.poll())
-            return
-
+        # Keep the versions in step, so the next poll does not report the change again.
         async def quietly() -> None:
             try:
-                self.version = await self._db.peek("access_version", access.current_version_txn)
+                self.versions = await self._db.peek("change_versions", changes.versions_txn)
             except Exception:
                 return  # the regular poll reports failures
 
-        Deferred.fromCoroutine(quietly())
+        if self.running:
+            Deferred.fromCoroutine(quietly())
+
+    def _poll_now(self) -> None:
+        if self.running:
+            Deferred.fromCoroutine(self.poll())

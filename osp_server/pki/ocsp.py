@@ -1,0 +1,149 @@
+"""The OCSP responder's answers (RFC 6960), as pure functions: parse a request, decide
+whether it asks about our CA, build and sign the response.
+
+Responses are signed by a delegated responder (its certificate carries EKU OCSPSigning
+and id-pkix-ocsp-nocheck, issued by our CA and included in each response, §4.2.2.2),
+so the CA key signs only certificates and CRLs.  A serial we never issued is
+``unknown``; a request about another CA gets ``unauthorized`` (§2.3).  A request nonce
+(RFC 8954) is echoed.  Nothing here imports Twisted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509 import ocsp
+
+from osp_server.pki.der import DERError, children, read_single
+
+MAX_REQUEST_BYTES = 8192
+"""An OCSP request for one certificate is about 100 bytes; a signed one a few KiB."""
+NEXT_UPDATE = timedelta(hours=1)
+"""How long a response may be cached: revocations reach relying parties that cache
+within this, and this responder's own answers at once."""
+
+_HASHES = frozenset({"sha1", "sha256", "sha384", "sha512"})
+"""CertID hash algorithms answered (SHA-1 is what most clients send, RFC 5019)."""
+
+
+class OCSPRequestError(ValueError):
+    """The request cannot be answered; ``status`` is the unsuccessful response to send."""
+
+    def __init__(self, message: str, status: ocsp.OCSPResponseStatus) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class CertificateStatus:
+    """What we know of one serial."""
+
+    state: Literal["good", "revoked", "unknown"]
+    revoked_at: datetime | None = None
+    reason: x509.ReasonFlags | None = None
+
+
+@dataclass(frozen=True)
+class Responder:
+    """The delegated responder: its certificate and key, and the CA it answers for."""
+
+    ca: x509.Certificate
+    certificate: x509.Certificate
+    key: CertificateIssuerPrivateKeyTypes
+
+
+def parse_request(der: bytes) -> ocsp.OCSPRequest:
+    """The request in ``der``; :class:`OCSPRequestError` (malformedRequest) otherwise."""
+    if not der or len(der) > MAX_REQUEST_BYTES:
+        raise OCSPRequestError(
+            f"an OCSP request of {len(der)} bytes", ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+        )
+    try:
+        request = ocsp.load_der_ocsp_request(der)
+        request.hash_algorithm  # noqa: B018 - raises for an unknown algorithm
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise OCSPRequestError(
+            f"not an OCSP request for one certificate: {e}",
+            ocsp.OCSPResponseStatus.MALFORMED_REQUEST,
+        ) from None
+    return request
+
+
+def _issuer_key_bits(ca: x509.Certificate) -> bytes:
+    """The subjectPublicKey BIT STRING's contents (without the unused-bits octet): what
+    issuerKeyHash hashes (RFC 6960 §4.1.1)."""
+    spki = ca.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    top = read_single(spki, 0x30)
+    fields = list(children(spki, top))
+    if len(fields) != 2 or fields[1].tag != 0x03:
+        raise DERError("SubjectPublicKeyInfo without a BIT STRING")
+    bits = fields[1]
+    return spki[bits.content_start + 1 : bits.end]
+
+
+def asks_about(request: ocsp.OCSPRequest, ca: x509.Certificate) -> bool:
+    """Whether the request's issuer hashes name ``ca``."""
+    name = request.hash_algorithm.name
+    if name not in _HASHES:
+        return False
+    return (
+        hashlib.new(name, ca.subject.public_bytes()).digest() == request.issuer_name_hash
+        and hashlib.new(name, _issuer_key_bits(ca)).digest() == request.issuer_key_hash
+    )
+
+
+def unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
+    """An unsigned error response (malformedRequest, unauthorized, tryLater...)."""
+    return ocsp.OCSPResponseBuilder.build_unsuccessful(status).public_bytes(
+        serialization.Encoding.DER
+    )
+
+
+def build_response(
+    request: ocsp.OCSPRequest,
+    status: CertificateStatus,
+    responder: Responder,
+    *,
+    now: datetime,
+    next_update: timedelta = NEXT_UPDATE,
+) -> bytes:
+    """The signed, successful response about the request's serial (SHA-256 signature)."""
+    cert_status = {
+        "good": ocsp.OCSPCertStatus.GOOD,
+        "revoked": ocsp.OCSPCertStatus.REVOKED,
+        "unknown": ocsp.OCSPCertStatus.UNKNOWN,
+    }[status.state]
+    revoked = status.state == "revoked"
+    builder = (
+        ocsp.OCSPResponseBuilder()
+        .add_response_by_hash(
+            issuer_name_hash=request.issuer_name_hash,
+            issuer_key_hash=request.issuer_key_hash,
+            serial_number=request.serial_number,
+            algorithm=request.hash_algorithm,
+            cert_status=cert_status,
+            this_update=now,
+            next_update=now + next_update,
+            revocation_time=status.revoked_at if revoked else None,
+            revocation_reason=status.reason if revoked else None,
+        )
+        .responder_id(ocsp.OCSPResponderEncoding.HASH, responder.certificate)
+        .certificates([responder.certificate])
+    )
+    try:
+        nonce = request.extensions.get_extension_for_class(x509.OCSPNonce)
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        builder = builder.add_extension(nonce.value, critical=False)
+    response = builder.sign(responder.key, hashes.SHA256())
+    return response.public_bytes(serialization.Encoding.DER)

@@ -1,0 +1,118 @@
+"""``/ocsp``: the OCSP responder (RFC 6960 Appendix A) on the plain listener.
+
+``POST /ocsp`` with an ``application/ocsp-request`` body, or ``GET /ocsp/<base64 of the
+DER request>`` (URL-escaped, as RFC 6960 A.1 and RFC 5019 give it).  The status comes
+from the certificates we recorded, read on the database pool; the response is signed on
+the CPU pool by the delegated responder (:mod:`osp_server.pki.ocsp`).  Every answer is
+HTTP 200 ``application/ocsp-response``, errors included (malformedRequest,
+unauthorized, tryLater), as OCSP clients expect; only broken HTTP gets an HTTP error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from datetime import datetime
+from urllib.parse import unquote_to_bytes
+
+from cryptography.x509 import ocsp
+from sqlalchemy import Connection
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from osp_server.pki import ocsp as responder_pki
+from osp_server.pki.ca import reason_flag
+from osp_server.pki.ocsp import CertificateStatus, OCSPRequestError, Responder
+from osp_server.reactor import IOSPReactor
+from osp_server.storage import certificates as cert_store
+from osp_server.storage.db import Database, StorageError
+from osp_server.storage.errors import NotFoundError
+from osp_server.web.responses import Response, render_async
+
+log = Logger()
+
+CONTENT_TYPE = b"application/ocsp-response"
+
+
+def status_txn(conn: Connection, serial: int) -> CertificateStatus:
+    """What the database says of ``serial`` (unknown when we never issued it)."""
+    try:
+        record = cert_store.get_by_serial(conn, format(serial, "x"))
+    except NotFoundError:
+        return CertificateStatus("unknown")
+    if record.state == "revoked":
+        return CertificateStatus(
+            "revoked",
+            revoked_at=record.revoked_at,
+            reason=reason_flag(record.revocation_reason),
+        )
+    return CertificateStatus("good")
+
+
+def _answer(body: bytes) -> Response:
+    return Response(200, body, CONTENT_TYPE)
+
+
+class OCSPResource(Resource):
+    """POST /ocsp and GET /ocsp/<request>."""
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        db: Database,
+        responder: Callable[[], Responder],
+        reactor: IOSPReactor,
+        clock: Callable[[], datetime],
+        cpu_pool: ThreadPool,
+    ) -> None:
+        super().__init__()
+        self._db = db
+        # Read per request: the responder certificate is renewed while running.
+        self._responder = responder
+        self._reactor = reactor
+        self._clock = clock
+        self._cpu_pool = cpu_pool
+
+    def render_POST(self, request: Request) -> int:
+        """A DER request in the body."""
+        assert request.content is not None
+        der = request.content.read(responder_pki.MAX_REQUEST_BYTES + 1)
+        return render_async(request, lambda: self._respond(der))
+
+    def render_GET(self, request: Request) -> int:
+        """A request as base64 in the path (``/ocsp/MEIwQDA...``)."""
+        encoded = b"/".join(request.postpath or [])
+        try:
+            der = base64.b64decode(unquote_to_bytes(encoded), validate=True)
+        except (binascii.Error, ValueError):
+            der = b""
+        return render_async(request, lambda: self._respond(der))
+
+    async def _respond(self, der: bytes) -> Response:
+        try:
+            parsed = responder_pki.parse_request(der)
+        except OCSPRequestError as e:
+            log.debug("OCSP request refused: {error}", error=str(e))
+            return _answer(responder_pki.unsuccessful(e.status))
+        responder = self._responder()
+        if not responder_pki.asks_about(parsed, responder.ca):
+            return _answer(responder_pki.unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED))
+        try:
+            status: CertificateStatus = await self._db.transact(
+                "ocsp_status", status_txn, parsed.serial_number
+            )
+        except StorageError:
+            return _answer(responder_pki.unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER))
+        now = self._clock()
+        body: bytes = await deferToThreadPool(
+            self._reactor,
+            self._cpu_pool,
+            lambda: responder_pki.build_response(parsed, status, responder, now=now),
+        )
+        return _answer(body)
