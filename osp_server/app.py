@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import InitVar, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -26,7 +26,7 @@ from twisted.web.resource import Resource
 
 from osp_server import __version__
 from osp_server.change_watch import ChangeWatcher
-from osp_server.config import Config
+from osp_server.config import CAConfig, Config
 from osp_server.endpoints import (
     StartupError,
     check_endpoints,
@@ -52,10 +52,12 @@ from osp_server.osp.resource import OSPResource
 from osp_server.osp.service import OSPService
 from osp_server.osp.token_setup import TokenSetupError, build_token_factory, token_signer_files
 from osp_server.osp.tokens import TokenFactory, TokenSigner
-from osp_server.pki.ca import CAError, CertificateAuthority, open_ca
+from osp_server.pki.ca import CAError, CertificateAuthority, load_ca, open_ca
 from osp_server.pki.files import make_private_directory
 from osp_server.pki.journal import CertificateJournal, JournalError
 from osp_server.pki.ocsp import Responder
+from osp_server.pki.rollover import load_previous
+from osp_server.pki.trust import TrustSet
 from osp_server.reactor import IOSPReactor, IWorkerReactor
 from osp_server.readiness import Readiness
 from osp_server.routing.refresh import ReplaceableTables, RouteRefresher
@@ -111,6 +113,7 @@ class Core:
     worker: WorkerRole | None = None
     """Set in a worker process (``[server] workers`` > 1): the supervisor migrated and
     issued the certificates; this process only reads them."""
+    initial_trust: InitVar[TrustSet | None] = None
     metrics: Metrics = field(default_factory=Metrics)
     readiness: Readiness = field(default_factory=Readiness)
     # CPU-heavy work (password hashing, CSR checks, signing) runs here, never on the
@@ -119,7 +122,9 @@ class Core:
         default_factory=lambda: ThreadPool(minthreads=0, maxthreads=CPU_THREADS, name="osp-cpu")
     )
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, initial_trust: TrustSet | None) -> None:
+        self.trust = initial_trust or TrustSet.build(self.ca)
+        """The CAs every listener trusts (osp_server.pki.trust); replaced on reload."""
         self.journal = CertificateJournal.in_data_dir(self.config.data_dir)
         self.storage_probe = StorageProbe(self.db, self.reactor)
         self.write_probe = WriteProbe(
@@ -133,8 +138,8 @@ class Core:
             metrics=self.metrics,
         )
         self.inventory_probe = InventoryProbe(self.db, self.reactor, self.metrics, clock=self.clock)
-        self.metrics.certificate_expiry.labels("ca").set(
-            self.ca.certificate.not_valid_after_utc.timestamp()
+        self.metrics.certificate_expiry.labels("ca").set_function(
+            lambda: self.ca.certificate.not_valid_after_utc.timestamp()
         )
         self.db.observer = self.metrics.observe_transaction
 
@@ -182,6 +187,11 @@ def prepare(
             "CA profile is LEGACY: the CA certificate and device certificates are signed with "
             "MD5 for stock OSP Toolkit enroll 4.33.1. Prefer the secure profile for new devices."
         )
+    try:
+        trust = read_trust(config, db, ca)
+    except (StorageError, CAError) as e:
+        db.stop()
+        raise StartupError(f"trusted CAs: {e}") from None
     return Core(
         config=config,
         reactor=reactor,
@@ -190,7 +200,22 @@ def prepare(
         ca_created=created,
         clock=clock,
         worker=worker,
+        initial_trust=trust,
     )
+
+
+def read_trust(config: Config, db: Database, ca: CertificateAuthority) -> TrustSet:
+    """The CAs to trust beside ``ca`` (blocking: start-up)."""
+    recorded = db.transact_sync(authorities.recorded_authority_txn)
+    superseded = db.transact_sync(authorities.superseded_authorities_txn)
+    return TrustSet.build(ca, recorded, superseded, kept_authorities(config.ca, superseded))
+
+
+def kept_authorities(
+    files: CAConfig, superseded: list[authorities.SupersededAuthority]
+) -> dict[str, CertificateAuthority | None]:
+    """The superseded CAs whose key files this node kept (blocking: files)."""
+    return {a.fingerprint_sha256: load_previous(files, a.fingerprint_sha256) for a in superseded}
 
 
 def _open_the_database_ca(
@@ -310,7 +335,7 @@ def build_issued_material(core: Core, files: IssuedFiles) -> ServerCertificate:
     try:
         return ServerCertificate(
             _for_role(core, files),
-            ca_subject=core.ca.certificate.subject,
+            ca=core.ca,
             clock=core.clock,
             db=core.db,
             reactor=core.reactor,
@@ -363,6 +388,7 @@ class Components:
         return Deferred.fromCoroutine(self._reload())
 
     async def _reload(self) -> None:
+        await self._reload_authorities()
         material = (
             ("TLS", self.server_certificate),
             ("OCSP responder", self.ocsp_responder),
@@ -383,6 +409,52 @@ class Components:
         if signer is not None and signer.certificate != self.token_signer.cert:
             self.tokens.replace_signer(TokenSigner(self.token_signer.cert, self.token_signer.key))
 
+    async def _reload_authorities(self) -> None:
+        """Adopt the CA in the ``[ca]`` files when a rollover replaced it (only when it
+        is the database's), and read which CAs to trust.  Files on the CPU pool,
+        storage on the database pool."""
+        core = self.core
+        files = core.config.ca
+
+        def load_files() -> CertificateAuthority:
+            loaded = load_ca(files.key_file, files.cert_file, profile=files.profile)
+            loaded.publish_at(files.public_url)
+            return loaded
+
+        try:
+            loaded = await deferToThreadPool(core.reactor, core.cpu_pool, load_files)
+            recorded = await core.db.transact("ca_identity", authorities.recorded_authority_txn)
+            superseded = await core.db.transact("ca_trust", authorities.superseded_authorities_txn)
+            kept = await deferToThreadPool(
+                core.reactor, core.cpu_pool, lambda: kept_authorities(files, superseded)
+            )
+        except (CAError, StorageError, OSError) as e:
+            log.error("CA reload failed; keeping the CAs in use: {error}", error=describe_error(e))
+            return
+        if loaded.fingerprint_sha256() != core.ca.fingerprint_sha256():
+            if recorded is None or recorded.fingerprint_sha256 != loaded.fingerprint_sha256():
+                log.error(
+                    "CA reload: {path} now holds CA {fp}, which is not this database's CA; "
+                    "keeping the CA in use",
+                    path=str(files.cert_file),
+                    fp=loaded.fingerprint_sha256(),
+                )
+            else:
+                previous = core.ca.fingerprint_sha256()
+                core.ca.adopt(loaded)
+                self.crl.invalidate()
+                log.info(
+                    "CA rolled over: issuing from {subject} (SHA-256 {fp}); {previous} "
+                    "stays trusted until retired",
+                    subject=loaded.certificate.subject.rfc4514_string(),
+                    fp=loaded.fingerprint_sha256(),
+                    previous=previous,
+                )
+        trust = TrustSet.build(core.ca, recorded, superseded, kept)
+        if trust.fingerprints() != core.trust.fingerprints():
+            log.info("trusted CAs: {fps}", fps=", ".join(trust.fingerprints()))
+        core.trust = trust
+
 
 def build_components(core: Core) -> Components:
     """Wire resources and sites (no listening)."""
@@ -399,7 +471,8 @@ def build_components(core: Core) -> Components:
             return TLSMaterial(
                 private_key=server_certificate.key,
                 certificate=server_certificate.cert,
-                client_trust=(core.ca.certificate,),
+                chain=core.trust.links,
+                client_trust=core.trust.certificates,
                 require_client_certificate=require,
                 legacy_security_level=legacy,
             )
@@ -445,11 +518,13 @@ def build_components(core: Core) -> Components:
         b"ocsp",
         OCSPResource(
             core.db,
-            lambda: Responder(
-                ca=core.ca.certificate,
-                certificate=ocsp_responder.cert,
-                key=ocsp_responder.key,
-            ),
+            lambda: [
+                Responder.delegated(core.ca.certificate, ocsp_responder.cert, ocsp_responder.key),
+                *(
+                    Responder(ca.certificate, ca.certificate, ca.sign_ocsp_response)
+                    for ca in core.trust.superseded.values()
+                ),
+            ],
             core.reactor,
             core.clock,
             core.cpu_pool,

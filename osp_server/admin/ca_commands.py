@@ -39,8 +39,49 @@ def cmd_ca_init(ctx: Context, _args: argparse.Namespace) -> None:
 
 
 def cmd_ca_show(ctx: Context, _args: argparse.Namespace) -> None:
-    """Show the CA certificate and its fingerprints."""
-    emit_one(ctx, _ca_row(load_existing_ca(ctx)))
+    """Show the CA certificate and its fingerprints, and the superseded CAs that are
+    still trusted (after a rollover)."""
+    from osp_server.storage import authorities
+
+    row = _ca_row(load_existing_ca(ctx))
+    superseded = ctx.db.transact_sync(authorities.superseded_authorities_txn)
+    row["also_trusted"] = [a.fingerprint_sha256 for a in superseded]
+    emit_one(ctx, row)
+
+
+def cmd_ca_rollover(ctx: Context, _args: argparse.Namespace) -> None:
+    """Replace the issuing CA; the current one stays trusted until retired."""
+    from osp_server.pki.rollover import roll_over
+
+    done = roll_over(ctx.config.ca, ctx.db, now=ctx.now(), actor=ctx.actor)
+    emit_one(
+        ctx,
+        {
+            **_ca_row(done.issuing),
+            "previous_sha256_fingerprint": done.previous.fingerprint_sha256(),
+            "link_serial": format(done.link.serial_number, "x"),
+            "finished_interrupted": done.finished_interrupted,
+            "next": "every node reloads within [osp] access_poll_seconds; other nodes need "
+            "this CA: osp-admin ca export here, osp-admin ca import --replace there; "
+            "osp-admin ca retire PREVIOUS_FINGERPRINT ends the transition",
+        },
+    )
+
+
+def cmd_ca_retire(ctx: Context, args: argparse.Namespace) -> None:
+    """Stop trusting a superseded CA on every node."""
+    from osp_server.pki.rollover import retire
+
+    retired = retire(ctx.config.ca, ctx.db, args.fingerprint, now=ctx.now(), actor=ctx.actor)
+    emit_one(
+        ctx,
+        {
+            "retired": retired.fingerprint_sha256,
+            "subject": retired.subject,
+            "next": "every node stops trusting it within [osp] access_poll_seconds; its "
+            "devices are refused from then on",
+        },
+    )
 
 
 def cmd_ca_export(ctx: Context, args: argparse.Namespace) -> None:
@@ -79,6 +120,13 @@ def register(subparsers: Subparsers) -> None:
         func=cmd_ca_init
     )
     ca.add_parser("show", help="show the CA and its fingerprints").set_defaults(func=cmd_ca_show)
+    ca.add_parser(
+        "rollover",
+        help="replace the issuing CA by a new one; both are trusted until the old one is retired",
+    ).set_defaults(func=cmd_ca_rollover)
+    retire = ca.add_parser("retire", help="stop trusting a CA a rollover replaced")
+    retire.add_argument("fingerprint", help="its SHA-256 fingerprint, or an unambiguous prefix")
+    retire.set_defaults(func=cmd_ca_retire)
     export = ca.add_parser(
         "export",
         help="write the CA certificate and key (encrypted with a passphrase) for another "

@@ -51,6 +51,7 @@ from osp_server.config import ConfigError, find_config, load_config
 from osp_server.pki.ca import CAError
 from osp_server.pki.files import FileWriteError
 from osp_server.pki.journal import JournalError
+from osp_server.storage.authorities import RolloverError
 from osp_server.storage.db import StorageError, displayable_url
 from osp_server.storage.errors import ConflictError, InUseError, NotFoundError
 
@@ -89,6 +90,7 @@ HANDLED_ERRORS: Final = (
     NotFoundError,
     ConflictError,
     InUseError,
+    RolloverError,
     ValueError,
     OSError,
     SQLAlchemyError,

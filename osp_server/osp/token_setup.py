@@ -58,6 +58,9 @@ def token_signer_files(data_dir: Path, osp: OSPConfig, ca: CertificateAuthority)
             now=now,
         ),
         current=is_compact_token_signer,
+        # Devices verify tokens against the CAs they know: the signer of the superseded
+        # CA signs on through a rollover, and is renewed from the new one when due.
+        follows_rollover=False,
     )
 
 

@@ -25,17 +25,18 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final, get_args
+from typing import Concatenate, Final, ParamSpec, TypeVar, get_args
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.x509 import ocsp
 from cryptography.x509.oid import (
     AuthorityInformationAccessOID,
     ExtendedKeyUsageOID,
@@ -356,6 +357,25 @@ def _compatibility_warnings(certificate: x509.Certificate, profile: Profile) -> 
 
 # ---------------------------------------------------------------- the CA
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _consistent(
+    method: Callable[Concatenate[CertificateAuthority, _P], _R],
+) -> Callable[Concatenate[CertificateAuthority, _P], _R]:
+    """Run ``method`` on one generation of the CA: :meth:`CertificateAuthority.adopt`
+    may swap the CA while a thread signs, and a signature must never mix the old key
+    with the new name."""
+
+    def run(self: CertificateAuthority, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        snapshot = object.__new__(CertificateAuthority)
+        snapshot.__dict__ = self.__dict__  # the dict itself: adopt() replaces, never edits
+        return method(snapshot, *args, **kwargs)
+
+    run.__name__, run.__doc__ = method.__name__, method.__doc__
+    return run
+
 
 class CertificateAuthority:
     """A loaded CA: its certificate, its (private) key and the signing profile.
@@ -412,6 +432,33 @@ class CertificateAuthority:
             f"<CertificateAuthority {self.certificate.subject.rfc4514_string()!r} "
             f"profile={self.profile} sha256={self.fingerprint_sha256()}>"
         )
+
+    def adopt(self, other: CertificateAuthority) -> None:
+        """Become ``other`` (a CA rollover, reloaded while running): everyone holding
+        this object issues from ``other`` from the next call on.  Where this CA's
+        certificates are published is kept.  One reference swap: a signature under way
+        finishes with the CA it started with (:func:`_consistent`)."""
+        state = dict(other.__dict__)
+        state["crl_url"], state["ocsp_url"] = self.crl_url, self.ocsp_url
+        self.__dict__ = state
+
+    def issued(self, certificate: x509.Certificate) -> bool:
+        """Whether this CA issued ``certificate``: its authority key identifier is this
+        CA's key identifier, or (no AKI: the compact token signer) this CA's signature
+        verifies.  Not the issuer name: a rollover keeps the name (pki.rollover)."""
+        if certificate.issuer != self.certificate.subject:
+            return False
+        try:
+            aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+        except x509.ExtensionNotFound:
+            aki = None
+        if aki is not None and aki.value.key_identifier is not None:
+            return aki.value.key_identifier == self._key_id
+        try:
+            certificate.verify_directly_issued_by(self.certificate)
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            return legacy.verify_md5_signature(certificate, self._key.public_key())
+        return True
 
     def publish_at(self, public_url: str | None) -> None:
         """Name ``<public_url>/crl`` (CRL distribution point) and ``<public_url>/ocsp``
@@ -522,6 +569,7 @@ class CertificateAuthority:
             except (ValueError, TypeError, InvalidSignature) as exc:
                 raise CAError(f"issued certificate does not verify under the CA: {exc}") from exc
 
+    @_consistent
     def issue_device_certificate(
         self,
         csr: ValidatedCSR,
@@ -567,6 +615,7 @@ class CertificateAuthority:
         self._check_issued(certificate, csr.spki_der)
         return certificate
 
+    @_consistent
     def issue_server_certificate(
         self,
         public_key: SubjectPublicKey,
@@ -613,6 +662,7 @@ class CertificateAuthority:
         self._check_issued(certificate, spki_der(key))
         return certificate
 
+    @_consistent
     def issue_token_signer(
         self,
         public_key: SubjectPublicKey,
@@ -648,6 +698,7 @@ class CertificateAuthority:
             raise CAError("issued token signer certificate is not compact")
         return certificate
 
+    @_consistent
     def issue_ocsp_responder(
         self, public_key: SubjectPublicKey, *, validity: timedelta, now: datetime
     ) -> x509.Certificate:
@@ -678,6 +729,47 @@ class CertificateAuthority:
         self._check_issued(certificate, spki_der(key))
         return certificate
 
+    @_consistent
+    def issue_link_certificate(
+        self, successor: CertificateAuthority, *, now: datetime
+    ) -> x509.Certificate:
+        """Cross-sign ``successor`` (the CA a rollover made, with this CA's name and a new
+        key): its key certified by this CA (RFC 4210's "new with old"), CA:TRUE pathlen
+        0, keyCertSign and cRLSign, SKI of its key and AKI of ours, valid until the
+        earlier of the two CAs' notAfter.  A device that trusts only this CA verifies
+        certificates of the successor through it (the server sends it in its TLS
+        chain).  Subject and issuer are the same name, so it is self-issued and does not
+        count against this CA's path length 0 (RFC 5280 §4.2.1.9).  SHA-256."""
+        new = successor.certificate
+        not_after = min(new.not_valid_after_utc, self.certificate.not_valid_after_utc)
+        not_before = max(to_utc(now) - _CA_BACKDATE, self.certificate.not_valid_before_utc)
+        if not_after <= not_before:
+            raise CAError("the CA expires before a link certificate could be valid")
+        public_key = _check_public_key(new.public_key(), "successor CA key")
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(new.subject)
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)
+            .serial_number(new_serial())
+            .not_valid_before(not_before)
+            .not_valid_after(cap_not_after(not_after))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(digital_signature=True, cert_sign=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier(self._key_id, None, None), critical=False)
+        )
+        link = self._sign_sha256(builder)
+        link.verify_directly_issued_by(self.certificate)
+        return link
+
+    @_consistent
+    def sign_ocsp_response(self, builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse:
+        """Sign OCSP answers as the CA itself (RFC 6960 §4.2.2.2): a superseded CA
+        answers for its own certificates this way, with no responder of its own."""
+        return builder.sign(self._key, hashes.SHA256())
+
+    @_consistent
     def build_crl(
         self,
         revoked: Sequence[RevokedEntry],
@@ -729,7 +821,7 @@ def create_ca(
     cert_path: Path,
     *,
     key_type: KeyType,
-    subject: CASubject,
+    subject: CASubject | x509.Name,
     validity: timedelta,
     profile: Profile,
     now: datetime,
@@ -754,7 +846,8 @@ def create_ca(
     for path, what in ((key_path, "CA key file"), (cert_path, "CA certificate file")):
         if path.exists() or path.is_symlink():
             raise CAError(f"{path}: {what} already exists; refusing to overwrite it")
-    name = _ca_name(subject)
+    # A Name as it is: a rollover keeps the current CA's (osp_server.pki.rollover).
+    name = subject if isinstance(subject, x509.Name) else _ca_name(subject)
     now = to_utc(now)
     not_before = now - _CA_BACKDATE
     not_after = cap_not_after(_add_time(now, validity))

@@ -11,6 +11,7 @@ so the CA key signs only certificates and CRLs.  A serial we never issued is
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -52,11 +53,22 @@ class CertificateStatus:
 
 @dataclass(frozen=True)
 class Responder:
-    """The delegated responder: its certificate and key, and the CA it answers for."""
+    """Who signs the answers about one CA's certificates: its delegated responder (the
+    certificate and how its key signs), or the CA itself."""
 
     ca: x509.Certificate
     certificate: x509.Certificate
-    key: CertificateIssuerPrivateKeyTypes
+    sign: Callable[[ocsp.OCSPResponseBuilder], ocsp.OCSPResponse]
+
+    @classmethod
+    def delegated(
+        cls,
+        ca: x509.Certificate,
+        certificate: x509.Certificate,
+        key: CertificateIssuerPrivateKeyTypes,
+    ) -> Responder:
+        """A responder certificate the CA issued, signing with its own key."""
+        return cls(ca, certificate, lambda builder: builder.sign(key, hashes.SHA256()))
 
 
 def parse_request(der: bytes) -> ocsp.OCSPRequest:
@@ -145,5 +157,4 @@ def build_response(
         pass
     else:
         builder = builder.add_extension(nonce.value, critical=False)
-    response = builder.sign(responder.key, hashes.SHA256())
-    return response.public_bytes(serialization.Encoding.DER)
+    return responder.sign(builder).public_bytes(serialization.Encoding.DER)

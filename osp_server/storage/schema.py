@@ -290,3 +290,16 @@ ca_identity = Table(
     Column("certificate", LargeBinary, nullable=False),
     Column("recorded_at", UTCDateTime(), nullable=False),
 )
+
+# CAs that a rollover superseded and that stay trusted until retired (issue 12): each
+# with the link certificate in which it certified its successor.
+ca_trust = Table(
+    "ca_trust",
+    metadata,
+    Column("fingerprint_sha256", String(95), primary_key=True),
+    Column("subject", Text, nullable=False),
+    Column("certificate", LargeBinary, nullable=False),
+    Column("link_certificate", LargeBinary, nullable=True),
+    Column("superseded_at", UTCDateTime(), nullable=False),
+    Column("retired_at", UTCDateTime(), nullable=True),
+)

@@ -4,10 +4,11 @@ One implementation for start-up (blocking, before the reactor runs) and for SIGH
 (on the reactor: storage on the database pool, files and crypto on the CPU pool): the
 logic is a coroutine that asks the caller's runners for every blocking step.
 
-* Files present and not issued by us (another issuer, or not recorded): the operator's,
-  used as they are and never touched.
+* Files present and not recorded by us: the operator's, used as they are and never
+  touched.
 * Ours and still current: used as they are.
-* Ours and expiring within ``renew_before``, or not of the current profile: renewed. The
+* Ours and expiring within ``renew_before``, or not of the current profile, or issued
+  by a CA that a rollover superseded: renewed. The
   old files are set aside as ``<name>.previous`` (never deleted), the new key (0600) and
   certificate are written as new files, and the certificate is recorded.
 * Absent: issued, written and recorded.
@@ -37,6 +38,7 @@ from twisted.python.failure import Failure
 from osp_server.pki.ca import (
     CAError,
     CAPrivateKey,
+    CertificateAuthority,
     check_private_key_file_mode,
     generate_private_key,
     write_private_key,
@@ -79,6 +81,9 @@ class IssuedFiles:
     """Where issuing is journaled (osp_server.pki.journal), after it is recorded."""
     issues: bool = True
     """False: read the files, never issue or renew (a worker process)."""
+    follows_rollover: bool = True
+    """True: re-issued from the new CA as soon as a CA rollover is seen; False: kept
+    until it is due for renewal (the token signer)."""
 
 
 def _load_key(path: Path) -> CAPrivateKey:
@@ -138,7 +143,7 @@ def _sha256(cert: x509.Certificate) -> str:
 async def provide(
     files: IssuedFiles,
     *,
-    ca_subject: x509.Name,
+    ca: CertificateAuthority,
     now: datetime,
     run_db: RunDB,
     run_blocking: RunBlocking,
@@ -151,14 +156,25 @@ async def provide(
         return material
     if files.cert_file.exists() or files.key_file.exists():
         key, cert = await run_blocking(lambda: read_files(files))
-        if cert.issuer != ca_subject:
-            return key, cert
         if await run_db(cert_store.get_by_fingerprint, _sha256(cert)) is None:
             return key, cert  # not recorded by us: an operator's certificate
-        outdated = files.current is not None and not files.current(cert)
+        # Issued by a CA a rollover superseded: re-issued from the new one at once,
+        # unless the certificate must outlive the transition (the token signer, whose
+        # tokens devices verify against the CAs they know: renewed when due).
+        superseded = not ca.issued(cert)
+        outdated = (superseded and files.follows_rollover) or (
+            files.current is not None and not files.current(cert)
+        )
         if not outdated and cert.not_valid_after_utc - now > files.renew_before:
             return key, cert
-        if outdated:
+        if superseded and files.follows_rollover:
+            log.info(
+                "re-issuing the {kind} certificate (serial {serial}) from the new CA: "
+                "its issuer was superseded by a CA rollover",
+                kind=files.kind,
+                serial=cert_store.serial_hex(cert.serial_number),
+            )
+        elif outdated:
             log.info(
                 "re-issuing the {kind} certificate (serial {serial}): issued by an "
                 "earlier version, not the current profile",
@@ -208,7 +224,7 @@ async def provide(
 
 
 def provide_now(
-    files: IssuedFiles, *, ca_subject: x509.Name, now: datetime, db: Database
+    files: IssuedFiles, *, ca: CertificateAuthority, now: datetime, db: Database
 ) -> tuple[CAPrivateKey, x509.Certificate]:
     """:func:`provide`, blocking on the calling thread (start-up, before the reactor)."""
 
@@ -219,7 +235,7 @@ def provide_now(
         return maybeDeferred(fn)
 
     d = Deferred.fromCoroutine(
-        provide(files, ca_subject=ca_subject, now=now, run_db=run_db, run_blocking=run_blocking)
+        provide(files, ca=ca, now=now, run_db=run_db, run_blocking=run_blocking)
     )
     results: list[Any] = []
     d.addBoth(results.append)

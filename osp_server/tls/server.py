@@ -13,8 +13,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
 from twisted.internet.interfaces import IAddress, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -75,26 +73,26 @@ class ServerCertificate:
         self,
         files: IssuedFiles,
         *,
-        ca_subject: x509.Name,
+        ca: CertificateAuthority,
         clock: Callable[[], datetime],
         db: Database,
         reactor: IReactorFromThreads,
         cpu_pool: ThreadPool,
     ) -> None:
         self._files = files
-        self._ca_subject = ca_subject
+        self._ca = ca  # the issuing CA, which a rollover may replace (CertificateAuthority.adopt)
         self._clock = clock
         self._db = db
         self._reactor = reactor
         self._cpu_pool = cpu_pool
-        self.key, self.cert = provide_now(files, ca_subject=ca_subject, now=clock(), db=db)
+        self.key, self.cert = provide_now(files, ca=ca, now=clock(), db=db)
 
     async def refresh(self) -> None:
         """Read the files again, or renew ours (SIGHUP): storage on the database pool,
         files and crypto on the CPU pool, nothing blocking on the reactor thread."""
         self.key, self.cert = await provide(
             self._files,
-            ca_subject=self._ca_subject,
+            ca=self._ca,
             now=self._clock(),
             run_db=functools.partial(self._db.transact, "tls_certificates"),
             run_blocking=lambda fn: deferToThreadPool(self._reactor, self._cpu_pool, fn),

@@ -27,7 +27,11 @@ CRL_NEXT_UPDATE = timedelta(days=1)
 CRL_REFRESH_SECONDS = 60.0
 
 
-def _revoked(records: list[cert_store.CertificateRecord]) -> list[RevokedEntry]:
+def _revoked(
+    records: list[cert_store.CertificateRecord], ca: CertificateAuthority
+) -> list[RevokedEntry]:
+    # After a CA rollover the database holds certificates of two CAs: a CRL lists only
+    # its own issuer's (RFC 5280 §5: a CRL covers one issuer unless it is indirect).
     return [
         RevokedEntry(
             serial=int(r.serial, 16),
@@ -35,7 +39,7 @@ def _revoked(records: list[cert_store.CertificateRecord]) -> list[RevokedEntry]:
             reason=reason_flag(r.revocation_reason),
         )
         for r in records
-        if r.revoked_at is not None
+        if r.revoked_at is not None and ca.issued(x509.load_der_x509_certificate(r.der))
     ]
 
 
@@ -78,8 +82,8 @@ class CRLResource(Resource):
         now_s = self._reactor.seconds()
         if self._cached is None or now_s - self._cached[0] > CRL_REFRESH_SECONDS:
             try:
-                revoked = _revoked(
-                    await self._db.transact("crl_revoked", cert_store.revoked_certificates_txn)
+                records = await self._db.transact(
+                    "crl_revoked", cert_store.revoked_certificates_txn
                 )
             except StorageError:
                 if self._cached is None:
@@ -92,14 +96,18 @@ class CRLResource(Resource):
                 self._reactor,
                 self._cpu_pool,
                 lambda: self._ca.build_crl(
-                    revoked, now=now, next_update=CRL_NEXT_UPDATE, crl_number=number
+                    _revoked(records, self._ca),
+                    now=now,
+                    next_update=CRL_NEXT_UPDATE,
+                    crl_number=number,
                 ),
             )
             self._cached = (now_s, der)
         return Response(200, self._cached[1], b"application/pkix-crl")
 
     def invalidate(self) -> None:
-        """Drop the cached CRL (after a revocation anywhere: the access watcher)."""
+        """Drop the cached CRL (after a revocation anywhere, the access watcher; after a
+        CA rollover, the reload)."""
         self._cached = None
 
 

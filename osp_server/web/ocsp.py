@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from urllib.parse import unquote_to_bytes
 
@@ -66,15 +66,16 @@ class OCSPResource(Resource):
     def __init__(
         self,
         db: Database,
-        responder: Callable[[], Responder],
+        responders: Callable[[], Sequence[Responder]],
         reactor: IOSPReactor,
         clock: Callable[[], datetime],
         cpu_pool: ThreadPool,
     ) -> None:
         super().__init__()
         self._db = db
-        # Read per request: the responder certificate is renewed while running.
-        self._responder = responder
+        # Read per request: the responder certificate is renewed while running, and a
+        # CA rollover adds the superseded CA (answering for its own certificates).
+        self._responders = responders
         self._reactor = reactor
         self._clock = clock
         self._cpu_pool = cpu_pool
@@ -100,8 +101,10 @@ class OCSPResource(Resource):
         except OCSPRequestError as e:
             log.debug("OCSP request refused: {error}", error=str(e))
             return _answer(responder_pki.unsuccessful(e.status))
-        responder = self._responder()
-        if not responder_pki.asks_about(parsed, responder.ca):
+        responder = next(
+            (r for r in self._responders() if responder_pki.asks_about(parsed, r.ca)), None
+        )
+        if responder is None:
             return _answer(responder_pki.unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED))
         try:
             status: CertificateStatus = await self._db.transact(

@@ -46,7 +46,7 @@ def responder(setting: tuple[CertificateAuthority, Path]) -> Responder:
     ca, _ = setting
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     cert = ca.issue_ocsp_responder(key.public_key(), validity=timedelta(days=90), now=NOW)
-    return Responder(ca=ca.certificate, certificate=cert, key=key)
+    return Responder.delegated(ca.certificate, cert, key)
 
 
 def _device(ca: CertificateAuthority, *, published: str | None = None) -> x509.Certificate:
