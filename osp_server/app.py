@@ -52,7 +52,7 @@ from osp_server.osp.resource import OSPResource
 from osp_server.osp.service import OSPService
 from osp_server.osp.token_setup import TokenSetupError, build_token_factory, token_signer_files
 from osp_server.osp.tokens import TokenFactory, TokenSigner
-from osp_server.pki.ca import CAError, CertificateAuthority, load_ca, open_ca
+from osp_server.pki.ca import CAError, CertificateAuthority, load_configured_ca, open_ca
 from osp_server.pki.files import make_private_directory
 from osp_server.pki.journal import CertificateJournal, JournalError
 from osp_server.pki.ocsp import Responder
@@ -417,9 +417,7 @@ class Components:
         files = core.config.ca
 
         def load_files() -> CertificateAuthority:
-            loaded = load_ca(files.key_file, files.cert_file, profile=files.profile)
-            loaded.publish_at(files.public_url)
-            return loaded
+            return load_configured_ca(files)
 
         try:
             loaded = await deferToThreadPool(core.reactor, core.cpu_pool, load_files)
@@ -469,7 +467,7 @@ def build_components(core: Core) -> Components:
     def tls_loader(*, require: bool, legacy: bool = False) -> Callable[[], TLSMaterial]:
         def load() -> TLSMaterial:
             return TLSMaterial(
-                private_key=server_certificate.key,
+                private_key=server_certificate.file_key,
                 certificate=server_certificate.cert,
                 chain=core.trust.links,
                 client_trust=core.trust.certificates,
@@ -519,7 +517,9 @@ def build_components(core: Core) -> Components:
         OCSPResource(
             core.db,
             lambda: [
-                Responder.delegated(core.ca.certificate, ocsp_responder.cert, ocsp_responder.key),
+                Responder.delegated(
+                    core.ca.certificate, ocsp_responder.cert, ocsp_responder.file_key
+                ),
                 *(
                     Responder(ca.certificate, ca.certificate, ca.sign_ocsp_response)
                     for ca in core.trust.superseded.values()

@@ -72,6 +72,15 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class PKCS11Config:
+    """A PKCS#11 token (``[pkcs11]``): the module, the token's label, the user PIN's file."""
+
+    module: Path
+    token_label: str
+    pin_file: Path
+
+
+@dataclass(frozen=True)
 class CAConfig:
     """The certificate authority: files, key type, names, validity, signing profile."""
 
@@ -83,6 +92,10 @@ class CAConfig:
     country: str | None = None
     validity_days: int = 3650
     profile: Profile = "secure"
+    pkcs11_key_label: str | None = None
+    """The CA key's label in the ``[pkcs11]`` token (then ``key_file`` is not used)."""
+    pkcs11: PKCS11Config | None = None
+    """The token, when ``pkcs11_key_label`` is set."""
     public_url: str | None = None
     """Where relying parties reach the plain listener (``http://host:5045``): issued
     certificates then name ``<public_url>/crl`` and ``<public_url>/ocsp``."""
@@ -121,6 +134,9 @@ class OSPConfig:
 
     token_format: TokenFormat = "signed"
     token_signer_key: str = "ec-p256"
+    token_signer_pkcs11_key_label: str | None = None
+    """The token signer's key label in the ``[pkcs11]`` token (not a file)."""
+    token_signer_pkcs11: PKCS11Config | None = None
     token_validity_seconds: int = 300
     token_backdate_seconds: int = 60
     call_time_limit_seconds: int = 3600
@@ -274,7 +290,17 @@ class _Section:
             raise self.error(unknown[0], "unknown key")
 
 
-_SECTIONS = ("server", "listeners", "database", "ca", "tls", "enrollment", "osp", "plugins")
+_SECTIONS = (
+    "server",
+    "listeners",
+    "database",
+    "ca",
+    "tls",
+    "enrollment",
+    "osp",
+    "pkcs11",
+    "plugins",
+)
 
 
 CONFIG_ENV = "OSP_CONFIG"
@@ -330,6 +356,21 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
         "min_free_disk_mb", Config.min_free_disk_mb, minimum=0, maximum=10_000_000
     )
     server.finish()
+
+    hsm = section("pkcs11")
+    pkcs11: PKCS11Config | None = None
+    if hsm.data:
+        module = hsm.path("module", Path("/usr/lib/softhsm/libsofthsm2.so"), base)
+        token_label = hsm.string("token_label", "")
+        pin_file = hsm.optional_string("pin_file", None)
+        if not token_label:
+            raise hsm.error("token_label", "is required (the token's label)")
+        if pin_file is None:
+            raise hsm.error("pin_file", "is required (a file holding the user PIN, mode 0600)")
+        pkcs11 = PKCS11Config(
+            module=module, token_label=token_label, pin_file=hsm.path("pin_file", Path(), base)
+        )
+    hsm.finish()
 
     lst = section("listeners")
     listeners = ListenerConfig(
@@ -390,7 +431,13 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
         profile=cast(Profile, ca_s.choice("profile", CAConfig.profile, _PROFILES)),
         public_url=(ca_s.optional_string("public_url", CAConfig.public_url) or "").rstrip("/")
         or None,
+        pkcs11_key_label=ca_s.optional_string("pkcs11_key_label", None),
+        pkcs11=pkcs11,
     )
+    if ca.pkcs11_key_label is not None and pkcs11 is None:
+        raise ca_s.error(
+            "pkcs11_key_label", "needs a [pkcs11] section (module, token_label, pin_file)"
+        )
     if ca.country is not None and (len(ca.country) != 2 or not ca.country.isalpha()):
         raise ca_s.error("country", f"must be a two-letter country code, got {ca.country!r}")
     if ca.profile == "legacy" and ca.key_type == "ec-p256":
@@ -459,6 +506,8 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
             TokenFormat, osp_s.choice("token_format", OSPConfig.token_format, _TOKEN_FORMATS)
         ),
         token_signer_key=osp_s.choice("token_signer_key", OSPConfig.token_signer_key, _SIGNER_KEYS),
+        token_signer_pkcs11_key_label=osp_s.optional_string("token_signer_pkcs11_key_label", None),
+        token_signer_pkcs11=pkcs11,
         token_validity_seconds=osp_s.integer(
             "token_validity_seconds", OSPConfig.token_validity_seconds, minimum=10, maximum=86400
         ),
@@ -496,6 +545,11 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
             maximum=MAX_TOKEN_BYTES,
         ),
     )
+    if osp.token_signer_pkcs11_key_label is not None and pkcs11 is None:
+        raise osp_s.error(
+            "token_signer_pkcs11_key_label",
+            "needs a [pkcs11] section (module, token_label, pin_file)",
+        )
     osp_s.finish()
 
     plugins = _plugin_tables(source, document.get("plugins", {}))

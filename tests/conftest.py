@@ -8,6 +8,7 @@ import shutil
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -255,3 +256,62 @@ def pooled_private_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(ca, "generate_private_key", pooled)
     monkeypatch.setattr(issued, "generate_private_key", pooled)
+
+
+# --- SoftHSM2: the PKCS#11 token the HSM tests use -------------------------------------
+
+SOFTHSM_MODULES = (
+    Path("/usr/lib/softhsm/libsofthsm2.so"),
+    Path("/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"),
+    Path("/usr/local/lib/softhsm/libsofthsm2.so"),
+)
+
+
+@dataclass(frozen=True)
+class SoftHSM:
+    """A SoftHSM2 token initialised for this test process."""
+
+    module: Path
+    token_label: str
+    pin_file: Path
+
+    def config(self) -> dict[str, str]:
+        """The ``[pkcs11]`` section for it."""
+        return {
+            "module": str(self.module),
+            "token_label": self.token_label,
+            "pin_file": str(self.pin_file),
+        }
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHSM:
+    """One token per test process (SoftHSM2 reads its token directory once, when the
+    process first loads it): tests tell their keys apart by label.  Skipped with the
+    reason where SoftHSM2 is not installed, but a failure in CI, which installs it."""
+    import subprocess
+
+    module = next((m for m in SOFTHSM_MODULES if m.exists()), None)
+    util = shutil.which("softhsm2-util")
+    if module is None or util is None:
+        message = "SoftHSM2 is not installed (Debian: apt-get install softhsm2)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; .ci/run installs it")
+        pytest.skip(message)
+    directory = tmp_path_factory.mktemp("softhsm")
+    (directory / "tokens").mkdir()
+    conf = directory / "softhsm2.conf"
+    conf.write_text(
+        f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\n"
+        "log.level = ERROR\n"
+    )
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    subprocess.run(
+        [util, "--init-token", "--free", "--label", "osp-test", "--pin", "1234", "--so-pin",
+         "5678"],
+        check=True, capture_output=True, env=os.environ,
+    )  # fmt: skip
+    pin_file = directory / "pin"
+    pin_file.write_text("1234\n")
+    pin_file.chmod(0o600)
+    return SoftHSM(module, "osp-test", pin_file)

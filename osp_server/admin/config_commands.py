@@ -27,8 +27,13 @@ def effective_settings(config: Config) -> dict[str, Any]:
             skip={"source", "listeners", "database", "ca", "tls", "enrollment", "osp", "plugins"},
         )
     )
+    # The token appears once, as [pkcs11], not inside each section that uses it.
+    nested = {"ca": {"pkcs11"}, "osp": {"token_signer_pkcs11"}}
     for section in ("listeners", "database", "ca", "tls", "enrollment", "osp"):
-        settings.update(_flatten(section, getattr(config, section)))
+        settings.update(_flatten(section, getattr(config, section), nested.get(section, set())))
+    token = config.ca.pkcs11 or config.osp.token_signer_pkcs11
+    if token is not None:
+        settings.update(_flatten("pkcs11", token))
     settings["database.url"] = displayable_url(config.database.url)
     for name, options in config.plugins.items():
         for key in options:

@@ -154,14 +154,12 @@ def error_line(error: BaseException) -> str:
 
 def load_existing_ca(ctx: Context) -> CertificateAuthority:
     """The configured CA, loaded from its files; `AdminError` when there is none yet."""
-    from osp_server.pki.ca import load_ca
+    from osp_server.pki.ca import load_configured_ca
 
     c = ctx.config.ca
     if not c.cert_file.exists():
         raise AdminError(f"no CA at {c.cert_file}: run `osp-admin ca init` or start the server")
-    ca = load_ca(c.key_file, c.cert_file, profile=c.profile)
-    ca.publish_at(c.public_url)
-    return ca
+    return load_configured_ca(c)
 
 
 def write_json(out: TextIO, value: Any, *, indent: int | None = 2) -> None:

@@ -39,6 +39,12 @@ def export_ca(config: Config, output: Path, passphrase: bytes, *, now: datetime)
     """Write this node's CA certificate and (encrypted) key to ``output``."""
     if output.exists() or output.is_symlink():
         raise BackupError(f"{output} exists: choose a new name")
+    if config.ca.pkcs11_key_label is not None:
+        raise BackupError(
+            "the CA key is in a PKCS#11 token and never leaves it: give the other nodes "
+            "access to the token (the same [pkcs11] and [ca] pkcs11_key_label) and copy "
+            f"only the CA certificate {config.ca.cert_file}"
+        )
     files = archive_files(config)
     for name in CA_MEMBERS:
         if not files[name].exists():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from osp_server.osp.tokens import (
     reference_claims,
 )
 from osp_server.pki.ca import CertificateAuthority, is_compact_token_signer
+from osp_server.pki.keys import ExternalKey
+from osp_server.pki.profile import KeyType
 from osp_server.tls.issued import IssuedFiles
 
 log = Logger()
@@ -46,10 +49,12 @@ def token_signer_files(data_dir: Path, osp: OSPConfig, ca: CertificateAuthority)
     used as it is, and the start-up size check judges it.
     """
     cert_file, key_file = token_signer_paths(data_dir)
+    key_type: KeyType = "ec-p256" if osp.token_signer_key == "ec-p256" else "rsa2048"
     return IssuedFiles(
         cert_file=cert_file,
         key_file=key_file,
-        key_type="ec-p256" if osp.token_signer_key == "ec-p256" else "rsa2048",
+        key_type=key_type,
+        external_key=_token_key(osp, key_type),
         kind="token_signer",
         issue=lambda key, now: ca.issue_token_signer(
             key.public_key(),
@@ -62,6 +67,21 @@ def token_signer_files(data_dir: Path, osp: OSPConfig, ca: CertificateAuthority)
         # CA signs on through a rollover, and is renewed from the new one when due.
         follows_rollover=False,
     )
+
+
+def _token_key(osp: OSPConfig, key_type: KeyType) -> Callable[[], ExternalKey] | None:
+    """The token signer's key in the ``[pkcs11]`` token, when configured (generated there
+    when absent)."""
+    label, token = osp.token_signer_pkcs11_key_label, osp.token_signer_pkcs11
+    if label is None or token is None:
+        return None
+
+    def find() -> ExternalKey:
+        from osp_server.pki.pkcs11 import PKCS11Key
+
+        return PKCS11Key(token, label, generate=key_type)
+
+    return find
 
 
 def log_call_id_dropped(event: CallIdDropped) -> None:

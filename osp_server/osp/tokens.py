@@ -34,7 +34,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from osp_server.osp.messages import SIGNALING_PROTOCOLS
-from osp_server.pki import der
+from osp_server.pki import der, keys
+from osp_server.pki.keys import ExternalKey, scratch_key
 
 __all__ = [
     "DEFAULT_MAX_TOKEN_BYTES",
@@ -343,25 +344,27 @@ class TokenSigner:
     def __init__(
         self,
         certificate: x509.Certificate,
-        private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+        private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ExternalKey,
     ) -> None:
         if not isinstance(certificate, x509.Certificate):
             raise TokenError("token-signing certificate must be an x509.Certificate")
-        if isinstance(private_key, rsa.RSAPrivateKey):
-            if private_key.key_size < 2048:
-                raise TokenError(
-                    f"RSA token-signing key is {private_key.key_size} bits (at least 2048)"
-                )
-        elif not isinstance(private_key, ec.EllipticCurvePrivateKey):
+        public = private_key.public_key()
+        if isinstance(public, rsa.RSAPublicKey):
+            if public.key_size < 2048:
+                raise TokenError(f"RSA token-signing key is {public.key_size} bits (at least 2048)")
+        elif not isinstance(public, ec.EllipticCurvePublicKey):
             raise TokenError("token-signing key must be an EC or RSA private key")
         spki = serialization.PublicFormat.SubjectPublicKeyInfo
         der = serialization.Encoding.DER
         cert_spki = certificate.public_key().public_bytes(der, spki)
-        if cert_spki != private_key.public_key().public_bytes(der, spki):
+        if cert_spki != public.public_bytes(der, spki):
             raise TokenError("token-signing certificate does not match the private key")
         self._certificate = certificate
+        # A token's key (PKCS#11) never reaches cryptography: the structure comes from
+        # a throw-away key of the same kind, and the token signs (osp_server.pki.keys).
+        builder_key = scratch_key(public) if isinstance(private_key, ExternalKey) else private_key
         self._builder = pkcs7.PKCS7SignatureBuilder().add_signer(
-            certificate, private_key, hashes.SHA256()
+            certificate, builder_key, hashes.SHA256()
         )
         self._template = _SignedDataTemplate(self._builder, private_key)
 
@@ -394,7 +397,7 @@ class _SignedDataTemplate:
     def __init__(
         self,
         builder: pkcs7.PKCS7SignatureBuilder,
-        private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+        private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ExternalKey,
     ) -> None:
         self._key = private_key
         reference = builder.set_data(self._SAMPLE).sign(serialization.Encoding.DER, _SIGN_OPTIONS)
@@ -435,6 +438,13 @@ class _SignedDataTemplate:
             raise TokenError("PKCS#7 template differs from cryptography's encoding")
         ours = self._raw_signature(self._SAMPLE)
         key = self._key
+        if isinstance(key, ExternalKey):
+            # The reference was signed by a throw-away key: only ours must verify.
+            try:
+                keys.verify(key.public_key(), ours, self._SAMPLE, "sha256")
+            except keys.ExternalSigningError:
+                raise TokenError("the token's key signs differently from PKCS#7") from None
+            return
         try:
             if isinstance(key, rsa.RSAPrivateKey):
                 if ours != theirs:
@@ -461,6 +471,11 @@ class _SignedDataTemplate:
         return self._assemble(content, self._raw_signature(content))
 
     def _raw_signature(self, content: bytes) -> bytes:
+        if isinstance(self._key, ExternalKey):
+            try:
+                return self._key.sign_bytes(content, "sha256")
+            except Exception as exc:  # the token's own errors
+                raise TokenError(f"signing the token failed: {exc!r}") from exc
         try:
             if isinstance(self._key, rsa.RSAPrivateKey):
                 return self._key.sign(content, padding.PKCS1v15(), hashes.SHA256())

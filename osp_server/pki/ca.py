@@ -45,10 +45,11 @@ from cryptography.x509.oid import (
 )
 
 from osp_server.config import CAConfig
-from osp_server.pki import legacy
+from osp_server.pki import keys, legacy
 from osp_server.pki.csr import ValidatedCSR
 from osp_server.pki.der import DERError, children, read_single
 from osp_server.pki.files import FileWriteError, write_new_file
+from osp_server.pki.keys import ExternalKey
 from osp_server.pki.names import InvalidNameError, check_printable, device_name, printable_name
 from osp_server.pki.profile import (
     DEVICE_BACKDATE,
@@ -82,7 +83,10 @@ __all__ = [
 ]
 
 CAPrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-"""Private key types a CA may have."""
+"""Private key types a CA may have in a file."""
+
+CASigningKey = CAPrivateKey | ExternalKey
+"""A CA key: in a file, or held elsewhere (a PKCS#11 token: osp_server.pki.pkcs11)."""
 
 SubjectPublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 """Public key types osp-server certifies."""
@@ -265,10 +269,10 @@ def _read_capped(path: Path, what: str, *, private: bool) -> bytes:
 # ---------------------------------------------------------------- helpers
 
 
-def spki_der(key: PublicKeyTypes | CAPrivateKey) -> bytes:
+def spki_der(key: PublicKeyTypes | CASigningKey) -> bytes:
     """The DER SubjectPublicKeyInfo of a public key (or of a CA key's public half): what
     says whether a certificate, a CSR and a private key belong together."""
-    public = key.public_key() if isinstance(key, CAPrivateKey) else key
+    public = key.public_key() if isinstance(key, CAPrivateKey | ExternalKey) else key
     return public.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -392,7 +396,7 @@ class CertificateAuthority:
 
     def __init__(
         self,
-        private_key: CAPrivateKey,
+        private_key: CASigningKey,
         certificate: x509.Certificate,
         *,
         profile: Profile,
@@ -400,7 +404,7 @@ class CertificateAuthority:
     ) -> None:
         if profile not in ("secure", "legacy"):
             raise CAError(f"unknown profile {profile!r} (secure or legacy)")
-        if profile == "legacy" and not isinstance(private_key, rsa.RSAPrivateKey):
+        if profile == "legacy" and not isinstance(private_key.public_key(), rsa.RSAPublicKey):
             raise CAError("the legacy profile needs an RSA CA key (MD5 signatures are RSA)")
         if spki_der(private_key) != spki_der(_check_public_key(certificate.public_key(), "CA")):
             raise CAError("the CA private key does not match the CA certificate")
@@ -547,7 +551,18 @@ class CertificateAuthority:
         return builder
 
     def _sign_sha256(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        if isinstance(self._key, ExternalKey):
+            try:
+                return keys.sign_certificate(builder, self._key)
+            except keys.ExternalSigningError as exc:
+                raise CAError(str(exc)) from exc
         return builder.sign(self._key, hashes.SHA256())
+
+    def _sign_md5(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        try:
+            return legacy.sign_certificate_md5(builder, self._key)
+        except legacy.LegacySigningError as exc:
+            raise CAError(f"MD5 signing failed: {exc}") from exc
 
     def _check_issued(self, certificate: x509.Certificate, spki_der: bytes) -> None:
         """Refuse to release a certificate that breaks the profile (lint before release)."""
@@ -605,11 +620,7 @@ class CertificateAuthority:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         )
         if self.profile == "legacy":
-            assert isinstance(self._key, rsa.RSAPrivateKey)  # checked in __init__
-            try:
-                certificate = legacy.sign_certificate_md5(builder, self._key)
-            except legacy.LegacySigningError as exc:
-                raise CAError(f"MD5 signing failed: {exc}") from exc
+            certificate = self._sign_md5(builder)
         else:
             certificate = self._sign_sha256(builder)
         self._check_issued(certificate, csr.spki_der)
@@ -765,9 +776,15 @@ class CertificateAuthority:
 
     @_consistent
     def sign_ocsp_response(self, builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse:
-        """Sign OCSP answers as the CA itself (RFC 6960 §4.2.2.2): a superseded CA
-        answers for its own certificates this way, with no responder of its own."""
-        return builder.sign(self._key, hashes.SHA256())
+        """Sign OCSP answers as the CA itself (RFC 6960 §4.2.2.2), naming itself as the
+        responder: a superseded CA answers for its own certificates this way."""
+        if isinstance(self._key, ExternalKey):
+            try:
+                return keys.sign_ocsp_response(builder, self._key, self.certificate)
+            except keys.ExternalSigningError as exc:
+                raise CAError(str(exc)) from exc
+        named = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, self.certificate)
+        return named.sign(self._key, hashes.SHA256())
 
     @_consistent
     def build_crl(
@@ -809,7 +826,13 @@ class CertificateAuthority:
                     x509.CRLReason(entry.reason), critical=False
                 )
             builder = builder.add_revoked_certificate(revoked_builder.build())
-        crl = builder.sign(self._key, hashes.SHA256())
+        if isinstance(self._key, ExternalKey):
+            try:
+                crl = keys.sign_crl(builder, self._key)
+            except keys.ExternalSigningError as exc:
+                raise CAError(str(exc)) from exc
+        else:
+            crl = builder.sign(self._key, hashes.SHA256())
         return crl.public_bytes(serialization.Encoding.DER)
 
 
@@ -825,8 +848,12 @@ def create_ca(
     validity: timedelta,
     profile: Profile,
     now: datetime,
+    key: CASigningKey | None = None,
 ) -> CertificateAuthority:
     """Create a new self-signed CA and write its key (0600) and certificate (0644, PEM).
+
+    With ``key`` (a token's: osp_server.pki.pkcs11) nothing is generated and only the
+    certificate is written.
 
     Refuses to overwrite either file. The certificate: v3, PrintableString names,
     notBefore ``now - 1 h``, notAfter ``min(now + validity, 2049-12-31T23:59:59Z)``,
@@ -839,11 +866,18 @@ def create_ca(
         raise CAError(f"unknown profile {profile!r} (secure or legacy)")
     if key_type not in _KEY_TYPES:
         raise CAError(f"unknown key type {key_type!r} (one of {', '.join(_KEY_TYPES)})")
-    if profile == "legacy" and not key_type.startswith("rsa"):
+    if profile == "legacy" and not (
+        key_type.startswith("rsa")
+        if key is None
+        else isinstance(key.public_key(), rsa.RSAPublicKey)
+    ):
         raise CAError("the legacy profile needs an RSA CA key (MD5 signatures are RSA)")
     if validity <= timedelta(0):
         raise CAError(f"CA validity must be positive, not {validity}")
-    for path, what in ((key_path, "CA key file"), (cert_path, "CA certificate file")):
+    files: list[tuple[Path, str]] = [(cert_path, "CA certificate file")]
+    if key is None:
+        files.append((key_path, "CA key file"))
+    for path, what in files:
         if path.exists() or path.is_symlink():
             raise CAError(f"{path}: {what} already exists; refusing to overwrite it")
     # A Name as it is: a rollover keeps the current CA's (osp_server.pki.rollover).
@@ -854,13 +888,16 @@ def create_ca(
     if not_after <= not_before:
         raise CAError("CA validity ends before it starts (the 2049-12-31 cap is in the past?)")
 
-    key = generate_private_key(key_type)
-    key_id = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    generated = key is None
+    if key is None:
+        key = generate_private_key(key_type)
+    public = _check_public_key(key.public_key(), "CA key")
+    key_id = x509.SubjectKeyIdentifier.from_public_key(public)
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
-        .public_key(key.public_key())
+        .public_key(public)
         .serial_number(new_serial())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
@@ -873,11 +910,15 @@ def create_ca(
         .add_extension(x509.AuthorityKeyIdentifier(key_id.digest, None, None), critical=False)
     )
     if profile == "legacy":
-        assert isinstance(key, rsa.RSAPrivateKey)
         try:
             certificate = legacy.sign_certificate_md5(builder, key)
         except legacy.LegacySigningError as exc:
             raise CAError(f"MD5 self-signature failed: {exc}") from exc
+    elif isinstance(key, ExternalKey):
+        try:
+            certificate = keys.sign_certificate(builder, key)
+        except keys.ExternalSigningError as exc:
+            raise CAError(str(exc)) from exc
     else:
         certificate = builder.sign(key, hashes.SHA256())
 
@@ -887,7 +928,9 @@ def create_ca(
         profile=profile,
         compatibility_warnings=_compatibility_warnings(certificate, profile),
     )
-    write_private_key(key_path, key)
+    if generated:
+        assert isinstance(key, CAPrivateKey)
+        write_private_key(key_path, key)
     try:
         _write_new_file(
             cert_path,
@@ -897,8 +940,9 @@ def create_ca(
         )
     except CAError:
         # Never leave a key without its certificate: the next start would refuse both.
-        with contextlib.suppress(OSError):
-            key_path.unlink()
+        if generated:
+            with contextlib.suppress(OSError):
+                key_path.unlink()
         raise
     return ca
 
@@ -928,7 +972,9 @@ def _load_certificate(cert_path: Path) -> x509.Certificate:
         raise CAError(f"{cert_path}: cannot read the CA certificate: {exc}") from exc
 
 
-def load_ca(key_path: Path, cert_path: Path, *, profile: Profile) -> CertificateAuthority:
+def load_ca(
+    key_path: Path, cert_path: Path, *, profile: Profile, key: CASigningKey | None = None
+) -> CertificateAuthority:
     """Load an existing CA, checking everything a bad deployment gets wrong.
 
     :class:`CAError` when a file is missing, unreadable, garbled or too large, the key
@@ -938,7 +984,8 @@ def load_ca(key_path: Path, cert_path: Path, *, profile: Profile) -> Certificate
     certificate are reported in ``compatibility_warnings``, not refused.
     """
     key_path, cert_path = Path(key_path), Path(cert_path)
-    key = _load_key(key_path)
+    if key is None:
+        key = _load_key(key_path)
     certificate = _load_certificate(cert_path)
     try:
         try:
@@ -1007,21 +1054,65 @@ def load_or_create_ca(
 
 
 def open_ca(config: CAConfig, *, now: datetime) -> tuple[CertificateAuthority, bool]:
-    """Load the operator's CA, or create ours on first start (True when created)."""
+    """Load the operator's CA, or create ours on first start (True when created).  With
+    ``[ca] pkcs11_key_label`` the key is the token's (generated there on first start)."""
     for directory in {config.key_file.parent, config.cert_file.parent}:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ca, created = load_or_create_ca(
-        config.key_file,
-        config.cert_file,
-        key_type=config.key_type,
-        subject=CASubject(
-            common_name=config.common_name,
-            organization=config.organization,
-            country=config.country,
-        ),
-        validity=timedelta(days=config.validity_days),
-        profile=config.profile,
-        now=now,
+    subject = CASubject(
+        common_name=config.common_name,
+        organization=config.organization,
+        country=config.country,
     )
+    validity = timedelta(days=config.validity_days)
+    if config.pkcs11_key_label is None:
+        ca, created = load_or_create_ca(
+            config.key_file,
+            config.cert_file,
+            key_type=config.key_type,
+            subject=subject,
+            validity=validity,
+            profile=config.profile,
+            now=now,
+        )
+    else:
+        created = not (config.cert_file.exists() or config.cert_file.is_symlink())
+        key = token_key(config, generate=created)
+        if created:
+            ca = create_ca(
+                config.key_file,
+                config.cert_file,
+                key_type=config.key_type,
+                subject=subject,
+                validity=validity,
+                profile=config.profile,
+                now=now,
+                key=key,
+            )
+        else:
+            ca = load_ca(config.key_file, config.cert_file, profile=config.profile, key=key)
     ca.publish_at(config.public_url)
     return ca, created
+
+
+def load_configured_ca(config: CAConfig) -> CertificateAuthority:
+    """The CA ``[ca]`` names, which must exist (its files, or its certificate and the
+    token's key), published where ``public_url`` says."""
+    key = None if config.pkcs11_key_label is None else token_key(config, generate=False)
+    ca = load_ca(config.key_file, config.cert_file, profile=config.profile, key=key)
+    ca.publish_at(config.public_url)
+    return ca
+
+
+def token_key(config: CAConfig, *, generate: bool) -> ExternalKey:
+    """The CA key in the ``[pkcs11]`` token (generated there when asked and absent)."""
+    from osp_server.pki.pkcs11 import PKCS11Error, PKCS11Key
+
+    assert config.pkcs11 is not None and config.pkcs11_key_label is not None
+    try:
+        return PKCS11Key(
+            config.pkcs11,
+            config.pkcs11_key_label,
+            generate=config.key_type if generate else None,
+        )
+    except PKCS11Error as exc:
+        raise CAError(str(exc)) from exc

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from osp_server.pki.der import DERError, children, encode_tlv, read_single
+from osp_server.pki.keys import ExternalKey
 
 __all__ = [
     "MD5_WITH_RSA_ALGORITHM_IDENTIFIER",
@@ -99,22 +100,35 @@ def verify_md5_signature(certificate: x509.Certificate, issuer_public_key: objec
 
 
 def sign_certificate_md5(
-    builder: x509.CertificateBuilder, issuer_key: rsa.RSAPrivateKey
+    builder: x509.CertificateBuilder,
+    issuer_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ExternalKey,
 ) -> x509.Certificate:
     """Sign the certificate described by *builder* with md5WithRSAEncryption.
 
     The builder must be complete (subject, issuer, key, serial, validity, extensions
-    including the AKI, which must not be derived from the signing key here). Raises
+    including the AKI, which must not be derived from the signing key here).  The key
+    may be a token's (ExternalKey: CKM_MD5_RSA_PKCS).  Raises
     :class:`LegacySigningError` if the result does not check out.
     """
-    if not isinstance(issuer_key, rsa.RSAPrivateKey):
+    if not isinstance(issuer_key.public_key(), rsa.RSAPublicKey):
         raise LegacySigningError("MD5 signing needs an RSA CA key")
     scratch = ec.generate_private_key(ec.SECP256R1())
     draft = builder.sign(scratch, hashes.SHA256())
     tbs = replace_signature_algorithm(
         draft.tbs_certificate_bytes, MD5_WITH_RSA_ALGORITHM_IDENTIFIER
     )
-    signature = issuer_key.sign(tbs, padding.PKCS1v15(), hashes.MD5())
+    if isinstance(issuer_key, rsa.RSAPrivateKey):
+        signature = issuer_key.sign(tbs, padding.PKCS1v15(), hashes.MD5())
+    elif isinstance(issuer_key, ExternalKey):
+        try:
+            signature = issuer_key.sign_bytes(tbs, "md5")
+        except Exception as exc:  # the token's own errors: no MD5 mechanism, typically
+            raise LegacySigningError(
+                f"{issuer_key.description} cannot sign with MD5 ({exc!r}): the legacy "
+                "profile needs a token that offers CKM_MD5_RSA_PKCS"
+            ) from exc
+    else:
+        raise LegacySigningError("MD5 signing needs an RSA CA key")
     der = assemble_certificate(tbs, MD5_WITH_RSA_ALGORITHM_IDENTIFIER, signature)
     try:
         certificate = x509.load_der_x509_certificate(der)

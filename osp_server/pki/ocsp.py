@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509 import ocsp
 
-from osp_server.pki.der import DERError, children, read_single
+from osp_server.pki.keys import subject_public_key_bits
 
 MAX_REQUEST_BYTES = 8192
 """An OCSP request for one certificate is about 100 bytes; a signed one a few KiB."""
@@ -59,6 +59,7 @@ class Responder:
     ca: x509.Certificate
     certificate: x509.Certificate
     sign: Callable[[ocsp.OCSPResponseBuilder], ocsp.OCSPResponse]
+    """Names itself in the builder (responder ID, certificates) and signs it."""
 
     @classmethod
     def delegated(
@@ -68,7 +69,12 @@ class Responder:
         key: CertificateIssuerPrivateKeyTypes,
     ) -> Responder:
         """A responder certificate the CA issued, signing with its own key."""
-        return cls(ca, certificate, lambda builder: builder.sign(key, hashes.SHA256()))
+
+        def sign(builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse:
+            named = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, certificate)
+            return named.certificates([certificate]).sign(key, hashes.SHA256())
+
+        return cls(ca, certificate, sign)
 
 
 def parse_request(der: bytes) -> ocsp.OCSPRequest:
@@ -88,20 +94,6 @@ def parse_request(der: bytes) -> ocsp.OCSPRequest:
     return request
 
 
-def _issuer_key_bits(ca: x509.Certificate) -> bytes:
-    """The subjectPublicKey BIT STRING's contents (without the unused-bits octet): what
-    issuerKeyHash hashes (RFC 6960 §4.1.1)."""
-    spki = ca.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    top = read_single(spki, 0x30)
-    fields = list(children(spki, top))
-    if len(fields) != 2 or fields[1].tag != 0x03:
-        raise DERError("SubjectPublicKeyInfo without a BIT STRING")
-    bits = fields[1]
-    return spki[bits.content_start + 1 : bits.end]
-
-
 def asks_about(request: ocsp.OCSPRequest, ca: x509.Certificate) -> bool:
     """Whether the request's issuer hashes name ``ca``."""
     name = request.hash_algorithm.name
@@ -109,7 +101,7 @@ def asks_about(request: ocsp.OCSPRequest, ca: x509.Certificate) -> bool:
         return False
     return (
         hashlib.new(name, ca.subject.public_bytes()).digest() == request.issuer_name_hash
-        and hashlib.new(name, _issuer_key_bits(ca)).digest() == request.issuer_key_hash
+        and hashlib.new(name, subject_public_key_bits(ca)).digest() == request.issuer_key_hash
     )
 
 
@@ -135,21 +127,16 @@ def build_response(
         "unknown": ocsp.OCSPCertStatus.UNKNOWN,
     }[status.state]
     revoked = status.state == "revoked"
-    builder = (
-        ocsp.OCSPResponseBuilder()
-        .add_response_by_hash(
-            issuer_name_hash=request.issuer_name_hash,
-            issuer_key_hash=request.issuer_key_hash,
-            serial_number=request.serial_number,
-            algorithm=request.hash_algorithm,
-            cert_status=cert_status,
-            this_update=now,
-            next_update=now + next_update,
-            revocation_time=status.revoked_at if revoked else None,
-            revocation_reason=status.reason if revoked else None,
-        )
-        .responder_id(ocsp.OCSPResponderEncoding.HASH, responder.certificate)
-        .certificates([responder.certificate])
+    builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
+        issuer_name_hash=request.issuer_name_hash,
+        issuer_key_hash=request.issuer_key_hash,
+        serial_number=request.serial_number,
+        algorithm=request.hash_algorithm,
+        cert_status=cert_status,
+        this_update=now,
+        next_update=now + next_update,
+        revocation_time=status.revoked_at if revoked else None,
+        revocation_reason=status.reason if revoked else None,
     )
     try:
         nonce = request.extensions.get_extension_for_class(x509.OCSPNonce)

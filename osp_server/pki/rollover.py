@@ -112,6 +112,12 @@ def roll_over(config: CAConfig, db: Database, *, now: datetime, actor: str) -> R
     """Replace the issuing CA (module docstring); :class:`CAError` or
     :class:`~osp_server.storage.authorities.RolloverError` with the reason, and nothing
     changed, when it cannot."""
+    if config.pkcs11_key_label is not None:
+        raise CAError(
+            "the CA key is in a PKCS#11 token: osp-admin ca rollover makes file keys only. "
+            "Generate the new key in the token, point [ca] pkcs11_key_label at it with a new "
+            "cert_file, and ask for a rollover from an existing key (not supported yet)"
+        )
     current = load_ca(config.key_file, config.cert_file, profile=config.profile)
     recorded = db.transact_sync(authorities.recorded_authority_txn)
     if recorded is not None and recorded.fingerprint_sha256 != current.fingerprint_sha256():

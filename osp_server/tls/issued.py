@@ -38,13 +38,17 @@ from twisted.python.failure import Failure
 from osp_server.pki.ca import (
     CAError,
     CAPrivateKey,
+    CASigningKey,
     CertificateAuthority,
     check_private_key_file_mode,
     generate_private_key,
+    spki_der,
     write_private_key,
 )
 from osp_server.pki.files import FileWriteError, write_new_file
 from osp_server.pki.journal import CertificateJournal, JournalError, JournalEvent
+from osp_server.pki.keys import ExternalKey
+from osp_server.pki.pkcs11 import PKCS11Error
 from osp_server.pki.profile import KeyType
 from osp_server.storage import certificates as cert_store
 from osp_server.storage.certificates import CertificateKind
@@ -73,7 +77,7 @@ class IssuedFiles:
     key_file: Path
     key_type: KeyType
     kind: CertificateKind
-    issue: Callable[[CAPrivateKey, datetime], x509.Certificate]
+    issue: Callable[[CASigningKey, datetime], x509.Certificate]
     renew_before: timedelta = RENEW_BEFORE
     current: Callable[[x509.Certificate], bool] | None = None
     """False for a certificate of ours that no longer has the profile we issue."""
@@ -81,6 +85,9 @@ class IssuedFiles:
     """Where issuing is journaled (osp_server.pki.journal), after it is recorded."""
     issues: bool = True
     """False: read the files, never issue or renew (a worker process)."""
+    external_key: Callable[[], ExternalKey] | None = None
+    """The key is a token's (osp_server.pki.pkcs11), found (or generated) by this call:
+    only the certificate is a file."""
     follows_rollover: bool = True
     """True: re-issued from the new CA as soon as a CA rollover is seen; False: kept
     until it is due for renewal (the token signer)."""
@@ -94,35 +101,59 @@ def _load_key(path: Path) -> CAPrivateKey:
     return key
 
 
-def read_files(files: IssuedFiles) -> tuple[CAPrivateKey, x509.Certificate]:
+def read_files(files: IssuedFiles) -> tuple[CASigningKey, x509.Certificate]:
     """The key and certificate on disk (blocking); :class:`MaterialError` if unusable."""
     try:
-        return _load_key(files.key_file), x509.load_pem_x509_certificate(
-            files.cert_file.read_bytes()
-        )
+        key = _key_of(files) if files.external_key is not None else _load_key(files.key_file)
+        cert = x509.load_pem_x509_certificate(files.cert_file.read_bytes())
     except CAError as e:
         raise MaterialError(str(e)) from None
     except (OSError, ValueError, TypeError) as e:
         raise MaterialError(
             f"{files.kind} certificate {files.cert_file} / key {files.key_file}: {e}"
         ) from None
+    if spki_der(key) != spki_der(cert.public_key()):
+        raise MaterialError(
+            f"{files.kind} certificate {files.cert_file} is not for its key ({_key_place(files)})"
+        )
+    return key, cert
+
+
+def _key_of(files: IssuedFiles) -> ExternalKey:
+    assert files.external_key is not None
+    try:
+        return files.external_key()
+    except PKCS11Error as e:
+        raise MaterialError(f"{files.kind} key: {e}") from None
+
+
+def _key_place(files: IssuedFiles) -> str:
+    return "the token's key" if files.external_key is not None else str(files.key_file)
 
 
 def _set_aside(files: IssuedFiles) -> None:
     # Renaming keeps the old pair (ours) for the operator and frees the names for new
     # files, which are only ever created, never written over.
-    for path in (files.cert_file, files.key_file):
+    paths = (
+        [files.cert_file] if files.external_key is not None else [files.cert_file, files.key_file]
+    )
+    for path in paths:
         if path.exists():
             os.replace(path, path.with_name(path.name + ".previous"))
 
 
-def _issue_and_write(files: IssuedFiles, now: datetime) -> tuple[CAPrivateKey, x509.Certificate]:
-    key = generate_private_key(files.key_type)
+def _issue_and_write(files: IssuedFiles, now: datetime) -> tuple[CASigningKey, x509.Certificate]:
+    key: CASigningKey
+    if files.external_key is not None:
+        key = _key_of(files)
+    else:
+        key = generate_private_key(files.key_type)
     cert = files.issue(key, now)
     try:
         for directory in {files.cert_file.parent, files.key_file.parent}:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_private_key(files.key_file, key)
+        if isinstance(key, CAPrivateKey):
+            write_private_key(files.key_file, key)
         write_new_file(
             files.cert_file,
             cert.public_bytes(serialization.Encoding.PEM),
@@ -147,14 +178,14 @@ async def provide(
     now: datetime,
     run_db: RunDB,
     run_blocking: RunBlocking,
-) -> tuple[CAPrivateKey, x509.Certificate]:
+) -> tuple[CASigningKey, x509.Certificate]:
     """The key and certificate to use, issuing or renewing ours (module docstring)."""
     if not files.issues:
         material: tuple[CAPrivateKey, x509.Certificate] = await run_blocking(
             lambda: read_files(files)
         )
         return material
-    if files.cert_file.exists() or files.key_file.exists():
+    if files.cert_file.exists() or (files.external_key is None and files.key_file.exists()):
         key, cert = await run_blocking(lambda: read_files(files))
         if await run_db(cert_store.get_by_fingerprint, _sha256(cert)) is None:
             return key, cert  # not recorded by us: an operator's certificate
@@ -225,7 +256,7 @@ async def provide(
 
 def provide_now(
     files: IssuedFiles, *, ca: CertificateAuthority, now: datetime, db: Database
-) -> tuple[CAPrivateKey, x509.Certificate]:
+) -> tuple[CASigningKey, x509.Certificate]:
     """:func:`provide`, blocking on the calling thread (start-up, before the reactor)."""
 
     def run_db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:

@@ -19,9 +19,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
 from osp_server.config import TLSConfig, validity
-from osp_server.pki.ca import CertificateAuthority
+from osp_server.pki.ca import CAPrivateKey, CertificateAuthority
 from osp_server.storage.db import Database
-from osp_server.tls.issued import IssuedFiles, provide, provide_now
+from osp_server.tls.issued import IssuedFiles, MaterialError, provide, provide_now
 
 
 def server_files(tls: TLSConfig, ca: CertificateAuthority) -> IssuedFiles:
@@ -86,6 +86,14 @@ class ServerCertificate:
         self._reactor = reactor
         self._cpu_pool = cpu_pool
         self.key, self.cert = provide_now(files, ca=ca, now=clock(), db=db)
+
+    @property
+    def file_key(self) -> CAPrivateKey:
+        """The key, which for the HTTPS listeners and the OCSP responder is always a
+        file's (only the CA and the token signer may be a token's)."""
+        if not isinstance(self.key, CAPrivateKey):
+            raise MaterialError(f"{self._files.kind}: a PKCS#11 key cannot serve here")
+        return self.key
 
     async def refresh(self) -> None:
         """Read the files again, or renew ours (SIGHUP): storage on the database pool,

@@ -85,19 +85,9 @@ def test_device_ids_come_from_the_subject(out: Path) -> None:
     foreign = x509.load_pem_x509_certificate(_pair("x")[1])
     other = foreign.subject.rfc4514_string()
     assert "customer 1000" in other  # same shape, accepted
-    plain_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    now = datetime.datetime.now(datetime.UTC)
-    plain_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw")])
-    plain = (
-        x509.CertificateBuilder()
-        .subject_name(plain_name)
-        .issuer_name(plain_name)
-        .public_key(plain_key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(plain_key, hashes.SHA256())
-    )
+    from tests.integration.test_osp import self_signed
+
+    _, plain = self_signed("gw", ca=False)
     with pytest.raises(EnrollError, match="not an osp-server device certificate"):
         _device_ids(plain)
 

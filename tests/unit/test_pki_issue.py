@@ -641,7 +641,7 @@ def test_md5_signing_needs_rsa_key() -> None:
     with pytest.raises(legacy.LegacySigningError, match="RSA"):
         legacy.sign_certificate_md5(
             x509.CertificateBuilder(),
-            ec.generate_private_key(ec.SECP256R1()),  # type: ignore[arg-type]
+            ec.generate_private_key(ec.SECP256R1()),
         )
 
 

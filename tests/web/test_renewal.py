@@ -11,15 +11,13 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from osp_server.enrollment.wire import TepOperation, encode_fields, parse_client_view
 from osp_server.storage import certificates as cert_store
 from osp_server.storage import devices as device_store
 from tests.conftest import make_config
-from tests.integration.test_osp import add_device_db
+from tests.integration.test_osp import _csr, add_device_db
 from tests.integration.wire import build_request, split_vector
 from tests.memory import OSP_VECTORS, MemoryServer, enroll_in_memory, memory_server
 
@@ -39,15 +37,6 @@ def _server(tmp_path: Path, database_url: str, **enrollment: Any) -> Iterator[Me
 @pytest.fixture
 def server(tmp_path: Path, database_url: str) -> Iterator[MemoryServer]:
     yield from _server(tmp_path, database_url)
-
-
-def _csr(key: rsa.RSAPrivateKey) -> bytes:
-    return (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw")]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.DER)
-    )
 
 
 def renew(
