@@ -506,7 +506,13 @@ def build_components(core: Core) -> Components:
     plain_root = RootResource()
     plain_root.putChild(b"health", health)
     plain_root.putChild(b"ready", ready)
-    crl = CRLResource(core.db, core.ca, core.reactor, core.clock, core.cpu_pool)
+    crl = CRLResource(
+        core.db,
+        lambda: [core.ca, *core.trust.superseded.values()],
+        core.reactor,
+        core.clock,
+        core.cpu_pool,
+    )
     plain_root.putChild(b"crl", crl)
     plain_root.putChild(b"crl.pem", crl.pem())
     ocsp_responder = build_issued_material(

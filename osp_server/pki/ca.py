@@ -439,12 +439,10 @@ class CertificateAuthority:
 
     def adopt(self, other: CertificateAuthority) -> None:
         """Become ``other`` (a CA rollover, reloaded while running): everyone holding
-        this object issues from ``other`` from the next call on.  Where this CA's
-        certificates are published is kept.  One reference swap: a signature under way
+        this object issues from ``other`` from the next call on (published where
+        ``other`` is: :meth:`publish_at`).  One reference swap: a signature under way
         finishes with the CA it started with (:func:`_consistent`)."""
-        state = dict(other.__dict__)
-        state["crl_url"], state["ocsp_url"] = self.crl_url, self.ocsp_url
-        self.__dict__ = state
+        self.__dict__ = dict(other.__dict__)
 
     def issued(self, certificate: x509.Certificate) -> bool:
         """Whether this CA issued ``certificate``: its authority key identifier is this
@@ -464,12 +462,18 @@ class CertificateAuthority:
             return legacy.verify_md5_signature(certificate, self._key.public_key())
         return True
 
+    @property
+    def key_id_hex(self) -> str:
+        """This CA's key identifier (SKI), lower-case hex: it names its CRL's URL."""
+        return self._key_id.hex()
+
     def publish_at(self, public_url: str | None) -> None:
-        """Name ``<public_url>/crl`` (CRL distribution point) and ``<public_url>/ocsp``
+        """Name ``<public_url>/crl/<key id>`` (CRL distribution point: this CA's own CRL,
+        which stays there after a rollover) and ``<public_url>/ocsp``
         (authorityInfoAccess OCSP) in the device and server certificates issued from now
         on; None names nothing (``[ca] public_url`` unset)."""
         base = None if public_url is None else public_url.rstrip("/")
-        self.crl_url = None if base is None else f"{base}/crl"
+        self.crl_url = None if base is None else f"{base}/crl/{self.key_id_hex}"
         self.ocsp_url = None if base is None else f"{base}/ocsp"
 
     def fingerprint_sha256(self) -> str:

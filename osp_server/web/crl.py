@@ -6,7 +6,7 @@ never older than a minute and always long before its nextUpdate."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from cryptography import x509
@@ -44,15 +44,17 @@ def _revoked(
 
 
 class CRLResource(Resource):
-    """Serves the CRL; a cached copy is reused for a minute or until invalidated.
-    :meth:`pem` is the same CRL in PEM, for ``/crl.pem``."""
+    """``/crl`` and ``/crl.pem``: the issuing CA's CRL; ``/crl/<key id>`` (and
+    ``.pem``): the CRL of the CA with that key identifier (hex), the issuing one or one
+    a rollover superseded, which is what issued certificates name as their
+    distribution point.  Each is cached for a minute or until invalidated."""
 
     isLeaf = True
 
     def __init__(
         self,
         db: Database,
-        ca: CertificateAuthority,
+        authorities: Callable[[], Sequence[CertificateAuthority]],
         reactor: IOSPReactor,
         clock: Callable[[], datetime],
         cpu_pool: ThreadPool,
@@ -60,55 +62,81 @@ class CRLResource(Resource):
         super().__init__()
         self._cpu_pool = cpu_pool
         self._db = db
-        self._ca = ca
+        # The issuing CA first, then the superseded ones whose keys this node kept.
+        self._authorities = authorities
         self._reactor = reactor
         self._clock = clock
-        self._cached: tuple[float, bytes] | None = None
+        self._cached: dict[str, tuple[float, bytes]] = {}
         # The CRL number is the issue time in seconds (it grows across restarts and
         # restores), and at least one more than the last here: a revocation can
         # rebuild the CRL within the second of the previous one.
-        self._last_number = 0
+        self._last_number: dict[str, int] = {}
 
     def render_GET(self, request: Request) -> int:
-        """The DER CRL, ``application/pkix-crl``."""
-        return render_async(request, self._current)
+        """The CRL in DER (``application/pkix-crl``), or in PEM for a ``.pem`` name."""
+        name = b"/".join(request.postpath or []).decode("ascii", "replace")
+        pem = name.endswith(".pem")
+        return render_async(request, lambda: self.answer(name.removesuffix(".pem"), pem=pem))
 
     def pem(self) -> Resource:
-        """A resource serving this CRL in PEM (``application/x-pem-file``)."""
+        """A resource serving the issuing CA's CRL in PEM (``/crl.pem``)."""
         return _PEMView(self)
 
-    async def _current(self) -> Response:
-        """The current CRL (DER), rebuilt when stale."""
+    async def answer(self, key_id: str, *, pem: bool = False) -> Response:
+        """The CRL of the CA with ``key_id`` (hex; empty: the issuing CA)."""
+        authorities = self._authorities()
+        ca = authorities[0] if not key_id else _with_key_id(authorities, key_id)
+        if ca is None:
+            return error_response(404, "no CA with that key identifier")
+        answer = await self._current(ca)
+        if not pem or answer.code != 200:
+            return answer
+        crl = x509.load_der_x509_crl(answer.body)
+        return Response(
+            200, crl.public_bytes(serialization.Encoding.PEM), b"application/x-pem-file"
+        )
+
+    async def _current(self, ca: CertificateAuthority) -> Response:
+        """``ca``'s current CRL (DER), rebuilt when stale."""
+        key = ca.key_id_hex
         now_s = self._reactor.seconds()
-        if self._cached is None or now_s - self._cached[0] > CRL_REFRESH_SECONDS:
+        cached = self._cached.get(key)
+        if cached is None or now_s - cached[0] > CRL_REFRESH_SECONDS:
             try:
                 records = await self._db.transact(
                     "crl_revoked", cert_store.revoked_certificates_txn
                 )
             except StorageError:
-                if self._cached is None:
+                if cached is None:
                     return error_response(503, "CRL temporarily unavailable")
-                return Response(200, self._cached[1], b"application/pkix-crl")
+                return Response(200, cached[1], b"application/pkix-crl")
             now = self._clock()
-            number = max(int(now.timestamp()), self._last_number + 1)
-            self._last_number = number
+            number = max(int(now.timestamp()), self._last_number.get(key, 0) + 1)
+            self._last_number[key] = number
             der: bytes = await deferToThreadPool(
                 self._reactor,
                 self._cpu_pool,
-                lambda: self._ca.build_crl(
-                    _revoked(records, self._ca),
+                lambda: ca.build_crl(
+                    _revoked(records, ca),
                     now=now,
                     next_update=CRL_NEXT_UPDATE,
                     crl_number=number,
                 ),
             )
-            self._cached = (now_s, der)
-        return Response(200, self._cached[1], b"application/pkix-crl")
+            cached = self._cached[key] = (now_s, der)
+        return Response(200, cached[1], b"application/pkix-crl")
 
     def invalidate(self) -> None:
-        """Drop the cached CRL (after a revocation anywhere, the access watcher; after a
+        """Drop the cached CRLs (after a revocation anywhere, the access watcher; after a
         CA rollover, the reload)."""
-        self._cached = None
+        self._cached.clear()
+
+
+def _with_key_id(
+    authorities: Sequence[CertificateAuthority], key_id: str
+) -> CertificateAuthority | None:
+    wanted = key_id.lower()
+    return next((ca for ca in authorities if ca.key_id_hex == wanted), None)
 
 
 class _PEMView(Resource):
@@ -119,13 +147,4 @@ class _PEMView(Resource):
         self._crl = crl
 
     def render_GET(self, request: Request) -> int:
-        async def pem() -> Response:
-            answer = await self._crl._current()
-            if answer.code != 200:
-                return answer
-            crl = x509.load_der_x509_crl(answer.body)
-            return Response(
-                200, crl.public_bytes(serialization.Encoding.PEM), b"application/x-pem-file"
-            )
-
-        return render_async(request, pem)
+        return render_async(request, lambda: self._crl.answer("", pem=True))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest_twisted
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509 import ocsp
 
 from twisted.internet.task import deferLater
@@ -139,6 +140,13 @@ def _ocsp(port: int, device_dir: Path) -> ocsp.OCSPResponse:
     return answer
 
 
+def _crl(port: int, key_id: str) -> x509.CertificateRevocationList:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/crl/{key_id}", timeout=10) as reply:
+        return x509.load_der_x509_crl(reply.read())
+
+
 def _once(port: int, device_dir: Path) -> int:
     with _connect(port, device_dir) as sock:
         return _ask(sock)
@@ -184,6 +192,18 @@ async def test_rollover_serves_both_generations(server: RunningServer, tmp_path:
         assert core.ca.issued(issued)
         assert await deferToThread(_once, server.https_port, new_dir) == 200
         assert _admin(tmp_path, "ca", "show")["also_trusted"] == [old_ca]
+        # Each CA publishes its own CRL at the key identifier its certificates name.
+        old_key_id = (
+            x509.load_pem_x509_certificate((old_dir / "cacert_0.pem").read_bytes())
+            .extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+            .value.digest.hex()
+        )
+        for key_id, issuer_dir in ((old_key_id, old_dir), (core.ca.key_id_hex, new_dir)):
+            crl = await deferToThread(_crl, server.http_port, key_id)
+            issuer = x509.load_pem_x509_certificate((issuer_dir / "cacert_0.pem").read_bytes())
+            public = issuer.public_key()
+            assert isinstance(public, rsa.RSAPublicKey)
+            assert crl.is_signature_valid(public)
         # OCSP answers for both generations: the old CA signs for its own certificates.
         for device_dir in (old_dir, new_dir):
             answer = await deferToThread(_ocsp, server.http_port, device_dir)

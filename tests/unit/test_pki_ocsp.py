@@ -81,7 +81,7 @@ def test_publication_in_issued_certificates(setting: tuple[CertificateAuthority,
     published = _device(ca, published="http://osp.example.net:5045/")
     points = published.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert [p.full_name for p in points] == [
-        [x509.UniformResourceIdentifier("http://osp.example.net:5045/crl")]
+        [x509.UniformResourceIdentifier(f"http://osp.example.net:5045/crl/{ca.key_id_hex}")]
     ]
     access = published.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
     assert [(a.access_method, a.access_location.value) for a in access] == [

@@ -73,7 +73,9 @@ def test_issued_certificates_name_the_crl_and_the_responder(server: MemoryServer
     device = enroll_in_memory(server, "1000", "1000")
     points = device.cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert points[0].full_name == [
-        x509.UniformResourceIdentifier("http://osp.example.net:5045/crl")
+        x509.UniformResourceIdentifier(
+            f"http://osp.example.net:5045/crl/{server.core.ca.key_id_hex}"
+        )
     ]
     access = device.cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
     assert access.value[0].access_location.value == "http://osp.example.net:5045/ocsp"
@@ -96,6 +98,12 @@ def test_crl_in_der_and_pem_with_reasons(server: MemoryServer, tmp_path: Path) -
     content_type, pem = _get(server, b"/crl.pem")
     assert content_type == b"application/x-pem-file"
     assert x509.load_pem_x509_crl(pem) == crl
+    # The distribution point issued certificates name: the same CRL, DER and PEM.
+    by_key = b"/crl/" + server.core.ca.key_id_hex.encode()
+    assert x509.load_der_x509_crl(_get(server, by_key)[1]) == crl
+    assert x509.load_pem_x509_crl(_get(server, by_key + b".pem")[1]) == crl
+    missing = server.exchange(b"GET /crl/00ff HTTP/1.1\r\nHost: x\r\n\r\n", site="http")
+    assert missing.startswith(b"HTTP/1.1 404 ")
     if OPENSSL is None:
         return
     ca_pem = tmp_path / "ca.pem"
