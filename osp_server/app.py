@@ -16,7 +16,7 @@ from typing import cast
 
 from OpenSSL import SSL
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -207,15 +207,19 @@ def prepare(
 def read_trust(config: Config, db: Database, ca: CertificateAuthority) -> TrustSet:
     """The CAs to trust beside ``ca`` (blocking: start-up)."""
     recorded = db.transact_sync(authorities.recorded_authority_txn)
-    superseded = db.transact_sync(authorities.superseded_authorities_txn)
+    superseded = db.transact_sync(authorities.superseded_authorities_txn, include_retired=True)
     return TrustSet.build(ca, recorded, superseded, kept_authorities(config.ca, superseded))
 
 
 def kept_authorities(
     files: CAConfig, superseded: list[authorities.SupersededAuthority]
 ) -> dict[str, CertificateAuthority | None]:
-    """The superseded CAs whose key files this node kept (blocking: files)."""
-    return {a.fingerprint_sha256: load_previous(files, a.fingerprint_sha256) for a in superseded}
+    """The superseded CAs (not retired) whose key files this node kept (blocking)."""
+    return {
+        a.fingerprint_sha256: load_previous(files, a.fingerprint_sha256)
+        for a in superseded
+        if a.retired_at is None
+    }
 
 
 def _open_the_database_ca(
@@ -336,6 +340,7 @@ def build_issued_material(core: Core, files: IssuedFiles) -> ServerCertificate:
         return ServerCertificate(
             _for_role(core, files),
             ca=core.ca,
+            trusted=lambda: core.trust.certificates,
             clock=core.clock,
             db=core.db,
             reactor=core.reactor,
@@ -367,6 +372,7 @@ class Components:
     ocsp_responder: ServerCertificate
     token_signer: ServerCertificate
     tokens: TokenFactory
+    _reload_lock: DeferredLock = field(default_factory=DeferredLock, init=False)
 
     def https_factory(self) -> IProtocolFactory:
         """The HTTPS listener's factory: TLS around the site (client certificate optional)."""
@@ -384,10 +390,18 @@ class Components:
         """Re-read the certificate files, renewing ours that expire within 30 days (in
         threads), and rebuild every TLS context: SIGHUP, ``osp-admin reload`` and the
         periodic renewal check.  A file that cannot be used keeps what was in use and
-        the log says why; the others are still reloaded."""
-        return Deferred.fromCoroutine(self._reload())
+        the log says why; the others are still reloaded.  One reload at a time (SIGHUP,
+        osp-admin reload and the periodic check may coincide, and two renewals of the
+        same files must not interleave); the Deferred never fails."""
+        return self._reload_lock.run(lambda: Deferred.fromCoroutine(self._reload()))
 
     async def _reload(self) -> None:
+        try:
+            await self._reload_all()
+        except Exception:
+            log.failure("reload failed; the certificates in use stay")
+
+    async def _reload_all(self) -> None:
         await self._reload_authorities()
         material = (
             ("TLS", self.server_certificate),
@@ -449,9 +463,35 @@ class Components:
                     previous=previous,
                 )
         trust = TrustSet.build(core.ca, recorded, superseded, kept)
+        if core.ca.certificate not in trust.certificates:
+            log.error(
+                "this node issues from CA {fp}, which the database has retired: its "
+                "devices are refused everywhere. Import the database's CA (osp-admin ca "
+                "import --replace) and reload",
+                fp=core.ca.fingerprint_sha256(),
+            )
         if trust.fingerprints() != core.trust.fingerprints():
             log.info("trusted CAs: {fps}", fps=", ".join(trust.fingerprints()))
         core.trust = trust
+
+
+def ocsp_responders(core: Core, delegated: ServerCertificate) -> list[Responder]:
+    """Who answers OCSP for which CA: the issuing CA's delegated responder (the CA
+    itself between a rollover and the responder's re-issue from the new CA), and each
+    superseded CA whose key this node kept, for its own certificates."""
+    issuing = core.ca.snapshot()
+    first = (
+        Responder.delegated(issuing.certificate, delegated.cert, delegated.file_key)
+        if issuing.issued(delegated.cert)
+        else Responder(issuing.certificate, issuing.certificate, issuing.sign_ocsp_response)
+    )
+    return [
+        first,
+        *(
+            Responder(ca.certificate, ca.certificate, ca.sign_ocsp_response)
+            for ca in core.trust.superseded.values()
+        ),
+    ]
 
 
 def build_components(core: Core) -> Components:
@@ -522,15 +562,7 @@ def build_components(core: Core) -> Components:
         b"ocsp",
         OCSPResource(
             core.db,
-            lambda: [
-                Responder.delegated(
-                    core.ca.certificate, ocsp_responder.cert, ocsp_responder.file_key
-                ),
-                *(
-                    Responder(ca.certificate, ca.certificate, ca.sign_ocsp_response)
-                    for ca in core.trust.superseded.values()
-                ),
-            ],
+            lambda: ocsp_responders(core, ocsp_responder),
             core.reactor,
             core.clock,
             core.cpu_pool,

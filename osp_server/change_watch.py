@@ -124,7 +124,9 @@ class ChangeWatcher(Service):
             self._loop.stop()
         if self._thread is not None:
             self._stop_listening.set()
-            self._thread.join(timeout=5)
+            # It checks for the stop every half second; a connection attempt in progress
+            # gives up within its 5 s timeout, on a daemon thread nobody waits for.
+            self._thread.join(timeout=1)
             self._thread = None
 
     # ------------------------------------------------------------ the listening thread
@@ -154,7 +156,18 @@ class ChangeWatcher(Service):
 
         engine = self._db.engine
         args, params = engine.dialect.create_connect_args(engine.url)
-        with psycopg.connect(*args, **{**params, "autocommit": True}) as conn:
+        # Bounded: a database host that stops answering must not hold this thread (or
+        # stopService) for the operating system's TCP timeout.
+        options = {
+            **params,
+            "autocommit": True,
+            "connect_timeout": 5,
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        }
+        with psycopg.connect(*args, **options) as conn:
             conn.execute(f"LISTEN {changes.CHANNEL}")
             self.listening.set()
             # A change committed while we were not listening: the poll finds it, but
@@ -169,12 +182,16 @@ class ChangeWatcher(Service):
     def _notified(self, name: ChangeName) -> None:
         self.changed(name)
 
-        # Keep the versions in step, so the next poll does not report the change again.
+        # Keep this kind's version in step, so the next poll does not report the change
+        # again; only this kind, and only upward: another kind's change whose
+        # notification is still on its way must still be seen by the poll.
         async def quietly() -> None:
             try:
-                self.versions = await self._db.peek("change_versions", changes.versions_txn)
+                now = await self._db.peek("change_versions", changes.versions_txn)
             except Exception:
                 return  # the regular poll reports failures
+            if self.versions is not None and name in now:
+                self.versions[name] = max(self.versions.get(name, 0), now[name])
 
         if self.running:
             Deferred.fromCoroutine(quietly())

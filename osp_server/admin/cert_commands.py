@@ -114,6 +114,9 @@ def cmd_cert_revoke(ctx: Context, args: argparse.Namespace) -> None:
     def work(conn: Any) -> list[tuple[cert_store.CertificateRecord, bool]]:
         if by_device:
             device = device_store.get_device(conn, args.customer, args.device)
+            # A certificate issued concurrently waits for this transaction (its foreign
+            # key), or was committed before and is listed (and revoked) here.
+            device_store.lock_device_txn(conn, device.pk)
             held = cert_store.list_certificates(conn, device_pk=device.pk, kind="device")
             return [(revoke_one(conn, c), False) for c in held if c.state == "valid"]
         before = cert_store.get_by_serial(conn, args.serial)

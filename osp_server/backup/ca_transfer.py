@@ -28,8 +28,8 @@ from osp_server.backup.archive import (
 )
 from osp_server.backup.operations import archive_files, give_to_data_dir_owner
 from osp_server.config import Config
-from osp_server.pki.ca import load_ca, spki_der
-from osp_server.pki.files import make_private_directory, write_new_file
+from osp_server.pki.ca import CAError, load_ca, spki_der
+from osp_server.pki.files import FileWriteError, make_private_directory, write_new_file
 
 CA_MEMBERS = ("ca.pem", "ca.key")
 ISSUED_FROM_CA = ("tls.pem", "tls.key", "tokens.pem", "tokens.key", "ocsp.pem", "ocsp.key")
@@ -60,6 +60,19 @@ def export_ca(config: Config, output: Path, passphrase: bytes, *, now: datetime)
         writer.abort()
         raise
     return manifest
+
+
+def _keep_replaced(config: Config) -> None:
+    """A CA that a rollover on another node superseded stays trusted until retired: its
+    files also go to ``previous/``, where this node finds its key to answer OCSP and
+    publish the CRL for its certificates (osp_server.pki.rollover)."""
+    from osp_server.pki.rollover import keep_previous
+
+    try:
+        replaced = load_ca(config.ca.key_file, config.ca.cert_file, profile=config.ca.profile)
+        keep_previous(config.ca, replaced, config.ca.key_file.read_bytes())
+    except (CAError, OSError, FileWriteError):
+        return  # unusable files: moved aside below, as before
 
 
 @dataclass(frozen=True)
@@ -117,6 +130,7 @@ def import_ca(
                 "replace it (it and the certificates issued from it are moved aside)"
             )
         else:
+            _keep_replaced(config)
             for name in (*CA_MEMBERS, *ISSUED_FROM_CA):
                 path = files[name]
                 if path.exists():

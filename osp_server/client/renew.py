@@ -15,6 +15,11 @@ A run interrupted between the two renames leaves ``localcert.pem.new`` beside a
 ``pkey.pem`` it matches; the next run finishes the rename before anything else, so the
 pair a device loads always belongs together once a run completes.
 
+The new key is saved as ``pkey.pem.pending`` (0600) before the request is sent: when
+the answer is lost, the next run asks again with it (the same CSR), and the server
+answers with the certificate it issued, even after revoking the old one
+(``renewal = "revoke"``).
+
 Exit codes are ``osp-enroll``'s; a renewal the server finds not yet due (TEP status 9)
 exits 0 and changes nothing, so a daily timer can run this.
 """
@@ -46,6 +51,8 @@ CERT_FILE = "localcert.pem"
 KEY_FILE = "pkey.pem"
 CA_FILE = "cacert_0.pem"
 NEW_SUFFIX = ".new"
+PENDING_KEY_FILE = "pkey.pem.pending"
+"""The new key while its renewal is under way (kept when the answer is lost)."""
 KEY_SIZES = (2048, 3072, 4096)
 
 
@@ -241,18 +248,30 @@ def run(argv: Sequence[str]) -> int:
     cert, old_key, ca = _load_current(out_dir)
     customer_id, device_id = _device_ids(cert)
     tls = _tls_context(out_dir, args, ca)
-    size = args.key_size or old_key.key_size
-    key = rsa.generate_private_key(public_exponent=65537, key_size=size)
+    key = _pending_key(out_dir, args.key_size or old_key.key_size)
     csr_der = client._make_csr(key, device_id)
     body = build_renewal_body(
         nonce=client.make_nonce(), device_id=device_id, customer_id=customer_id, csr_der=csr_der
     )
-    data = client._post(endpoint, body, "text/html", tls, args.timeout)
+    try:
+        data = client._post(endpoint, body, "text/html", tls, args.timeout)
+    except client.EnrollError as exc:
+        if exc.exit_code == client.EXIT_NETWORK:
+            # The server may have issued (and, with renewal = "revoke", revoked the
+            # current certificate) before the answer was lost: the same key asks again.
+            client._info(
+                f"kept the new key in {out_dir / PENDING_KEY_FILE}: run osp-enroll renew "
+                "again, and it asks for the same certificate"
+            )
+        else:
+            _drop_pending_key(out_dir)
+        raise
     status, cert_der = wire.parse_client_view(data, operation=wire.TepOperation.REQUEST)
     if status is None or not client._STATUS.fullmatch(status):
         raise client.EnrollError("the server's answer has no valid status", client.EXIT_NETWORK)
     code = int(status)
     if code == wire.TepStatus.NOT_DUE:
+        _drop_pending_key(out_dir)
         client._info(
             f"not yet due: {CERT_FILE} (serial {cert.serial_number:x}) is valid until "
             f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z and the server renews it later; "
@@ -260,6 +279,7 @@ def run(argv: Sequence[str]) -> int:
         )
         return client.EXIT_OK
     if code != wire.TepStatus.ISSUED or cert_der is None:
+        _drop_pending_key(out_dir)
         try:
             meaning = wire.TepStatus(code).meaning
         except ValueError:
@@ -268,6 +288,7 @@ def run(argv: Sequence[str]) -> int:
         return code if code != wire.TepStatus.ISSUED else client.EXIT_NETWORK
     renewed = client.verify_issued_certificate(cert_der, csr_der, ca)
     _install(out_dir, key, renewed)
+    _drop_pending_key(out_dir)
     print(f"wrote {out_dir / KEY_FILE}")
     print(f"wrote {out_dir / CERT_FILE}")
     client._info(
@@ -277,6 +298,24 @@ def run(argv: Sequence[str]) -> int:
     if args.then:
         return _run_then(args.then)
     return client.EXIT_OK
+
+
+def _pending_key(out_dir: Path, size: int) -> rsa.RSAPrivateKey:
+    """The new key: the one a run whose answer was lost left, or a fresh one, saved
+    (0600) before anything is sent, so that a retry asks for the same certificate (the
+    CSR of a key is deterministic)."""
+    path = out_dir / PENDING_KEY_FILE
+    if path.exists():
+        client._info(f"asking again with the key a previous run left in {path}")
+        return client._load_key(str(path))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=size)
+    client._write_file(path, client._key_pem(key), 0o600, "private key file", replace=True)
+    return key
+
+
+def _drop_pending_key(out_dir: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (out_dir / PENDING_KEY_FILE).unlink()
 
 
 def _run_then(command: str) -> int:

@@ -71,6 +71,9 @@ class _Auth:
     method: AuthMethod
     secret_hash: str | None = None  # the one-time secret's hash, to spend it exactly once
     renews: bytes | None = None  # a renewal: the DER of the certificate it renews
+    retrieve_only: bool = False
+    """A renewal presenting the certificate its own earlier renewal superseded (the answer
+    was lost): only that renewal's stored certificate may be fetched again."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ def _renewal_refusal(
             f"renewal for customer {request.customer_id} device {request.device_id} with the "
             f"certificate of customer {presented.customer_id} device {presented.device_id}"
         )
-    if presented.state != "valid":
+    if presented.state != "valid" and presented.revocation_reason != "superseded":
         return f"renewal with revoked certificate {presented.serial}"
     if now > presented.not_after:
         return f"renewal with expired certificate {presented.serial}"
@@ -122,6 +125,11 @@ _STATE_FOR_VERDICT: dict[str, Literal["pending", "signing", "rejected"]] = {
     "pending": "pending",
     "reject": "rejected",
 }
+
+
+class RenewalRefused(Exception):
+    """The renewing certificate changed while the renewal was under way (revoked, already
+    renewed, its device disabled); the message says which."""
 
 
 class SecretAlreadyUsed(Exception):
@@ -254,6 +262,18 @@ class EnrollmentService:
             await self._audit("enrollment.csr-refused", request, source, reason=reason)
             return Outcome(TepStatus.CSR_REFUSED, reason=reason)
 
+        if auth.retrieve_only:
+            known = await self._db.transact(
+                "tep_find_enrollment",
+                enrollment_store.find_txn,
+                device_pk=device.pk,
+                csr_sha256=csr.sha256_hex,
+            )
+            if known is None or known.state != "issued":
+                reason = "renewal with a certificate already superseded by another renewal"
+                await self._audit("enrollment.denied", request, source, reason=reason)
+                return Outcome(TepStatus.DENIED, reason=reason)
+
         approval: EnrollmentVerdict | None = None
         if auth.renews is not None:
             # The device proved it holds a certificate we issued: renewals are signed
@@ -320,7 +340,11 @@ class EnrollmentService:
                 auth.secret_hash,
                 now,
                 signed,
+                None if auth.renews is None else (hashlib.sha256(auth.renews).hexdigest(), csr),
             )
+        except RenewalRefused as e:
+            await self._audit("enrollment.denied", request, source, reason=str(e))
+            return Outcome(TepStatus.DENIED, reason=str(e))
         except SecretAlreadyUsed:
             await self._audit("enrollment.denied", request, source, reason="secret already used")
             return Outcome(TepStatus.DENIED, reason="one-time secret already used")
@@ -409,7 +433,11 @@ class EnrollmentService:
                 f"{found.certificate.not_after.isoformat()}, renewable "
                 f"{self._config.renewal_window_days} days before",
             )
-        return found.device, _Auth("certificate", renews=client_certificate)
+        return found.device, _Auth(
+            "certificate",
+            renews=client_certificate,
+            retrieve_only=found.certificate.state != "valid",
+        )
 
     async def _ask_authorizer(
         self, request: EnrollmentRequest, csr_sha256: str
@@ -534,7 +562,27 @@ class EnrollmentService:
         secret_hash: str | None,
         now: datetime,
         signed: x509.Certificate | None = None,
+        renewing: tuple[str, ValidatedCSR] | None = None,
     ) -> Issued:
+        if renewing is not None:
+            # Re-read under a row lock, in the transaction that issues: a revocation of
+            # the presented certificate committed since it was checked is seen here.
+            presented_sha256, csr = renewing
+            state = cert_store.lock_for_renewal_txn(
+                conn, presented_sha256, csr_sha256=csr.sha256_hex
+            )
+            enrollment = enrollment_store.get(conn, enrollment_id)
+            if state is None or state.device_state != "active":
+                raise RenewalRefused("the renewing certificate or its device is gone or disabled")
+            if state.state != "valid" and not (
+                state.revocation_reason == "superseded" and enrollment.state == "issued"
+            ):
+                raise RenewalRefused("the renewing certificate was revoked meanwhile")
+            if state.renewed_by_another and enrollment.state != "issued":
+                raise RenewalRefused(
+                    "this certificate was already renewed (or the device enrolled again): "
+                    "renew with the newer certificate"
+                )
         issued = issue_enrollment(
             conn,
             enrollment_id,

@@ -83,6 +83,9 @@ class DeviceAuthenticator:
         self._monotonic = monotonic
         self._ttl = cache_seconds
         self._cache: OrderedDict[str, tuple[float, _Record]] = OrderedDict()
+        # Moves on every invalidate(): an answer read before it is not cached after it
+        # (a revocation would otherwise come back for a cache lifetime).
+        self._generation = 0
 
     async def identify(self, peer: PeerCertificate | None) -> tuple[DeviceIdentity | None, str]:
         """The device behind ``peer``, or (None, why it is refused)."""
@@ -93,15 +96,17 @@ class DeviceAuthenticator:
         if cached is not None and now_m - cached[0] < self._ttl:
             record = cached[1]
         else:
+            generation = self._generation
             record = _judge(
                 await self._db.transact(
                     "osp_peer_certificate", cert_store.presented_certificate_txn, peer.sha256
                 )
             )
-            self._cache[peer.sha256] = (now_m, record)
-            self._cache.move_to_end(peer.sha256)
-            while len(self._cache) > CACHE_ENTRIES:
-                self._cache.popitem(last=False)
+            if generation == self._generation:
+                self._cache[peer.sha256] = (now_m, record)
+                self._cache.move_to_end(peer.sha256)
+                while len(self._cache) > CACHE_ENTRIES:
+                    self._cache.popitem(last=False)
         if record.identity is None:
             return None, record.reason
         now = self._clock()
@@ -112,5 +117,7 @@ class DeviceAuthenticator:
         return record.identity, "ok"
 
     def invalidate(self) -> None:
-        """Forget every cached answer (after a revocation or device change on this node)."""
+        """Forget every cached answer (after a revocation or device change anywhere), and
+        every answer being read now."""
+        self._generation += 1
         self._cache.clear()

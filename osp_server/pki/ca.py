@@ -359,6 +359,37 @@ def _compatibility_warnings(certificate: x509.Certificate, profile: Profile) -> 
     return tuple(warnings)
 
 
+def issued_by(
+    issuer: x509.Certificate, certificate: x509.Certificate, *, key_id: bytes | None = None
+) -> bool:
+    """Whether ``issuer`` issued ``certificate``: the certificate's authority key
+    identifier is the issuer's key identifier (``key_id``, else its SKI), or, without an
+    AKI (the compact token signer), the issuer's signature verifies (MD5 included).
+    Not the issuer name alone: a CA rollover keeps the name (pki.rollover)."""
+    if certificate.issuer != issuer.subject:
+        return False
+    try:
+        aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    except x509.ExtensionNotFound:
+        aki = None
+    if aki is not None and aki.value.key_identifier is not None:
+        if key_id is None:
+            try:
+                key_id = issuer.extensions.get_extension_for_class(
+                    x509.SubjectKeyIdentifier
+                ).value.digest
+            except x509.ExtensionNotFound:
+                key_id = x509.SubjectKeyIdentifier.from_public_key(
+                    _check_public_key(issuer.public_key(), "CA")
+                ).digest
+        return aki.value.key_identifier == key_id
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return legacy.verify_md5_signature(certificate, issuer.public_key())
+    return True
+
+
 # ---------------------------------------------------------------- the CA
 
 _P = ParamSpec("_P")
@@ -373,9 +404,7 @@ def _consistent(
     with the new name."""
 
     def run(self: CertificateAuthority, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        snapshot = object.__new__(CertificateAuthority)
-        snapshot.__dict__ = self.__dict__  # the dict itself: adopt() replaces, never edits
-        return method(snapshot, *args, **kwargs)
+        return method(self.snapshot(), *args, **kwargs)
 
     run.__name__, run.__doc__ = method.__name__, method.__doc__
     return run
@@ -444,23 +473,15 @@ class CertificateAuthority:
         finishes with the CA it started with (:func:`_consistent`)."""
         self.__dict__ = dict(other.__dict__)
 
+    def snapshot(self) -> CertificateAuthority:
+        """This CA as it is now, unaffected by a later :meth:`adopt`."""
+        frozen = object.__new__(CertificateAuthority)
+        frozen.__dict__ = self.__dict__  # the dict itself: adopt() replaces, never edits
+        return frozen
+
     def issued(self, certificate: x509.Certificate) -> bool:
-        """Whether this CA issued ``certificate``: its authority key identifier is this
-        CA's key identifier, or (no AKI: the compact token signer) this CA's signature
-        verifies.  Not the issuer name: a rollover keeps the name (pki.rollover)."""
-        if certificate.issuer != self.certificate.subject:
-            return False
-        try:
-            aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
-        except x509.ExtensionNotFound:
-            aki = None
-        if aki is not None and aki.value.key_identifier is not None:
-            return aki.value.key_identifier == self._key_id
-        try:
-            certificate.verify_directly_issued_by(self.certificate)
-        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-            return legacy.verify_md5_signature(certificate, self._key.public_key())
-        return True
+        """Whether this CA issued ``certificate`` (:func:`issued_by`)."""
+        return issued_by(self.certificate, certificate, key_id=self._key_id)
 
     @property
     def key_id_hex(self) -> str:

@@ -85,8 +85,12 @@ def parse_request(der: bytes) -> ocsp.OCSPRequest:
         )
     try:
         request = ocsp.load_der_ocsp_request(der)
-        request.hash_algorithm  # noqa: B018 - raises for an unknown algorithm
-    except (ValueError, UnsupportedAlgorithm) as e:
+        # Each raises for a bad field (an unknown hash, a repeated extension): here, not
+        # while the answer is built.
+        request.hash_algorithm  # noqa: B018
+        request.serial_number  # noqa: B018
+        request.extensions  # noqa: B018
+    except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as e:
         raise OCSPRequestError(
             f"not an OCSP request for one certificate: {e}",
             ocsp.OCSPResponseStatus.MALFORMED_REQUEST,

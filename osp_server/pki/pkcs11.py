@@ -133,6 +133,12 @@ class PKCS11Key:
             )
         return private, public
 
+    def _reconnect(self, pkcs11: Any) -> None:
+        _forget(self._config, self._session)
+        self._session, self._lock = _logged_in(self._config)
+        with self._lock:
+            self._private, self._public = self._find(pkcs11)
+
     def public_key(self) -> PublicKey:
         """The public half, as ``cryptography`` holds it."""
         return self._public_key
@@ -152,8 +158,14 @@ class PKCS11Key:
             data = hashlib.sha256(data).digest()
         else:
             raise PKCS11Error(f"{self.description}: EC keys sign with SHA-256 only")
-        with self._lock:
-            signature: bytes = self._private.sign(data, mechanism=mechanism)
+        try:
+            with self._lock:
+                signature: bytes = self._private.sign(data, mechanism=mechanism)
+        except _lost_session_errors(pkcs11):
+            # The token was restarted or the session dropped: log in again, once.
+            self._reconnect(pkcs11)
+            with self._lock:
+                signature = self._private.sign(data, mechanism=mechanism)
         if isinstance(self._public_key, ec.EllipticCurvePublicKey):
             # PKCS#11 returns r || s; X.509 and PKCS#7 carry ECDSA-Sig-Value (DER).
             half = len(signature) // 2
@@ -193,6 +205,29 @@ def _logged_in(config: PKCS11Config) -> tuple[Any, threading.Lock]:
             ) from None
         _SESSIONS[key] = (session, threading.Lock())
         return _SESSIONS[key]
+
+
+def _lost_session_errors(pkcs11: Any) -> tuple[type[Exception], ...]:
+    e = pkcs11.exceptions
+    return (
+        e.SessionHandleInvalid,
+        e.SessionClosed,
+        e.DeviceRemoved,
+        e.TokenNotPresent,
+        e.UserNotLoggedIn,
+    )
+
+
+def _forget(config: PKCS11Config, session: Any) -> None:
+    """Drop the cached session (if it is still this one): the next use logs in again."""
+    key = (str(config.module), config.token_label)
+    with _SESSIONS_LOCK:
+        if key in _SESSIONS and _SESSIONS[key][0] is session:
+            del _SESSIONS[key]
+    try:
+        session.close()
+    except Exception:
+        pass  # already gone with the token
 
 
 def _public_key(pkcs11: Any, public: Any) -> PublicKey:

@@ -90,13 +90,30 @@ def _install(config: CAConfig) -> None:
         fsync_directory(config.key_file.parent)
 
 
+def _finish_install(config: CAConfig) -> None:
+    """An earlier run renamed the new key into place and stopped before the certificate:
+    rename the pending certificate too (it belongs to the key now in place)."""
+    pending_cert, pending_key = _pending(config)
+    if pending_key.exists() or not pending_cert.exists() or not config.key_file.exists():
+        return
+    try:
+        pending = load_ca(config.key_file, pending_cert, profile=config.profile)
+    except CAError:
+        return  # not the key's: debris of a run that failed earlier
+    del pending
+    os.replace(pending_cert, config.cert_file)
+    fsync_directory(config.cert_file.parent)
+
+
 def _discard_pending(config: CAConfig) -> None:
     for path in _pending(config):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
 
-def _keep_previous(config: CAConfig, ca: CertificateAuthority, key_pem: bytes) -> None:
+def keep_previous(config: CAConfig, ca: CertificateAuthority, key_pem: bytes) -> None:
+    """Keep a CA's files in ``previous/``, where a node finds the key of a superseded CA
+    to answer OCSP and publish the CRL for its certificates."""
     cert_path, key_path = previous_paths(config, ca.fingerprint_sha256())
     cert_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     for path, data, mode, what in (
@@ -112,6 +129,7 @@ def roll_over(config: CAConfig, db: Database, *, now: datetime, actor: str) -> R
     """Replace the issuing CA (module docstring); :class:`CAError` or
     :class:`~osp_server.storage.authorities.RolloverError` with the reason, and nothing
     changed, when it cannot."""
+    _finish_install(config)
     if config.pkcs11_key_label is not None:
         raise CAError(
             "the CA key is in a PKCS#11 token: osp-admin ca rollover makes file keys only. "
@@ -148,7 +166,7 @@ def roll_over(config: CAConfig, db: Database, *, now: datetime, actor: str) -> R
     old_cert_pem = config.cert_file.read_bytes()
     try:
         link = current.issue_link_certificate(successor, now=now)
-        _keep_previous(config, current, old_key_pem)
+        keep_previous(config, current, old_key_pem)
     except BaseException:
         _discard_pending(config)
         raise
@@ -159,6 +177,20 @@ def roll_over(config: CAConfig, db: Database, *, now: datetime, actor: str) -> R
     try:
         _commit(db, current, successor, link, now=now, actor=actor)
     except BaseException:
+        # The commit may have happened even so (a connection lost during COMMIT, an
+        # interrupt while waiting for it): the files are put back only when the
+        # database is known to record the previous CA still.
+        try:
+            recorded = db.transact_sync(authorities.recorded_authority_txn)
+        except Exception:
+            raise authorities.RolloverError(
+                "the rollover's transaction failed and the database cannot tell whether "
+                f"it committed; the new CA ({successor.fingerprint_sha256()}) is in place. "
+                "Once the database answers: osp-admin ca show; if it shows the previous "
+                "CA, run osp-admin ca rollover again to finish this one"
+            ) from None
+        if recorded is not None and recorded.fingerprint_sha256 == successor.fingerprint_sha256():
+            return RolloverResult(current, successor, link)
         write_new_file(config.key_file, old_key_pem, 0o600, "CA key file", replace=True)
         write_new_file(config.cert_file, old_cert_pem, 0o644, "CA certificate file", replace=True)
         raise

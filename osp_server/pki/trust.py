@@ -40,19 +40,29 @@ class TrustSet:
         kept: Mapping[str, CertificateAuthority | None] | None = None,
     ) -> TrustSet:
         """The trust of a node issuing from ``issuing``, on a database that records
-        ``recorded`` as its CA and ``superseded`` as still trusted."""
-        certificates = [issuing.certificate]
+        ``recorded`` as its CA and ``superseded`` (retired ones included or not) as
+        what rollovers replaced.  A retired CA is trusted nowhere: not even on a node
+        that still issues from it because it never imported its successor."""
+        authorities = list(superseded)
+        retired = {a.fingerprint_sha256 for a in authorities if a.retired_at is not None}
+        certificates = []
+        if issuing.fingerprint_sha256() not in retired:
+            certificates.append(issuing.certificate)
         if recorded is not None:
             certificates.append(x509.load_der_x509_certificate(recorded.certificate))
         links = []
-        for authority in superseded:
+        for authority in authorities:
+            if authority.retired_at is not None:
+                continue
             certificates.append(x509.load_der_x509_certificate(authority.certificate))
             if authority.link_certificate is not None:
                 links.append(x509.load_der_x509_certificate(authority.link_certificate))
         return cls(
             certificates=_unique(certificates),
             links=tuple(reversed(_unique(links))),  # the newest link first
-            superseded={fp: ca for fp, ca in (kept or {}).items() if ca is not None},
+            superseded={
+                fp: ca for fp, ca in (kept or {}).items() if ca is not None and fp not in retired
+            },
         )
 
     def fingerprints(self) -> list[str]:

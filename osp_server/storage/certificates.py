@@ -10,7 +10,7 @@ from sqlalchemy import Connection, RowMapping, Select, insert, select, update
 
 from osp_server.storage.changes import bump_txn
 from osp_server.storage.errors import NotFoundError
-from osp_server.storage.schema import certificates, customers, devices
+from osp_server.storage.schema import certificates, customers, devices, enrollments
 
 CertificateKind = Literal["device", "server", "token_signer", "ocsp_responder"]
 
@@ -167,6 +167,8 @@ class PresentedCertificate:
     device_state: str
     route_table: str | None
     token_format: str | None
+    revocation_reason: str | None = None
+    created_at: datetime | None = None
 
 
 def presented_certificate_txn(conn: Connection, sha256: str) -> PresentedCertificate | None:
@@ -185,6 +187,8 @@ def presented_certificate_txn(conn: Connection, sha256: str) -> PresentedCertifi
                 devices.c.state.label("device_state"),
                 customers.c.route_table,
                 customers.c.token_format,
+                certificates.c.revocation_reason,
+                certificates.c.created_at,
             )
             .select_from(
                 certificates.join(devices, certificates.c.device_pk == devices.c.id).join(
@@ -197,3 +201,54 @@ def presented_certificate_txn(conn: Connection, sha256: str) -> PresentedCertifi
         .first()
     )
     return None if row is None else PresentedCertificate(**row)
+
+
+@dataclass(frozen=True)
+class RenewingState:
+    """A renewal's presented certificate, re-read under a row lock as it issues."""
+
+    state: str
+    revocation_reason: str | None
+    device_state: str
+    renewed_by_another: bool
+    """The device got a certificate after this one from another request (CSR)."""
+
+
+def lock_for_renewal_txn(conn: Connection, sha256: str, *, csr_sha256: str) -> RenewingState | None:
+    """The presented certificate's state, locked until the issuing transaction ends (a
+    revocation committed meanwhile is seen, not raced), and whether the device was
+    issued a certificate after it for another CSR (a certificate renews once)."""
+    row = (
+        conn.execute(
+            select(
+                certificates.c.state,
+                certificates.c.revocation_reason,
+                certificates.c.created_at,
+                certificates.c.device_pk,
+                devices.c.state.label("device_state"),
+            )
+            .select_from(certificates.join(devices, certificates.c.device_pk == devices.c.id))
+            .where(certificates.c.sha256 == sha256)
+            .with_for_update(of=certificates)
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    later = conn.execute(
+        select(enrollments.c.id)
+        .where(
+            enrollments.c.device_pk == row["device_pk"],
+            enrollments.c.state == "issued",
+            enrollments.c.decided_at > row["created_at"],
+            enrollments.c.csr_sha256 != csr_sha256,
+        )
+        .limit(1)
+    ).first()
+    return RenewingState(
+        state=row["state"],
+        revocation_reason=row["revocation_reason"],
+        device_state=row["device_state"],
+        renewed_by_another=later is not None,
+    )

@@ -190,6 +190,13 @@ def get_device(conn: Connection, customer_id: str, device_id: str) -> Device:
     return _device(r)
 
 
+def lock_device_txn(conn: Connection, device_pk: int) -> None:
+    """Hold the device's row until the transaction ends (PostgreSQL; SQLite writers run
+    one at a time anyway): a certificate or usage record committed for the device from
+    now on waits for this transaction (its foreign key), one committed before is seen."""
+    conn.execute(select(devices.c.id).where(devices.c.id == device_pk).with_for_update())
+
+
 def get_device_by_pk(conn: Connection, pk: int) -> Device:
     """One device by its internal key."""
     r = conn.execute(select(devices).where(devices.c.id == pk)).mappings().first()

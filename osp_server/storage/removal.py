@@ -17,7 +17,7 @@ from sqlalchemy import Connection, delete, func, select, update
 
 from osp_server.storage import certificates as cert_store
 from osp_server.storage.changes import bump_txn
-from osp_server.storage.devices import get_customer, get_device
+from osp_server.storage.devices import get_customer, get_device, lock_device_txn
 from osp_server.storage.errors import InUseError
 from osp_server.storage.schema import (
     capabilities,
@@ -72,10 +72,9 @@ def delete_device_txn(
     """
     removal = into if into is not None else Removal()
     device = get_device(conn, customer_id, device_id)
-    # PostgreSQL: hold the row, so that a certificate or usage record committed for it
-    # from now on waits for this transaction, then fails on its foreign key; one
-    # committed before is seen by the reads below.  (SQLite writers run one at a time.)
-    conn.execute(select(devices.c.id).where(devices.c.id == device.pk).with_for_update())
+    # A certificate or usage record committed for it from now on waits for this
+    # transaction, then fails on its foreign key; one committed before is seen below.
+    lock_device_txn(conn, device.pk)
     name = f"device {device_id} of customer {customer_id}"
     held = cert_store.list_certificates(conn, device_pk=device.pk)
     valid = [c for c in held if c.state == "valid" and c.not_after > now]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -42,6 +42,7 @@ from osp_server.pki.ca import (
     CertificateAuthority,
     check_private_key_file_mode,
     generate_private_key,
+    issued_by,
     spki_der,
     write_private_key,
 )
@@ -178,6 +179,7 @@ async def provide(
     now: datetime,
     run_db: RunDB,
     run_blocking: RunBlocking,
+    trusted: Sequence[x509.Certificate] = (),
 ) -> tuple[CASigningKey, x509.Certificate]:
     """The key and certificate to use, issuing or renewing ours (module docstring)."""
     if not files.issues:
@@ -193,12 +195,16 @@ async def provide(
         # unless the certificate must outlive the transition (the token signer, whose
         # tokens devices verify against the CAs they know: renewed when due).
         superseded = not ca.issued(cert)
-        outdated = (superseded and files.follows_rollover) or (
-            files.current is not None and not files.current(cert)
+        # Kept through a rollover (the token signer) only while its CA is still trusted.
+        untrusted = superseded and not any(issued_by(t, cert) for t in trusted)
+        outdated = (
+            (superseded and files.follows_rollover)
+            or untrusted
+            or (files.current is not None and not files.current(cert))
         )
         if not outdated and cert.not_valid_after_utc - now > files.renew_before:
             return key, cert
-        if superseded and files.follows_rollover:
+        if superseded and (files.follows_rollover or untrusted):
             log.info(
                 "re-issuing the {kind} certificate (serial {serial}) from the new CA: "
                 "its issuer was superseded by a CA rollover",

@@ -8,10 +8,12 @@ SIGHUP, never per connection.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
 
 from twisted.internet.interfaces import IAddress, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
@@ -78,8 +80,10 @@ class ServerCertificate:
         db: Database,
         reactor: IReactorFromThreads,
         cpu_pool: ThreadPool,
+        trusted: Callable[[], Sequence[x509.Certificate]] = tuple,
     ) -> None:
         self._files = files
+        self._trusted = trusted  # the CAs trusted now (a rollover's superseded ones too)
         self._ca = ca  # the issuing CA, which a rollover may replace (CertificateAuthority.adopt)
         self._clock = clock
         self._db = db
@@ -101,6 +105,7 @@ class ServerCertificate:
         self.key, self.cert = await provide(
             self._files,
             ca=self._ca,
+            trusted=self._trusted(),
             now=self._clock(),
             run_db=functools.partial(self._db.transact, "tls_certificates"),
             run_blocking=lambda fn: deferToThreadPool(self._reactor, self._cpu_pool, fn),

@@ -71,6 +71,9 @@ class CRLResource(Resource):
         # restores), and at least one more than the last here: a revocation can
         # rebuild the CRL within the second of the previous one.
         self._last_number: dict[str, int] = {}
+        # Moves on every invalidate(): a CRL built from records read before it is
+        # served to the request that built it but not cached.
+        self._generation = 0
 
     def render_GET(self, request: Request) -> int:
         """The CRL in DER (``application/pkix-crl``), or in PEM for a ``.pem`` name."""
@@ -98,10 +101,12 @@ class CRLResource(Resource):
 
     async def _current(self, ca: CertificateAuthority) -> Response:
         """``ca``'s current CRL (DER), rebuilt when stale."""
+        ca = ca.snapshot()  # one generation of it throughout, should a rollover adopt
         key = ca.key_id_hex
         now_s = self._reactor.seconds()
         cached = self._cached.get(key)
         if cached is None or now_s - cached[0] > CRL_REFRESH_SECONDS:
+            generation = self._generation
             try:
                 records = await self._db.transact(
                     "crl_revoked", cert_store.revoked_certificates_txn
@@ -123,12 +128,15 @@ class CRLResource(Resource):
                     crl_number=number,
                 ),
             )
-            cached = self._cached[key] = (now_s, der)
+            cached = (now_s, der)
+            if generation == self._generation:
+                self._cached[key] = cached
         return Response(200, cached[1], b"application/pkix-crl")
 
     def invalidate(self) -> None:
         """Drop the cached CRLs (after a revocation anywhere, the access watcher; after a
-        CA rollover, the reload)."""
+        CA rollover, the reload), and any being built now."""
+        self._generation += 1
         self._cached.clear()
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from urllib.parse import unquote_to_bytes
 
+from cryptography import x509
 from cryptography.x509 import ocsp
 from sqlalchemy import Connection
 
@@ -26,7 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from osp_server.pki import ocsp as responder_pki
-from osp_server.pki.ca import reason_flag
+from osp_server.pki.ca import issued_by, reason_flag
 from osp_server.pki.ocsp import CertificateStatus, OCSPRequestError, Responder
 from osp_server.reactor import IOSPReactor
 from osp_server.storage import certificates as cert_store
@@ -39,11 +40,20 @@ log = Logger()
 CONTENT_TYPE = b"application/ocsp-response"
 
 
-def status_txn(conn: Connection, serial: int) -> CertificateStatus:
-    """What the database says of ``serial`` (unknown when we never issued it)."""
+def status_txn(conn: Connection, serial: int) -> cert_store.CertificateRecord | None:
+    """The certificate we recorded with ``serial``, if any."""
     try:
-        record = cert_store.get_by_serial(conn, format(serial, "x"))
+        return cert_store.get_by_serial(conn, format(serial, "x"))
     except NotFoundError:
+        return None
+
+
+def certificate_status(
+    record: cert_store.CertificateRecord | None, issuer: x509.Certificate
+) -> CertificateStatus:
+    """What to answer about a serial: unknown unless ``issuer`` issued our record of it
+    (after a CA rollover a serial names a certificate of one of two CAs)."""
+    if record is None or not issued_by(issuer, x509.load_der_x509_certificate(record.der)):
         return CertificateStatus("unknown")
     if record.state == "revoked":
         return CertificateStatus(
@@ -107,15 +117,15 @@ class OCSPResource(Resource):
         if responder is None:
             return _answer(responder_pki.unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED))
         try:
-            status: CertificateStatus = await self._db.transact(
-                "ocsp_status", status_txn, parsed.serial_number
-            )
+            record = await self._db.transact("ocsp_status", status_txn, parsed.serial_number)
         except StorageError:
             return _answer(responder_pki.unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER))
         now = self._clock()
         body: bytes = await deferToThreadPool(
             self._reactor,
             self._cpu_pool,
-            lambda: responder_pki.build_response(parsed, status, responder, now=now),
+            lambda: responder_pki.build_response(
+                parsed, certificate_status(record, responder.ca), responder, now=now
+            ),
         )
         return _answer(body)

@@ -68,11 +68,15 @@ def _enroll(server: RunningServer, out: Path, device: str, fingerprint: str) -> 
     )  # fmt: skip
 
 
-def _context(device_dir: Path) -> ssl.SSLContext:
-    """A device that verifies the server against the CA it enrolled with, and only it."""
+def _context(device_dir: Path, verify: bool = True) -> ssl.SSLContext:
+    """A device that verifies the server against the CA it enrolled with, and only it
+    (``verify``), presenting its certificate."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
-    context.load_verify_locations(cafile=str(device_dir / "cacert_0.pem"))
+    if verify:
+        context.load_verify_locations(cafile=str(device_dir / "cacert_0.pem"))
+    else:
+        context.verify_mode = ssl.CERT_NONE
     context.load_cert_chain(str(device_dir / "localcert.pem"), str(device_dir / "pkey.pem"))
     return context
 
@@ -82,9 +86,9 @@ def _request() -> bytes:
     return build_request(head, body)
 
 
-def _connect(port: int, device_dir: Path) -> ssl.SSLSocket:
+def _connect(port: int, device_dir: Path, verify: bool = True) -> ssl.SSLSocket:
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-    return _context(device_dir).wrap_socket(raw)
+    return _context(device_dir, verify).wrap_socket(raw)
 
 
 def _ask(sock: ssl.SSLSocket) -> int:
@@ -103,15 +107,16 @@ def _served(port: int) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
 
-def _ocsp(port: int, device_dir: Path) -> ocsp.OCSPResponse:
-    """Ask /ocsp about the device's certificate; the response, signature checked."""
+def _ocsp(port: int, device_dir: Path, issuer_dir: Path | None = None) -> ocsp.OCSPResponse:
+    """Ask /ocsp about the device's certificate (as issued by the CA in ``issuer_dir``,
+    its own by default); the response, signature checked."""
     import urllib.request
 
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
     cert = x509.load_pem_x509_certificate((device_dir / "localcert.pem").read_bytes())
-    ca = x509.load_pem_x509_certificate((device_dir / "cacert_0.pem").read_bytes())
+    ca = x509.load_pem_x509_certificate(((issuer_dir or device_dir) / "cacert_0.pem").read_bytes())
     body = (
         ocsp.OCSPRequestBuilder()
         .add_certificate(cert, ca, hashes.SHA1())
@@ -147,8 +152,8 @@ def _crl(port: int, key_id: str) -> x509.CertificateRevocationList:
         return x509.load_der_x509_crl(reply.read())
 
 
-def _once(port: int, device_dir: Path) -> int:
-    with _connect(port, device_dir) as sock:
+def _once(port: int, device_dir: Path, verify: bool = True) -> int:
+    with _connect(port, device_dir, verify) as sock:
         return _ask(sock)
 
 
@@ -209,6 +214,9 @@ async def test_rollover_serves_both_generations(server: RunningServer, tmp_path:
             answer = await deferToThread(_ocsp, server.http_port, device_dir)
             assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
             assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
+        # The old CA asked about a serial the new one issued: not its certificate.
+        crossed = await deferToThread(_ocsp, server.http_port, new_dir, old_dir)
+        assert crossed.certificate_status == ocsp.OCSPCertStatus.UNKNOWN
 
         # Retired: the old CA's devices are refused in the handshake; the new ones stay.
         _admin(tmp_path, "ca", "retire", old_ca[:11])
@@ -216,7 +224,8 @@ async def test_rollover_serves_both_generations(server: RunningServer, tmp_path:
         deadline = time.monotonic() + 10
         while True:  # the TLS contexts are rebuilt once the reload's renewals are done
             try:
-                await deferToThread(_once, server.https_port, old_dir)
+                # Not verifying the server: the refusal must be the server's.
+                await deferToThread(_once, server.https_port, old_dir, False)
             except (ssl.SSLError, OSError):
                 break
             assert time.monotonic() < deadline, "the old CA's device still accepted"

@@ -118,7 +118,7 @@ def test_an_interrupted_rollover_is_finished(admin: Admin) -> None:
         profile="secure",
         now=NOW,
     )
-    rollover._keep_previous(config.ca, current, config.ca.key_file.read_bytes())
+    rollover.keep_previous(config.ca, current, config.ca.key_file.read_bytes())
     rollover._install(config.ca)  # ...and the process dies here
     in_files = load_ca(config.ca.key_file, config.ca.cert_file, profile="secure")
     finished = admin.json("ca", "rollover")
@@ -152,3 +152,53 @@ def test_legacy_rollover_keeps_the_md5_self_signature(tmp_path: Path, database_u
     md5 = SignatureAlgorithmOID.RSA_WITH_MD5
     assert issuing.certificate.signature_algorithm_oid == md5
     assert issuing.compatibility_warnings == ()
+
+
+def test_an_error_after_the_commit_keeps_the_new_ca(
+    admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transaction committed but the call failed (a connection lost during COMMIT):
+    the new CA's files stay, since the database records it."""
+    _claim(admin)
+    config = load_config(admin.config_path)
+    real = rollover._commit
+
+    def committed_then_lost(*args: Any, **kwargs: Any) -> None:
+        real(*args, **kwargs)
+        raise ConnectionError("connection lost during COMMIT")
+
+    monkeypatch.setattr(rollover, "_commit", committed_then_lost)
+    rolled = admin.json("ca", "rollover")
+    in_files = load_ca(config.ca.key_file, config.ca.cert_file, profile="secure")
+    assert in_files.fingerprint_sha256() == rolled["sha256_fingerprint"]
+    recorded = admin.transact(authorities.recorded_authority_txn)
+    assert recorded is not None and recorded.fingerprint_sha256 == rolled["sha256_fingerprint"]
+
+
+def test_a_rollover_stopped_between_its_renames_is_finished(admin: Admin) -> None:
+    """The new key renamed into place, the certificate not yet: the next rollover puts
+    the certificate beside its key, then commits that CA."""
+    from datetime import timedelta
+
+    from osp_server.pki.ca import create_ca
+
+    _claim(admin)
+    config = load_config(admin.config_path)
+    current = load_ca(config.ca.key_file, config.ca.cert_file, profile="secure")
+    pending_cert, pending_key = rollover._pending(config.ca)
+    successor = create_ca(
+        pending_key,
+        pending_cert,
+        key_type="rsa2048",
+        subject=current.certificate.subject,
+        validity=timedelta(days=30),
+        profile="secure",
+        now=NOW,
+    )
+    rollover.keep_previous(config.ca, current, config.ca.key_file.read_bytes())
+    import os
+
+    os.replace(pending_key, config.ca.key_file)  # ...and the process dies here
+    finished = admin.json("ca", "rollover")
+    assert finished["finished_interrupted"] is True
+    assert finished["sha256_fingerprint"] == successor.fingerprint_sha256()

@@ -195,3 +195,15 @@ def test_the_server_with_its_keys_in_the_token(
         assert tokens
         for token in tokens:
             _openssl_verify_token(token, config.ca.cert_file, tmp_path)
+
+
+def test_a_lost_session_is_logged_in_again(softhsm: SoftHSM) -> None:
+    """The token restarted (here: the session closed behind the key's back): the next
+    signature logs in again instead of failing until the process restarts."""
+    from osp_server.pki import pkcs11 as module
+
+    key = PKCS11Key(_token(softhsm), _label("k"), generate="rsa2048")
+    session, _ = module._SESSIONS[(str(softhsm.module), softhsm.token_label)]
+    session.close()
+    signature = key.sign_bytes(b"after", "sha256")
+    keys.verify(key.public_key(), signature, b"after", "sha256")

@@ -195,3 +195,30 @@ def test_openssl_verifies_the_response(
         output = result.stdout + result.stderr
         assert "Response verify OK" in output, output
         assert expected in output, output
+
+
+def test_a_repeated_extension_is_a_malformed_request(
+    setting: tuple[CertificateAuthority, Path],
+) -> None:
+    """Two nonces: refused as malformedRequest when parsed, not an error later."""
+    from osp_server.pki.der import children, encode_tlv, read_single
+
+    ca, _ = setting
+    der = _request(_device(ca), ca.certificate, nonce=b"n" * 16)
+    top = read_single(der, 0x30)
+    (tbs,) = children(der, top)
+    request_list, explicit = children(der, tbs)
+    (extensions,) = children(der, explicit)
+    (extension,) = children(der, extensions)
+    one = der[extension.start : extension.end]
+    doubled = encode_tlv(
+        0x30,
+        encode_tlv(
+            0x30,
+            der[request_list.start : request_list.end]
+            + encode_tlv(0xA2, encode_tlv(0x30, one + one)),
+        ),
+    )
+    with pytest.raises(OCSPRequestError) as caught:
+        responder_pki.parse_request(doubled)
+    assert caught.value.status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST

@@ -184,3 +184,91 @@ def test_a_half_credential_is_malformed(server: MemoryServer) -> None:
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     )
     assert server.exchange(raw).endswith(b"status=4\n")
+
+
+def _same_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def test_a_lost_answer_is_fetched_again_with_the_same_key(
+    tmp_path: Path, database_url: str
+) -> None:
+    """renewal = "revoke": the answer to a renewal is lost after the server revoked the
+    old certificate.  The same key (so the same CSR) presenting the old certificate gets
+    the stored certificate; another key is refused."""
+    for server in _server(tmp_path, database_url, renewal="revoke"):
+        device = enroll_in_memory(server, "1000", "1000")
+        key = _same_key()
+        status, first = renew(server, device.cert, key=key)
+        assert status == "0" and first is not None
+        assert _state(server, device.cert) == "revoked"
+        status, again = renew(server, device.cert, key=key, nonce=b"4712\x00")
+        assert status == "0" and again == first
+        assert renew(server, device.cert, nonce=b"4713\x00") == ("2", None)
+
+
+def test_a_certificate_renews_once(server: MemoryServer) -> None:
+    """renewal = "keep": the old certificate stays valid, but it renews only once
+    (a stolen key cannot keep minting certificates); the same CSR again is the stored
+    answer."""
+    device = enroll_in_memory(server, "1000", "1000")
+    key = _same_key()
+    status, renewed = renew(server, device.cert, key=key)
+    assert status == "0" and renewed is not None
+    assert renew(server, device.cert, nonce=b"4712\x00") == ("2", None)
+    assert renew(server, device.cert, key=key, nonce=b"4713\x00") == ("0", renewed)
+    # The new certificate renews in its turn.
+    assert renew(server, renewed, nonce=b"4714\x00")[0] == "0"
+
+
+def test_a_revocation_during_the_renewal_wins(server: MemoryServer) -> None:
+    """The certificate is revoked after it authenticated the renewal and before the
+    issuing transaction: nothing is issued."""
+    from datetime import UTC, datetime
+
+    device = enroll_in_memory(server, "1000", "1000")
+    enrollment = server.components.enrollment
+    original = enrollment._in_thread
+    revoked: list[bool] = []
+
+    def revoke_first(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if not revoked:
+            revoked.append(True)
+            server.core.db.transact_sync(
+                cert_store.revoke,
+                format(device.cert.serial_number, "x"),
+                now=datetime.now(UTC),
+                reason="keyCompromise",
+            )
+        return original(fn, *args, **kwargs)
+
+    enrollment._in_thread = revoke_first  # type: ignore[method-assign]
+    assert renew(server, device.cert) == ("2", None)
+    held = server.core.db.transact_sync(cert_store.list_certificates, device_pk=None, kind="device")
+    assert [c.serial for c in held] == [format(device.cert.serial_number, "x")]
+
+
+def test_a_renewal_over_plain_http_has_no_certificate(tmp_path: Path, database_url: str) -> None:
+    """With passwords allowed over plain HTTP, a renewal there still presents no client
+    certificate: denied (2)."""
+    config = make_config(
+        tmp_path,
+        database_url,
+        enrollment={"allow_plain_http": True, "renewal_window_days": 3650},
+    )
+    for server in memory_server(config):
+        add_device_db(server.core.db, "1000", "1000")
+        body = encode_fields(
+            [
+                ("operation", b"request"),
+                ("nonce", b"1\x00"),
+                ("device", b"1000"),
+                ("customer", b"1000"),
+                ("request", base64.b64encode(_csr(_same_key()))),
+            ]
+        )
+        raw = (
+            b"POST /tep HTTP/1.1\r\nHost: x\r\ncontent-type: text/html\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        assert server.exchange(raw, site="http").endswith(b"status=2\n")
