@@ -12,7 +12,7 @@ from cryptography.x509.oid import SignatureAlgorithmOID
 
 from osp_server.config import load_config
 from osp_server.pki import rollover
-from osp_server.pki.ca import load_ca
+from osp_server.pki.ca import CertificateAuthority, load_ca
 from osp_server.storage import authorities, changes
 from osp_server.storage.authorities import RolloverError
 from tests.unit.admin_runner import Admin, write_config
@@ -38,6 +38,30 @@ def _claim(admin: Admin) -> None:
         certificate=ca.certificate_der,
         now=NOW,
     )
+
+
+def _half_rolled_over(admin: Admin) -> tuple[Any, CertificateAuthority, CertificateAuthority]:
+    """A rollover's first steps done by hand: the new CA beside the current one (the
+    pending files) and the current one kept in previous/; (config, current, successor)."""
+    from datetime import timedelta
+
+    from osp_server.pki.ca import create_ca
+
+    _claim(admin)
+    config = load_config(admin.config_path)
+    current = load_ca(config.ca.key_file, config.ca.cert_file, profile="secure")
+    pending_cert, pending_key = rollover._pending(config.ca)
+    successor = create_ca(
+        pending_key,
+        pending_cert,
+        key_type="rsa2048",
+        subject=current.certificate.subject,
+        validity=timedelta(days=30),
+        profile="secure",
+        now=NOW,
+    )
+    rollover.keep_previous(config.ca, current, config.ca.key_file.read_bytes())
+    return config, current, successor
 
 
 def test_rollover_and_retire(admin: Admin) -> None:
@@ -101,24 +125,7 @@ def test_a_failed_transaction_puts_the_files_back(
 def test_an_interrupted_rollover_is_finished(admin: Admin) -> None:
     """Files renamed, transaction never run (the process died in between): the next
     rollover commits the one the files hold instead of making another."""
-    from datetime import timedelta
-
-    from osp_server.pki.ca import create_ca
-
-    _claim(admin)
-    config = load_config(admin.config_path)
-    current = load_ca(config.ca.key_file, config.ca.cert_file, profile="secure")
-    pending_cert, pending_key = rollover._pending(config.ca)
-    create_ca(
-        pending_key,
-        pending_cert,
-        key_type="rsa2048",
-        subject=current.certificate.subject,
-        validity=timedelta(days=30),
-        profile="secure",
-        now=NOW,
-    )
-    rollover.keep_previous(config.ca, current, config.ca.key_file.read_bytes())
+    config, current, _ = _half_rolled_over(admin)
     rollover._install(config.ca)  # ...and the process dies here
     in_files = load_ca(config.ca.key_file, config.ca.cert_file, profile="secure")
     finished = admin.json("ca", "rollover")
@@ -178,26 +185,10 @@ def test_an_error_after_the_commit_keeps_the_new_ca(
 def test_a_rollover_stopped_between_its_renames_is_finished(admin: Admin) -> None:
     """The new key renamed into place, the certificate not yet: the next rollover puts
     the certificate beside its key, then commits that CA."""
-    from datetime import timedelta
-
-    from osp_server.pki.ca import create_ca
-
-    _claim(admin)
-    config = load_config(admin.config_path)
-    current = load_ca(config.ca.key_file, config.ca.cert_file, profile="secure")
-    pending_cert, pending_key = rollover._pending(config.ca)
-    successor = create_ca(
-        pending_key,
-        pending_cert,
-        key_type="rsa2048",
-        subject=current.certificate.subject,
-        validity=timedelta(days=30),
-        profile="secure",
-        now=NOW,
-    )
-    rollover.keep_previous(config.ca, current, config.ca.key_file.read_bytes())
     import os
 
+    config, _, successor = _half_rolled_over(admin)
+    _, pending_key = rollover._pending(config.ca)
     os.replace(pending_key, config.ca.key_file)  # ...and the process dies here
     finished = admin.json("ca", "rollover")
     assert finished["finished_interrupted"] is True
