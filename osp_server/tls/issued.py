@@ -179,7 +179,7 @@ async def provide(
     now: datetime,
     run_db: RunDB,
     run_blocking: RunBlocking,
-    trusted: Sequence[x509.Certificate] = (),
+    trusted: Sequence[x509.Certificate],
 ) -> tuple[CASigningKey, x509.Certificate]:
     """The key and certificate to use, issuing or renewing ours (module docstring)."""
     if not files.issues:
@@ -261,7 +261,12 @@ async def provide(
 
 
 def provide_now(
-    files: IssuedFiles, *, ca: CertificateAuthority, now: datetime, db: Database
+    files: IssuedFiles,
+    *,
+    ca: CertificateAuthority,
+    trusted: Sequence[x509.Certificate],
+    now: datetime,
+    db: Database,
 ) -> tuple[CASigningKey, x509.Certificate]:
     """:func:`provide`, blocking on the calling thread (start-up, before the reactor)."""
 
@@ -272,7 +277,14 @@ def provide_now(
         return maybeDeferred(fn)
 
     d = Deferred.fromCoroutine(
-        provide(files, ca=ca, now=now, run_db=run_db, run_blocking=run_blocking)
+        provide(
+            files,
+            ca=ca,
+            trusted=trusted,
+            now=now,
+            run_db=run_db,
+            run_blocking=run_blocking,
+        )
     )
     results: list[Any] = []
     d.addBoth(results.append)

@@ -80,7 +80,7 @@ class ServerCertificate:
         db: Database,
         reactor: IReactorFromThreads,
         cpu_pool: ThreadPool,
-        trusted: Callable[[], Sequence[x509.Certificate]] = tuple,
+        trusted: Callable[[], Sequence[x509.Certificate]],
     ) -> None:
         self._files = files
         self._trusted = trusted  # the CAs trusted now (a rollover's superseded ones too)
@@ -89,7 +89,7 @@ class ServerCertificate:
         self._db = db
         self._reactor = reactor
         self._cpu_pool = cpu_pool
-        self.key, self.cert = provide_now(files, ca=ca, now=clock(), db=db)
+        self.key, self.cert = provide_now(files, ca=ca, trusted=trusted(), now=clock(), db=db)
 
     @property
     def file_key(self) -> CAPrivateKey:

@@ -193,3 +193,42 @@ def test_a_rollover_stopped_between_its_renames_is_finished(admin: Admin) -> Non
     finished = admin.json("ca", "rollover")
     assert finished["finished_interrupted"] is True
     assert finished["sha256_fingerprint"] == successor.fingerprint_sha256()
+
+
+def test_a_token_signer_of_a_superseded_ca_is_kept_at_start_while_trusted(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Start-up reads the token signer with the trust in force: one issued by the CA a
+    rollover superseded is kept while that CA is trusted (devices verify tokens against
+    the CA they know), and re-issued from the new CA once it is not."""
+    from datetime import UTC, datetime, timedelta
+
+    from osp_server.osp.token_setup import token_signer_files
+    from osp_server.pki.ca import CASubject, create_ca
+    from osp_server.storage.db import Database, create_db_engine
+    from osp_server.tls.issued import provide_now
+
+    config = load_config(write_config(tmp_path, database_url))
+    now = datetime.now(UTC)
+    old = create_ca(
+        tmp_path / "old.key", tmp_path / "old.pem", key_type="ec-p256",
+        subject=CASubject(common_name="OSP Server CA"),
+        validity=timedelta(days=3650), profile="secure", now=now,
+    )  # fmt: skip
+    new = create_ca(
+        tmp_path / "new.key", tmp_path / "new.pem", key_type="ec-p256",
+        subject=old.certificate.subject, validity=timedelta(days=3650), profile="secure",
+        now=now,
+    )  # fmt: skip
+    db = Database(create_db_engine(database_url), None)
+    try:
+        files = token_signer_files(config.data_dir, config.osp, old)
+        _, issued = provide_now(files, ca=old, trusted=(old.certificate,), now=now, db=db)
+        files = token_signer_files(config.data_dir, config.osp, new)
+        both = (new.certificate, old.certificate)
+        _, kept = provide_now(files, ca=new, trusted=both, now=now, db=db)
+        assert kept == issued and old.issued(kept)
+        _, renewed = provide_now(files, ca=new, trusted=(new.certificate,), now=now, db=db)
+        assert renewed != issued and new.issued(renewed)
+    finally:
+        db.stop()
