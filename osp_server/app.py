@@ -305,7 +305,11 @@ def _for_role(core: Core, files: IssuedFiles) -> IssuedFiles:
 
 def token_signer(core: Core) -> TokenSigner:
     """The token signer as start-up reads (or issues) it."""
-    material = token_signer_material(core)
+    return signer_of(token_signer_material(core))
+
+
+def signer_of(material: ServerCertificate) -> TokenSigner:
+    """The token signer of the token-signing key and certificate in use."""
     return TokenSigner(material.cert, material.key)
 
 
@@ -421,7 +425,7 @@ class Components:
             creator.reload()
         signer = self.tokens.signer
         if signer is not None and signer.certificate != self.token_signer.cert:
-            self.tokens.replace_signer(TokenSigner(self.token_signer.cert, self.token_signer.key))
+            self.tokens.replace_signer(signer_of(self.token_signer))
 
     async def _reload_authorities(self) -> None:
         """Adopt the CA in the ``[ca]`` files when a rollover replaced it (only when it
@@ -430,11 +434,10 @@ class Components:
         core = self.core
         files = core.config.ca
 
-        def load_files() -> CertificateAuthority:
-            return load_configured_ca(files)
-
         try:
-            loaded = await deferToThreadPool(core.reactor, core.cpu_pool, load_files)
+            loaded: CertificateAuthority = await deferToThreadPool(
+                core.reactor, core.cpu_pool, load_configured_ca, files
+            )
             recorded = await core.db.transact("ca_identity", authorities.recorded_authority_txn)
             superseded = await core.db.transact("ca_trust", authorities.superseded_authorities_txn)
             kept = await deferToThreadPool(
@@ -588,7 +591,7 @@ def build_components(core: Core) -> Components:
     core.metrics.certificate_expiry.labels("ocsp_responder").set_function(
         lambda: ocsp_responder.cert.not_valid_after_utc.timestamp()
     )
-    tokens = token_factory(core, TokenSigner(signer_material.cert, signer_material.key))
+    tokens = token_factory(core, signer_of(signer_material))
     osp_service = OSPService(
         db=core.db,
         policy=policy,

@@ -101,7 +101,7 @@ class ChangeWatcher(Service):
         seen, self.versions = self.versions, versions
         if seen is None:
             return
-        for name in (changes.ACCESS, changes.RELOAD):
+        for name in changes.KINDS:
             if seen.get(name) != versions.get(name):
                 self.changed(name)
 
@@ -175,7 +175,7 @@ class ChangeWatcher(Service):
             self._reactor.callFromThread(self._poll_now)
             while not stop.is_set():
                 for notice in conn.notifies(timeout=_NOTIFY_WAIT_SECONDS):
-                    for name in (changes.ACCESS, changes.RELOAD):
+                    for name in changes.KINDS:
                         if notice.payload == name:
                             self._reactor.callFromThread(self._notified, name)
 

@@ -110,19 +110,26 @@ def build_request_body(
     operation: wire.TepOperation,
     *,
     nonce: bytes,
-    username: str,
-    password: str,
+    username: str | None,
+    password: str | None,
     device_id: str,
     customer_id: str,
     csr_der: bytes,
 ) -> bytes:
-    """The request/retrieve body, fields in enroll's order, every non-alphanumeric ``%XX``."""
+    """The request/retrieve body, fields in enroll's order, every non-alphanumeric ``%XX``.
+
+    Without ``username`` and ``password`` it is the renewal form (``osp-enroll renew``:
+    the TLS client certificate authenticates instead)."""
+    credentials = (
+        []
+        if username is None or password is None
+        else [("username", username.encode("ascii")), ("password", password.encode("ascii"))]
+    )
     return wire.encode_fields(
         [
             ("operation", operation.value.encode("ascii")),
             ("nonce", nonce),
-            ("username", username.encode("ascii")),
-            ("password", password.encode("ascii")),
+            *credentials,
             ("device", device_id.encode("ascii")),
             ("customer", customer_id.encode("ascii")),
             ("request", base64.b64encode(csr_der)),

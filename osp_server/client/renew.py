@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_pem(path: Path, what: str) -> bytes:
-    return client._read_input(str(path), what)
+def _read_certificate(path: Path, what: str) -> x509.Certificate:
+    """A PEM certificate file (ValueError when it is not one)."""
+    return x509.load_pem_x509_certificate(client._read_input(str(path), what))
 
 
 def _device_ids(cert: x509.Certificate) -> tuple[str, str]:
@@ -107,20 +108,18 @@ def _device_ids(cert: x509.Certificate) -> tuple[str, str]:
     )
 
 
-def _spki(key: rsa.RSAPrivateKey) -> bytes:
-    return client._spki_of_key(key)
-
-
 def _matches(key_path: Path, cert_path: Path) -> bool:
     """Whether both files exist, parse, and hold one key pair."""
     if not (key_path.exists() and cert_path.exists()):
         return False
     try:
         key = client._load_key(str(key_path))
-        cert = x509.load_pem_x509_certificate(_read_pem(cert_path, "certificate file"))
+        cert = x509.load_pem_x509_certificate(
+            client._read_input(str(cert_path), "certificate file")
+        )
     except (client.EnrollError, ValueError):
         return False
-    return _spki(key) == _public_spki(cert)
+    return client._spki_of_key(key) == _public_spki(cert)
 
 
 def finish_interrupted(out_dir: Path) -> bool:
@@ -157,13 +156,17 @@ def _public_spki(cert: x509.Certificate) -> bytes:
 def _load_current(out_dir: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey, x509.Certificate]:
     key = client._load_key(str(out_dir / KEY_FILE))
     try:
-        cert = x509.load_pem_x509_certificate(_read_pem(out_dir / CERT_FILE, "certificate file"))
-        ca = x509.load_pem_x509_certificate(_read_pem(out_dir / CA_FILE, "CA certificate file"))
+        cert = x509.load_pem_x509_certificate(
+            client._read_input(str(out_dir / CERT_FILE), "certificate file")
+        )
+        ca = x509.load_pem_x509_certificate(
+            client._read_input(str(out_dir / CA_FILE), "CA certificate file")
+        )
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise client.EnrollError(
             f"{out_dir}: cannot read {CERT_FILE} or {CA_FILE}: {exc}", client.EXIT_LOCAL
         ) from None
-    if _spki(key) != _public_spki(cert):
+    if client._spki_of_key(key) != _public_spki(cert):
         raise client.EnrollError(
             f"{out_dir / KEY_FILE} is not the key of {out_dir / CERT_FILE}", client.EXIT_LOCAL
         )
@@ -191,21 +194,6 @@ def _tls_context(out_dir: Path, args: argparse.Namespace, ca: x509.Certificate) 
             f"cannot set up TLS from {out_dir}: {exc}", client.EXIT_LOCAL
         ) from None
     return context
-
-
-def build_renewal_body(*, nonce: bytes, device_id: str, customer_id: str, csr_der: bytes) -> bytes:
-    """The renewal form of a TEP ``request``: no ``username``, no ``password``."""
-    import base64
-
-    return wire.encode_fields(
-        [
-            ("operation", wire.TepOperation.REQUEST.value.encode("ascii")),
-            ("nonce", nonce),
-            ("device", device_id.encode("ascii")),
-            ("customer", customer_id.encode("ascii")),
-            ("request", base64.b64encode(csr_der)),
-        ]
-    )
 
 
 def _install(out_dir: Path, key: rsa.RSAPrivateKey, cert: x509.Certificate) -> None:
@@ -250,8 +238,14 @@ def run(argv: Sequence[str]) -> int:
     tls = _tls_context(out_dir, args, ca)
     key = _pending_key(out_dir, args.key_size or old_key.key_size)
     csr_der = client._make_csr(key, device_id)
-    body = build_renewal_body(
-        nonce=client.make_nonce(), device_id=device_id, customer_id=customer_id, csr_der=csr_der
+    body = client.build_request_body(
+        wire.TepOperation.REQUEST,
+        nonce=client.make_nonce(),
+        username=None,
+        password=None,
+        device_id=device_id,
+        customer_id=customer_id,
+        csr_der=csr_der,
     )
     try:
         data = client._post(endpoint, body, "text/html", tls, args.timeout)

@@ -71,6 +71,7 @@ class _Auth:
     method: AuthMethod
     secret_hash: str | None = None  # the one-time secret's hash, to spend it exactly once
     renews: bytes | None = None  # a renewal: the DER of the certificate it renews
+    renews_sha256: str | None = None  # ... and its fingerprint, as the database has it
     retrieve_only: bool = False
     """A renewal presenting the certificate its own earlier renewal superseded (the answer
     was lost): only that renewal's stored certificate may be fetched again."""
@@ -340,7 +341,7 @@ class EnrollmentService:
                 auth.secret_hash,
                 now,
                 signed,
-                None if auth.renews is None else (hashlib.sha256(auth.renews).hexdigest(), csr),
+                None if auth.renews_sha256 is None else (auth.renews_sha256, csr),
             )
         except RenewalRefused as e:
             await self._audit("enrollment.denied", request, source, reason=str(e))
@@ -407,13 +408,12 @@ class EnrollmentService:
         renewal window."""
         customer, device_id = request.customer_id, request.device_id
         verdict: bool | None = None
+        presented = None if client_certificate is None else hashlib.sha256(client_certificate)
         try:
             found: _Renewing | None = None
-            if client_certificate is not None:
+            if presented is not None:
                 found = await self._db.transact(
-                    "tep_renewal_certificate",
-                    _renewing_txn,
-                    hashlib.sha256(client_certificate).hexdigest(),
+                    "tep_renewal_certificate", _renewing_txn, presented.hexdigest()
                 )
             reason = _renewal_refusal(found, request, self._clock())
             verdict = reason is None
@@ -424,7 +424,7 @@ class EnrollmentService:
         if reason is not None:
             await self._audit("enrollment.denied", request, source, reason=reason)
             return Outcome(TepStatus.DENIED, reason=reason)
-        assert found is not None and client_certificate is not None
+        assert found is not None and client_certificate is not None and presented is not None
         window = timedelta(days=self._config.renewal_window_days)
         if found.certificate.not_after - self._clock() > window:
             return Outcome(
@@ -436,6 +436,7 @@ class EnrollmentService:
         return found.device, _Auth(
             "certificate",
             renews=client_certificate,
+            renews_sha256=presented.hexdigest(),
             retrieve_only=found.certificate.state != "valid",
         )
 

@@ -25,7 +25,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +33,7 @@ from typing import Concatenate, Final, ParamSpec, TypeVar, get_args
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509 import ocsp
@@ -359,6 +359,34 @@ def _compatibility_warnings(certificate: x509.Certificate, profile: Profile) -> 
     return tuple(warnings)
 
 
+@contextlib.contextmanager
+def _signing_errors() -> Iterator[None]:
+    """A token's failure to sign (osp_server.pki.keys) as a :class:`CAError`."""
+    try:
+        yield
+    except keys.ExternalSigningError as exc:
+        raise CAError(str(exc)) from exc
+
+
+def key_identifier(certificate: x509.Certificate) -> bytes:
+    """The certificate's subject key identifier: its SKI extension, else the SHA-1 of its
+    key (RFC 5280 §4.2.1.2, method 1), which is how we make SKIs."""
+    try:
+        return certificate.extensions.get_extension_for_class(
+            x509.SubjectKeyIdentifier
+        ).value.digest
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(
+            _check_public_key(certificate.public_key(), "CA")
+        ).digest
+
+
+def certificate_fingerprint(certificate: x509.Certificate) -> str:
+    """SHA-256 of the certificate's DER, ``AB:CD:...`` (for humans and the database)."""
+    digest = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).digest()
+    return ":".join(f"{b:02X}" for b in digest)
+
+
 def issued_by(
     issuer: x509.Certificate, certificate: x509.Certificate, *, key_id: bytes | None = None
 ) -> bool:
@@ -373,16 +401,7 @@ def issued_by(
     except x509.ExtensionNotFound:
         aki = None
     if aki is not None and aki.value.key_identifier is not None:
-        if key_id is None:
-            try:
-                key_id = issuer.extensions.get_extension_for_class(
-                    x509.SubjectKeyIdentifier
-                ).value.digest
-            except x509.ExtensionNotFound:
-                key_id = x509.SubjectKeyIdentifier.from_public_key(
-                    _check_public_key(issuer.public_key(), "CA")
-                ).digest
-        return aki.value.key_identifier == key_id
+        return aki.value.key_identifier == (key_id or key_identifier(issuer))
     try:
         certificate.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
@@ -446,13 +465,7 @@ class CertificateAuthority:
         self.certificate_der = certificate.public_bytes(serialization.Encoding.DER)
         self.profile = profile
         self.compatibility_warnings = compatibility_warnings
-        try:
-            ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-            self._key_id = ski.value.digest
-        except x509.ExtensionNotFound:
-            self._key_id = x509.SubjectKeyIdentifier.from_public_key(
-                private_key.public_key()
-            ).digest
+        self._key_id = key_identifier(certificate)
         self._subject_der = _tbs_fields(self.certificate_der)["subject"]
         if certificate.subject.public_bytes() != self._subject_der:
             raise CAError(
@@ -499,7 +512,7 @@ class CertificateAuthority:
 
     def fingerprint_sha256(self) -> str:
         """SHA-256 of the CA certificate DER, ``AB:CD:...`` (for humans)."""
-        return ":".join(f"{b:02X}" for b in hashlib.sha256(self.certificate_der).digest())
+        return certificate_fingerprint(self.certificate)
 
     def fingerprint_md5(self) -> str:
         """MD5 of the CA certificate DER, 32 lower-case hex digits: the ``enroll -fprint``
@@ -576,12 +589,8 @@ class CertificateAuthority:
         return builder
 
     def _sign_sha256(self, builder: x509.CertificateBuilder) -> x509.Certificate:
-        if isinstance(self._key, ExternalKey):
-            try:
-                return keys.sign_certificate(builder, self._key)
-            except keys.ExternalSigningError as exc:
-                raise CAError(str(exc)) from exc
-        return builder.sign(self._key, hashes.SHA256())
+        with _signing_errors():
+            return keys.sign_certificate(builder, self._key)
 
     def _sign_md5(self, builder: x509.CertificateBuilder) -> x509.Certificate:
         try:
@@ -803,13 +812,8 @@ class CertificateAuthority:
     def sign_ocsp_response(self, builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse:
         """Sign OCSP answers as the CA itself (RFC 6960 §4.2.2.2), naming itself as the
         responder: a superseded CA answers for its own certificates this way."""
-        if isinstance(self._key, ExternalKey):
-            try:
-                return keys.sign_ocsp_response(builder, self._key, self.certificate)
-            except keys.ExternalSigningError as exc:
-                raise CAError(str(exc)) from exc
-        named = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, self.certificate)
-        return named.sign(self._key, hashes.SHA256())
+        with _signing_errors():
+            return keys.sign_ocsp_response(builder, self._key, self.certificate)
 
     @_consistent
     def build_crl(
@@ -851,13 +855,8 @@ class CertificateAuthority:
                     x509.CRLReason(entry.reason), critical=False
                 )
             builder = builder.add_revoked_certificate(revoked_builder.build())
-        if isinstance(self._key, ExternalKey):
-            try:
-                crl = keys.sign_crl(builder, self._key)
-            except keys.ExternalSigningError as exc:
-                raise CAError(str(exc)) from exc
-        else:
-            crl = builder.sign(self._key, hashes.SHA256())
+        with _signing_errors():
+            crl = keys.sign_crl(builder, self._key)
         return crl.public_bytes(serialization.Encoding.DER)
 
 
@@ -939,13 +938,9 @@ def create_ca(
             certificate = legacy.sign_certificate_md5(builder, key)
         except legacy.LegacySigningError as exc:
             raise CAError(f"MD5 self-signature failed: {exc}") from exc
-    elif isinstance(key, ExternalKey):
-        try:
-            certificate = keys.sign_certificate(builder, key)
-        except keys.ExternalSigningError as exc:
-            raise CAError(str(exc)) from exc
     else:
-        certificate = builder.sign(key, hashes.SHA256())
+        with _signing_errors():
+            certificate = keys.sign_certificate(builder, key)
 
     ca = CertificateAuthority(
         key,
@@ -1048,18 +1043,28 @@ def load_or_create_ca(
     validity: timedelta,
     profile: Profile,
     now: datetime,
+    token_key: Callable[[bool], CASigningKey] | None = None,
 ) -> tuple[CertificateAuthority, bool]:
     """Load the CA if both files exist, create it if neither does.
 
     Returns ``(ca, created_now)``. Exactly one of the two files present is a broken
     deployment and raises :class:`CAError` (nothing is overwritten). ``key_type``,
     ``subject`` and ``validity`` are used only when creating. **Slow** when creating.
+
+    ``token_key(generate)``: the key is a token's, not the file at ``key_path``; the
+    certificate file alone says whether the CA exists, and the key is generated in the
+    token (``generate`` True) when it does not.
     """
     key_path, cert_path = Path(key_path), Path(cert_path)
-    key_exists = key_path.exists() or key_path.is_symlink()
     cert_exists = cert_path.exists() or cert_path.is_symlink()
+    key: CASigningKey | None = None
+    if token_key is not None:
+        key = token_key(not cert_exists)
+        key_exists = cert_exists
+    else:
+        key_exists = key_path.exists() or key_path.is_symlink()
     if key_exists and cert_exists:
-        return load_ca(key_path, cert_path, profile=profile), False
+        return load_ca(key_path, cert_path, profile=profile, key=key), False
     if key_exists != cert_exists:
         present, missing = (key_path, cert_path) if key_exists else (cert_path, key_path)
         raise CAError(
@@ -1074,6 +1079,7 @@ def load_or_create_ca(
         validity=validity,
         profile=profile,
         now=now,
+        key=key,
     )
     return ca, True
 
@@ -1083,38 +1089,22 @@ def open_ca(config: CAConfig, *, now: datetime) -> tuple[CertificateAuthority, b
     ``[ca] pkcs11_key_label`` the key is the token's (generated there on first start)."""
     for directory in {config.key_file.parent, config.cert_file.parent}:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    subject = CASubject(
-        common_name=config.common_name,
-        organization=config.organization,
-        country=config.country,
+    ca, created = load_or_create_ca(
+        config.key_file,
+        config.cert_file,
+        key_type=config.key_type,
+        subject=CASubject(
+            common_name=config.common_name,
+            organization=config.organization,
+            country=config.country,
+        ),
+        validity=timedelta(days=config.validity_days),
+        profile=config.profile,
+        now=now,
+        token_key=None
+        if config.pkcs11_key_label is None
+        else lambda generate: token_key(config, generate=generate),
     )
-    validity = timedelta(days=config.validity_days)
-    if config.pkcs11_key_label is None:
-        ca, created = load_or_create_ca(
-            config.key_file,
-            config.cert_file,
-            key_type=config.key_type,
-            subject=subject,
-            validity=validity,
-            profile=config.profile,
-            now=now,
-        )
-    else:
-        created = not (config.cert_file.exists() or config.cert_file.is_symlink())
-        key = token_key(config, generate=created)
-        if created:
-            ca = create_ca(
-                config.key_file,
-                config.cert_file,
-                key_type=config.key_type,
-                subject=subject,
-                validity=validity,
-                profile=config.profile,
-                now=now,
-                key=key,
-            )
-        else:
-            ca = load_ca(config.key_file, config.cert_file, profile=config.profile, key=key)
     ca.publish_at(config.public_url)
     return ca, created
 

@@ -115,3 +115,14 @@ def encode_tlv(tag: int, content: bytes) -> bytes:
     if not 0 <= tag <= 0xFF or tag & 0x1F == 0x1F:
         raise ValueError(f"unsupported tag {tag!r}")
     return bytes([tag]) + encode_length(len(content)) + content
+
+
+def encode_bit_string(data: bytes) -> bytes:
+    """A BIT STRING of whole octets (no unused bits), as signatures are."""
+    return encode_tlv(0x03, b"\x00" + data)
+
+
+def assemble_signed(to_be_signed: bytes, algorithm_identifier: bytes, signature: bytes) -> bytes:
+    """``SEQUENCE { tbs, signatureAlgorithm, BIT STRING signature }``: a certificate or a
+    CRL around its to-be-signed bytes."""
+    return encode_tlv(0x30, to_be_signed + algorithm_identifier + encode_bit_string(signature))

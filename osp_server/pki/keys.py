@@ -22,10 +22,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 
-from osp_server.pki.der import DERError, children, encode_tlv, read_single
+from osp_server.pki.der import (
+    DERError,
+    assemble_signed,
+    children,
+    encode_bit_string,
+    encode_tlv,
+    read_single,
+)
 
 HashName = Literal["sha256", "md5"]
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+FileKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 class ExternalSigningError(Exception):
@@ -90,23 +98,22 @@ def _element(der: bytes, index: int) -> bytes:
     return der[items[index].start : items[index].end]
 
 
-def assemble(to_be_signed: bytes, algorithm_identifier: bytes, signature: bytes) -> bytes:
-    """``SEQUENCE { tbs, signatureAlgorithm, BIT STRING signature }`` (certificate, CRL)."""
-    bit_string = encode_tlv(0x03, b"\x00" + signature)
-    return encode_tlv(0x30, to_be_signed + algorithm_identifier + bit_string)
-
-
 def _resigned(draft_der: bytes, to_be_signed: bytes, key: ExternalKey, what: str) -> bytes:
     """A certificate or CRL drafted with a throw-away key, signed by ``key`` instead."""
     signature = _signed(key, to_be_signed, "sha256")
     try:
-        return assemble(to_be_signed, _element(draft_der, 1), signature)
+        return assemble_signed(to_be_signed, _element(draft_der, 1), signature)
     except DERError as e:
         raise ExternalSigningError(f"assembling the {what} failed: {e}") from e
 
 
-def sign_certificate(builder: x509.CertificateBuilder, key: ExternalKey) -> x509.Certificate:
-    """The certificate ``builder`` describes, signed SHA-256 by ``key``."""
+def sign_certificate(
+    builder: x509.CertificateBuilder, key: FileKey | ExternalKey
+) -> x509.Certificate:
+    """The certificate ``builder`` describes, signed SHA-256 by ``key``: by cryptography
+    for a file's key, drafted and re-signed for a token's."""
+    if not isinstance(key, ExternalKey):
+        return builder.sign(key, hashes.SHA256())
     draft = builder.sign(scratch_key(key.public_key()), hashes.SHA256())
     der = draft.public_bytes(serialization.Encoding.DER)
     signed = _resigned(der, draft.tbs_certificate_bytes, key, "certificate")
@@ -117,9 +124,11 @@ def sign_certificate(builder: x509.CertificateBuilder, key: ExternalKey) -> x509
 
 
 def sign_crl(
-    builder: x509.CertificateRevocationListBuilder, key: ExternalKey
+    builder: x509.CertificateRevocationListBuilder, key: FileKey | ExternalKey
 ) -> x509.CertificateRevocationList:
-    """The CRL ``builder`` describes, signed SHA-256 by ``key``."""
+    """The CRL ``builder`` describes, signed SHA-256 by ``key`` (as :func:`sign_certificate`)."""
+    if not isinstance(key, ExternalKey):
+        return builder.sign(key, hashes.SHA256())
     draft = builder.sign(scratch_key(key.public_key()), hashes.SHA256())
     der = draft.public_bytes(serialization.Encoding.DER)
     try:
@@ -129,18 +138,22 @@ def sign_crl(
 
 
 def sign_ocsp_response(
-    builder: ocsp.OCSPResponseBuilder, key: ExternalKey, responder: x509.Certificate
+    builder: ocsp.OCSPResponseBuilder, key: FileKey | ExternalKey, responder: x509.Certificate
 ) -> ocsp.OCSPResponse:
     """The OCSP response ``builder`` describes (without a responder ID), signed SHA-256
     by ``key`` as ``responder`` (named by its key hash).
 
-    ``cryptography`` signs only with the responder certificate's own key, so the draft
+    A file's key signs through cryptography.  For a token's: ``cryptography`` signs only
+    with the responder certificate's own key, so the draft
     names a throw-away certificate; its key hash (20 octets, like the real one) is then
     replaced in the ResponseData.  OCSPResponse ::= SEQUENCE { responseStatus, [0]
     EXPLICIT SEQUENCE { responseType, response OCTET STRING (BasicOCSPResponse) } };
     BasicOCSPResponse ::= SEQUENCE { tbsResponseData, signatureAlgorithm, signature
     BIT STRING, [0] certs OPTIONAL }; ResponseData starts with ResponderID byKey [2].
     """
+    if not isinstance(key, ExternalKey):
+        named = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, responder)
+        return named.sign(key, hashes.SHA256())
     scratch = scratch_key(key.public_key())
     stand_in = _stand_in_certificate(scratch)
     draft = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, stand_in).sign(
@@ -172,7 +185,7 @@ def sign_ocsp_response(
             0x30,
             tbs_der
             + basic_der[algorithm.start : algorithm.end]
-            + encode_tlv(0x03, b"\x00" + signature)
+            + encode_bit_string(signature)
             + b"".join(basic_der[c.start : c.end] for c in certs),
         )
         inner = encode_tlv(

@@ -28,13 +28,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import SignatureAlgorithmOID
 
-from osp_server.pki.der import DERError, children, encode_tlv, read_single
+from osp_server.pki.der import DERError, assemble_signed, children, encode_tlv, read_single
 from osp_server.pki.keys import ExternalKey
 
 __all__ = [
     "MD5_WITH_RSA_ALGORITHM_IDENTIFIER",
     "LegacySigningError",
-    "assemble_certificate",
     "replace_signature_algorithm",
     "sign_certificate_md5",
     "verify_md5_signature",
@@ -71,14 +70,6 @@ def replace_signature_algorithm(tbs_certificate: bytes, algorithm_identifier: by
         + tbs_certificate[signature.end : top.end]
     )
     return encode_tlv(0x30, content)
-
-
-def assemble_certificate(
-    tbs_certificate: bytes, algorithm_identifier: bytes, signature: bytes
-) -> bytes:
-    """DER of ``Certificate ::= SEQUENCE { tbs, signatureAlgorithm, signatureValue }``."""
-    bit_string = encode_tlv(0x03, b"\x00" + signature)  # no unused bits
-    return encode_tlv(0x30, tbs_certificate + algorithm_identifier + bit_string)
 
 
 def verify_md5_signature(certificate: x509.Certificate, issuer_public_key: object) -> bool:
@@ -129,7 +120,7 @@ def sign_certificate_md5(
             ) from exc
     else:
         raise LegacySigningError("MD5 signing needs an RSA CA key")
-    der = assemble_certificate(tbs, MD5_WITH_RSA_ALGORITHM_IDENTIFIER, signature)
+    der = assemble_signed(tbs, MD5_WITH_RSA_ALGORITHM_IDENTIFIER, signature)
     try:
         certificate = x509.load_der_x509_certificate(der)
     except ValueError as exc:

@@ -97,10 +97,9 @@ def _finish_install(config: CAConfig) -> None:
     if pending_key.exists() or not pending_cert.exists() or not config.key_file.exists():
         return
     try:
-        pending = load_ca(config.key_file, pending_cert, profile=config.profile)
+        load_ca(config.key_file, pending_cert, profile=config.profile)  # do they pair?
     except CAError:
         return  # not the key's: debris of a run that failed earlier
-    del pending
     os.replace(pending_cert, config.cert_file)
     fsync_directory(config.cert_file.parent)
 
@@ -190,12 +189,11 @@ def roll_over(config: CAConfig, db: Database, *, now: datetime, actor: str) -> R
                 "CA, run osp-admin ca rollover again to finish this one"
             ) from None
         if recorded is not None and recorded.fingerprint_sha256 == successor.fingerprint_sha256():
-            return RolloverResult(current, successor, link)
+            return RolloverResult(current, successor, link)  # it did commit
         write_new_file(config.key_file, old_key_pem, 0o600, "CA key file", replace=True)
         write_new_file(config.cert_file, old_cert_pem, 0o644, "CA certificate file", replace=True)
         raise
-    issuing = load_ca(config.key_file, config.cert_file, profile=config.profile)
-    return RolloverResult(current, issuing, link)
+    return RolloverResult(current, successor, link)
 
 
 def _commit(

@@ -10,14 +10,13 @@ newer CA issued.  Pure data, built at start and on every reload.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from osp_server.pki.ca import CertificateAuthority
+from osp_server.pki.ca import CertificateAuthority, certificate_fingerprint
 from osp_server.storage.authorities import RecordedAuthority, SupersededAuthority
 
 
@@ -67,12 +66,7 @@ class TrustSet:
 
     def fingerprints(self) -> list[str]:
         """The trusted CAs' SHA-256 fingerprints (for logs)."""
-        return [_fingerprint(c) for c in self.certificates]
-
-
-def _fingerprint(certificate: x509.Certificate) -> str:
-    digest = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).digest()
-    return ":".join(f"{b:02X}" for b in digest)
+        return [certificate_fingerprint(c) for c in self.certificates]
 
 
 def _unique(certificates: list[x509.Certificate]) -> tuple[x509.Certificate, ...]:

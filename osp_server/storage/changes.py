@@ -24,6 +24,8 @@ from osp_server.storage.schema import change_versions
 ChangeName = Literal["access", "reload"]
 ACCESS: Final = "access"
 RELOAD: Final = "reload"
+KINDS: Final[tuple[ChangeName, ...]] = (ACCESS, RELOAD)
+"""Every kind of change, as :data:`ChangeName` spells them."""
 CHANNEL: Final = "osp_changes"
 """The PostgreSQL notification channel; the payload is the change's name."""
 

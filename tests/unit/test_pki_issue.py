@@ -34,6 +34,7 @@ from osp_server.pki.ca import (
     is_compact_token_signer,
 )
 from osp_server.pki.csr import CSRPolicyError, ValidatedCSR, validate_csr
+from osp_server.pki.der import assemble_signed
 from osp_server.pki.profile import Profile
 from tests.conftest import VECTORS
 from tests.unit.test_pki_ca import (
@@ -613,7 +614,7 @@ def test_assemble_certificate_reproduces_a_real_certificate(
 ) -> None:
     certificate = issue(cas["secure"][0], sha256_csr)
     algorithm = der_encoder.encode(decode_certificate(der(certificate))["signatureAlgorithm"])
-    rebuilt = legacy.assemble_certificate(
+    rebuilt = assemble_signed(
         certificate.tbs_certificate_bytes, bytes(algorithm), certificate.signature
     )
     assert rebuilt == der(certificate)
