@@ -61,6 +61,16 @@ class IRoutingPolicy(Interface):
         request). May be called more than once, or for ids the policy never saw."""
 
 
+class IUsageObserver(Interface):
+    """A routing policy that learns from the calls devices report (e.g. route quality).
+    Declare it beside `IRoutingPolicy`; the server then calls `leg_reported` for each
+    usage report it stored, on the reactor thread (must not block)."""
+
+    def leg_reported(report: Any, network_id: str | None) -> None:
+        """A device reported a call leg (an `osp_server.cdr.legs.LegReport`: its key,
+        state and values); ``network_id`` is the destination network it named."""
+
+
 class IEnrollmentAuthorizer(Interface):
     """An extra approval step for certificate enrollment, after the device's
     credentials and CSR were checked."""

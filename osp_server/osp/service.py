@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from osp_server.config import OSPConfig
-from osp_server.interfaces import IRoutingPolicy
+from osp_server.interfaces import IRoutingPolicy, IUsageObserver
 from osp_server.osp.authn import DeviceIdentity
 from osp_server.osp.messages import (
     AuthorizationRequest,
@@ -34,6 +34,7 @@ from osp_server.osp.messages import (
     TerminationCause,
     UsageConfirmation,
     UsageConfirmationMessage,
+    UsageIndication,
     UsageIndicationMessage,
 )
 from osp_server.osp.tokens import TokenClaims, TokenError, TokenFactory, TokenFormat
@@ -41,6 +42,7 @@ from osp_server.osp.usage_reports import leg_report
 from osp_server.routing.model import RoutingDecision, RoutingRequest
 from osp_server.storage import calls
 from osp_server.storage.db import Database, StorageError
+from osp_server.storage.routing_data import rating_rows
 
 log = Logger()
 
@@ -57,6 +59,13 @@ class IdentityMismatch(Exception):
 def _single_word(text: str) -> str:
     # Leaf values must not contain whitespace (OSP.md §2.2), descriptions included.
     return "-".join(text.split()) or "-"
+
+
+def _network_of(component: UsageIndication) -> str | None:
+    for type_, value in component.destination_alternates:
+        if type_ == "network" and value:
+            return value[:64]
+    return None
 
 
 def check_claimed_identity(
@@ -151,6 +160,8 @@ class OSPService:
             source_network_id=request.source_alternate("network"),
             route_table=identity.route_table,
             transaction_id=transaction_id,
+            destination_infos=request.destination_infos,
+            service_type=request.service_type,
         )
         routed_or_deferred = self._policy.route(routing_request)
         decision: RoutingDecision = (
@@ -160,6 +171,8 @@ class OSPService:
         )
         if not decision.ok or not decision.destinations:
             return self._refusal(request, decision, now)
+        if decision.service_type is not None:
+            return self._query_answer(request, decision, now)
         valid_after = now - timedelta(seconds=self._config.token_backdate_seconds)
         valid_until = now + timedelta(seconds=self._config.token_validity_seconds)
         amount = self._config.call_time_limit_seconds
@@ -211,6 +224,7 @@ class OSPService:
                     protocol=routed.protocol,
                     osp_version=OSP_VERSION,
                     alternates=alternates,
+                    destination_infos=routed.destination_infos,
                 )
             )
         response = AuthorizationResponse(
@@ -224,6 +238,39 @@ class OSPService:
         if not await self._record(identity, request, decision, transaction_id, now):
             return None
         return AuthorizationResult(response, 200, transaction_id, len(destinations))
+
+    def _query_answer(
+        self, request: AuthorizationRequest, decision: RoutingDecision, now: datetime
+    ) -> AuthorizationResult:
+        """A query service's answer (``portedNumberQuery``): one Destination with the
+        NP data and no token; no call is authorized, so nothing is recorded."""
+        routed = decision.destinations[0]
+        call_id_b64 = request.call_ids_b64[0] if request.call_ids else UNDEFINED_CALL_ID_B64
+        destination = Destination(
+            call_id_b64=call_id_b64,
+            signal_address=routed.signal_address,
+            token=None,
+            valid_after=now - timedelta(seconds=self._config.token_backdate_seconds),
+            valid_until=now + timedelta(seconds=self._config.token_validity_seconds),
+            calling=request.calling,
+            calling_type=request.calling_type,
+            called=routed.called or request.called,
+            called_type=request.called_type,
+            usage_amount=self._config.call_time_limit_seconds,
+            usage_increment=1,
+            protocol=routed.protocol,
+            osp_version=OSP_VERSION,
+            destination_infos=routed.destination_infos,
+            service_type=decision.service_type,
+        )
+        response = AuthorizationResponse(
+            message_id=request.message_id,
+            component_id=request.component_id,
+            timestamp=now,
+            status=OK,
+            destinations=(destination,),
+        )
+        return AuthorizationResult(response, 200, None, 1)
 
     def abandon(self, result: AuthorizationResult) -> None:
         """The recorded authorization could not be answered (a value the device sent
@@ -257,6 +304,7 @@ class OSPService:
             destinations=summary,
             now=now,
             expires_at=expires,
+            ratings=rating_rows(transaction_id, decision.destinations, now),
         )
         return stored
 
@@ -383,6 +431,10 @@ class OSPService:
                 device=identity.device_id,
                 repeated=stored.repeated,
             )
+        if IUsageObserver.providedBy(self._policy):
+            observer = cast(IUsageObserver, self._policy)
+            for component, report in zip(message.components, reports, strict=True):
+                observer.leg_reported(report, _network_of(component))
         for component, report in zip(message.components, reports, strict=True):
             # Only the device that was authorized may end its call (a terminating device
             # also sees the TransactionId, in the token), and only when the leg ends:

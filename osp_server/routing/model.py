@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Final, Literal
 
 from osp_server.osp.messages import SIGNALING_PROTOCOLS
+from osp_server.routing.schedule import InvalidSchedule, validate_schedule
 
 DEFAULT_TABLE: Final = "default"
 """The table every customer falls back to (and the table of customers without one)."""
@@ -45,6 +46,8 @@ _NETWORK_ID_RE: Final = re.compile(
 _DESCRIPTION_RE: Final = re.compile(rf"[A-Za-z0-9(\[][\x20-\x7e]{{0,{MAX_DESCRIPTION_CHARS - 1}}}")
 _HOSTNAME_LABEL_RE: Final = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _PORT_RE: Final = re.compile(r"[0-9]{1,5}")
+_CARRIER_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ADD_PREFIX_RE: Final = re.compile(rf"\+?[0-9]{{1,{MAX_PREFIX_DIGITS}}}")
 
 
 class InvalidRouteField(ValueError):
@@ -193,6 +196,47 @@ def validate_description(value: str, field: str = "description") -> str:
     return value
 
 
+def validate_carrier(value: str, field: str = "carrier") -> str:
+    """Return a carrier (rate deck) name, or raise `InvalidRouteField`."""
+    if not isinstance(value, str) or not _CARRIER_RE.fullmatch(value):
+        raise InvalidRouteField(
+            field, value, "1-64 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"
+        )
+    return value
+
+
+def validate_add_prefix(value: str | None) -> str | None:
+    """Return digits to put before a translated number (an optional leading ``+``)."""
+    if value is not None and (not isinstance(value, str) or not _ADD_PREFIX_RE.fullmatch(value)):
+        raise InvalidRouteField(
+            "add_prefix", value, f"1-{MAX_PREFIX_DIGITS} digits, may start with +"
+        )
+    return value
+
+
+def check_schedule(value: str | None, field: str = "schedule") -> str | None:
+    """Return a validity schedule (see `osp_server.routing.schedule`), or raise
+    `InvalidRouteField`."""
+    try:
+        return validate_schedule(value)
+    except InvalidSchedule as e:
+        raise InvalidRouteField(field, value, str(e)) from None
+
+
+def translate_number(number: str, strip_digits: int | None, add_prefix: str | None) -> str | None:
+    """``number`` with its first ``strip_digits`` digits removed and ``add_prefix`` put
+    in front (None: not a plain number, or nothing to do). A leading ``+`` counts as
+    part of the number's prefix: it goes with the stripped digits."""
+    if not strip_digits and not add_prefix:
+        return None
+    digits = number.strip().removeprefix("+")
+    if not digits.isascii() or not digits.isdigit():
+        return None
+    rest = digits[strip_digits or 0 :]
+    translated = (add_prefix or "") + rest
+    return translated if translated.removeprefix("+") else None
+
+
 class _ValidatedValues:
     """Values a validator accepted, so that building many routes checks each distinct
     table, destination and network id once.  Bounded: cleared when large."""
@@ -221,6 +265,11 @@ class Route:
     Lower ``priority`` is tried first; within a priority, lower ``cost`` first; equal
     routes share calls in proportion to ``weight`` (0: only when nothing else is left).
     ``call_limit`` caps concurrent calls on this route (None: no cap).
+
+    ``carrier`` prices the route from that carrier's rate deck in force at the time
+    of the call instead of the fixed ``cost`` (LCR). ``strip_digits`` and
+    ``add_prefix`` translate the called number sent to this destination.
+    ``schedule`` limits the route to times of the week (customer's local time).
     """
 
     table: str
@@ -232,6 +281,10 @@ class Route:
     cost: Decimal = Decimal(0)
     network_id: str | None = None
     call_limit: int | None = None
+    carrier: str | None = None
+    strip_digits: int | None = None
+    add_prefix: str | None = None
+    schedule: str | None = None
 
     def __post_init__(self) -> None:
         # A million routes share a few tables, gateways and prices: values already
@@ -250,6 +303,16 @@ class Route:
             valid.network_ids.add(validate_network_id(self.network_id) or "")
         if self.call_limit is not None:
             validate_int("call_limit", self.call_limit, minimum=1)
+        if self.carrier is not None and self.carrier not in valid.tables:
+            valid.tables.add(validate_carrier(self.carrier))
+        if self.strip_digits is not None:
+            validate_int("strip_digits", self.strip_digits, minimum=0)
+            if self.strip_digits > MAX_PREFIX_DIGITS:
+                raise InvalidRouteField(
+                    "strip_digits", self.strip_digits, f"at most {MAX_PREFIX_DIGITS}"
+                )
+        validate_add_prefix(self.add_prefix)
+        check_schedule(self.schedule)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -266,6 +329,8 @@ class BlockRule:
     kind: BlockKind
     prefix: str
     description: str = "Blocked"
+    schedule: str | None = None
+    """When the rule applies (None: always), in the customer's local time."""
 
     def __post_init__(self) -> None:
         validate_table(self.table)
@@ -273,6 +338,7 @@ class BlockRule:
             raise InvalidRouteField("kind", self.kind, "'source' or 'destination'")
         validate_prefix(self.prefix)
         validate_description(self.description)
+        check_schedule(self.schedule)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -299,6 +365,10 @@ class RoutingRequest:
     source_network_id: str | None = None
     route_table: str | None = None
     transaction_id: int | None = None
+    destination_infos: tuple[tuple[str, str], ...] = ()
+    """The request's NP / operator DestinationInfo (routingnumber, cic, npdi ...)."""
+    service_type: str | None = None
+    """``ServiceType`` of the request (``portedNumberQuery``: answer the dip only)."""
 
 
 @dataclass(frozen=True)
@@ -315,6 +385,10 @@ class RoutedDestination:
     calling: str | None = None
     called: str | None = None
     route: Route | None = None
+    destination_infos: tuple[tuple[str, str], ...] = ()
+    """Extra ``DestinationInfo`` (type, value): routingnumber, cic, npdi."""
+    rating: Rating | None = None
+    """What the call costs us and what we charge for it (None: not rated)."""
 
     def __post_init__(self) -> None:
         validate_destination(self.signal_address, "signal_address")
@@ -341,6 +415,32 @@ class RoutedDestination:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Rating:
+    """The prices in force for one destination when the call was authorized, recorded
+    with the transaction so that usage export can charge the call.
+
+    ``cost_*`` is the carrier's price (carrier None: the route's fixed cost per
+    minute); ``price_*`` what the customer pays (None: no price set).
+    Each is (rate per minute, connection fee, first increment s, next increment s).
+    """
+
+    carrier: str | None
+    cost: tuple[Decimal, Decimal, int, int]
+    price: tuple[Decimal, Decimal, int, int] | None = None
+
+    def as_json(self) -> dict[str, object]:
+        """JSON-ready (decimals as strings)."""
+
+        def plan(values: tuple[Decimal, Decimal, int, int] | None) -> list[object] | None:
+            if values is None:
+                return None
+            rate, fee, first, following = values
+            return [format(rate, "f"), format(fee, "f"), first, following]
+
+        return {"carrier": self.carrier, "cost": plan(self.cost), "price": plan(self.price)}
+
+
 @dataclass(frozen=True)
 class RoutingDecision:
     """A policy's answer: an OSP status and 0..n destinations (best first).
@@ -354,6 +454,8 @@ class RoutingDecision:
     description: str
     destinations: tuple[RoutedDestination, ...] = field(default=())
     termination_cause: tuple[str, str] | None = None
+    service_type: str | None = None
+    """Set for a query answer (``portedNumberQuery``): Destinations without tokens."""
 
     def __post_init__(self) -> None:
         if type(self.status_code) is not int or not 200 <= self.status_code <= 9999:

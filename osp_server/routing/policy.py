@@ -1,4 +1,20 @@
-"""The default routing policy: blocks, longest-prefix match, priority, least cost, weights.
+"""The default routing policy.
+
+In order, for each authorization (each step switchable per customer through its
+routing profile, `osp_server.routing.profiles`):
+
+1. fraud control: allow/deny lists, premium ranges, calls per minute and concurrent
+   calls (`osp_server.routing.fraud`): 603 or 9603;
+2. block rules (in force at the customer's local time): 403;
+3. number portability: the device's own dip (rn/npdi it sent) or the ported-number
+   table; routing then uses the routing number;
+4. longest-prefix match on the (routing) number among the routes in force now;
+5. least-cost order: a route with a carrier costs what that carrier's rate deck in
+   force now says for the number (no rate: the carrier does not take the call);
+6. order: routes demoted for bad quality last; then priority, cost, quality band (ASR
+   in 5 % steps), weighted random;
+7. per destination: number translation, NP data, and the rating (cost and price) that
+   is recorded with the transaction.
 
 Pure and synchronous: no reactor, no I/O. Route changes arrive as a new `RouteTables`
 snapshot through `DefaultRoutingPolicy.replace` and apply to the next request.
@@ -9,102 +25,71 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Final
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
-from osp_server.interfaces import IRouteTablesConsumer, IRoutingPolicy
+from osp_server.cdr.legs import LegReport
+from osp_server.interfaces import IRouteTablesConsumer, IRoutingPolicy, IUsageObserver
 from osp_server.osp.messages import MAX_DESTINATIONS
-from osp_server.routing.model import Route, RoutedDestination, RoutingDecision, RoutingRequest
-from osp_server.routing.table import RouteTables
+from osp_server.routing.calls import (
+    MAX_CALL_HOLD_SECONDS,
+    MAX_TRACKED_CALLS,
+    CallCounter,
+)
+from osp_server.routing.fraud import FraudAlert, FraudGuard
+from osp_server.routing.model import (
+    Rating,
+    Route,
+    RoutedDestination,
+    RoutingDecision,
+    RoutingRequest,
+    translate_number,
+)
+from osp_server.routing.portability import NP_QUERY_SERVICE, PortingAnswer, answer_from_request
+from osp_server.routing.profiles import RoutingProfile
+from osp_server.routing.quality import (
+    QualityThresholds,
+    QualityTracker,
+    carrier_key,
+    destination_key,
+    network_key,
+    outcome_of,
+)
+from osp_server.routing.schedule import LocalClock, parse_schedule
+from osp_server.routing.table import RouteTables, number_digits
 
-MAX_CALL_HOLD_SECONDS: Final = 4 * 3600.0
-"""A counted call is released after this long even if its end is never reported."""
-MAX_TRACKED_CALLS: Final = 1_000_000
-"""Memory bound for the call counter; the oldest calls are released beyond it."""
+__all__ = [
+    "CALL_LIMIT_DESCRIPTION",
+    "MAX_CALL_HOLD_SECONDS",
+    "MAX_TRACKED_CALLS",
+    "CallCounter",
+    "DefaultRoutingPolicy",
+    "order_routes",
+]
+
+log = Logger()
+
 CALL_LIMIT_DESCRIPTION: Final = "All routes at call limit"
-
-RouteKey = tuple[str, str, str]
-
-
-@dataclass(frozen=True)
-class _HeldCall:
-    started: float
-    routes: tuple[RouteKey, ...]
+MAX_REMEMBERED_DECISIONS: Final = 200_000
+"""Recent transactions whose routes' carriers are remembered for quality statistics."""
+_FIXED_COST_BILLING: Final = (1, 1)
+"""A route's fixed cost is a price per minute billed by the second."""
 
 
-class CallCounter:
-    """Concurrent calls per route, in memory.
-
-    `start` records that a transaction holds a slot on each given route; `end`
-    releases them (idempotent). Calls older than ``max_hold_seconds`` by ``clock`` are
-    released automatically, so lost end reports heal. Routes are counted by
-    `Route.key`, so counts survive a table reload that keeps the route.
-    """
-
-    def __init__(
-        self,
-        clock: Callable[[], float] = time.monotonic,
-        *,
-        max_hold_seconds: float = MAX_CALL_HOLD_SECONDS,
-        max_tracked: int = MAX_TRACKED_CALLS,
-    ) -> None:
-        self._clock = clock
-        self._max_hold = max_hold_seconds
-        self._max_tracked = max_tracked
-        # Insertion order is start order (a restarted call is moved to the end), so
-        # expiry only ever looks at the front.
-        self._calls: dict[int, _HeldCall] = {}
-        self._active: Counter[RouteKey] = Counter()
-
-    def active(self, route: Route) -> int:
-        """Calls currently held on ``route``."""
-        self.expire()
-        return self._active[route.key]
-
-    def at_limit(self, route: Route) -> bool:
-        """True when ``route`` has a call limit and it is used up."""
-        return route.call_limit is not None and self.active(route) >= route.call_limit
-
-    def start(self, transaction_id: int, routes: Iterable[Route]) -> None:
-        """Hold one slot on each of ``routes`` for ``transaction_id``.
-
-        Starting a transaction id again releases what it held before.
-        """
-        self.end(transaction_id)
-        keys = tuple(dict.fromkeys(route.key for route in routes))
-        if not keys:
-            return
-        self._calls[transaction_id] = _HeldCall(self._clock(), keys)
-        self._active.update(keys)
-        while len(self._calls) > self._max_tracked:
-            self.end(next(iter(self._calls)))
-
-    def end(self, transaction_id: int) -> None:
-        """Release what ``transaction_id`` holds (nothing if unknown or already ended)."""
-        held = self._calls.pop(transaction_id, None)
-        if held is not None:
-            self._active.subtract(held.routes)
-            for key in held.routes:
-                if self._active[key] <= 0:
-                    del self._active[key]
-
-    def expire(self) -> int:
-        """Release calls held longer than the maximum hold time; return how many."""
-        deadline = self._clock() - self._max_hold
-        expired = list(
-            itertools.takewhile(lambda item: item[1].started <= deadline, self._calls.items())
-        )
-        for transaction_id, _held in expired:
-            self.end(transaction_id)
-        return len(expired)
-
-    def __len__(self) -> int:
-        return len(self._calls)
+@dataclass(slots=True)
+class _Candidate:
+    route: Route
+    cost: Decimal
+    rating: Rating | None
+    demoted: bool = False
+    band: int = 0
 
 
 def order_routes(routes: Sequence[Route], rng: random.Random) -> list[Route]:
@@ -115,31 +100,49 @@ def order_routes(routes: Sequence[Route], rng: random.Random) -> list[Route]:
     weight): exponential keys ``Exp(weight)`` sorted ascending do exactly that.
     Weight-0 routes come last in their group, in table order.
     """
-    groups: dict[tuple[int, Decimal], list[Route]] = {}
-    for route in routes:
-        groups.setdefault((route.priority, route.cost), []).append(route)
-    ordered: list[Route] = []
+    candidates = [_Candidate(route, route.cost, None) for route in routes]
+    return [candidate.route for candidate in _order(candidates, rng)]
+
+
+def _order(candidates: list[_Candidate], rng: random.Random) -> list[_Candidate]:
+    """`order_routes` with the policy's extra keys: demoted routes after the others,
+    and the quality band between cost and weights."""
+    groups: dict[tuple[bool, int, Decimal, int], list[_Candidate]] = {}
+    for c in candidates:
+        groups.setdefault((c.demoted, c.route.priority, c.cost, c.band), []).append(c)
+    ordered: list[_Candidate] = []
     for group_key in sorted(groups):
         group = groups[group_key]
         if len(group) == 1:
             ordered.extend(group)
             continue
-        weighted = [route for route in group if route.weight > 0]
-        keyed = sorted((rng.expovariate(route.weight), i) for i, route in enumerate(weighted))
+        weighted = [c for c in group if c.route.weight > 0]
+        keyed = sorted((rng.expovariate(c.route.weight), i) for i, c in enumerate(weighted))
         ordered.extend(weighted[i] for _key, i in keyed)
-        ordered.extend(route for route in group if route.weight == 0)
+        ordered.extend(c for c in group if c.route.weight == 0)
     return ordered
 
 
-@implementer(IRoutingPolicy, IRouteTablesConsumer)
+def _plan(
+    rate: Decimal, fee: Decimal, first: int, following: int
+) -> tuple[Decimal, Decimal, int, int]:
+    return (rate, fee, first, following)
+
+
+@implementer(IRoutingPolicy, IRouteTablesConsumer, IUsageObserver)
 class DefaultRoutingPolicy:
-    """Block rules, then longest-prefix match on the called number, then priority /
-    least cost / weights, skipping routes at their call limit.
+    """Fraud control, block rules, number portability, longest-prefix match, least
+    cost, quality, priority and weights (the module docstring has the order),
+    skipping routes at their call limit.
 
     ``count_all_destinations`` chooses which routes a call holds a slot on: only the
     first destination (default: the one the device tries first; failover calls are
     not counted against later routes) or every destination returned (never exceeds a
     limit, but reserves capacity on alternatives that are rarely used).
+
+    ``quality_*`` options set the `QualityThresholds` (``[plugins.default]`` in the
+    configuration). ``clock`` is monotonic seconds; ``wall_clock`` the time of the
+    call (rate decks in force, schedules).
     """
 
     name = "default"
@@ -150,16 +153,40 @@ class DefaultRoutingPolicy:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] | None = None,
         max_hold_seconds: float = MAX_CALL_HOLD_SECONDS,
         count_all_destinations: bool = False,
+        quality_window_seconds: int = 3600,
+        quality_bucket_seconds: int = 60,
+        quality_min_attempts: int = 20,
+        quality_min_asr: float = 0.2,
+        quality_min_ner: float = 0.5,
+        quality_max_pdd: float = 0.0,
+        quality_cooldown_seconds: int = 900,
     ) -> None:
         self._tables = tables if tables is not None else RouteTables()
         self._rng = rng if rng is not None else random.SystemRandom()
+        self._clock = clock
+        self._wall_clock = wall_clock or (lambda: datetime.now(UTC))
         self.calls = CallCounter(clock, max_hold_seconds=max_hold_seconds)
         self._count_all = count_all_destinations
         # Without a transaction id a counted call can only expire; give it a key that
         # cannot collide with real (non-negative) transaction ids.
         self._anonymous = itertools.count(-1, -1)
+        self.quality = QualityTracker(
+            QualityThresholds(
+                window_seconds=int(quality_window_seconds),
+                bucket_seconds=int(quality_bucket_seconds),
+                min_attempts=int(quality_min_attempts),
+                min_asr=float(quality_min_asr),
+                min_ner=float(quality_min_ner),
+                max_pdd=float(quality_max_pdd),
+                cooldown_seconds=int(quality_cooldown_seconds),
+            )
+        )
+        self.fraud = FraudGuard(clock, max_hold_seconds=max_hold_seconds, on_alert=_log_alert)
+        self._local = LocalClock()
+        self._carriers: OrderedDict[int, dict[str, str]] = OrderedDict()
 
     @property
     def tables(self) -> RouteTables:
@@ -171,28 +198,212 @@ class DefaultRoutingPolicy:
         self._tables = tables
 
     def route(self, request: RoutingRequest) -> RoutingDecision:
-        """Decide where a call goes (see the class docstring)."""
+        """Decide where a call goes (see the module docstring)."""
         tables = self._tables
-        block = tables.find_block(request.route_table, request.calling, request.called)
+        profile = tables.profile(request.customer_id)
+        now = self._wall_clock()
+        in_force: Callable[[str | None], bool] | None = None
+        if profile.schedules and tables.has_schedules:
+            minute = self._local.minute_of_week(profile.time_zone, now)
+
+            def in_force(schedule: str | None) -> bool:
+                return schedule is None or (parse_schedule(schedule) >> minute) & 1 == 1
+
+        called_digits = number_digits(request.called)
+        fraud_keys: tuple[str, ...] = ()
+        if profile.fraud and tables.fraud:
+            refusal, fraud_keys = self.fraud.check(
+                tables.fraud,
+                customer_id=request.customer_id,
+                device_id=request.device_id,
+                calling_digits=number_digits(request.calling),
+                called_digits=called_digits,
+            )
+            if refusal is not None:
+                return refusal
+        block = tables.find_block(request.route_table, request.calling, request.called, in_force)
         if block is not None:
             return RoutingDecision.blocked(block.description)
-        candidates = tables.lookup(request.route_table, request.called)
+        if called_digits is None:
+            return RoutingDecision.no_route()
+        porting = self._porting(tables, profile, request, called_digits)
+        routing_digits = called_digits
+        if porting is not None and porting.routing_number is not None:
+            routing_digits = porting.routing_number
+        candidates = tables.lookup_digits(request.route_table, routing_digits, in_force)
         if not candidates:
             return RoutingDecision.no_route()
         usable = [route for route in candidates if not self.calls.at_limit(route)]
         if not usable:
             return RoutingDecision.no_route(CALL_LIMIT_DESCRIPTION)
+        priced = self._price(tables, profile, usable, routing_digits, called_digits, now)
+        if not priced:
+            return RoutingDecision.no_route()
+        if profile.quality:
+            self._judge(priced)
         limit = max(1, min(request.max_destinations, MAX_DESTINATIONS))
-        chosen = order_routes(usable, self._rng)[:limit]
+        if request.service_type == NP_QUERY_SERVICE:
+            limit = 1
+        chosen = _order(priced, self._rng)[:limit]
         counted = chosen if self._count_all else chosen[:1]
-        limited = [route for route in counted if route.call_limit is not None]
-        if limited:
-            transaction_id = request.transaction_id
+        limited = [c.route for c in counted if c.route.call_limit is not None]
+        transaction_id = request.transaction_id
+        if limited or fraud_keys:
             if transaction_id is None:
                 transaction_id = next(self._anonymous)
-            self.calls.start(transaction_id, limited)
-        return RoutingDecision.routed(RoutedDestination.from_route(route) for route in chosen)
+            if limited:
+                self.calls.start(transaction_id, limited)
+            self.fraud.admit(transaction_id, fraud_keys)
+        if transaction_id is not None:
+            self._remember_carriers(transaction_id, chosen)
+        infos = porting.destination_infos() if porting is not None else ()
+        destinations = tuple(self._destination(request, c, infos) for c in chosen)
+        if request.service_type == NP_QUERY_SERVICE:
+            return RoutingDecision(200, "OK", destinations, service_type=NP_QUERY_SERVICE)
+        return RoutingDecision.routed(destinations)
+
+    @staticmethod
+    def _porting(
+        tables: RouteTables, profile: RoutingProfile, request: RoutingRequest, digits: str
+    ) -> PortingAnswer | None:
+        if not profile.portability:
+            return None
+        if request.destination_infos:
+            dipped = answer_from_request(request.destination_infos)
+            if dipped is not None:
+                return dipped
+        if tables.ported or request.service_type == NP_QUERY_SERVICE:
+            return tables.ported.lookup(digits)
+        return None
+
+    def _price(
+        self,
+        tables: RouteTables,
+        profile: RoutingProfile,
+        routes: list[Route],
+        routing_digits: str,
+        called_digits: str,
+        now: datetime,
+    ) -> list[_Candidate]:
+        """Each route with what it costs now; carrier routes without a rate are dropped."""
+        price_rate = None
+        if profile.price_deck is not None:
+            price_rate = tables.rates.rate_at(profile.price_deck, called_digits, now)
+        markup = profile.markup_percent
+        priced: list[_Candidate] = []
+        for route in routes:
+            if route.carrier is not None and profile.lcr:
+                rate = tables.rates.rate_at(route.carrier, routing_digits, now)
+                if rate is None:
+                    continue  # the carrier's deck does not reach this number now
+                cost = _plan(
+                    rate.rate, rate.connection_fee, rate.first_increment, rate.next_increment
+                )
+                carrier: str | None = route.carrier
+            else:
+                cost = _plan(route.cost, Decimal(0), *_FIXED_COST_BILLING)
+                carrier = None
+            price = None
+            if price_rate is not None:
+                price = _plan(
+                    price_rate.rate,
+                    price_rate.connection_fee,
+                    price_rate.first_increment,
+                    price_rate.next_increment,
+                )
+            elif markup is not None:
+                factor = 1 + markup / 100
+                price = _plan(cost[0] * factor, cost[1] * factor, cost[2], cost[3])
+            priced.append(_Candidate(route, cost[0], Rating(carrier, cost, price)))
+        return priced
+
+    def _judge(self, candidates: list[_Candidate]) -> None:
+        quality = self.quality
+        now = self._clock()
+        check_demoted = quality.any_demoted
+        for c in candidates:
+            route = c.route
+            key = destination_key(route.destination)
+            c.band = quality.band(key, now)
+            if check_demoted:
+                c.demoted = (
+                    quality.is_demoted(key, now)
+                    or (
+                        route.network_id is not None
+                        and quality.is_demoted(network_key(route.network_id), now)
+                    )
+                    or (
+                        c.rating is not None
+                        and c.rating.carrier is not None
+                        and quality.is_demoted(carrier_key(c.rating.carrier), now)
+                    )
+                )
+
+    @staticmethod
+    def _destination(
+        request: RoutingRequest, c: _Candidate, infos: tuple[tuple[str, str], ...]
+    ) -> RoutedDestination:
+        route = c.route
+        called = translate_number(request.called, route.strip_digits, route.add_prefix)
+        return RoutedDestination(
+            signal_address=route.destination,
+            protocol=route.protocol,
+            network_id=route.network_id,
+            called=called,
+            route=route,
+            destination_infos=infos,
+            rating=c.rating,
+        )
+
+    def _remember_carriers(self, transaction_id: int, chosen: list[_Candidate]) -> None:
+        carriers = {
+            c.route.destination: c.rating.carrier
+            for c in chosen
+            if c.rating is not None and c.rating.carrier is not None
+        }
+        if carriers:
+            self._carriers[transaction_id] = carriers
+            if len(self._carriers) > MAX_REMEMBERED_DECISIONS:
+                self._carriers.popitem(last=False)
 
     def call_ended(self, transaction_id: int) -> None:
-        """Release the call-limit slots held by ``transaction_id``."""
+        """Release the call-limit and fraud slots held by ``transaction_id``."""
         self.calls.end(transaction_id)
+        self.fraud.release(transaction_id)
+
+    def leg_reported(self, report: LegReport, network_id: str | None) -> None:
+        """Count a finished call leg a device reported in the quality statistics of the
+        destination it tried (and its network id and carrier). The originating and the
+        terminating leg of one attempt count once."""
+        if report.state != "stop" or not report.key.destination:
+            return
+        destination = report.key.destination
+        if not self.quality.first_report(report.key.transaction_id, destination):
+            return
+        keys = [destination_key(destination)]
+        if network_id:
+            keys.append(network_key(network_id))
+        carrier = self._carriers.get(report.key.transaction_id, {}).get(destination)
+        if carrier is not None:
+            keys.append(carrier_key(carrier))
+        for key in self.quality.record(keys, outcome_of(report), self._clock()):
+            log.warn(
+                "route quality: {key} demoted for {seconds}s (below the thresholds)",
+                key=key,
+                seconds=self.quality.thresholds.cooldown_seconds,
+                event="route_demoted",
+            )
+
+
+def _log_alert(alert: FraudAlert) -> None:
+    log.warn(
+        "fraud control: {reason} ({scope} {key}) for customer {customer} device {device}:"
+        " answering {answer}",
+        reason=alert.reason,
+        scope=alert.scope,
+        key=alert.key,
+        customer=alert.customer_id,
+        device=alert.device_id,
+        answer=alert.answer,
+        event="fraud_alert",
+    )

@@ -7,16 +7,20 @@ keep the snapshot they started with, so nothing is ever mutated under a reader.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Final, Generic, Protocol, TypeVar
 
+from osp_server.routing.fraud import FraudRules
 from osp_server.routing.model import (
     DEFAULT_TABLE,
     MAX_PREFIX_DIGITS,
     BlockRule,
     Route,
 )
+from osp_server.routing.portability import PortedNumbers
+from osp_server.routing.profiles import ALL_CUSTOMERS, DEFAULT_PROFILE, RoutingProfile
+from osp_server.routing.rates import RateDecks
 
 MAX_NUMBER_CHARS: Final = 128
 """Longer numbers never match (the codec caps them earlier; this keeps lookups bounded)."""
@@ -100,6 +104,14 @@ class PrefixIndex(Generic[T]):
                 return digits[:length], found
         return None
 
+    def matches(self, digits: str) -> Iterator[tuple[T, ...]]:
+        """The item groups of every indexed prefix of ``digits``, longest first."""
+        by_prefix = self._by_prefix
+        for length in range(min(len(digits), self._longest), -1, -1):
+            found = by_prefix.get(digits[:length])
+            if found is not None:
+                yield found
+
     def items(self) -> Iterator[T]:
         """Every item, grouped by prefix."""
         for group in self._by_prefix.values():
@@ -120,11 +132,40 @@ class RouteTables:
     A customer's table falls back to the ``"default"`` table when it does not exist
     or has no matching prefix. Blocks of the customer's table and of the default
     table both apply.
+
+    The snapshot also carries the rest of the routing data, loaded and replaced with
+    the routes: carriers' rate decks, the ported-number table, the fraud rules and
+    the customers' routing profiles.
     """
 
-    __slots__ = ("_destination_blocks", "_routes", "_source_blocks")
+    __slots__ = (
+        "_destination_blocks",
+        "_profiles",
+        "_routes",
+        "_source_blocks",
+        "fraud",
+        "has_schedules",
+        "ported",
+        "rates",
+    )
 
-    def __init__(self, routes: Iterable[Route] = (), blocks: Iterable[BlockRule] = ()) -> None:
+    def __init__(
+        self,
+        routes: Iterable[Route] = (),
+        blocks: Iterable[BlockRule] = (),
+        *,
+        rates: RateDecks | None = None,
+        ported: PortedNumbers | None = None,
+        fraud: FraudRules | None = None,
+        profiles: Iterable[RoutingProfile] = (),
+    ) -> None:
+        self.rates = rates if rates is not None else RateDecks()
+        self.ported = ported if ported is not None else PortedNumbers()
+        self.fraud = fraud if fraud is not None else FraudRules()
+        self._profiles: Mapping[str, RoutingProfile] = MappingProxyType(
+            {profile.customer_id: profile for profile in profiles}
+        )
+        has_schedules = False
         by_table: dict[str, list[Route]] = {}
         seen: set[tuple[str, str, str]] = set()
         for route in routes:
@@ -132,6 +173,7 @@ class RouteTables:
                 raise RouteTableError(f"duplicate route {route.key!r}")
             seen.add(route.key)
             by_table.setdefault(route.table, []).append(route)
+            has_schedules = has_schedules or route.schedule is not None
         source: dict[str, list[BlockRule]] = {}
         destination: dict[str, list[BlockRule]] = {}
         seen.clear()
@@ -139,6 +181,7 @@ class RouteTables:
             if rule.key in seen:
                 raise RouteTableError(f"duplicate block rule {rule.key!r}")
             seen.add(rule.key)
+            has_schedules = has_schedules or rule.schedule is not None
             target = source if rule.kind == "source" else destination
             target.setdefault(rule.table, []).append(rule)
         self._routes: Mapping[str, PrefixIndex[Route]] = MappingProxyType(
@@ -150,6 +193,20 @@ class RouteTables:
         self._destination_blocks: Mapping[str, PrefixIndex[BlockRule]] = MappingProxyType(
             {name: PrefixIndex(items) for name, items in destination.items()}
         )
+        self.has_schedules = has_schedules
+        """True when some route or block rule has a schedule (else no clock is read)."""
+
+    def profile(self, customer_id: str) -> RoutingProfile:
+        """The routing profile of ``customer_id`` (its own, else ``*``, else defaults)."""
+        profiles = self._profiles
+        if not profiles:
+            return DEFAULT_PROFILE
+        found = profiles.get(customer_id) or profiles.get(ALL_CUSTOMERS)
+        return found if found is not None else DEFAULT_PROFILE
+
+    def profiles(self) -> list[RoutingProfile]:
+        """Every stored profile."""
+        return list(self._profiles.values())
 
     @property
     def tables(self) -> Mapping[str, PrefixIndex[Route]]:
@@ -183,29 +240,61 @@ class RouteTables:
             for rule in index.items()
         ]
 
-    def lookup(self, table: str | None, called: str) -> tuple[Route, ...]:
+    def lookup(
+        self,
+        table: str | None,
+        called: str,
+        in_force: Callable[[str | None], bool] | None = None,
+    ) -> tuple[Route, ...]:
         """Routes of the longest prefix matching ``called`` (as received: ``+``,
         SIP/tel URIs handled by `number_digits`) in ``table``, else in the default
-        table; empty when nothing matches."""
+        table; empty when nothing matches.
+
+        ``in_force(schedule)`` says whether a route's schedule allows it now (None:
+        schedules are not checked); a prefix whose routes are all out of their
+        schedule does not exist at that time, and a shorter one answers.
+        """
         digits = number_digits(called)
         if digits is None:
             return ()
+        return self.lookup_digits(table, digits, in_force)
+
+    def lookup_digits(
+        self,
+        table: str | None,
+        digits: str,
+        in_force: Callable[[str | None], bool] | None = None,
+    ) -> tuple[Route, ...]:
+        """`lookup` of a number already reduced to its digits."""
         for name in _tables_to_search(table):
             index = self._routes.get(name)
             if index is None:
                 continue
-            match = index.longest_match(digits)
-            if match is not None:
-                return match[1]
+            if in_force is None:
+                match = index.longest_match(digits)
+                if match is not None:
+                    return match[1]
+                continue
+            for group in index.matches(digits):
+                usable = tuple(route for route in group if in_force(route.schedule))
+                if usable:
+                    return usable
         return ()
 
-    def find_block(self, table: str | None, calling: str, called: str) -> BlockRule | None:
+    def find_block(
+        self,
+        table: str | None,
+        calling: str,
+        called: str,
+        in_force: Callable[[str | None], bool] | None = None,
+    ) -> BlockRule | None:
         """The block rule refusing this call, or None.
 
         Source rules match the calling number, destination rules the called number;
         the customer's table is checked before the default table, and within a table
         the longest matching prefix wins. An empty-prefix rule matches any number,
-        even one without digits (a URI or ``anonymous``).
+        even one without digits (a URI or ``anonymous``). ``in_force`` as in
+        `lookup`: a rule outside its schedule does not apply.
         """
         calling_digits = number_digits(calling)
         called_digits = number_digits(called)
@@ -217,9 +306,10 @@ class RouteTables:
                 index = blocks.get(name)
                 if index is None:
                     continue
-                match = index.longest_match(digits if digits is not None else "")
-                if match is not None:
-                    return match[1][0]
+                for group in index.matches(digits if digits is not None else ""):
+                    rule = group[0]
+                    if in_force is None or in_force(rule.schedule):
+                        return rule
         return None
 
 

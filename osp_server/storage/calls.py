@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from osp_server.cdr.legs import (
@@ -21,7 +21,13 @@ from osp_server.cdr.legs import (
     new_record,
 )
 from osp_server.storage.errors import StorageError
-from osp_server.storage.schema import capabilities, devices, transactions, usage_records
+from osp_server.storage.schema import (
+    call_ratings,
+    capabilities,
+    devices,
+    transactions,
+    usage_records,
+)
 
 _UINT64 = 1 << 64
 _INT63 = 1 << 63
@@ -55,11 +61,13 @@ def insert_transaction_txn(
     destinations: Sequence[dict[str, Any]],
     now: datetime,
     expires_at: datetime,
+    ratings: Sequence[dict[str, Any]] = (),
 ) -> bool:
     """Record an authorization; False when the transaction id is already taken.
 
     One prebuilt statement (``INSERT … ON CONFLICT DO NOTHING RETURNING``): no
-    savepoint, and SQLAlchemy compiles it once per dialect.
+    savepoint, and SQLAlchemy compiles it once per dialect. ``ratings`` are the
+    ``call_ratings`` rows (cost and price per destination), stored with it.
     """
     row = {
         "transaction_id": transaction_id,
@@ -73,7 +81,10 @@ def insert_transaction_txn(
         "expires_at": expires_at,
     }
     statement = _INSERT_TRANSACTION[conn.dialect.name]
-    return conn.execute(statement, row).first() is not None
+    stored = conn.execute(statement, row).first() is not None
+    if stored and ratings:
+        conn.execute(insert(call_ratings), list(ratings))
+    return stored
 
 
 _INSERT_TRANSACTION = {

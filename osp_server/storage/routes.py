@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 
+from osp_server.routing.fraud import FraudRules
 from osp_server.routing.model import (
     BlockRule,
     InvalidRouteField,
@@ -41,6 +42,8 @@ from osp_server.routing.model import (
     validate_prefix,
     validate_table,
 )
+from osp_server.routing.portability import PortedNumbers
+from osp_server.routing.rates import RateDecks
 from osp_server.routing.table import RouteTableError, RouteTables
 from osp_server.storage.schema import route_blocks, route_version, routes
 
@@ -132,8 +135,17 @@ def load_tables(conn: Connection) -> RouteTables:
 
     Raises `RouteStoreError` when a stored row is not a valid route or rule.
     """
+    from osp_server.storage import routing_data  # the rest of the routing snapshot
+
     try:
-        return RouteTables(list_routes(conn), list_blocks(conn))
+        return RouteTables(
+            list_routes(conn),
+            list_blocks(conn),
+            rates=RateDecks(routing_data.list_rates(conn)),
+            ported=PortedNumbers(routing_data.list_ported(conn)),
+            fraud=FraudRules(routing_data.list_number_lists(conn), routing_data.list_limits(conn)),
+            profiles=routing_data.list_profiles(conn),
+        )
     except RouteTableError as e:
         raise RouteStoreError(f"stored routes are inconsistent: {e}") from None
 
@@ -151,6 +163,10 @@ def _select_routes(conn: Connection) -> Select[Any]:
         _cost_column(conn),
         routes.c.network_id,
         routes.c.call_limit,
+        routes.c.carrier,
+        routes.c.strip_digits,
+        routes.c.add_prefix,
+        routes.c.schedule,
     )
 
 
@@ -184,7 +200,22 @@ class _SharedValues:
 
     def route(self, row: Any) -> Route:
         """A Route from a row of ``_select_routes`` (positional, for speed)."""
-        row_id, table, prefix, destination, protocol, priority, weight, raw, network, limit = row
+        (
+            row_id,
+            table,
+            prefix,
+            destination,
+            protocol,
+            priority,
+            weight,
+            raw,
+            network,
+            limit,
+            carrier,
+            strip,
+            add,
+            schedule,
+        ) = row
         cost = self._costs.get(raw)
         if cost is None:
             cost = self._costs[raw] = _decimal(raw)
@@ -199,6 +230,10 @@ class _SharedValues:
                 cost=cost,
                 network_id=None if network is None else self._string(network),
                 call_limit=limit,
+                carrier=None if carrier is None else self._string(carrier),
+                strip_digits=strip,
+                add_prefix=None if add is None else self._string(add),
+                schedule=None if schedule is None else self._string(schedule),
             )
         except InvalidRouteField as e:
             raise RouteStoreError(f"stored route id {row_id} is invalid: {e}") from None
@@ -249,6 +284,10 @@ def _route(row: Any) -> Route:
             cost=_decimal(row["cost"]),
             network_id=row["network_id"],
             call_limit=row["call_limit"],
+            carrier=row["carrier"],
+            strip_digits=row["strip_digits"],
+            add_prefix=row["add_prefix"],
+            schedule=row["schedule"],
         )
     except InvalidRouteField as e:
         raise RouteStoreError(f"stored route id {row['id']} is invalid: {e}") from None
@@ -261,6 +300,7 @@ def _block(row: Any) -> BlockRule:
             kind=row["kind"],
             prefix=row["prefix"],
             description=row["description"],
+            schedule=row["schedule"],
         )
     except InvalidRouteField as e:
         raise RouteStoreError(f"stored block rule id {row['id']} is invalid: {e}") from None
@@ -317,6 +357,10 @@ def _route_values(route: Route) -> dict[str, Any]:
         "cost": route.cost,
         "network_id": route.network_id,
         "call_limit": route.call_limit,
+        "carrier": route.carrier,
+        "strip_digits": route.strip_digits,
+        "add_prefix": route.add_prefix,
+        "schedule": route.schedule,
     }
 
 
@@ -326,6 +370,7 @@ def _block_values(rule: BlockRule) -> dict[str, Any]:
         "kind": rule.kind,
         "prefix": rule.prefix,
         "description": rule.description,
+        "schedule": rule.schedule,
     }
 
 
@@ -431,6 +476,26 @@ def _import(
                 row_id for row_id, a, b in conn.execute(keyed) if (table, a, b) not in seen
             )
     return _finish(conn, spec.table, inserted, updated, stale, unchanged)
+
+
+def batched(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    return _batched(items, size)
+
+
+def lock_for_change(conn: Connection) -> None:
+    """Take the route writers' lock (PostgreSQL row lock until commit)."""
+    _lock(conn)
+
+
+def bump_version(conn: Connection) -> int:
+    """Move the route version on: every node reloads its routing snapshot."""
+    return _bump(conn)
+
+
+def stored_decimal(value: object) -> Decimal:
+    """A stored decimal column as an exact, normalized Decimal (see `_decimal`)."""
+    return _decimal(value)
 
 
 def _batched(items: Iterable[_T], size: int) -> Iterator[list[_T]]:

@@ -226,6 +226,12 @@ routes = Table(
     Column("cost", Numeric(18, 6), nullable=False),
     Column("network_id", String(64), nullable=True),
     Column("call_limit", Integer, nullable=True),
+    # Routing depth (migration 0009): priced by a carrier's deck, number translation,
+    # validity schedule.
+    Column("carrier", String(64), nullable=True),
+    Column("strip_digits", Integer, nullable=True),
+    Column("add_prefix", String(33), nullable=True),
+    Column("schedule", String(200), nullable=True),
     UniqueConstraint("route_table", "prefix", "destination"),
 )
 
@@ -237,8 +243,102 @@ route_blocks = Table(
     Column("kind", String(16), nullable=False),
     Column("prefix", String(32), nullable=False),
     Column("description", String(64), nullable=False),
+    Column("schedule", String(200), nullable=True),
     UniqueConstraint("route_table", "kind", "prefix"),
     CheckConstraint("kind IN ('source', 'destination')", name="kind"),
+)
+
+# Carriers' rate decks (osp_server.routing.rates).
+rates = Table(
+    "rates",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("carrier", String(64), nullable=False),
+    Column("prefix", String(32), nullable=False),
+    Column("rate", Numeric(18, 6), nullable=False),
+    Column("connection_fee", Numeric(18, 6), nullable=False),
+    Column("first_increment", Integer, nullable=False),
+    Column("next_increment", Integer, nullable=False),
+    Column("effective_from", UTCDateTime(), nullable=False),
+    Column("effective_to", UTCDateTime(), nullable=True),
+    UniqueConstraint("carrier", "prefix", "effective_from"),
+)
+
+# Number portability: ported number -> routing number (osp_server.routing.portability).
+ported_numbers = Table(
+    "ported_numbers",
+    metadata,
+    Column("number", String(32), primary_key=True),
+    Column("routing_number", String(32), nullable=False),
+    Column("cic", String(8), nullable=True),
+)
+
+# Per-customer switches, time zone and price (osp_server.routing.profiles); '*' = all.
+routing_profiles = Table(
+    "routing_profiles",
+    metadata,
+    Column("customer_id", String(20), primary_key=True),
+    Column("time_zone", String(64), nullable=False),
+    Column("lcr", Boolean, nullable=False),
+    Column("portability", Boolean, nullable=False),
+    Column("quality", Boolean, nullable=False),
+    Column("fraud", Boolean, nullable=False),
+    Column("schedules", Boolean, nullable=False),
+    Column("markup_percent", Numeric(12, 4), nullable=True),
+    Column("price_deck", String(64), nullable=True),
+)
+
+# Fraud control (osp_server.routing.fraud); customer_id '' = every customer.
+number_lists = Table(
+    "number_lists",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("customer_id", String(20), nullable=False),
+    Column("list", String(8), nullable=False),
+    Column("kind", String(12), nullable=False),
+    Column("prefix", String(32), nullable=False),
+    Column("description", String(64), nullable=False),
+    UniqueConstraint("customer_id", "list", "kind", "prefix"),
+)
+
+fraud_limits = Table(
+    "fraud_limits",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("customer_id", String(20), nullable=False),
+    Column("scope", String(12), nullable=False),
+    Column("match", String(32), nullable=False),
+    Column("per_minute", Integer, nullable=True),
+    Column("concurrent", Integer, nullable=True),
+    Column("answer", Integer, nullable=False),
+    UniqueConstraint("customer_id", "scope", "match"),
+)
+
+# Each node's route quality statistics (osp_server.routing.quality), JSON.
+route_quality = Table(
+    "route_quality",
+    metadata,
+    Column("node", String(255), primary_key=True),
+    Column("data", Text, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# The prices in force for each destination of an authorization (usage export).
+call_ratings = Table(
+    "call_ratings",
+    metadata,
+    Column("transaction_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("destination", String(256), primary_key=True),
+    Column("carrier", String(64), nullable=True),
+    Column("cost_rate", Numeric(18, 6), nullable=False),
+    Column("cost_fee", Numeric(18, 6), nullable=False),
+    Column("cost_first", Integer, nullable=False),
+    Column("cost_next", Integer, nullable=False),
+    Column("price_rate", Numeric(18, 6), nullable=True),
+    Column("price_fee", Numeric(18, 6), nullable=True),
+    Column("price_first", Integer, nullable=True),
+    Column("price_next", Integer, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
 )
 
 # One row; bumped on every route change so that every node reloads its tables.

@@ -154,10 +154,10 @@ def test_db_upgrade_and_status(tmp_path: Path, empty_database_url: str) -> None:
     run = Run(write_config(tmp_path, empty_database_url))
     upgraded = run.json("db", "upgrade")
     assert upgraded == {
-        "schema_revision": "0008",
-        "applied": ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"],
+        "schema_revision": "0009",
+        "applied": ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0009"],
     }
-    assert run.json("db", "upgrade") == {"schema_revision": "0008", "applied": []}
+    assert run.json("db", "upgrade") == {"schema_revision": "0009", "applied": []}
     status = run.json("db", "status")
     assert status["up_to_date"] is True
 

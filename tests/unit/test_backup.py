@@ -66,7 +66,7 @@ def test_backup_holds_everything_with_the_keys_encrypted(
     manifest = json.loads(members["manifest.json"])
     sqlite = sqlite_path(config.database.url) is not None
     assert manifest["engine"] == done["engine"] == ("sqlite" if sqlite else "postgresql")
-    assert manifest["schema_revision"] == "0008"
+    assert manifest["schema_revision"] == "0009"
     assert ("database.sqlite3" in members) is sqlite
     assert {"ca.pem", "ca.key", "tls.pem", "tls.key", "tokens.pem", "tokens.key"} <= set(members)
     assert members["ca.pem"] == config.ca.cert_file.read_bytes()

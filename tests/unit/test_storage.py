@@ -36,9 +36,9 @@ def test_migrations_match_the_tables(db: Database) -> None:
         )
     assert diff == []
     current, head = schema_status(db.engine)
-    assert current == head == "0008"
+    assert current == head == "0009"
     # Upgrading again is a no-op.
-    assert upgrade_schema(db.engine) == "0008"
+    assert upgrade_schema(db.engine) == "0009"
 
 
 def test_durability_settings(db: Database) -> None:
@@ -195,7 +195,7 @@ def test_migrations_run_with_their_own_long_timeout(
         return create(url, **kwargs)
 
     monkeypatch.setattr(db_module, "create_db_engine", recording)
-    assert db_module.migrate_schema(empty_database_url) == "0008"
+    assert db_module.migrate_schema(empty_database_url) == "0009"
     assert seen == [db_module.MIGRATION_TIMEOUT_SECONDS]
 
 
@@ -275,7 +275,7 @@ def test_migration_0005_keeps_every_row_and_reference(empty_database_url: str) -
         before = database.transact_sync(
             calls.usage_page, after_id=0, since=None, until=None, limit=10
         )
-        assert upgrade_schema(engine) == "0008"
+        assert upgrade_schema(engine) == "0009"
         assert (
             database.transact_sync(calls.usage_page, after_id=0, since=None, until=None, limit=10)
             == before
