@@ -60,6 +60,8 @@ from osp_server.pki.rollover import load_previous
 from osp_server.pki.trust import TrustSet
 from osp_server.reactor import IOSPReactor, IWorkerReactor
 from osp_server.readiness import Readiness
+from osp_server.routing.keeper import QualityKeeper, RoutingCollector
+from osp_server.routing.policy import DefaultRoutingPolicy
 from osp_server.routing.refresh import ReplaceableTables, RouteRefresher
 from osp_server.services import ListenerService, ProcessService, freeze_long_lived_objects
 from osp_server.storage import authorities
@@ -581,6 +583,8 @@ def build_components(core: Core) -> Components:
         ),
     )
     policy = build_routing_policy(core)
+    if isinstance(policy, DefaultRoutingPolicy):
+        core.metrics.registry.register(RoutingCollector(policy.quality, policy.fraud))
     authenticator = DeviceAuthenticator(core.db, clock=core.clock, monotonic=core.reactor.seconds)
     change_watcher.subscribe(ACCESS, authenticator.invalidate)
     change_watcher.subscribe(ACCESS, crl.invalidate)
@@ -885,6 +889,15 @@ def _assemble(
         refresher.after_load.append(lambda: _route_gauges(core.metrics, refresher))
         # Listeners bind before the first load: until it is done /osp answers 503.
         core.readiness.wait_for("routes", refresher.when_loaded())
+    if isinstance(components.policy, DefaultRoutingPolicy):
+        worker = "" if core.worker is None else f"/worker{core.worker.index}"
+        QualityKeeper(
+            core.db,
+            components.policy.quality,
+            reactor,
+            node=socket.gethostname() + worker,
+            clock=core.clock,
+        ).setServiceParent(top)
     if core.worker is None:
         PeriodicRenewal(
             reactor, lambda: components.reload_tls(), interval=RENEWAL_CHECK_SECONDS

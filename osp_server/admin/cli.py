@@ -36,6 +36,7 @@ from osp_server.admin import (
     enroll_commands,
     reload_commands,
     route_commands,
+    routing_commands,
     usage_commands,
 )
 from osp_server.admin.context import (
@@ -72,6 +73,7 @@ COMMAND_GROUP_MODULES: Final[tuple[CommandGroup, ...]] = (
     enroll_commands,
     audit_commands,
     route_commands,
+    routing_commands,
     usage_commands,
     backup_commands,
     config_commands,

@@ -53,6 +53,10 @@ def route_row(route: Route) -> dict[str, Any]:
         "cost": route.cost,
         "network_id": route.network_id,
         "call_limit": route.call_limit,
+        "carrier": route.carrier,
+        "strip_digits": route.strip_digits,
+        "add_prefix": route.add_prefix,
+        "schedule": route.schedule,
     }
 
 
@@ -63,6 +67,7 @@ def block_row(rule: BlockRule) -> dict[str, Any]:
         "kind": rule.kind,
         "prefix": rule.prefix,
         "description": rule.description,
+        "schedule": rule.schedule,
     }
 
 
@@ -226,6 +231,51 @@ def cmd_route_version(ctx: Context, _args: argparse.Namespace) -> None:
     emit_one(ctx, {"version": ctx.db.transact_sync(route_store.current_version_txn)})
 
 
+def cmd_route_stats(ctx: Context, args: argparse.Namespace) -> None:
+    """Route quality as the nodes last saved it (every minute): attempts, ASR, ACD,
+    PDD and NER over the window, per destination, network id and carrier, with the
+    cool-down left where a key is demoted. Several nodes' figures are added up."""
+    import time
+
+    from osp_server.routing.policy import DefaultRoutingPolicy
+    from osp_server.storage import routing_data
+
+    options = (
+        ctx.config.plugin_options("default") if ctx.config.osp.routing_policy == "default" else {}
+    )
+    quality_options = {k: v for k, v in options.items() if k.startswith("quality_")}
+    try:
+        tracker = DefaultRoutingPolicy(**quality_options).quality
+    except (TypeError, ValueError) as e:
+        raise AdminError(f"[plugins.default] quality options: {e}") from None
+    now = time.monotonic()
+    wall = ctx.now().timestamp()
+    saved = ctx.db.transact_sync(routing_data.load_quality_txn)
+    for _node, data, _at in saved:
+        tracker.restore(data, now, wall)
+    rows = []
+    for key in sorted(tracker.keys()):
+        kind, _, name = key.partition(":")
+        if args.key is not None and args.key not in key:
+            continue
+        rows.append({"kind": kind, "key": name, **tracker.stats(key, now).as_dict()})
+    emit(
+        ctx,
+        rows,
+        (
+            "kind",
+            "key",
+            "attempts",
+            "answered",
+            "asr_percent",
+            "acd_seconds",
+            "pdd_seconds",
+            "ner_percent",
+            "demoted_seconds_left",
+        ),
+    )
+
+
 def register(subparsers: Subparsers) -> None:
     """Add the ``route`` command group to ``osp-admin``'s subparsers."""
     route = subparsers.add_parser("route", help="routes and block rules").add_subparsers(
@@ -262,3 +312,6 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--prefix")
     p.set_defaults(func=cmd_route_delete_blocks)
     route.add_parser("version", help="show the route version").set_defaults(func=cmd_route_version)
+    p = route.add_parser("stats", help="route quality: attempts, ASR, ACD, PDD, NER")
+    p.add_argument("--key", help="only keys containing this text (a destination, carrier ...)")
+    p.set_defaults(func=cmd_route_stats)

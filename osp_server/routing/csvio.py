@@ -6,6 +6,10 @@ Routes::
     default,1408,[10.0.0.1]:5060,sip,10,100,0.0100,,
     default,,gw.example.net:5060,sip,100,100,0.05,trunk7,50
 
+Optional columns: ``carrier`` (price the route from that carrier's rate deck),
+``strip_digits`` and ``add_prefix`` (number translation), ``schedule`` (validity, e.g.
+``mon-fri 08:00-18:00``; block rules have it too).
+
 Only ``prefix`` and ``destination`` columns are required; missing columns and empty
 cells take the defaults of `Route`. Block rules live in their own file with the header
 ``table,kind,prefix,description``. The first line is the header; blank lines and lines
@@ -28,6 +32,9 @@ from osp_server.routing.model import (
     BlockRule,
     InvalidRouteField,
     Route,
+    check_schedule,
+    validate_add_prefix,
+    validate_carrier,
     validate_cost,
     validate_description,
     validate_destination,
@@ -57,9 +64,13 @@ ROUTE_COLUMNS: Final = (
     "cost",
     "network_id",
     "call_limit",
+    "carrier",
+    "strip_digits",
+    "add_prefix",
+    "schedule",
 )
 ROUTE_REQUIRED: Final = frozenset({"prefix", "destination"})
-BLOCK_COLUMNS: Final = ("table", "kind", "prefix", "description")
+BLOCK_COLUMNS: Final = ("table", "kind", "prefix", "description", "schedule")
 BLOCK_REQUIRED: Final = frozenset({"kind", "prefix"})
 
 _INT_RE: Final = re.compile(r"[0-9]{1,10}")
@@ -121,6 +132,10 @@ def iter_routes_csv(
             cost=cell.get("cost", _cost, Decimal(0)),
             network_id=cell.get("network_id", validate_network_id, None),
             call_limit=cell.get("call_limit", _positive("call_limit"), None),
+            carrier=_shared_or_none(shared, cell.get("carrier", validate_carrier, None)),
+            strip_digits=cell.get("strip_digits", _non_negative("strip_digits"), None),
+            add_prefix=cell.get("add_prefix", validate_add_prefix, None),
+            schedule=_shared_or_none(shared, cell.get("schedule", check_schedule, None)),
         )
         previous = first_seen.setdefault(route.key, line)
         if previous != line:
@@ -156,6 +171,7 @@ def iter_blocks_csv(
             kind=cell.require("kind", _kind),
             prefix=cell.get("prefix", validate_prefix, ""),
             description=shared.setdefault(description, description),
+            schedule=cell.get("schedule", check_schedule, None),
         )
         previous = first_seen.setdefault(rule.key, line)
         if previous != line:
@@ -182,6 +198,10 @@ def render_routes_csv(routes: Iterable[Route]) -> str:
                 format(r.cost, "f"),
                 r.network_id or "",
                 "" if r.call_limit is None else str(r.call_limit),
+                r.carrier or "",
+                "" if r.strip_digits is None else str(r.strip_digits),
+                r.add_prefix or "",
+                r.schedule or "",
             )
             for r in routes
         ),
@@ -190,7 +210,10 @@ def render_routes_csv(routes: Iterable[Route]) -> str:
 
 def render_blocks_csv(rules: Iterable[BlockRule]) -> str:
     """A block-rule file that `parse_blocks_csv` reads back to the same rules."""
-    return _render(BLOCK_COLUMNS, ((r.table, r.kind, r.prefix, r.description) for r in rules))
+    return _render(
+        BLOCK_COLUMNS,
+        ((r.table, r.kind, r.prefix, r.description, r.schedule or "") for r in rules),
+    )
 
 
 def _render(columns: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> str:
@@ -348,6 +371,10 @@ class _Cells:
             raise RouteFileError(
                 self._line, f"bad value {value!r}: {e.problem}", column=column, value=value
             ) from None
+
+
+def _shared_or_none(shared: dict[str, str], value: str | None) -> str | None:
+    return None if value is None else shared.setdefault(value, value)
 
 
 def _non_negative(column: str) -> Callable[[str], int]:

@@ -166,9 +166,11 @@ class DefaultRoutingPolicy:
     ) -> None:
         self._tables = tables if tables is not None else RouteTables()
         self._rng = rng if rng is not None else random.SystemRandom()
-        self._clock = clock
-        self._wall_clock = wall_clock or (lambda: datetime.now(UTC))
-        self.calls = CallCounter(clock, max_hold_seconds=max_hold_seconds)
+        self.clock = clock
+        """Monotonic seconds for counters and statistics (replaceable in tests)."""
+        self.wall_clock = wall_clock or (lambda: datetime.now(UTC))
+        """The time of a call: rate decks in force and schedules (replaceable in tests)."""
+        self.calls = CallCounter(lambda: self.clock(), max_hold_seconds=max_hold_seconds)
         self._count_all = count_all_destinations
         # Without a transaction id a counted call can only expire; give it a key that
         # cannot collide with real (non-negative) transaction ids.
@@ -184,7 +186,9 @@ class DefaultRoutingPolicy:
                 cooldown_seconds=int(quality_cooldown_seconds),
             )
         )
-        self.fraud = FraudGuard(clock, max_hold_seconds=max_hold_seconds, on_alert=_log_alert)
+        self.fraud = FraudGuard(
+            lambda: self.clock(), max_hold_seconds=max_hold_seconds, on_alert=_log_alert
+        )
         self._local = LocalClock()
         self._carriers: OrderedDict[int, dict[str, str]] = OrderedDict()
 
@@ -201,7 +205,7 @@ class DefaultRoutingPolicy:
         """Decide where a call goes (see the module docstring)."""
         tables = self._tables
         profile = tables.profile(request.customer_id)
-        now = self._wall_clock()
+        now = self.wall_clock()
         in_force: Callable[[str | None], bool] | None = None
         if profile.schedules and tables.has_schedules:
             minute = self._local.minute_of_week(profile.time_zone, now)
@@ -319,7 +323,7 @@ class DefaultRoutingPolicy:
 
     def _judge(self, candidates: list[_Candidate]) -> None:
         quality = self.quality
-        now = self._clock()
+        now = self.clock()
         check_demoted = quality.any_demoted
         for c in candidates:
             route = c.route
@@ -386,7 +390,7 @@ class DefaultRoutingPolicy:
         carrier = self._carriers.get(report.key.transaction_id, {}).get(destination)
         if carrier is not None:
             keys.append(carrier_key(carrier))
-        for key in self.quality.record(keys, outcome_of(report), self._clock()):
+        for key in self.quality.record(keys, outcome_of(report), self.clock()):
             log.warn(
                 "route quality: {key} demoted for {seconds}s (below the thresholds)",
                 key=key,

@@ -58,7 +58,9 @@ def outcome_of(report: LegReport) -> CallOutcome:
     duration, _source = account_duration(values)
     seconds = float(duration) if duration is not None else 0.0
     seconds = min(max(seconds, 0.0), MAX_DURATION_SECONDS)
-    answered = values.connect_time is not None or seconds > 0
+    # Start to end without a ConnectTime is ringing time: only a connect time or a
+    # positive Amount says the call was answered.
+    answered = values.connect_time is not None or (values.amount is not None and values.amount > 0)
     cause_type = (values.termination_cause_type or "").lower()
     code = (values.termination_cause_code or "").strip()
     user_ended = (cause_type == "q850" and code in _USER_Q850) or (

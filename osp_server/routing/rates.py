@@ -14,7 +14,7 @@ import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from types import MappingProxyType
 from typing import Final
 
@@ -88,24 +88,37 @@ class Rate:
             self.effective_to is None or when < self.effective_to
         )
 
-    def billed_seconds(self, duration: Decimal) -> int:
-        """Seconds billed for a call of ``duration`` seconds (0 for an unanswered call)."""
-        if duration <= 0:
-            return 0
-        seconds = int(duration.to_integral_value(rounding="ROUND_CEILING"))
-        if seconds <= self.first_increment:
-            return self.first_increment
-        rest = seconds - self.first_increment
-        periods = -(-rest // self.next_increment)
-        return self.first_increment + periods * self.next_increment
+    @property
+    def plan(self) -> tuple[Decimal, Decimal, int, int]:
+        """(rate per minute, connection fee, first increment, next increment)."""
+        return (self.rate, self.connection_fee, self.first_increment, self.next_increment)
 
     def charge(self, duration: Decimal) -> Decimal:
-        """Connection fee plus the billed minutes at the rate; 0 for an unanswered call."""
-        billed = self.billed_seconds(duration)
-        if billed == 0:
-            return Decimal(0)
-        total = self.connection_fee + self.rate * Decimal(billed) / Decimal(60)
-        return total.quantize(CHARGE_QUANTUM, rounding=ROUND_HALF_UP)
+        """What a call of ``duration`` seconds costs at this rate (see `charge`)."""
+        return charge(self.plan, duration)
+
+
+def billed_seconds(first_increment: int, next_increment: int, duration: Decimal) -> int:
+    """Seconds billed for a call of ``duration`` seconds: the first increment whole,
+    then whole next increments (0 for an unanswered call)."""
+    if duration <= 0:
+        return 0
+    seconds = int(duration.to_integral_value(rounding=ROUND_CEILING))
+    if seconds <= first_increment:
+        return first_increment
+    periods = -(-(seconds - first_increment) // next_increment)
+    return first_increment + periods * next_increment
+
+
+def charge(plan: tuple[Decimal, Decimal, int, int], duration: Decimal) -> Decimal:
+    """Connection fee plus the billed minutes at the rate, to 6 decimals; 0 for an
+    unanswered call (``plan``: rate per minute, fee, first and next increment)."""
+    rate, fee, first, following = plan
+    billed = billed_seconds(first, following, duration)
+    if billed == 0:
+        return Decimal(0)
+    total = fee + rate * Decimal(billed) / Decimal(60)
+    return total.quantize(CHARGE_QUANTUM, rounding=ROUND_HALF_UP)
 
 
 class RateDeck:

@@ -7,9 +7,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from osp_server.cdr.legs import (
@@ -20,7 +21,9 @@ from osp_server.cdr.legs import (
     apply_report,
     new_record,
 )
+from osp_server.routing.rates import charge
 from osp_server.storage.errors import StorageError
+from osp_server.storage.routes import stored_decimal
 from osp_server.storage.schema import (
     call_ratings,
     capabilities,
@@ -367,9 +370,26 @@ USAGE_EXPORT_COLUMNS = (
     "duration_source",
     "reports",
     "updated_at",
+    "carrier",
+    "cost",
+    "price",
 )
 """One row per call leg, with its final values: ``duration`` is the accounted duration,
-``reported_amount`` the device's own Amount, ``state`` the last state reported."""
+``reported_amount`` the device's own Amount, ``state`` the last state reported.
+``carrier``, ``cost`` and ``price`` charge an originating leg with the rates in force
+when it was authorized (`osp_server.routing.rates.charge`): empty for legs that were
+not rated."""
+
+_RATING_COLUMNS = (
+    "cost_rate",
+    "cost_fee",
+    "cost_first",
+    "cost_next",
+    "price_rate",
+    "price_fee",
+    "price_first",
+    "price_next",
+)
 
 _DEVICE_COLUMNS = frozenset({"customer_id", "device_id"})
 
@@ -395,11 +415,24 @@ def usage_page(
     """
     columns = [
         (devices.c if name in _DEVICE_COLUMNS else usage_records.c)[name]
-        for name in USAGE_EXPORT_COLUMNS
+        for name in USAGE_EXPORT_COLUMNS[:-3]
     ]
+    rated = and_(
+        usage_records.c.role == "source",
+        call_ratings.c.transaction_id == usage_records.c.transaction_id,
+        call_ratings.c.destination == usage_records.c.destination,
+    )
     query = (
-        select(*columns)
-        .select_from(usage_records.join(devices, usage_records.c.device_pk == devices.c.id))
+        select(
+            *columns,
+            call_ratings.c.carrier,
+            *(call_ratings.c[name] for name in _RATING_COLUMNS),
+        )
+        .select_from(
+            usage_records.join(devices, usage_records.c.device_pk == devices.c.id).outerjoin(
+                call_ratings, rated
+            )
+        )
         .where(usage_records.c.id > after_id)
         .order_by(usage_records.c.id)
         .limit(limit)
@@ -416,7 +449,27 @@ def usage_page(
         query = query.where(devices.c.customer_id == customer_id)
     if device_id is not None:
         query = query.where(devices.c.device_id == device_id)
-    return [
-        {**r, "transaction_id": from_storage_id(r["transaction_id"])}
-        for r in conn.execute(query).mappings()
-    ]
+    return [_with_charges(r) for r in conn.execute(query).mappings()]
+
+
+def _with_charges(row: Any) -> dict[str, Any]:
+    """An export row: the leg's columns, its carrier, cost and price."""
+    out = {name: row[name] for name in USAGE_EXPORT_COLUMNS[:-3]}
+    out["transaction_id"] = from_storage_id(row["transaction_id"])
+    out["carrier"] = row["carrier"]
+    out["cost"] = out["price"] = None
+    if row["cost_rate"] is not None:
+        duration = Decimal(0) if row["duration"] is None else stored_decimal(row["duration"])
+        out["cost"] = charge(_plan(row, "cost"), duration)
+        if row["price_rate"] is not None:
+            out["price"] = charge(_plan(row, "price"), duration)
+    return out
+
+
+def _plan(row: Any, prefix: str) -> tuple[Decimal, Decimal, int, int]:
+    return (
+        stored_decimal(row[f"{prefix}_rate"]),
+        stored_decimal(row[f"{prefix}_fee"]),
+        int(row[f"{prefix}_first"]),
+        int(row[f"{prefix}_next"]),
+    )

@@ -155,7 +155,7 @@ def test_db_upgrade_and_status(tmp_path: Path, empty_database_url: str) -> None:
     upgraded = run.json("db", "upgrade")
     assert upgraded == {
         "schema_revision": "0009",
-        "applied": ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0009"],
+        "applied": ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009"],
     }
     assert run.json("db", "upgrade") == {"schema_revision": "0009", "applied": []}
     status = run.json("db", "status")
