@@ -434,7 +434,13 @@ class OSPService:
         if IUsageObserver.providedBy(self._policy):
             observer = cast(IUsageObserver, self._policy)
             for component, report in zip(message.components, reports, strict=True):
-                observer.leg_reported(report, _network_of(component))
+                # Only legs of calls we authorized: the originating device's own, or
+                # any device's terminating leg of one (invented reports demote nothing).
+                tid = component.transaction_id
+                if (component.role == "source" and tid in stored.own_transactions) or (
+                    component.role == "destination" and tid in stored.known_transactions
+                ):
+                    observer.leg_reported(report, _network_of(component))
         for component, report in zip(message.components, reports, strict=True):
             # Only the device that was authorized may end its call (a terminating device
             # also sees the TransactionId, in the token), and only when the leg ends:

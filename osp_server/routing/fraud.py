@@ -14,6 +14,7 @@ destination prefix (every call to it together). A limit that trips refuses with 
 ``answer`` code (603 or 9603) and TerminationCause of the same code (OSP.md §3.3) and
 raises an alert (once per key and minute): a log event and a metric.
 
+A limit for every customer (customer empty) counts each customer's calls on its own.
 Counters live in each node's memory: with N nodes behind a load balancer that spreads
 a customer's calls evenly, a limit allows up to N times its value in total (set limits
 per node accordingly). Calls per minute are a sliding window estimated from the
@@ -156,13 +157,17 @@ class _ListIndex:
 class FraudRules:
     """Immutable lists and limits, as loaded from storage."""
 
-    __slots__ = ("_lists", "entries", "limits")
+    __slots__ = ("_limits_by_customer", "_lists", "entries", "limits")
 
     def __init__(
         self, entries: Iterable[NumberListEntry] = (), limits: Iterable[FraudLimit] = ()
     ) -> None:
         self.entries = tuple(entries)
         self.limits = tuple(limits)
+        by_customer: dict[str | None, list[FraudLimit]] = {}
+        for limit in self.limits:
+            by_customer.setdefault(limit.customer_id, []).append(limit)
+        self._limits_by_customer = {c: tuple(found) for c, found in by_customer.items()}
         self._lists = {
             (name, kind): _ListIndex(e for e in self.entries if e.list == name and e.kind == kind)
             for name in LIST_NAMES
@@ -178,13 +183,10 @@ class FraudRules:
         """The entry of list ``name`` matching the number, or None."""
         return self._lists[(name, kind)].match(customer_id, digits)
 
-    def limits_for(self, customer_id: str) -> Iterable[FraudLimit]:
-        """Limits that apply to ``customer_id``'s calls (its own and everyone's)."""
-        return (
-            limit
-            for limit in self.limits
-            if limit.customer_id is None or limit.customer_id == customer_id
-        )
+    def limits_for(self, customer_id: str) -> tuple[FraudLimit, ...]:
+        """Limits that apply to ``customer_id``'s calls (its own, then everyone's)."""
+        by_customer = self._limits_by_customer
+        return by_customer.get(customer_id, ()) + by_customer.get(None, ())
 
 
 @dataclass(frozen=True)
@@ -289,10 +291,8 @@ class FraudGuard:
         minute, fraction = int(now // 60), (now % 60) / 60.0
         held: list[str] = []
         counted: list[str] = []
-        for index, limit in enumerate(rules.limits_for(customer_id)):
-            key = self._counter_key(
-                index, limit, customer_id, device_id, calling_digits, called_digits
-            )
+        for limit in rules.limits_for(customer_id):
+            key = self._counter_key(limit, customer_id, device_id, calling_digits, called_digits)
             if key is None:
                 continue
             if limit.per_minute is not None:
@@ -316,15 +316,15 @@ class FraudGuard:
 
     @staticmethod
     def _counter_key(
-        index: int,
         limit: FraudLimit,
         customer_id: str,
         device_id: str,
         calling_digits: str | None,
         called_digits: str | None,
     ) -> str | None:
-        # The rule's identity is in the key, so that two rules never share a counter.
-        rule = f"{limit.customer_id or '*'}/{limit.scope}/{limit.match}"
+        # The rule's identity is in the key, so that two rules never share a counter,
+        # and the customer too: each customer's calls are counted on their own.
+        rule = f"{customer_id}|{limit.customer_id or '*'}/{limit.scope}/{limit.match}"
         if limit.scope == "calling":
             if calling_digits is None or not calling_digits.startswith(limit.match):
                 return None
@@ -332,10 +332,10 @@ class FraudGuard:
         if limit.scope == "device":
             if limit.match and limit.match != device_id:
                 return None
-            return f"{rule}:{customer_id}/{device_id}"
+            return f"{rule}:{device_id}"
         if called_digits is None or not called_digits.startswith(limit.match):
             return None
-        return rule if limit.customer_id else f"{rule}:{customer_id}"
+        return rule
 
     def admit(self, transaction_id: int, keys: tuple[str, ...]) -> None:
         """Hold a concurrent-call slot on each key for ``transaction_id``."""

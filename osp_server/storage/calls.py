@@ -139,6 +139,9 @@ class StoredUsage:
     updated: int
     repeated: int
     own_transactions: frozenset[int] = frozenset()
+    known_transactions: frozenset[int] = frozenset()
+    """Reported transactions that this server authorized (any device): only their
+    legs count in route quality, so invented reports cannot demote a route."""
 
 
 _LEG_KEY_COLUMNS = ("device_pk", "transaction_id", "role", "destination", "component_id")
@@ -214,9 +217,8 @@ _FIND_LEG = {
     "postgresql": select(usage_records).where(*_KEY_MATCH).with_for_update(),
 }
 _UPDATE_LEG = update(usage_records).where(usage_records.c.id == bindparam("leg_id"))
-_OWN_TRANSACTIONS = select(transactions.c.transaction_id).where(
+_REPORTED_TRANSACTIONS = select(transactions.c.transaction_id, transactions.c.device_pk).where(
     transactions.c.transaction_id.in_(bindparam("ids", expanding=True)),
-    transactions.c.device_pk == bindparam("owner"),
 )
 
 
@@ -266,11 +268,12 @@ def store_usage_txn(
         if r.key.transaction_id and r.key.transaction_id < _INT63
     }
     own: frozenset[int] = frozenset()
+    known: frozenset[int] = frozenset()
     if reported:
-        own = frozenset(
-            conn.execute(_OWN_TRANSACTIONS, {"ids": sorted(reported), "owner": device_pk}).scalars()
-        )
-    return StoredUsage(outcomes["inserted"], outcomes["updated"], outcomes["repeated"], own)
+        found = conn.execute(_REPORTED_TRANSACTIONS, {"ids": sorted(reported)}).all()
+        known = frozenset(tid for tid, _owner in found)
+        own = frozenset(tid for tid, owner in found if owner == device_pk)
+    return StoredUsage(outcomes["inserted"], outcomes["updated"], outcomes["repeated"], own, known)
 
 
 def store_capabilities_txn(
