@@ -193,6 +193,8 @@ class ServeSpec:
     log_file: str
     stats_file: str
     profile_file: str | None = None
+    routing_depth: bool = False
+    """Load the issue-13 routing data too (bench/routing.py's `enrich`)."""
 
 
 def bare_stack(reactor: Any, tls: Any) -> Any:
@@ -282,7 +284,13 @@ def serve(spec: ServeSpec) -> int:
 
     core.db.transact_sync(ensure_device)
     # The route table lives in memory in the policy (as in the integration tests).
-    components.policy.replace(RouteTables(routes=make_routes(spec.routes)))  # type: ignore[attr-defined]
+    if spec.routing_depth:
+        from bench.routing import enrich, warm_quality
+
+        components.policy.replace(enrich(make_routes(spec.routes), special=["1678"]))  # type: ignore[attr-defined]
+        warm_quality(components.policy, random.Random(3))  # type: ignore[arg-type]
+    else:
+        components.policy.replace(RouteTables(routes=make_routes(spec.routes)))  # type: ignore[attr-defined]
 
     bare_factory = bare_stack(reactor, components.https_tls)
 
@@ -1115,19 +1123,23 @@ def run(settings: Settings, out: TextIO) -> int:
             return _run(settings, work, url, out)
 
 
-def _spec(settings: Settings, work: Path, url: str, token_format: str) -> ServeSpec:
+def _spec(
+    settings: Settings, work: Path, url: str, token_format: str, *, routing_depth: bool = False
+) -> ServeSpec:
+    name = f"{token_format}-depth" if routing_depth else token_format
     profile = None
     if settings.profile_dir is not None:
         settings.profile_dir.mkdir(parents=True, exist_ok=True)
-        profile = str(settings.profile_dir.resolve() / f"server-{token_format}.pstats")
+        profile = str(settings.profile_dir.resolve() / f"server-{name}.pstats")
     return ServeSpec(
         data_dir=str(work / "data"),
         database_url=url,
         token_format=token_format,
         routes=settings.routes,
-        log_file=str(work / f"server-{token_format}.log"),
-        stats_file=str(work / f"server-{token_format}.stats.json"),
+        log_file=str(work / f"server-{name}.log"),
+        stats_file=str(work / f"server-{name}.stats.json"),
         profile_file=profile,
+        routing_depth=routing_depth,
     )
 
 
@@ -1245,14 +1257,40 @@ def _run(settings: Settings, work: Path, url: str, out: TextIO) -> int:
     finally:
         xml.stop()
 
+    depth = ServerProcess(_spec(settings, work, url, "signed", routing_depth=True), work, "depth")
+    depth.start()
+    try:
+        say(
+            f"server (signed, routing depth: LCR, portability, quality, fraud, schedules) "
+            f"pid {depth.pid} up on the same data directory"
+        )
+        depth_before = depth.sample()
+        results.append(
+            run_phase(
+                depth,
+                depth.https_port,
+                device,
+                [auth_request] * n,
+                warmup=[auth_request] * w,
+                concurrency=c,
+                check=check_authorization,
+                name="auth-depth",
+            )
+        )
+        depth_after = depth.sample()
+    finally:
+        depth.stop()
+
     say()
     for line in format_table(results, bare):
         say(line)
     say()
     say(rss_line("token_format signed", signed_before, signed_after))
     say(rss_line("token_format xml", xml_before, xml_after))
+    say(rss_line("routing depth", depth_before, depth_after))
     say(gc_line("token_format signed", read_gc_summary(Path(signed.spec.stats_file)), results))
     say(gc_line("token_format xml", read_gc_summary(Path(xml.spec.stats_file)), results))
+    say(gc_line("routing depth", read_gc_summary(Path(depth.spec.stats_file)), results))
     stored = next(r for r in results if r.name == "usage-insert")
     say(
         f"usage: {stored.throughput * USAGE_LEGS:,.0f} durable records/s "
@@ -1267,6 +1305,14 @@ def _run(settings: Settings, work: Path, url: str, out: TextIO) -> int:
         f"{limit.rate(cpus):.1f}/s on {cpus} CPUs (argon2id check {limit.argon2_ms:.0f} ms "
         f"+ RSA-2048 signature {limit.signing_ms:.1f} ms of CPU): "
         f"{enrolled.throughput / limit.rate(cpus):.2f} of the limit"
+    )
+    plain = next(r for r in results if r.name == "auth-signed")
+    deep = next(r for r in results if r.name == "auth-depth")
+    say(
+        f"routing depth: server CPU {deep.server_cpu_ms_per_request:.3f} ms per authorization "
+        f"with every routing part on vs {plain.server_cpu_ms_per_request:.3f} ms "
+        f"(x{deep.server_cpu_ms_per_request / plain.server_cpu_ms_per_request:.2f}; "
+        f"bench/routing.py times the decision alone)"
     )
     paced = next(r for r in results if r.name == "auth-half")
     p99 = paced.percentile(99)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
 
@@ -903,7 +903,12 @@ def _assemble(
             reactor, lambda: components.reload_tls(), interval=RENEWAL_CHECK_SECONDS
         ).setServiceParent(top)
     if core.worker is None or core.worker.runs_housekeeping:
-        reaper = TransactionReaper(core.db, reactor, clock=core.clock)
+        reaper = TransactionReaper(
+            core.db,
+            reactor,
+            clock=core.clock,
+            rating_retention=timedelta(days=config.osp.rating_retention_days),
+        )
         reaper.setName("reaper")
         reaper.setServiceParent(top)
     if core.worker is None:

@@ -141,6 +141,8 @@ class OSPConfig:
     token_backdate_seconds: int = 60
     call_time_limit_seconds: int = 3600
     transaction_ttl_seconds: int = 86400
+    rating_retention_days: int = 90
+    """How long the rates recorded with each authorization are kept for usage export."""
     routing_policy: str = "default"
     route_refresh_seconds: float = 5.0
     access_poll_seconds: float = 0.5
@@ -525,6 +527,9 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> Config
             OSPConfig.transaction_ttl_seconds,
             minimum=60,
             maximum=90 * 86400,
+        ),
+        rating_retention_days=osp_s.integer(
+            "rating_retention_days", OSPConfig.rating_retention_days, minimum=1, maximum=3660
         ),
         routing_policy=osp_s.string("routing_policy", OSPConfig.routing_policy),
         route_refresh_seconds=osp_s.number(

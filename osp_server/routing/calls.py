@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import Counter
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Final
@@ -51,12 +50,12 @@ class CallCounter:
         # Insertion order is start order (a restarted call is moved to the end), so
         # expiry only ever looks at the front.
         self._calls: dict[int, _HeldCall] = {}
-        self._active: Counter[CounterKey] = Counter()
+        self._active: dict[CounterKey, int] = {}
 
     def active(self, route: Route) -> int:
         """Calls currently held on ``route``."""
         self.expire()
-        return self._active[route.key]
+        return self._active.get(route.key, 0)
 
     def at_limit(self, route: Route) -> bool:
         """True when ``route`` has a call limit and it is used up."""
@@ -65,7 +64,7 @@ class CallCounter:
     def active_count(self, key: CounterKey) -> int:
         """Calls currently held on ``key``."""
         self.expire()
-        return self._active[key]
+        return self._active.get(key, 0)
 
     def start(self, transaction_id: int, routes: Iterable[Route]) -> None:
         """Hold one slot on each of ``routes`` for ``transaction_id``.
@@ -81,7 +80,9 @@ class CallCounter:
         if not keys:
             return
         self._calls[transaction_id] = _HeldCall(self._clock(), keys)
-        self._active.update(keys)
+        active = self._active
+        for key in keys:
+            active[key] = active.get(key, 0) + 1
         while len(self._calls) > self._max_tracked:
             self.end(next(iter(self._calls)))
 
@@ -89,14 +90,22 @@ class CallCounter:
         """Release what ``transaction_id`` holds (nothing if unknown or already ended)."""
         held = self._calls.pop(transaction_id, None)
         if held is not None:
-            self._active.subtract(held.keys)
+            active = self._active
             for key in held.keys:
-                if self._active[key] <= 0:
-                    del self._active[key]
+                left = active.get(key, 0) - 1
+                if left > 0:
+                    active[key] = left
+                else:
+                    active.pop(key, None)
 
     def expire(self) -> int:
         """Release calls held longer than the maximum hold time; return how many."""
+        calls = self._calls
+        if not calls:
+            return 0
         deadline = self._clock() - self._max_hold
+        if next(iter(calls.values())).started > deadline:
+            return 0  # the oldest call is within its hold time: nothing to release
         expired = list(
             itertools.takewhile(lambda item: item[1].started <= deadline, self._calls.items())
         )

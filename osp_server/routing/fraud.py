@@ -139,7 +139,11 @@ class _ListIndex:
             lengths.add(len(entry.prefix))
         self._lengths = sorted(lengths, reverse=True)
 
+    def __bool__(self) -> bool:
+        return bool(self._by_customer)
+
     def match(self, customer_id: str, digits: str | None) -> NumberListEntry | None:
+        """The entry with the longest prefix of ``digits``: the customer's own first."""
         if digits is None or not self._by_customer:
             return None
         for scope in (customer_id, None):
@@ -157,22 +161,41 @@ class _ListIndex:
 class FraudRules:
     """Immutable lists and limits, as loaded from storage."""
 
-    __slots__ = ("_limits_by_customer", "_lists", "entries", "limits")
+    __slots__ = (
+        "_limits_by_customer",
+        "_lists",
+        "allow_calling",
+        "allow_destination",
+        "deny_calling",
+        "deny_destination",
+        "entries",
+        "limits",
+        "premium",
+    )
 
     def __init__(
         self, entries: Iterable[NumberListEntry] = (), limits: Iterable[FraudLimit] = ()
     ) -> None:
         self.entries = tuple(entries)
         self.limits = tuple(limits)
-        by_customer: dict[str | None, list[FraudLimit]] = {}
+        by_customer: dict[str | None, list[tuple[FraudLimit, str]]] = {}
         for limit in self.limits:
-            by_customer.setdefault(limit.customer_id, []).append(limit)
+            # The rule's identity goes into its counters' keys: two rules never share one.
+            tag = f"{limit.customer_id or '*'}/{limit.scope}/{limit.match}"
+            by_customer.setdefault(limit.customer_id, []).append((limit, tag))
         self._limits_by_customer = {c: tuple(found) for c, found in by_customer.items()}
         self._lists = {
             (name, kind): _ListIndex(e for e in self.entries if e.list == name and e.kind == kind)
             for name in LIST_NAMES
             for kind in LIST_KINDS
         }
+        # The non-empty indexes, for the per-call checks (None: nothing to look up).
+        lists = self._lists
+        self.allow_calling = lists[("allow", "calling")] or None
+        self.allow_destination = lists[("allow", "destination")] or None
+        self.deny_calling = lists[("deny", "calling")] or None
+        self.deny_destination = lists[("deny", "destination")] or None
+        self.premium = lists[("premium", "destination")] or None
 
     def __bool__(self) -> bool:
         return bool(self.entries or self.limits)
@@ -183,8 +206,9 @@ class FraudRules:
         """The entry of list ``name`` matching the number, or None."""
         return self._lists[(name, kind)].match(customer_id, digits)
 
-    def limits_for(self, customer_id: str) -> tuple[FraudLimit, ...]:
-        """Limits that apply to ``customer_id``'s calls (its own, then everyone's)."""
+    def limits_for(self, customer_id: str) -> tuple[tuple[FraudLimit, str], ...]:
+        """(limit, its counter tag) that apply to ``customer_id``'s calls: its own,
+        then everyone's."""
         by_customer = self._limits_by_customer
         return by_customer.get(customer_id, ()) + by_customer.get(None, ())
 
@@ -202,39 +226,32 @@ class FraudAlert:
 
 
 class _RateWindow:
-    """Calls per minute per key: this minute's and the last minute's counts."""
+    """Calls per minute per key: this minute's and the last minute's counts.
+
+    Bounded: beyond `MAX_COUNTER_KEYS` the oldest keys are dropped (their count
+    starts again from zero).
+    """
 
     __slots__ = ("_counts",)
 
     def __init__(self) -> None:
-        self._counts: OrderedDict[str, list[int]] = OrderedDict()
+        self._counts: dict[str, list[int]] = {}
 
-    def estimate(self, key: str, minute: int, fraction: float) -> float:
-        slot = self._counts.get(key)
+    def hit(self, key: str, minute: int, fraction: float) -> float:
+        """Count one call now; the estimated calls of the last 60 s, this one included."""
+        counts = self._counts
+        slot = counts.get(key)
         if slot is None:
-            return 0.0
-        current, previous = self._rolled(slot, minute)
-        return current + previous * (1.0 - fraction)
-
-    def add(self, key: str, minute: int) -> None:
-        slot = self._counts.get(key)
-        if slot is None:
-            slot = self._counts[key] = [minute, 0, 0]
-            if len(self._counts) > MAX_COUNTER_KEYS:
-                self._counts.popitem(last=False)
-        else:
-            self._counts.move_to_end(key)
-        current, previous = self._rolled(slot, minute)
-        slot[0], slot[1], slot[2] = minute, current + 1, previous
-
-    @staticmethod
-    def _rolled(slot: list[int], minute: int) -> tuple[int, int]:
-        started, current, previous = slot
-        if started == minute:
-            return current, previous
-        if started == minute - 1:
-            return 0, current
-        return 0, 0
+            counts[key] = [minute, 1, 0]
+            if len(counts) > MAX_COUNTER_KEYS:
+                del counts[next(iter(counts))]
+            return 1.0
+        started = slot[0]
+        if started != minute:
+            slot[2] = slot[1] if started == minute - 1 else 0
+            slot[0], slot[1] = minute, 0
+        slot[1] += 1
+        return slot[1] + slot[2] * (1.0 - fraction)
 
 
 class FraudGuard:
@@ -269,73 +286,63 @@ class FraudGuard:
         called_digits: str | None,
     ) -> tuple[RoutingDecision | None, tuple[str, ...]]:
         """(refusal or None, the concurrent-call keys an admitted call would hold)."""
-        if (
-            rules.listed("allow", "calling", customer_id, calling_digits) is not None
-            or rules.listed("allow", "destination", customer_id, called_digits) is not None
-        ):
+        allow = rules.allow_calling
+        if allow is not None and allow.match(customer_id, calling_digits) is not None:
             return None, ()
-        for kind, digits in (("calling", calling_digits), ("destination", called_digits)):
-            entry = rules.listed("deny", kind, customer_id, digits)  # type: ignore[arg-type]
-            if entry is not None:
-                self._alert(
-                    "deny-list", kind, entry.prefix, NETWORK_BLOCKED, customer_id, device_id
-                )
-                return RoutingDecision.refused(NETWORK_BLOCKED, entry.description), ()
-        premium = rules.listed("premium", "destination", customer_id, called_digits)
+        allow = rules.allow_destination
+        if allow is not None and allow.match(customer_id, called_digits) is not None:
+            return None, ()
+        deny = rules.deny_calling
+        entry = None if deny is None else deny.match(customer_id, calling_digits)
+        kind = "calling"
+        if entry is None and rules.deny_destination is not None:
+            entry = rules.deny_destination.match(customer_id, called_digits)
+            kind = "destination"
+        if entry is not None:
+            self._alert("deny-list", kind, entry.prefix, NETWORK_BLOCKED, customer_id, device_id)
+            return RoutingDecision.refused(NETWORK_BLOCKED, entry.description), ()
+        premium = None if rules.premium is None else rules.premium.match(customer_id, called_digits)
         if premium is not None:
             self._alert(
                 "premium-rate", "destination", premium.prefix, DECLINE, customer_id, device_id
             )
             return RoutingDecision.refused(DECLINE, premium.description), ()
+        limits = rules.limits_for(customer_id)
+        if not limits:
+            return None, ()
         now = self._clock()
         minute, fraction = int(now // 60), (now % 60) / 60.0
         held: list[str] = []
-        counted: list[str] = []
-        for limit in rules.limits_for(customer_id):
-            key = self._counter_key(limit, customer_id, device_id, calling_digits, called_digits)
-            if key is None:
-                continue
-            if limit.per_minute is not None:
-                if self._rates.estimate(key, minute, fraction) + 1 > limit.per_minute:
-                    self._rates.add(key, minute)
-                    self._alert(
-                        "calls-per-minute", limit.scope, key, limit.answer, customer_id, device_id
-                    )
-                    return _limit_refusal(limit), ()
-                counted.append(key)
+        for limit, tag in limits:
+            # Counters are per customer: a rule for everyone counts each one's calls.
+            scope = limit.scope
+            if scope == "calling":
+                if calling_digits is None or not calling_digits.startswith(limit.match):
+                    continue
+                key = f"{customer_id}|{tag}:{calling_digits}"
+            elif scope == "device":
+                if limit.match and limit.match != device_id:
+                    continue
+                key = f"{customer_id}|{tag}:{device_id}"
+            else:
+                if called_digits is None or not called_digits.startswith(limit.match):
+                    continue
+                key = f"{customer_id}|{tag}"
+            # Every attempt counts, refused ones too: a caller hammering a limit stays
+            # refused until its rate falls.
+            if limit.per_minute is not None and (
+                self._rates.hit(key, minute, fraction) > limit.per_minute
+            ):
+                self._alert("calls-per-minute", scope, key, limit.answer, customer_id, device_id)
+                return _limit_refusal(limit), ()
             if limit.concurrent is not None:
                 if self._active.active_count(key) >= limit.concurrent:
                     self._alert(
-                        "concurrent-calls", limit.scope, key, limit.answer, customer_id, device_id
+                        "concurrent-calls", scope, key, limit.answer, customer_id, device_id
                     )
                     return _limit_refusal(limit), ()
                 held.append(key)
-        for key in counted:
-            self._rates.add(key, minute)
         return None, tuple(held)
-
-    @staticmethod
-    def _counter_key(
-        limit: FraudLimit,
-        customer_id: str,
-        device_id: str,
-        calling_digits: str | None,
-        called_digits: str | None,
-    ) -> str | None:
-        # The rule's identity is in the key, so that two rules never share a counter,
-        # and the customer too: each customer's calls are counted on their own.
-        rule = f"{customer_id}|{limit.customer_id or '*'}/{limit.scope}/{limit.match}"
-        if limit.scope == "calling":
-            if calling_digits is None or not calling_digits.startswith(limit.match):
-                return None
-            return f"{rule}:{calling_digits}"
-        if limit.scope == "device":
-            if limit.match and limit.match != device_id:
-                return None
-            return f"{rule}:{device_id}"
-        if called_digits is None or not called_digits.startswith(limit.match):
-            return None
-        return rule
 
     def admit(self, transaction_id: int, keys: tuple[str, ...]) -> None:
         """Hold a concurrent-call slot on each key for ``transaction_id``."""

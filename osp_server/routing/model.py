@@ -391,9 +391,16 @@ class RoutedDestination:
     """What the call costs us and what we charge for it (None: not rated)."""
 
     def __post_init__(self) -> None:
-        validate_destination(self.signal_address, "signal_address")
-        validate_protocol(self.protocol)
-        validate_network_id(self.network_id)
+        route = self.route
+        if not (
+            route is not None
+            and self.signal_address is route.destination
+            and self.protocol is route.protocol
+            and self.network_id is route.network_id
+        ):  # values taken from a route were checked when it was built
+            validate_destination(self.signal_address, "signal_address")
+            validate_protocol(self.protocol)
+            validate_network_id(self.network_id)
         for name, number in (("calling", self.calling), ("called", self.called)):
             if number is not None and (
                 not number

@@ -214,18 +214,21 @@ class DefaultRoutingPolicy:
                 return schedule is None or (parse_schedule(schedule) >> minute) & 1 == 1
 
         called_digits = number_digits(request.called)
+        calling_digits = number_digits(request.calling)
         fraud_keys: tuple[str, ...] = ()
         if profile.fraud and tables.fraud:
             refusal, fraud_keys = self.fraud.check(
                 tables.fraud,
                 customer_id=request.customer_id,
                 device_id=request.device_id,
-                calling_digits=number_digits(request.calling),
+                calling_digits=calling_digits,
                 called_digits=called_digits,
             )
             if refusal is not None:
                 return refusal
-        block = tables.find_block(request.route_table, request.calling, request.called, in_force)
+        block = tables.find_block_digits(
+            request.route_table, calling_digits, called_digits, in_force
+        )
         if block is not None:
             return RoutingDecision.blocked(block.description)
         if called_digits is None:

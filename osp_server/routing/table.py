@@ -47,6 +47,8 @@ def number_digits(number: str) -> str | None:
     (keeping the user part, without ``;parameters`` or ``:password``) and one leading
     ``+``. Returns None unless what remains is 1..`MAX_NUMBER_CHARS` ASCII digits.
     """
+    if number.isdigit() and number.isascii() and len(number) <= MAX_NUMBER_CHARS:
+        return number  # the common case: plain digits, as devices send E.164 numbers
     text = number.strip()
     if len(text) > MAX_NUMBER_CHARS * 4:
         return None
@@ -89,9 +91,11 @@ class PrefixIndex(Generic[T]):
                 raise RouteTableError(f"bad prefix {prefix!r}")
             grouped.setdefault(prefix, []).append(item)
             count += 1
-        self._by_prefix: Mapping[str, tuple[T, ...]] = MappingProxyType(
-            {prefix: tuple(group) for prefix, group in grouped.items()}
-        )
+        # A plain dict (not a MappingProxyType): every lookup walks up to 33 prefixes
+        # and a proxy's get costs twice as much; nothing outside this class writes it.
+        self._by_prefix: dict[str, tuple[T, ...]] = {
+            prefix: tuple(group) for prefix, group in grouped.items()
+        }
         self._longest = max((len(p) for p in grouped), default=0)
         self._count = count
 
@@ -204,6 +208,14 @@ class RouteTables:
         found = profiles.get(customer_id) or profiles.get(ALL_CUSTOMERS)
         return found if found is not None else DEFAULT_PROFILE
 
+    def with_profiles(self, profiles: Iterable[RoutingProfile]) -> RouteTables:
+        """The same snapshot with other routing profiles (every index shared)."""
+        copy = object.__new__(RouteTables)
+        for name in RouteTables.__slots__:
+            setattr(copy, name, getattr(self, name))
+        copy._profiles = MappingProxyType({p.customer_id: p for p in profiles})
+        return copy
+
     def profiles(self) -> list[RoutingProfile]:
         """Every stored profile."""
         return list(self._profiles.values())
@@ -275,8 +287,15 @@ class RouteTables:
                 if match is not None:
                     return match[1]
                 continue
-            for group in index.matches(digits):
-                usable = tuple(route for route in group if in_force(route.schedule))
+            # Inlined `index.matches`: this runs on every call with schedules on.
+            by_prefix = index._by_prefix
+            for length in range(min(len(digits), index._longest), -1, -1):
+                group = by_prefix.get(digits[:length])
+                if group is None:
+                    continue
+                usable = tuple(
+                    route for route in group if route.schedule is None or in_force(route.schedule)
+                )
                 if usable:
                     return usable
         return ()
@@ -296,8 +315,18 @@ class RouteTables:
         even one without digits (a URI or ``anonymous``). ``in_force`` as in
         `lookup`: a rule outside its schedule does not apply.
         """
-        calling_digits = number_digits(calling)
-        called_digits = number_digits(called)
+        return self.find_block_digits(
+            table, number_digits(calling), number_digits(called), in_force
+        )
+
+    def find_block_digits(
+        self,
+        table: str | None,
+        calling_digits: str | None,
+        called_digits: str | None,
+        in_force: Callable[[str | None], bool] | None = None,
+    ) -> BlockRule | None:
+        """`find_block` of numbers already reduced to their digits (None: no digits)."""
         for name in _tables_to_search(table):
             for blocks, digits in (
                 (self._source_blocks, calling_digits),
@@ -306,9 +335,14 @@ class RouteTables:
                 index = blocks.get(name)
                 if index is None:
                     continue
-                for group in index.matches(digits if digits is not None else ""):
+                number = digits if digits is not None else ""
+                by_prefix = index._by_prefix
+                for length in range(min(len(number), index._longest), -1, -1):
+                    group = by_prefix.get(number[:length])
+                    if group is None:
+                        continue
                     rule = group[0]
-                    if in_force is None or in_force(rule.schedule):
+                    if rule.schedule is None or in_force is None or in_force(rule.schedule):
                         return rule
         return None
 

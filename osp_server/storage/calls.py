@@ -347,6 +347,21 @@ def purge_expired_transactions_txn(conn: Connection, *, now: datetime, limit: in
     return len(ids)
 
 
+def purge_old_ratings_txn(conn: Connection, *, before: datetime, limit: int = 10_000) -> int:
+    """Delete the call ratings of up to ``limit`` authorizations recorded before
+    ``before`` (every row of an authorization has its time); how many authorizations."""
+    old = (
+        select(call_ratings.c.transaction_id)
+        .where(call_ratings.c.created_at < before)
+        .distinct()
+        .limit(limit)
+    )
+    ids = [row[0] for row in conn.execute(old)]
+    if ids:
+        conn.execute(delete(call_ratings).where(call_ratings.c.transaction_id.in_(ids)))
+    return len(ids)
+
+
 USAGE_EXPORT_COLUMNS = (
     "id",
     "received_at",

@@ -10,7 +10,7 @@ import subprocess
 
 from tests.unit.bench_runner import run_bench
 
-PHASES = ("bare-http", "auth-signed", "auth-half", "usage-insert", "auth-xml")
+PHASES = ("bare-http", "auth-signed", "auth-half", "usage-insert", "auth-xml", "auth-depth")
 
 
 def _run_quick() -> subprocess.CompletedProcess[str]:
@@ -43,4 +43,5 @@ def test_quick_run_prints_every_phase_without_errors() -> None:
     assert enroll[1] == "4" and enroll[8] == "0", enroll
     assert any(line.startswith("enrollment: ") and "of the limit" in line for line in lines)
     assert any(line.startswith("usage: ") and "durable records/s" in line for line in lines)
+    assert any(line.startswith("routing depth: server CPU") for line in lines)
     assert lines[-1] == "RESULT ok: 0 errors"

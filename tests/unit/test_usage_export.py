@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from osp_server.admin.cli import main
 from osp_server.admin.context import Context
@@ -23,6 +23,7 @@ from osp_server.osp.usage_reports import leg_report
 from osp_server.storage import calls
 from osp_server.storage import devices as device_store
 from osp_server.storage.db import Database
+from osp_server.storage.schema import call_ratings
 from tests.conftest import VECTORS
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -134,6 +135,9 @@ async def test_expired_transactions_are_purged(config_path: Path) -> None:
                 now=NOW,
             )
             for txid, expires in ((1, NOW - timedelta(seconds=1)), (2, NOW + timedelta(hours=1))):
+                # Ratings are kept for their own retention (usage export needs them
+                # after the transaction is gone): 100 days old for 1, 1 day for 2.
+                recorded = NOW - timedelta(days=100 if txid == 1 else 1)
                 calls.insert_transaction_txn(
                     conn,
                     transaction_id=txid,
@@ -145,7 +149,27 @@ async def test_expired_transactions_are_purged(config_path: Path) -> None:
                     destinations=[],
                     now=NOW,
                     expires_at=expires,
+                    ratings=[
+                        {
+                            "transaction_id": txid,
+                            "destination": f"[10.0.0.{n}]:5060",
+                            "carrier": None,
+                            "cost_rate": Decimal("0.01"),
+                            "cost_fee": Decimal(0),
+                            "cost_first": 1,
+                            "cost_next": 1,
+                            "price_rate": None,
+                            "price_fee": None,
+                            "price_first": None,
+                            "price_next": None,
+                            "created_at": recorded,
+                        }
+                        for n in (1, 2)
+                    ],
                 )
+
+        def ratings(conn: Connection) -> list[int]:
+            return sorted(row[0] for row in conn.execute(select(call_ratings.c.transaction_id)))
 
         ctx.db.transact_sync(seed)
         db = Database(ctx.db.engine, reactor)
@@ -155,6 +179,7 @@ async def test_expired_transactions_are_purged(config_path: Path) -> None:
         assert await reaper.purge_once() == 0
         assert ctx.db.transact_sync(calls.get_transaction_txn, 1) is None
         assert ctx.db.transact_sync(calls.get_transaction_txn, 2) is not None
+        assert ctx.db.transact_sync(ratings) == [2, 2]  # 90 days by default
         db.stop()
     finally:
         ctx.close()
