@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import timeit
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,10 @@ if str(REPO) not in sys.path:
 
 from bench.common import positive_int  # noqa: E402
 from osp_server.routing.model import BlockKind, BlockRule, Route  # noqa: E402
+from osp_server.routing.portability import PortedNumber  # noqa: E402
+from osp_server.routing.rates import Rate  # noqa: E402
 from osp_server.storage import routes as route_store  # noqa: E402
+from osp_server.storage import routing_data  # noqa: E402
 from osp_server.storage.db import (  # noqa: E402
     MIGRATION_TIMEOUT_SECONDS,
     create_db_engine,
@@ -85,10 +89,51 @@ def _timed_import(engine: Engine, store: Any, items: list[Any]) -> tuple[Any, fl
     return result, time.perf_counter() - started
 
 
+def _routing_data(engine: Engine, ported: int, rates: int, say: Any) -> None:
+    """Import ported numbers and a rate deck (issue 13), then time a full snapshot load
+    with them (what every node does after each routing change)."""
+    numbers = [
+        PortedNumber(str(12_000_000_000 + i * 13), str(10_000_000 + (i % 1000) * 7))
+        for i in range(ported)
+    ]
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        routing_data.import_ported(conn, numbers, replace=True)
+    say(f"import: {ported:,} ported numbers in {time.perf_counter() - started:.1f} s")
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    deck = [
+        Rate("alpha", str(10_000_000 + i * 7)[:7], Decimal("0.0100"), effective_from=since)
+        for i in range(0, rates * 7, 7)
+    ]
+    unique = list({r.key: r for r in deck}.values())
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        routing_data.import_rates(conn, "alpha", unique, replace=True)
+    say(f"import: {len(unique):,} deck rows in {time.perf_counter() - started:.1f} s")
+    del numbers, deck, unique
+    gc.collect()
+    before = _rss_mib()
+    started = time.perf_counter()
+    with engine.connect() as conn:
+        _, tables = route_store.load_snapshot_txn(conn)
+    loaded = time.perf_counter() - started
+    say(
+        f"load with routing data ({len(tables.ported):,} ported numbers, "
+        f"{len(tables.rates):,} deck rows): {loaded:.2f} s; RSS {before:.0f} -> "
+        f"{_rss_mib():.0f} MiB"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(prog="bench/routes.py", description=__doc__.split("\n")[0])
     parser.add_argument("--routes", type=positive_int, default=1_000_000)
+    parser.add_argument(
+        "--ported", type=positive_int, default=100_000, help="ported numbers (issue 13)"
+    )
+    parser.add_argument(
+        "--rates", type=positive_int, default=200_000, help="rate deck rows (issue 13)"
+    )
     parser.add_argument(
         "--database",
         help="an empty PostgreSQL database (postgresql://...) instead of a new SQLite file",
@@ -142,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
             micros = timeit.timeit(lookup, number=n) / n * 1e6
             say(f"lookup {name}: {micros:.2f} us (target < 20 us)")
+        _routing_data(engine, args.ported, args.rates, say)
         started = time.perf_counter()
         gc.collect()
         full = time.perf_counter() - started

@@ -440,7 +440,12 @@ class OSPService:
                 if (component.role == "source" and tid in stored.own_transactions) or (
                     component.role == "destination" and tid in stored.known_transactions
                 ):
-                    observer.leg_reported(report, _network_of(component))
+                    try:
+                        observer.leg_reported(report, _network_of(component))
+                    except Exception:
+                        # The reports are stored: a policy's statistics must not turn
+                        # their confirmation into an error (devices never resend).
+                        log.failure("routing policy failed to take a usage report")
         for component, report in zip(message.components, reports, strict=True):
             # Only the device that was authorized may end its call (a terminating device
             # also sees the TransactionId, in the token), and only when the leg ends:

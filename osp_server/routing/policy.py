@@ -177,13 +177,13 @@ class DefaultRoutingPolicy:
         self._anonymous = itertools.count(-1, -1)
         self.quality = QualityTracker(
             QualityThresholds(
-                window_seconds=int(quality_window_seconds),
-                bucket_seconds=int(quality_bucket_seconds),
-                min_attempts=int(quality_min_attempts),
-                min_asr=float(quality_min_asr),
-                min_ner=float(quality_min_ner),
-                max_pdd=float(quality_max_pdd),
-                cooldown_seconds=int(quality_cooldown_seconds),
+                window_seconds=_whole("quality_window_seconds", quality_window_seconds),
+                bucket_seconds=_whole("quality_bucket_seconds", quality_bucket_seconds),
+                min_attempts=_whole("quality_min_attempts", quality_min_attempts),
+                min_asr=_number("quality_min_asr", quality_min_asr),
+                min_ner=_number("quality_min_ner", quality_min_ner),
+                max_pdd=_number("quality_max_pdd", quality_max_pdd),
+                cooldown_seconds=_whole("quality_cooldown_seconds", quality_cooldown_seconds),
             )
         )
         self.fraud = FraudGuard(
@@ -400,6 +400,20 @@ class DefaultRoutingPolicy:
                 seconds=self.quality.thresholds.cooldown_seconds,
                 event="route_demoted",
             )
+
+
+def _whole(name: str, value: object) -> int:
+    """An integer option (a TOML integer; not a boolean, not a float)."""
+    if type(value) is not int:
+        raise ValueError(f"{name} must be a whole number, not {value!r}")
+    return value
+
+
+def _number(name: str, value: object) -> float:
+    """A number option (a TOML integer or float; not a boolean)."""
+    if type(value) not in (int, float):
+        raise ValueError(f"{name} must be a number, not {value!r}")
+    return float(value)  # type: ignore[arg-type]
 
 
 def _log_alert(alert: FraudAlert) -> None:

@@ -388,3 +388,23 @@ def test_ported_lists_and_limits_files() -> None:
     assert raised.value.column == "list"
     limits = parse_limits_csv("scope,match,per_minute,concurrent,answer\ncalling,1,10,,9603\n")
     assert limits == [FraudLimit("calling", "1", per_minute=10, answer=9603)]
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"quality_min_asr": "high"}, "quality_min_asr must be a number"),
+        ({"quality_min_attempts": 2.5}, "quality_min_attempts must be a whole number"),
+        ({"quality_window_seconds": True}, "whole number"),
+        ({"quality_min_asr": 1.5}, "min_asr must be a fraction"),
+        ({"quality_bucket_seconds": 7200}, "bucket_seconds <= window_seconds"),
+        ({"quality_threshold": 1}, "unexpected keyword"),
+    ],
+)
+def test_bad_quality_options_stop_start_up_with_a_reason(
+    options: dict[str, object], problem: str
+) -> None:
+    from osp_server.interfaces import ExtensionLoadError, load_routing_policy
+
+    with pytest.raises(ExtensionLoadError, match=problem):
+        load_routing_policy("default", **options)
