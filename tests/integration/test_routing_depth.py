@@ -15,9 +15,13 @@ from typing import Any
 import pytest
 import pytest_twisted
 from defusedxml import ElementTree
+from prometheus_client import generate_latest
 
 from twisted.internet.defer import Deferred
+from twisted.logger import capturedLogs
 
+from osp_server.osp.codec import decode_request
+from osp_server.osp.messages import AuthorizationRequest
 from osp_server.routing.fraud import FraudLimit, NumberListEntry
 from osp_server.routing.model import BlockRule, Route
 from osp_server.routing.policy import DefaultRoutingPolicy
@@ -130,10 +134,14 @@ def _addresses(response: Any) -> list[str]:
 
 
 async def _authorize(env: MemoryEnv, body: bytes) -> Any:
+    """POST an AuthorizationRequest; the answer must pass every OSP.md §3 rule the
+    toolkit applies (ids and CallIds echoed, Status, Destination elements)."""
     answer = await env.post(body)
     assert answer.code == 200
+    request = decode_request(body)
+    assert isinstance(request, AuthorizationRequest)
     problems = check_osp_response(
-        answer.head + b"\r\n\r\n", answer.body, expect="AuthorizationResponse"
+        answer.head + b"\r\n\r\n", answer.body, expect="AuthorizationResponse", request=request
     )
     assert problems == []
     return _answer(answer.body)
@@ -338,6 +346,10 @@ async def test_failing_route_is_demoted_from_both_legs_reports_then_recovers(
     assert stats.attempts == 5 and stats.asr == 0.0 and stats.ner == 0.0
     demoted = await _authorize(env, _auth("15559870000"))
     assert _addresses(demoted) == ["[10.6.0.2]:5060", "[10.6.0.1]:5060"]  # demoted, not removed
+    metrics = generate_latest(env.core.metrics.registry).decode()
+    assert 'osp_route_quality_demoted{key="[10.6.0.1]:5060",kind="destination"} 1.0' in metrics
+    assert 'osp_route_quality_asr{key="[10.6.0.1]:5060",kind="destination"} 0.0' in metrics
+    assert "osp_route_quality_demotions_total 1.0" in metrics
     clock.now += 601
     recovered = await _authorize(env, _auth("15559870000"))
     assert _addresses(recovered)[0] == "[10.6.0.1]:5060"
@@ -372,13 +384,20 @@ async def test_fraud_limits_trip_and_reset_under_the_clock(env: MemoryEnv) -> No
     policy.clock = clock
 
     async def status(called: str, calling: str = "15551230000") -> tuple[str, str | None]:
-        answer = await env.post(_auth(called, calling=calling))
-        response = _answer(answer.body)
+        # OSP.md §8 #4: a refusal has no Destination and a TerminationCause of type sip
+        # with its code (603 -> 11517, 9603 -> 11518 in the toolkit).
+        response = await _authorize(env, _auth(called, calling=calling))
+        if response.findtext("Status/Code") != "200":
+            assert response.find("Destination") is None
+            assert response.find("TerminationCause").get("type") == "sip"
         return response.findtext("Status/Code"), response.findtext("TerminationCause/TCCode")
 
     assert await status("14045550000") == ("200", None)
     assert await status("14045550000") == ("200", None)
-    assert await status("14045550000") == ("603", "603")  # third call within the minute
+    with capturedLogs() as events:
+        assert await status("14045550000") == ("603", "603")  # third call within the minute
+    (alert,) = [e for e in events if e.get("event") == "fraud_alert"]
+    assert alert["reason"] == "calls-per-minute" and alert["customer"] == "1000"
     assert await status("14045550000", calling="15550001111") == ("200", None)  # allowed
     clock.now += 120
     assert await status("14045550000") == ("200", None)  # reset
@@ -393,6 +412,8 @@ async def test_fraud_limits_trip_and_reset_under_the_clock(env: MemoryEnv) -> No
     assert await status("19005550001", calling="17005550002") == ("200", None)
     assert policy.fraud.trips["calls-per-minute"] == 1
     assert policy.fraud.trips["concurrent-calls"] == 1
+    metrics = generate_latest(env.core.metrics.registry).decode()
+    assert 'osp_fraud_refusals_total{reason="premium-rate"} 1.0' in metrics
 
 
 # --- 5. schedules, and everything at once ----------------------------------------------
