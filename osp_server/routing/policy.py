@@ -215,8 +215,10 @@ class DefaultRoutingPolicy:
 
         called_digits = number_digits(request.called)
         calling_digits = number_digits(request.calling)
+        # An NP query is not a call: it neither counts against nor holds any limit.
+        query = request.service_type == NP_QUERY_SERVICE
         fraud_keys: tuple[str, ...] = ()
-        if profile.fraud and tables.fraud:
+        if profile.fraud and tables.fraud and not query:
             refusal, fraud_keys = self.fraud.check(
                 tables.fraud,
                 customer_id=request.customer_id,
@@ -248,11 +250,9 @@ class DefaultRoutingPolicy:
             return RoutingDecision.no_route()
         if profile.quality:
             self._judge(priced)
-        limit = max(1, min(request.max_destinations, MAX_DESTINATIONS))
-        if request.service_type == NP_QUERY_SERVICE:
-            limit = 1
+        limit = 1 if query else max(1, min(request.max_destinations, MAX_DESTINATIONS))
         chosen = _order(priced, self._rng)[:limit]
-        counted = chosen if self._count_all else chosen[:1]
+        counted = () if query else chosen if self._count_all else chosen[:1]
         limited = [c.route for c in counted if c.route.call_limit is not None]
         transaction_id = request.transaction_id
         if limited or fraud_keys:
@@ -265,7 +265,7 @@ class DefaultRoutingPolicy:
             self._remember_carriers(transaction_id, chosen)
         infos = porting.destination_infos() if porting is not None else ()
         destinations = tuple(self._destination(request, c, infos) for c in chosen)
-        if request.service_type == NP_QUERY_SERVICE:
+        if query:
             return RoutingDecision(200, "OK", destinations, service_type=NP_QUERY_SERVICE)
         return RoutingDecision.routed(destinations)
 

@@ -286,6 +286,21 @@ async def test_np_query_gets_the_single_np_answer(env: MemoryEnv) -> None:
     infos = {d.get("type"): d.text for d in destination.findall("DestinationInfo")}
     assert infos["routingnumber"] == "14045550000" and infos["npdi"] == "true"
     assert destination.findtext("CallId") == CALL_ID
+    assert response.find("TransactionId") is None  # no call was authorized
+
+
+@pytest_twisted.ensureDeferred
+async def test_np_queries_do_not_count_as_calls(env: MemoryEnv) -> None:
+    _store(
+        env,
+        (route_store.import_routes, [Route("default", "1", "[10.4.0.4]:5060")], {"replace": False}),
+        (routing_data.replace_limits, [FraudLimit("calling", "", per_minute=1, concurrent=1)]),
+    )
+    query = _auth("15559870000", extra='<Service><ServiceType type="portedNumberQuery"/></Service>')
+    for _ in range(3):
+        assert (await _authorize(env, query)).findtext("Status/Code") == "200"
+    assert (await _authorize(env, _auth("15559870000"))).findtext("Status/Code") == "200"
+    assert (await _authorize(env, _auth("15559870000"))).findtext("Status/Code") == "603"
 
 
 @pytest_twisted.ensureDeferred
