@@ -930,10 +930,9 @@ def _assemble(
 
 def _route_gauges(metrics: Metrics, refresher: RouteRefresher) -> None:
     if refresher.loaded_counts is not None and refresher.version is not None:
-        routes, blocks = refresher.loaded_counts
         metrics.route_version.set(refresher.version)
-        metrics.route_table.labels("routes").set(routes)
-        metrics.route_table.labels("block_rules").set(blocks)
+        for kind, count in refresher.loaded_counts.items():
+            metrics.route_table.labels(kind).set(count)
 
 
 def warn_about_settings(config: Config) -> None:

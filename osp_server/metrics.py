@@ -93,7 +93,8 @@ class Metrics:
         )
         self.route_table = Gauge(
             "osp_route_table_entries",
-            "Entries of the loaded route tables, by kind (routes, block_rules)",
+            "Entries of the loaded routing snapshot, by kind (routes, block_rules, rate_rows, "
+            "ported_numbers, fraud_rules, routing_profiles)",
             ["kind"],
             registry=self.registry,
         )

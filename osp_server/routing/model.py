@@ -311,8 +311,10 @@ class Route:
                 raise InvalidRouteField(
                     "strip_digits", self.strip_digits, f"at most {MAX_PREFIX_DIGITS}"
                 )
-        validate_add_prefix(self.add_prefix)
-        check_schedule(self.schedule)
+        if self.add_prefix is not None:
+            validate_add_prefix(self.add_prefix)
+        if self.schedule is not None:
+            check_schedule(self.schedule)
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -65,8 +65,9 @@ class RouteRefresher(Service):
         """Consecutive failed polls (0 after a good one)."""
         self.after_load: list[Callable[[], object]] = []
         """Called after each new table is in place (twistd freezes it out of the GC)."""
-        self.loaded_counts: tuple[int, int] | None = None
-        """(routes, block rules) of the tables in use (of ``version``), once loaded."""
+        self.loaded_counts: dict[str, int] | None = None
+        """Entries of the snapshot in use (of ``version``) by kind, once loaded: routes,
+        block_rules, rate_rows, ported_numbers, fraud_rules, routing_profiles."""
 
     def when_loaded(self) -> Deferred[int]:
         """A new Deferred firing with the version once tables are loaded (at once if
@@ -120,16 +121,29 @@ class RouteRefresher(Service):
                 return False  # never go back to older tables
             self._policy.replace(tables)
             self.version = version
-            self.loaded_counts = routes, blocks = tables.route_count, tables.block_count
+            self.loaded_counts = counts = {
+                "routes": tables.route_count,
+                "block_rules": tables.block_count,
+                "rate_rows": len(tables.rates),
+                "ported_numbers": len(tables.ported),
+                "fraud_rules": len(tables.fraud.entries) + len(tables.fraud.limits),
+                "routing_profiles": len(tables.profiles()),
+            }
             for hook in self.after_load:
                 hook()
         finally:
             self._lock.release()
         log.info(
-            "route tables loaded: version {version}, {routes} routes, {blocks} block rules",
+            "route tables loaded: version {version}, {routes} routes, {blocks} block rules, "
+            "{rates} rate rows, {ported} ported numbers, {fraud} fraud rules, "
+            "{profiles} routing profiles",
             version=version,
-            routes=routes,
-            blocks=blocks,
+            routes=counts["routes"],
+            blocks=counts["block_rules"],
+            rates=counts["rate_rows"],
+            ported=counts["ported_numbers"],
+            fraud=counts["fraud_rules"],
+            profiles=counts["routing_profiles"],
         )
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:

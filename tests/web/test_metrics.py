@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import pytest_twisted
 
@@ -76,7 +77,11 @@ def test_route_gauges_follow_each_load() -> None:
 
     class Loaded:
         version = 7
-        loaded_counts = (1200, 3)
+        loaded_counts: ClassVar[dict[str, int]] = {
+            "routes": 1200,
+            "block_rules": 3,
+            "ported_numbers": 100_000,
+        }
 
     metrics = Metrics()
     _route_gauges(metrics, Loaded())  # type: ignore[arg-type]
@@ -84,6 +89,10 @@ def test_route_gauges_follow_each_load() -> None:
     assert metrics.registry.get_sample_value("osp_route_table_entries", {"kind": "routes"}) == 1200
     assert (
         metrics.registry.get_sample_value("osp_route_table_entries", {"kind": "block_rules"}) == 3
+    )
+    assert (
+        metrics.registry.get_sample_value("osp_route_table_entries", {"kind": "ported_numbers"})
+        == 100_000
     )
 
 
