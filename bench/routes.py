@@ -89,9 +89,9 @@ def _timed_import(engine: Engine, store: Any, items: list[Any]) -> tuple[Any, fl
     return result, time.perf_counter() - started
 
 
-def _routing_data(engine: Engine, ported: int, rates: int, say: Any) -> None:
+def _routing_data(engine: Engine, ported: int, rates: int, say: Any) -> Any:
     """Import ported numbers and a rate deck (issue 13), then time a full snapshot load
-    with them (what every node does after each routing change)."""
+    with them (what every node does after each routing change); the loaded tables."""
     numbers = [
         PortedNumber(str(12_000_000_000 + i * 13), str(10_000_000 + (i % 1000) * 7))
         for i in range(ported)
@@ -122,6 +122,7 @@ def _routing_data(engine: Engine, ported: int, rates: int, say: Any) -> None:
         f"{len(tables.rates):,} deck rows): {loaded:.2f} s; RSS {before:.0f} -> "
         f"{_rss_mib():.0f} MiB"
     )
+    return tables
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
 
             micros = timeit.timeit(lookup, number=n) / n * 1e6
             say(f"lookup {name}: {micros:.2f} us (target < 20 us)")
-        _routing_data(engine, args.ported, args.rates, say)
+        # The next load replaces the tables, as a node does: measure it without them.
+        del tables
+        tables = _routing_data(engine, args.ported, args.rates, say)
         started = time.perf_counter()
         gc.collect()
         full = time.perf_counter() - started

@@ -247,10 +247,12 @@ class _ValidatedValues:
         self.tables: set[str] = set()
         self.destinations: set[str] = set()
         self.network_ids: set[str] = set()
+        self.costs: dict[int, Decimal] = {}
+        """id -> the Decimal object itself (held, so that its id is not reused)."""
 
     def trim(self) -> None:
         """Forget everything once a set is over the limit (called per route load)."""
-        for known in (self.tables, self.destinations, self.network_ids):
+        for known in (self.tables, self.destinations, self.network_ids, self.costs):
             if len(known) > self.LIMIT:
                 known.clear()
 
@@ -298,7 +300,14 @@ class Route:
         validate_protocol(self.protocol)
         validate_int("priority", self.priority, minimum=0)
         validate_int("weight", self.weight, minimum=0)
-        validate_cost(self.cost)  # not cached: 0.01 == 0.0100000000, digits differ
+        # Cached by identity, not value (0.01 == 0.0100000000, digits differ): a table
+        # load shares one Decimal object per distinct stored price.
+        cost = self.cost
+        if valid.costs.get(id(cost)) is not cost:
+            validate_cost(cost)
+            if len(valid.costs) >= valid.LIMIT:
+                valid.costs.clear()  # a CSV import makes one Decimal per cell
+            valid.costs[id(cost)] = cost
         if self.network_id is not None and self.network_id not in valid.network_ids:
             valid.network_ids.add(validate_network_id(self.network_id) or "")
         if self.call_limit is not None:

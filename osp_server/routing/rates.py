@@ -45,6 +45,10 @@ def validate_rate(value: Decimal, field: str = "rate") -> Decimal:
     return value
 
 
+_KNOWN: set[tuple[str, object]] = set()
+"""(field, value) pairs a `Rate` found valid."""
+
+
 @dataclass(frozen=True, slots=True)
 class Rate:
     """One row of a carrier's deck (see the module docstring). Times are aware UTC."""
@@ -59,14 +63,25 @@ class Rate:
     effective_to: datetime | None = None
 
     def __post_init__(self) -> None:
-        validate_carrier(self.carrier)
+        # Decks repeat a few carriers, prices and increments over many rows: values
+        # already found valid are not checked again (bounded, as for routes).
+        known = _KNOWN
+        if len(known) > 100_000:
+            known.clear()
+        if ("carrier", self.carrier) not in known:
+            known.add(("carrier", validate_carrier(self.carrier)))
         validate_prefix(self.prefix)
-        validate_rate(self.rate)
-        validate_rate(self.connection_fee, "connection_fee")
+        for field, value in (("rate", self.rate), ("connection_fee", self.connection_fee)):
+            # Keyed by the text: 0.01 == 0.0100000 but only the first has <= 6 decimals.
+            key = (field, str(value)) if type(value) is Decimal else None
+            if key is None or key not in known:
+                validate_rate(value, field)
+                if key is not None:
+                    known.add(key)
         for name in ("first_increment", "next_increment"):
-            value = validate_int(name, getattr(self, name), minimum=1)
-            if value > MAX_INCREMENT_SECONDS:
-                raise InvalidRouteField(name, value, f"at most {MAX_INCREMENT_SECONDS} seconds")
+            increment = validate_int(name, getattr(self, name), minimum=1)
+            if increment > MAX_INCREMENT_SECONDS:
+                raise InvalidRouteField(name, increment, f"at most {MAX_INCREMENT_SECONDS} seconds")
         if self.effective_from.tzinfo is None:
             raise InvalidRouteField("effective_from", self.effective_from, "a time with a zone")
         if self.effective_to is not None:

@@ -14,6 +14,7 @@ are refused with `RouteStoreError` instead of being silently changed.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -182,8 +183,8 @@ def list_routes(conn: Connection, *, table: str | None = None) -> list[Route]:
     return found
 
 
-def _route_order(route: Route) -> tuple[str, str, int, Decimal, str]:
-    return (route.table, route.prefix, route.priority, route.cost, route.destination)
+# C-implemented key (a million routes): table, prefix, priority, cost, destination.
+_route_order: Final = operator.attrgetter("table", "prefix", "priority", "cost", "destination")
 
 
 class _SharedValues:

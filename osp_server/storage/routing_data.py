@@ -55,28 +55,42 @@ def _finish(
 # --- rate decks ------------------------------------------------------------------------
 
 
-def _rate(row: Any) -> Rate:
+_RATE_COLUMNS: Final = (
+    rates.c.id,
+    rates.c.carrier,
+    rates.c.prefix,
+    rates.c.rate,
+    rates.c.connection_fee,
+    rates.c.first_increment,
+    rates.c.next_increment,
+    rates.c.effective_from,
+    rates.c.effective_to,
+)
+
+
+def _rate(row: Any, decimals: dict[object, Decimal]) -> Rate:
+    """A Rate from a row of `_RATE_COLUMNS` (positional, for speed); ``decimals``
+    caches the conversion of repeated prices."""
+    row_id, carrier, prefix, raw_rate, raw_fee, first, following, start, end = row
+    rate = decimals.get(raw_rate)
+    if rate is None:
+        rate = decimals[raw_rate] = stored_decimal(raw_rate)
+    fee = decimals.get(raw_fee)
+    if fee is None:
+        fee = decimals[raw_fee] = stored_decimal(raw_fee)
     try:
-        return Rate(
-            carrier=row.carrier,
-            prefix=row.prefix,
-            rate=stored_decimal(row.rate),
-            connection_fee=stored_decimal(row.connection_fee),
-            first_increment=row.first_increment,
-            next_increment=row.next_increment,
-            effective_from=row.effective_from,
-            effective_to=row.effective_to,
-        )
+        return Rate(carrier, prefix, rate, fee, first, following, start, end)
     except InvalidRouteField as e:
-        raise RouteStoreError(f"stored rate id {row.id} is invalid: {e}") from None
+        raise RouteStoreError(f"stored rate id {row_id} is invalid: {e}") from None
 
 
 def list_rates(conn: Connection, *, carrier: str | None = None) -> list[Rate]:
     """Every rate row (of one carrier), by carrier, prefix and start."""
-    query = select(rates).order_by(rates.c.carrier, rates.c.prefix, rates.c.effective_from)
+    query = select(*_RATE_COLUMNS).order_by(rates.c.carrier, rates.c.prefix, rates.c.effective_from)
     if carrier is not None:
         query = query.where(rates.c.carrier == carrier)
-    return [_rate(row) for row in conn.execute(query)]
+    decimals: dict[object, Decimal] = {}
+    return [_rate(row, decimals) for row in conn.execute(query)]
 
 
 def _rate_values(rate: Rate) -> dict[str, Any]:
@@ -99,11 +113,12 @@ def import_rates(
     ``replace`` the rows of the carrier the import does not list are deleted (a new
     deck replaces the old one whole). A row of another carrier is refused."""
     lock_for_change(conn)
+    decimals: dict[object, Decimal] = {}
     existing: dict[tuple[str, datetime], tuple[int, Rate]] = {
         (r.prefix, r.effective_from): (row_id, r)
         for row_id, r in (
-            (row.id, _rate(row))
-            for row in conn.execute(select(rates).where(rates.c.carrier == carrier))
+            (row[0], _rate(row, decimals))
+            for row in conn.execute(select(*_RATE_COLUMNS).where(rates.c.carrier == carrier))
         )
     }
     seen: set[tuple[str, datetime]] = set()
