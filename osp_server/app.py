@@ -584,7 +584,10 @@ def build_components(core: Core) -> Components:
     )
     policy = build_routing_policy(core)
     if isinstance(policy, DefaultRoutingPolicy):
-        core.metrics.registry.register(RoutingCollector(policy.quality, policy.fraud))
+        default_policy = policy
+        core.metrics.registry.register(
+            RoutingCollector(policy.quality, policy.fraud, monotonic=lambda: default_policy.clock())
+        )
     authenticator = DeviceAuthenticator(core.db, clock=core.clock, monotonic=core.reactor.seconds)
     change_watcher.subscribe(ACCESS, authenticator.invalidate)
     change_watcher.subscribe(ACCESS, crl.invalidate)
