@@ -336,6 +336,8 @@ class QualityTracker:
         if not isinstance(keys, Mapping):
             return 0
         shift = int((wall_now - now) // self.thresholds.bucket_seconds)
+        # Both clocks' rounding may put the newest bucket one ahead of now's: clamp.
+        newest = self._bucket_of(now)
         restored = 0
         for key, entry in keys.items():
             if not isinstance(key, str) or not isinstance(entry, Mapping):
@@ -352,7 +354,7 @@ class QualityTracker:
                 ):
                     continue
                 try:
-                    index = int(index_text) - shift
+                    index = min(int(index_text) - shift, newest)
                 except ValueError:
                     continue
                 bucket = series.setdefault(index, [0.0] * 6)

@@ -80,6 +80,10 @@ def test_import_list_export(run: Run) -> None:
         "0.0125",
         "-",
         "-",
+        "-",  # carrier, strip_digits, add_prefix, schedule (issue 13): none here
+        "-",
+        "-",
+        "-",
     ]
     assert len(lines) == 4
 
@@ -142,14 +146,26 @@ def test_blocks(run: Run) -> None:
     assert (result["inserted"], result["version"]) == (2, 1)
     listed = run.json("route", "list", "--blocks")
     assert listed == [
-        {"table": "default", "kind": "source", "prefix": "1900", "description": "No premium"},
-        {"table": "gold", "kind": "destination", "prefix": "", "description": "Closed"},
+        {
+            "table": "default",
+            "kind": "source",
+            "prefix": "1900",
+            "description": "No premium",
+            "schedule": None,
+        },
+        {
+            "table": "gold",
+            "kind": "destination",
+            "prefix": "",
+            "description": "Closed",
+            "schedule": None,
+        },
     ]
     code, out, _ = run("route", "export", "--blocks")
     assert code == 0 and set(parse_blocks_csv(out)) == set(parse_blocks_csv(BLOCKS))
     assert run.json("route", "export", "--blocks", "--table", "gold") == listed[1:]
     code, out, _ = run("route", "list", "--blocks")
-    assert out.splitlines()[0].split() == ["TABLE", "KIND", "PREFIX", "DESCRIPTION"]
+    assert out.splitlines()[0].split() == ["TABLE", "KIND", "PREFIX", "DESCRIPTION", "SCHEDULE"]
     assert run.json("route", "delete-blocks", "--table", "gold")["deleted"] == 1
     assert run.json("route", "version") == {"version": 2}
 

@@ -408,3 +408,14 @@ def test_bad_quality_options_stop_start_up_with_a_reason(
 
     with pytest.raises(ExtensionLoadError, match=problem):
         load_routing_policy("default", **options)
+
+
+def test_a_restored_call_seconds_old_stays_in_the_window_whatever_the_clocks() -> None:
+    """Both clocks are rounded to buckets: the newest bucket must not land in the
+    future of the restoring node (it then counted nothing until the next bucket)."""
+    tracker = QualityTracker(QualityThresholds(window_seconds=600, bucket_seconds=60))
+    tracker.record(["k"], CallOutcome(True, True, 1.0), 247.71754354597047)
+    data = tracker.snapshot(247.71754354597047, 1000224.7455323944)
+    restored = QualityTracker(tracker.thresholds)
+    restored.restore(data, 394.3616755677566, 1000228.003497258)
+    assert restored.stats("k", 394.3616755677566).attempts == 1
