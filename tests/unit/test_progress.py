@@ -55,5 +55,5 @@ def test_a_database_upgrade_shows_each_migration_on_a_terminal(
     code, out, _ = runner("db", "upgrade")
     assert code == 0 and "applied" in out
     shown = terminal.getvalue()
-    assert "upgrading the database" in shown and "8/8" in shown
+    assert "upgrading the database" in shown and "9/9" in shown
     assert "0004 The CA of this database" in shown
