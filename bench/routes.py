@@ -117,6 +117,7 @@ def _routing_data(engine: Engine, ported: int, rates: int, say: Any) -> Any:
     with engine.connect() as conn:
         _, tables = route_store.load_snapshot_txn(conn)
     loaded = time.perf_counter() - started
+    gc.collect()
     say(
         f"load with routing data ({len(tables.ported):,} ported numbers, "
         f"{len(tables.rates):,} deck rows): {loaded:.2f} s; RSS {before:.0f} -> "
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         with engine.connect() as conn:
             _, tables = route_store.load_snapshot_txn(conn)
         loaded = time.perf_counter() - started
+        gc.collect()  # as the server does after each load (before freezing the tables)
         after = _rss_mib()
         say(
             f"load: {loaded:.2f} s (target < 10 s); RSS {before:.0f} -> {after:.0f} MiB "

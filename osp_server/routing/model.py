@@ -294,12 +294,24 @@ class Route:
         valid = _VALID
         if self.table not in valid.tables:
             valid.tables.add(validate_table(self.table))
-        validate_prefix(self.prefix)
+        prefix = self.prefix
+        # Fast paths for the common values (plain digits, in-range ints); anything
+        # else goes through the validator, which names the problem.
+        if not (
+            type(prefix) is str
+            and len(prefix) <= MAX_PREFIX_DIGITS
+            and ((prefix.isdigit() and prefix.isascii()) or prefix == "")
+        ):
+            validate_prefix(prefix)
         if self.destination not in valid.destinations:
             valid.destinations.add(validate_destination(self.destination))
-        validate_protocol(self.protocol)
-        validate_int("priority", self.priority, minimum=0)
-        validate_int("weight", self.weight, minimum=0)
+        if self.protocol not in PROTOCOLS:
+            validate_protocol(self.protocol)
+        priority, weight = self.priority, self.weight
+        if not (type(priority) is int and 0 <= priority <= MAX_INT_FIELD):
+            validate_int("priority", priority, minimum=0)
+        if not (type(weight) is int and 0 <= weight <= MAX_INT_FIELD):
+            validate_int("weight", weight, minimum=0)
         # Cached by identity, not value (0.01 == 0.0100000000, digits differ): a table
         # load shares one Decimal object per distinct stored price.
         cost = self.cost

@@ -14,6 +14,7 @@ are refused with `RouteStoreError` instead of being silently changed.
 
 from __future__ import annotations
 
+import gc
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -128,7 +129,17 @@ def load_snapshot_txn(conn: Connection) -> tuple[int, RouteTables]:
     version past the one returned, so a poller reloads again rather than missing it.
     """
     version = current_version_txn(conn)
-    return version, load_tables(conn)
+    # Building millions of objects triggers the cyclic collector again and again, and
+    # each full pass walks the growing snapshot while holding the GIL (the reactor
+    # waits): pause it for the build. The snapshot has no reference cycles, and the
+    # server collects and freezes once the new tables are in place.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return version, load_tables(conn)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def load_tables(conn: Connection) -> RouteTables:
@@ -196,9 +207,6 @@ class _SharedValues:
         self._strings: dict[str, str] = {}
         self._costs: dict[object, Decimal] = {}
 
-    def _string(self, value: str) -> str:
-        return self._strings.setdefault(value, value)
-
     def route(self, row: Any) -> Route:
         """A Route from a row of ``_select_routes`` (positional, for speed)."""
         (
@@ -220,21 +228,23 @@ class _SharedValues:
         cost = self._costs.get(raw)
         if cost is None:
             cost = self._costs[raw] = _decimal(raw)
+        shared = self._strings.setdefault
         try:
+            # Positional: keyword arguments cost a million dict builds per load.
             return Route(
-                table=self._string(table),
-                prefix=prefix,
-                destination=self._string(destination),
-                protocol=self._string(protocol),
-                priority=priority,
-                weight=weight,
-                cost=cost,
-                network_id=None if network is None else self._string(network),
-                call_limit=limit,
-                carrier=None if carrier is None else self._string(carrier),
-                strip_digits=strip,
-                add_prefix=None if add is None else self._string(add),
-                schedule=None if schedule is None else self._string(schedule),
+                shared(table, table),
+                prefix,
+                shared(destination, destination),
+                shared(protocol, protocol),
+                priority,
+                weight,
+                cost,
+                None if network is None else shared(network, network),
+                limit,
+                None if carrier is None else shared(carrier, carrier),
+                strip,
+                None if add is None else shared(add, add),
+                None if schedule is None else shared(schedule, schedule),
             )
         except InvalidRouteField as e:
             raise RouteStoreError(f"stored route id {row_id} is invalid: {e}") from None

@@ -392,3 +392,36 @@ def test_a_long_postgresql_import_refreshes_the_statistics_as_it_grows(
         assert analyzed == ["ANALYZE routes"] * 4 + ["ANALYZE route_blocks"] * 4
     else:
         assert analyzed == []  # SQLite plans these lookups by the index regardless
+
+
+def test_a_snapshot_load_pauses_the_collector_and_always_restores_it(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    seen: list[bool] = []
+    real = store.load_tables
+
+    def watched(conn: Connection) -> object:
+        seen.append(gc.isenabled())
+        return real(conn)
+
+    monkeypatch.setattr(store, "load_tables", watched)
+    assert gc.isenabled()
+    db.transact_sync(store.load_snapshot_txn)
+    assert seen == [False] and gc.isenabled()
+
+    def broken(conn: Connection) -> object:
+        raise store.RouteStoreError("stored route id 1 is invalid")
+
+    monkeypatch.setattr(store, "load_tables", broken)
+    with pytest.raises(store.RouteStoreError):
+        db.transact_sync(store.load_snapshot_txn)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        monkeypatch.setattr(store, "load_tables", real)
+        db.transact_sync(store.load_snapshot_txn)
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()
