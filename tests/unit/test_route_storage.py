@@ -425,3 +425,50 @@ def test_a_snapshot_load_pauses_the_collector_and_always_restores_it(
         assert not gc.isenabled()  # left as the caller had it
     finally:
         gc.enable()
+
+
+def test_every_routing_data_change_moves_the_route_version(db: Database) -> None:
+    """Nodes reload on the route version: each kind of routing data must bump it when
+    it changes, and an import that changes nothing must not."""
+    from datetime import UTC, datetime
+
+    from osp_server.routing.fraud import FraudLimit, NumberListEntry
+    from osp_server.routing.portability import PortedNumber
+    from osp_server.routing.profiles import RoutingProfile
+    from osp_server.routing.rates import Rate
+    from osp_server.storage import routing_data
+
+    def version() -> int:
+        return int(db.transact_sync(store.current_version_txn))
+
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    deck = [Rate("alpha", "1", Decimal("0.01"), effective_from=since)]
+    ported = [PortedNumber("15559870000", "14045550000")]
+    changes: list[tuple[object, ...]] = [
+        (routing_data.import_rates, "alpha", deck),
+        (routing_data.import_ported, ported),
+        (routing_data.set_profile, RoutingProfile("*", time_zone="Europe/Paris")),
+        (routing_data.replace_number_lists, [NumberListEntry("deny", "calling", "1666")]),
+        (routing_data.replace_limits, [FraudLimit("device", per_minute=10)]),
+        (routing_data.delete_rates, "alpha"),
+        (routing_data.delete_ported, ["15559870000"]),
+        (routing_data.delete_profile, "*"),
+    ]
+    for fn, *args in changes:
+        before = version()
+        kwargs = (
+            {"replace": False}
+            if fn in (routing_data.import_rates, routing_data.import_ported)
+            else {}
+        )
+        db.transact_sync(fn, *args, **kwargs)  # type: ignore[arg-type]
+        assert version() == before + 1, fn
+    # Nothing to change: the same deck twice, deleting what is not there.
+    db.transact_sync(routing_data.import_rates, "alpha", deck, replace=False)
+    before = version()
+    result = db.transact_sync(routing_data.import_rates, "alpha", deck, replace=False)
+    assert result.unchanged == 1 and version() == before
+    assert db.transact_sync(routing_data.delete_ported, ["19999999999"]) == 0
+    assert version() == before
+    tables = db.transact_sync(store.load_tables)
+    assert len(tables.rates) == 1 and tables.fraud.limits and tables.fraud.entries
