@@ -894,12 +894,14 @@ def _assemble(
         core.readiness.wait_for("routes", refresher.when_loaded())
     if isinstance(components.policy, DefaultRoutingPolicy):
         worker = "" if core.worker is None else f"/worker{core.worker.index}"
+        policy = components.policy
         QualityKeeper(
             core.db,
-            components.policy.quality,
+            policy.quality,
             reactor,
             node=socket.gethostname() + worker,
             clock=core.clock,
+            monotonic=lambda: policy.clock(),
         ).setServiceParent(top)
     if core.worker is None:
         PeriodicRenewal(

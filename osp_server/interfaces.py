@@ -66,9 +66,11 @@ class IUsageObserver(Interface):
     Declare it beside `IRoutingPolicy`; the server then calls `leg_reported` for each
     usage report it stored, on the reactor thread (must not block)."""
 
-    def leg_reported(report: Any, network_id: str | None) -> None:
+    def leg_reported(report: Any, network_id: str | None, carrier: str | None) -> None:
         """A device reported a call leg (an `osp_server.cdr.legs.LegReport`: its key,
-        state and values); ``network_id`` is the destination network it named."""
+        state and values) of a call this server authorized, to a destination the call
+        was given; ``network_id`` and ``carrier`` are what the server recorded for
+        that destination when it authorized the call."""
 
 
 class IEnrollmentAuthorizer(Interface):

@@ -19,6 +19,7 @@ from typing import cast
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from osp_server.cdr.legs import LegReport
 from osp_server.config import OSPConfig
 from osp_server.interfaces import IRoutingPolicy, IUsageObserver
 from osp_server.osp.authn import DeviceIdentity
@@ -34,7 +35,6 @@ from osp_server.osp.messages import (
     TerminationCause,
     UsageConfirmation,
     UsageConfirmationMessage,
-    UsageIndication,
     UsageIndicationMessage,
 )
 from osp_server.osp.tokens import TokenClaims, TokenError, TokenFactory, TokenFormat
@@ -59,13 +59,6 @@ class IdentityMismatch(Exception):
 def _single_word(text: str) -> str:
     # Leaf values must not contain whitespace (OSP.md §2.2), descriptions included.
     return "-".join(text.split()) or "-"
-
-
-def _network_of(component: UsageIndication) -> str | None:
-    for type_, value in component.destination_alternates:
-        if type_ == "network" and value:
-            return value[:64]
-    return None
 
 
 def check_claimed_identity(
@@ -289,7 +282,12 @@ class OSPService:
         """Record the authorization; False when ``transaction_id`` is already taken."""
         expires = now + timedelta(seconds=self._config.transaction_ttl_seconds)
         summary = [
-            {"address": d.signal_address, "protocol": d.protocol, "network_id": d.network_id}
+            {
+                "address": d.signal_address,
+                "protocol": d.protocol,
+                "network_id": d.network_id,
+                "carrier": None if d.rating is None else d.rating.carrier,
+            }
             for d in decision.destinations
         ]
         stored: bool = await self._db.group_commit(
@@ -432,20 +430,7 @@ class OSPService:
                 repeated=stored.repeated,
             )
         if IUsageObserver.providedBy(self._policy):
-            observer = cast(IUsageObserver, self._policy)
-            for component, report in zip(message.components, reports, strict=True):
-                # Only legs of calls we authorized: the originating device's own, or
-                # any device's terminating leg of one (invented reports demote nothing).
-                tid = component.transaction_id
-                if (component.role == "source" and tid in stored.own_transactions) or (
-                    component.role == "destination" and tid in stored.known_transactions
-                ):
-                    try:
-                        observer.leg_reported(report, _network_of(component))
-                    except Exception:
-                        # The reports are stored: a policy's statistics must not turn
-                        # their confirmation into an error (devices never resend).
-                        log.failure("routing policy failed to take a usage report")
+            self._observe(cast(IUsageObserver, self._policy), message, reports, stored)
         for component, report in zip(message.components, reports, strict=True):
             # Only the device that was authorized may end its call (a terminating device
             # also sees the TransactionId, in the token), and only when the leg ends:
@@ -463,6 +448,34 @@ class OSPService:
                 for c in message.components
             ),
         )
+
+    @staticmethod
+    def _observe(
+        observer: IUsageObserver,
+        message: UsageIndicationMessage,
+        reports: list[LegReport],
+        stored: calls.StoredUsage,
+    ) -> None:
+        """Hand the routing policy the legs of calls we authorized, with the network
+        id and carrier we recorded for the destination they tried: the originating
+        device's own legs and any device's terminating legs. A leg to a destination
+        the call was not given is ignored, so invented reports demote nothing."""
+        for component, report in zip(message.components, reports, strict=True):
+            tid = component.transaction_id
+            if tid is None or not (
+                component.role == "destination"
+                or (component.role == "source" and tid in stored.own_transactions)
+            ):
+                continue
+            routed = stored.routed.get(tid, {}).get(report.key.destination)
+            if routed is None:
+                continue
+            try:
+                observer.leg_reported(report, *routed)
+            except Exception:
+                # The reports are stored: a policy's statistics must not turn their
+                # confirmation into an error (devices never resend).
+                log.failure("routing policy failed to take a usage report")
 
     async def capabilities(
         self, identity: DeviceIdentity, indication: CapabilitiesIndication

@@ -2,30 +2,35 @@
 
 Lists (`NumberListEntry`) match calling numbers or destination prefixes:
 
-* ``allow``: a call whose calling number or destination matches is trusted: no deny
-  list, premium range or limit applies to it;
 * ``deny``: refused with 9603 NETWORK_BLOCKED;
-* ``premium``: premium-rate destinations, refused with 603 DECLINE (allow what a
-  customer may call).
+* ``premium``: premium-rate destinations, refused with 603 DECLINE;
+* ``allow``: exempts a call whose calling number or destination matches from the deny
+  and premium lists (a customer's hotline inside a premium range). Limits still apply:
+  a calling number is the caller's to choose.
+
+Destination lists apply to the dialled number and, for a ported number, to its
+routing number too (`FraudGuard.refuse_destination`), so that a routing number a
+device sends cannot reach a blocked range.
 
 Limits (`FraudLimit`) count calls per minute and concurrent calls, per calling number
-(each number under the prefix counted on its own), per device (one or each), or per
-destination prefix (every call to it together). A limit that trips refuses with its
-``answer`` code (603 or 9603) and TerminationCause of the same code (OSP.md §3.3) and
-raises an alert (once per key and minute): a log event and a metric.
+(each number under the prefix counted on its own; callers without digits, such as
+``anonymous``, share one count under a limit for any number), per device (one or
+each), or per destination prefix (every call to it together). A limit that trips
+refuses with its ``answer`` code (603 or 9603) and TerminationCause of the same code
+(OSP.md §3.3) and raises an alert (once per key and minute): a log event and a metric.
 
-A limit for every customer (customer empty) counts each customer's calls on its own.
-Counters live in each node's memory: with N nodes behind a load balancer that spreads
-a customer's calls evenly, a limit allows up to N times its value in total (set limits
-per node accordingly). Calls per minute are a sliding window estimated from the
-current and the previous minute's counts (exact for steady rates, within one
-minute's count of a burst).
+Calls per minute are an exact sliding window: the calls admitted in the last 60
+seconds (refused attempts are not counted, so a caller at the limit's rate is served
+and one above it gets the limit's rate). A limit for every customer (customer empty)
+counts each customer's calls on its own. Counters live in each node's memory: with N
+nodes behind a load balancer that spreads a customer's calls evenly, a limit allows
+up to N times its value in total (set limits per node accordingly).
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -50,7 +55,13 @@ ANSWERS: Final = (603, 9603)
 DECLINE: Final = 603
 NETWORK_BLOCKED: Final = 9603
 MAX_COUNTER_KEYS: Final = 1_000_000
-"""Memory bound per counter kind: the least recently used keys are forgotten."""
+"""Memory bound for the per-minute counters: beyond it the least recently used keys
+are forgotten (keys idle for a minute are dropped anyway)."""
+MAX_LIST_DESCRIPTION_CHARS: Final = 64
+"""``number_lists.description`` is ``String(64)``."""
+WINDOW_SECONDS: Final = 60.0
+ANONYMOUS: Final = "anonymous"
+"""The calling-number counter of callers without digits."""
 _CUSTOMER_RE: Final = re.compile(r"[0-9]{1,20}")
 _DEVICE_RE: Final = re.compile(r"[0-9]{1,20}")
 
@@ -80,6 +91,10 @@ class NumberListEntry:
         validate_prefix(self.prefix)
         validate_customer_or_all(self.customer_id)
         validate_description(self.description)
+        if len(self.description) > MAX_LIST_DESCRIPTION_CHARS:
+            raise InvalidRouteField(
+                "description", self.description, f"at most {MAX_LIST_DESCRIPTION_CHARS} characters"
+            )
 
     @property
     def key(self) -> tuple[str | None, str, str, str]:
@@ -226,32 +241,56 @@ class FraudAlert:
 
 
 class _RateWindow:
-    """Calls per minute per key: this minute's and the last minute's counts.
+    """Admitted calls per key over the last `WINDOW_SECONDS`, exactly.
 
-    Bounded: beyond `MAX_COUNTER_KEYS` the oldest keys are dropped (their count
-    starts again from zero).
+    Each key keeps the times of its last ``limit`` admitted calls (a deque bounded by
+    the limit): a call is over the limit when the oldest of them is less than a
+    window ago. Keys are kept in use order; every `_SWEEP_EVERY` counted calls those
+    idle for a whole window are dropped from the front, and beyond `MAX_COUNTER_KEYS`
+    the least recently used go.
     """
 
-    __slots__ = ("_counts",)
+    __slots__ = ("_counted", "_times")
+    _SWEEP_EVERY: Final = 64
 
     def __init__(self) -> None:
-        self._counts: dict[str, list[int]] = {}
+        self._times: OrderedDict[str, deque[float]] = OrderedDict()
+        self._counted = 0
 
-    def hit(self, key: str, minute: int, fraction: float) -> float:
-        """Count one call now; the estimated calls of the last 60 s, this one included."""
-        counts = self._counts
-        slot = counts.get(key)
-        if slot is None:
-            counts[key] = [minute, 1, 0]
-            if len(counts) > MAX_COUNTER_KEYS:
-                del counts[next(iter(counts))]
-            return 1.0
-        started = slot[0]
-        if started != minute:
-            slot[2] = slot[1] if started == minute - 1 else 0
-            slot[0], slot[1] = minute, 0
-        slot[1] += 1
-        return slot[1] + slot[2] * (1.0 - fraction)
+    def full(self, key: str, limit: int, now: float) -> bool:
+        """True when ``key`` already had ``limit`` calls in the window."""
+        found = self._times.get(key)
+        return (
+            found is not None
+            and len(found) >= limit
+            and found.maxlen == limit
+            and now - found[0] < WINDOW_SECONDS
+        )
+
+    def count(self, key: str, limit: int, now: float) -> None:
+        """Count one admitted call of ``key`` now."""
+        times = self._times
+        found = times.get(key)
+        if found is None or found.maxlen != limit:
+            found = times[key] = deque(found or (), maxlen=limit)
+        else:
+            times.move_to_end(key)
+        found.append(now)
+        self._counted += 1
+        if self._counted % self._SWEEP_EVERY == 0 or len(times) > MAX_COUNTER_KEYS:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        times = self._times
+        while times:
+            key, found = times.popitem(last=False)
+            if now - found[-1] < WINDOW_SECONDS and len(times) < MAX_COUNTER_KEYS:
+                times[key] = found
+                times.move_to_end(key, last=False)  # the least recent is in use: stop
+                return
+
+    def __len__(self) -> int:
+        return len(self._times)
 
 
 class FraudGuard:
@@ -286,63 +325,81 @@ class FraudGuard:
         called_digits: str | None,
     ) -> tuple[RoutingDecision | None, tuple[str, ...]]:
         """(refusal or None, the concurrent-call keys an admitted call would hold)."""
-        allow = rules.allow_calling
-        if allow is not None and allow.match(customer_id, calling_digits) is not None:
-            return None, ()
-        allow = rules.allow_destination
-        if allow is not None and allow.match(customer_id, called_digits) is not None:
-            return None, ()
-        deny = rules.deny_calling
-        entry = None if deny is None else deny.match(customer_id, calling_digits)
-        kind = "calling"
-        if entry is None and rules.deny_destination is not None:
-            entry = rules.deny_destination.match(customer_id, called_digits)
-            kind = "destination"
-        if entry is not None:
-            self._alert("deny-list", kind, entry.prefix, NETWORK_BLOCKED, customer_id, device_id)
-            return RoutingDecision.refused(NETWORK_BLOCKED, entry.description), ()
-        premium = None if rules.premium is None else rules.premium.match(customer_id, called_digits)
-        if premium is not None:
-            self._alert(
-                "premium-rate", "destination", premium.prefix, DECLINE, customer_id, device_id
-            )
-            return RoutingDecision.refused(DECLINE, premium.description), ()
+        refusal = self._listed(rules, customer_id, device_id, calling_digits, called_digits)
+        if refusal is not None:
+            return refusal, ()
         limits = rules.limits_for(customer_id)
         if not limits:
             return None, ()
         now = self._clock()
-        minute, fraction = int(now // 60), (now % 60) / 60.0
         held: list[str] = []
+        counted: list[tuple[str, int]] = []
         for limit, tag in limits:
-            # Counters are per customer: a rule for everyone counts each one's calls.
-            scope = limit.scope
-            if scope == "calling":
-                if calling_digits is None or not calling_digits.startswith(limit.match):
-                    continue
-                key = f"{customer_id}|{tag}:{calling_digits}"
-            elif scope == "device":
-                if limit.match and limit.match != device_id:
-                    continue
-                key = f"{customer_id}|{tag}:{device_id}"
-            else:
-                if called_digits is None or not called_digits.startswith(limit.match):
-                    continue
-                key = f"{customer_id}|{tag}"
-            # Every attempt counts, refused ones too: a caller hammering a limit stays
-            # refused until its rate falls.
-            if limit.per_minute is not None and (
-                self._rates.hit(key, minute, fraction) > limit.per_minute
-            ):
-                self._alert("calls-per-minute", scope, key, limit.answer, customer_id, device_id)
-                return _limit_refusal(limit), ()
+            key = _counter_key(limit, tag, customer_id, device_id, calling_digits, called_digits)
+            if key is None:
+                continue
+            per_minute = limit.per_minute
+            if per_minute is not None:
+                if self._rates.full(key, per_minute, now):
+                    self._alert(
+                        "calls-per-minute", limit.scope, key, limit.answer, customer_id, device_id
+                    )
+                    return _limit_refusal(limit), ()
+                counted.append((key, per_minute))
             if limit.concurrent is not None:
                 if self._active.active_count(key) >= limit.concurrent:
                     self._alert(
-                        "concurrent-calls", scope, key, limit.answer, customer_id, device_id
+                        "concurrent-calls", limit.scope, key, limit.answer, customer_id, device_id
                     )
                     return _limit_refusal(limit), ()
                 held.append(key)
+        # Only a call every limit admits is counted: refused attempts use no quota.
+        for key, per_minute in counted:
+            self._rates.count(key, per_minute, now)
         return None, tuple(held)
+
+    def _listed(
+        self,
+        rules: FraudRules,
+        customer_id: str,
+        device_id: str,
+        calling_digits: str | None,
+        called_digits: str | None,
+    ) -> RoutingDecision | None:
+        allow = rules.allow_calling
+        if allow is not None and allow.match(customer_id, calling_digits) is not None:
+            return None
+        deny = rules.deny_calling
+        entry = None if deny is None else deny.match(customer_id, calling_digits)
+        if entry is not None:
+            self._alert(
+                "deny-list", "calling", entry.prefix, NETWORK_BLOCKED, customer_id, device_id
+            )
+            return RoutingDecision.refused(NETWORK_BLOCKED, entry.description)
+        return self.refuse_destination(rules, customer_id, device_id, called_digits)
+
+    def refuse_destination(
+        self, rules: FraudRules, customer_id: str, device_id: str, digits: str | None
+    ) -> RoutingDecision | None:
+        """The deny or premium refusal of a destination number, unless allowed; for
+        the dialled number and again for a ported number's routing number."""
+        allow = rules.allow_destination
+        if allow is not None and allow.match(customer_id, digits) is not None:
+            return None
+        deny = rules.deny_destination
+        entry = None if deny is None else deny.match(customer_id, digits)
+        if entry is not None:
+            self._alert(
+                "deny-list", "destination", entry.prefix, NETWORK_BLOCKED, customer_id, device_id
+            )
+            return RoutingDecision.refused(NETWORK_BLOCKED, entry.description)
+        premium = None if rules.premium is None else rules.premium.match(customer_id, digits)
+        if premium is not None:
+            self._alert(
+                "premium-rate", "destination", premium.prefix, DECLINE, customer_id, device_id
+            )
+            return RoutingDecision.refused(DECLINE, premium.description)
+        return None
 
     def admit(self, transaction_id: int, keys: tuple[str, ...]) -> None:
         """Hold a concurrent-call slot on each key for ``transaction_id``."""
@@ -367,6 +424,34 @@ class FraudGuard:
             self._alerted.popitem(last=False)
         if self.on_alert is not None:
             self.on_alert(FraudAlert(reason, scope, key, answer, customer_id, device_id))
+
+
+def _counter_key(
+    limit: FraudLimit,
+    tag: str,
+    customer_id: str,
+    device_id: str,
+    calling_digits: str | None,
+    called_digits: str | None,
+) -> str | None:
+    """The counter a call counts in under ``limit`` (None: the limit does not apply).
+    Counters are per customer: a rule for everyone counts each one's calls."""
+    scope = limit.scope
+    if scope == "calling":
+        if calling_digits is None:
+            # Callers without digits (anonymous, a SIP URI) share one counter under a
+            # limit for any number: hiding the number must not escape it.
+            return f"{customer_id}|{tag}:{ANONYMOUS}" if not limit.match else None
+        if not calling_digits.startswith(limit.match):
+            return None
+        return f"{customer_id}|{tag}:{calling_digits}"
+    if scope == "device":
+        if limit.match and limit.match != device_id:
+            return None
+        return f"{customer_id}|{tag}:{device_id}"
+    if called_digits is None or not called_digits.startswith(limit.match):
+        return None
+    return f"{customer_id}|{tag}"
 
 
 def _limit_refusal(limit: FraudLimit) -> RoutingDecision:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,8 +76,6 @@ __all__ = [
 log = Logger()
 
 CALL_LIMIT_DESCRIPTION: Final = "All routes at call limit"
-MAX_REMEMBERED_DECISIONS: Final = 200_000
-"""Recent transactions whose routes' carriers are remembered for quality statistics."""
 _FIXED_COST_BILLING: Final = (1, 1)
 """A route's fixed cost is a price per minute billed by the second."""
 
@@ -190,7 +187,6 @@ class DefaultRoutingPolicy:
             lambda: self.clock(), max_hold_seconds=max_hold_seconds, on_alert=_log_alert
         )
         self._local = LocalClock()
-        self._carriers: OrderedDict[int, dict[str, str]] = OrderedDict()
 
     @property
     def tables(self) -> RouteTables:
@@ -239,14 +235,18 @@ class DefaultRoutingPolicy:
         routing_digits = called_digits
         if porting is not None and porting.routing_number is not None:
             routing_digits = porting.routing_number
-        candidates = tables.lookup_digits(request.route_table, routing_digits, in_force)
-        if not candidates:
-            return RoutingDecision.no_route()
-        usable = [route for route in candidates if not self.calls.at_limit(route)]
-        if not usable:
-            return RoutingDecision.no_route(CALL_LIMIT_DESCRIPTION)
-        priced = self._price(tables, profile, usable, routing_digits, called_digits, now)
+            if routing_digits != called_digits:
+                # The routing number, maybe the device's own, must not reach what the
+                # dialled number could not: blocks and destination lists apply to it too.
+                refusal = self._refuse_routing_number(
+                    tables, profile, request, routing_digits, in_force
+                )
+                if refusal is not None:
+                    return refusal
+        priced, at_limit = self._candidates(tables, profile, request, routing_digits, in_force, now)
         if not priced:
+            if at_limit:
+                return RoutingDecision.no_route(CALL_LIMIT_DESCRIPTION)
             return RoutingDecision.no_route()
         if profile.quality:
             self._judge(priced)
@@ -261,13 +261,68 @@ class DefaultRoutingPolicy:
             if limited:
                 self.calls.start(transaction_id, limited)
             self.fraud.admit(transaction_id, fraud_keys)
-        if transaction_id is not None:
-            self._remember_carriers(transaction_id, chosen)
         infos = porting.destination_infos() if porting is not None else ()
-        destinations = tuple(self._destination(request, c, infos) for c in chosen)
+        destinations = tuple(self._destination(request, c, infos, query) for c in chosen)
         if query:
             return RoutingDecision(200, "OK", destinations, service_type=NP_QUERY_SERVICE)
         return RoutingDecision.routed(destinations)
+
+    def _refuse_routing_number(
+        self,
+        tables: RouteTables,
+        profile: RoutingProfile,
+        request: RoutingRequest,
+        routing_digits: str,
+        in_force: Callable[[str | None], bool] | None,
+    ) -> RoutingDecision | None:
+        if profile.fraud and tables.fraud:
+            refusal = self.fraud.refuse_destination(
+                tables.fraud, request.customer_id, request.device_id, routing_digits
+            )
+            if refusal is not None:
+                return refusal
+        block = tables.find_destination_block(request.route_table, routing_digits, in_force)
+        return None if block is None else RoutingDecision.blocked(block.description)
+
+    def _candidates(
+        self,
+        tables: RouteTables,
+        profile: RoutingProfile,
+        request: RoutingRequest,
+        digits: str,
+        in_force: Callable[[str | None], bool] | None,
+        now: datetime,
+    ) -> tuple[list[_Candidate], bool]:
+        """The priced routes of the longest prefix that has any, and whether routes
+        were left out for their call limit.
+
+        A prefix whose routes are all at their call limit answers "at call limit" (no
+        overflow to a shorter prefix); a prefix whose carrier routes have no rate in
+        force now (and no other route) does not exist at this time, like a route out
+        of its schedule, and a shorter prefix answers. An NP query ignores call
+        limits: it is not a call.
+        """
+        query = request.service_type == NP_QUERY_SERVICE
+        # The longest prefix answers almost always: try it without the generator.
+        first = tables.lookup_digits(request.route_table, digits, in_force)
+        if not first:
+            return [], False
+        usable = first if query else [r for r in first if not self.calls.at_limit(r)]
+        if not usable:
+            return [], True
+        priced = self._price(tables, profile, usable, digits, now)
+        if priced:
+            return priced, False
+        for group in tables.route_groups(request.route_table, digits, in_force):
+            if group is first:
+                continue
+            usable = group if query else [r for r in group if not self.calls.at_limit(r)]
+            if not usable:
+                return [], True
+            priced = self._price(tables, profile, usable, digits, now)
+            if priced:
+                return priced, False
+        return [], False
 
     @staticmethod
     def _porting(
@@ -287,29 +342,36 @@ class DefaultRoutingPolicy:
         self,
         tables: RouteTables,
         profile: RoutingProfile,
-        routes: list[Route],
-        routing_digits: str,
-        called_digits: str,
+        routes: Sequence[Route],
+        digits: str,
         now: datetime,
     ) -> list[_Candidate]:
-        """Each route with what it costs now; carrier routes without a rate are dropped."""
+        """Each route with what it costs now (for the number routed on: the routing
+        number of a ported number, for our cost and the customer's price alike).
+
+        A carrier route is rated from its carrier's deck in force; without a rate the
+        carrier does not take the call and the route is left out. With least-cost
+        routing off for the customer, carrier routes are still rated (for the record
+        and the carrier's quality) but ordered by their fixed cost, and kept when
+        their deck has no rate.
+        """
         price_rate = None
         if profile.price_deck is not None:
-            price_rate = tables.rates.rate_at(profile.price_deck, called_digits, now)
+            price_rate = tables.rates.rate_at(profile.price_deck, digits, now)
         markup = profile.markup_percent
         priced: list[_Candidate] = []
         for route in routes:
-            if route.carrier is not None and profile.lcr:
-                rate = tables.rates.rate_at(route.carrier, routing_digits, now)
-                if rate is None:
+            rate = None
+            if route.carrier is not None:
+                rate = tables.rates.rate_at(route.carrier, digits, now)
+                if rate is None and profile.lcr:
                     continue  # the carrier's deck does not reach this number now
+            if rate is not None:
                 cost = _plan(
                     rate.rate, rate.connection_fee, rate.first_increment, rate.next_increment
                 )
-                carrier: str | None = route.carrier
             else:
                 cost = _plan(route.cost, Decimal(0), *_FIXED_COST_BILLING)
-                carrier = None
             price = None
             if price_rate is not None:
                 price = _plan(
@@ -321,7 +383,8 @@ class DefaultRoutingPolicy:
             elif markup is not None:
                 factor = 1 + markup / 100
                 price = _plan(cost[0] * factor, cost[1] * factor, cost[2], cost[3])
-            priced.append(_Candidate(route, cost[0], Rating(carrier, cost, price)))
+            order_cost = cost[0] if profile.lcr else route.cost
+            priced.append(_Candidate(route, order_cost, Rating(route.carrier, cost, price)))
         return priced
 
     def _judge(self, candidates: list[_Candidate]) -> None:
@@ -348,10 +411,15 @@ class DefaultRoutingPolicy:
 
     @staticmethod
     def _destination(
-        request: RoutingRequest, c: _Candidate, infos: tuple[tuple[str, str], ...]
+        request: RoutingRequest, c: _Candidate, infos: tuple[tuple[str, str], ...], query: bool
     ) -> RoutedDestination:
         route = c.route
-        called = translate_number(request.called, route.strip_digits, route.add_prefix)
+        # An NP query answers about the dialled number: no translation for a next hop.
+        called = (
+            None
+            if query
+            else translate_number(request.called, route.strip_digits, route.add_prefix)
+        )
         return RoutedDestination(
             signal_address=route.destination,
             protocol=route.protocol,
@@ -362,25 +430,17 @@ class DefaultRoutingPolicy:
             rating=c.rating,
         )
 
-    def _remember_carriers(self, transaction_id: int, chosen: list[_Candidate]) -> None:
-        carriers = {
-            c.route.destination: c.rating.carrier
-            for c in chosen
-            if c.rating is not None and c.rating.carrier is not None
-        }
-        if carriers:
-            self._carriers[transaction_id] = carriers
-            if len(self._carriers) > MAX_REMEMBERED_DECISIONS:
-                self._carriers.popitem(last=False)
-
     def call_ended(self, transaction_id: int) -> None:
         """Release the call-limit and fraud slots held by ``transaction_id``."""
         self.calls.end(transaction_id)
         self.fraud.release(transaction_id)
 
-    def leg_reported(self, report: LegReport, network_id: str | None) -> None:
+    def leg_reported(
+        self, report: LegReport, network_id: str | None, carrier: str | None = None
+    ) -> None:
         """Count a finished call leg a device reported in the quality statistics of the
-        destination it tried (and its network id and carrier). The originating and the
+        destination it tried, and of its network id and carrier (as the server
+        recorded them when it authorized the call). The originating and the
         terminating leg of one attempt count once."""
         if report.state != "stop" or not report.key.destination:
             return
@@ -390,8 +450,7 @@ class DefaultRoutingPolicy:
         keys = [destination_key(destination)]
         if network_id:
             keys.append(network_key(network_id))
-        carrier = self._carriers.get(report.key.transaction_id, {}).get(destination)
-        if carrier is not None:
+        if carrier:
             keys.append(carrier_key(carrier))
         for key in self.quality.record(keys, outcome_of(report), self.clock()):
             log.warn(

@@ -271,6 +271,35 @@ class RouteTables:
             return ()
         return self.lookup_digits(table, digits, in_force)
 
+    def route_groups(
+        self,
+        table: str | None,
+        digits: str,
+        in_force: Callable[[str | None], bool] | None = None,
+    ) -> Iterator[tuple[Route, ...]]:
+        """The route groups of every prefix of ``digits`` that has routes in force,
+        longest first: the customer's table's, then the default table's. The first
+        one is what `lookup_digits` answers; the policy moves on to the next when a
+        group has nothing it can use (no rate in force)."""
+        for name in _tables_to_search(table):
+            index = self._routes.get(name)
+            if index is None:
+                continue
+            by_prefix = index._by_prefix
+            for length in range(min(len(digits), index._longest), -1, -1):
+                group = by_prefix.get(digits[:length])
+                if group is None:
+                    continue
+                if in_force is not None:
+                    group = tuple(
+                        route
+                        for route in group
+                        if route.schedule is None or in_force(route.schedule)
+                    )
+                    if not group:
+                        continue
+                yield group
+
     def lookup_digits(
         self,
         table: str | None,
@@ -318,6 +347,28 @@ class RouteTables:
         return self.find_block_digits(
             table, number_digits(calling), number_digits(called), in_force
         )
+
+    def find_destination_block(
+        self,
+        table: str | None,
+        digits: str,
+        in_force: Callable[[str | None], bool] | None = None,
+    ) -> BlockRule | None:
+        """The destination block rule refusing calls to ``digits`` (a ported number's
+        routing number), as `find_block_digits` finds it for the called number."""
+        for name in _tables_to_search(table):
+            index = self._destination_blocks.get(name)
+            if index is None:
+                continue
+            by_prefix = index._by_prefix
+            for length in range(min(len(digits), index._longest), -1, -1):
+                group = by_prefix.get(digits[:length])
+                if group is None:
+                    continue
+                rule = group[0]
+                if rule.schedule is None or in_force is None or in_force(rule.schedule):
+                    return rule
+        return None
 
     def find_block_digits(
         self,

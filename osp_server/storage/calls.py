@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -139,9 +139,10 @@ class StoredUsage:
     updated: int
     repeated: int
     own_transactions: frozenset[int] = frozenset()
-    known_transactions: frozenset[int] = frozenset()
-    """Reported transactions that this server authorized (any device): only their
-    legs count in route quality, so invented reports cannot demote a route."""
+    routed: Mapping[int, Mapping[str, tuple[str | None, str | None]]] = field(default_factory=dict)
+    """For each reported transaction this server authorized (any device): the
+    destinations it was given, address -> (network id, carrier). Only legs to those
+    count in route quality, with these values, so invented reports demote nothing."""
 
 
 _LEG_KEY_COLUMNS = ("device_pk", "transaction_id", "role", "destination", "component_id")
@@ -217,9 +218,28 @@ _FIND_LEG = {
     "postgresql": select(usage_records).where(*_KEY_MATCH).with_for_update(),
 }
 _UPDATE_LEG = update(usage_records).where(usage_records.c.id == bindparam("leg_id"))
-_REPORTED_TRANSACTIONS = select(transactions.c.transaction_id, transactions.c.device_pk).where(
+_REPORTED_TRANSACTIONS = select(
+    transactions.c.transaction_id, transactions.c.device_pk, transactions.c.destinations
+).where(
     transactions.c.transaction_id.in_(bindparam("ids", expanding=True)),
 )
+
+
+def _routed_destinations(text: str) -> dict[str, tuple[str | None, str | None]]:
+    """address -> (network id, carrier) from a transaction's destinations JSON."""
+    try:
+        entries = json.loads(text)
+    except ValueError:
+        return {}
+    routed: dict[str, tuple[str | None, str | None]] = {}
+    for entry in entries if isinstance(entries, list) else ():
+        if isinstance(entry, dict) and isinstance(entry.get("address"), str):
+            network, carrier = entry.get("network_id"), entry.get("carrier")
+            routed[entry["address"]] = (
+                network if isinstance(network, str) else None,
+                carrier if isinstance(carrier, str) else None,
+            )
+    return routed
 
 
 def _store_report(conn: Connection, device_pk: int, report: LegReport, now: datetime) -> str:
@@ -268,12 +288,12 @@ def store_usage_txn(
         if r.key.transaction_id and r.key.transaction_id < _INT63
     }
     own: frozenset[int] = frozenset()
-    known: frozenset[int] = frozenset()
+    routed: dict[int, dict[str, tuple[str | None, str | None]]] = {}
     if reported:
         found = conn.execute(_REPORTED_TRANSACTIONS, {"ids": sorted(reported)}).all()
-        known = frozenset(tid for tid, _owner in found)
-        own = frozenset(tid for tid, owner in found if owner == device_pk)
-    return StoredUsage(outcomes["inserted"], outcomes["updated"], outcomes["repeated"], own, known)
+        own = frozenset(tid for tid, owner, _text in found if owner == device_pk)
+        routed = {tid: _routed_destinations(text) for tid, _owner, text in found}
+    return StoredUsage(outcomes["inserted"], outcomes["updated"], outcomes["repeated"], own, routed)
 
 
 def store_capabilities_txn(
@@ -477,7 +497,14 @@ def _with_charges(row: Any) -> dict[str, Any]:
     out["carrier"] = row["carrier"]
     out["cost"] = out["price"] = None
     if row["cost_rate"] is not None:
-        duration = Decimal(0) if row["duration"] is None else stored_decimal(row["duration"])
+        # Start to end without a ConnectTime or a positive Amount is ringing time: an
+        # unanswered attempt costs nothing (the rule route quality uses too).
+        answered = row["connect_time"] is not None or (
+            row["reported_amount"] is not None and row["reported_amount"] > 0
+        )
+        duration = Decimal(0)
+        if answered and row["duration"] is not None:
+            duration = stored_decimal(row["duration"])
         out["cost"] = charge(_plan(row, "cost"), duration)
         if row["price_rate"] is not None:
             out["price"] = charge(_plan(row, "price"), duration)

@@ -131,8 +131,10 @@ def load_snapshot_txn(conn: Connection) -> tuple[int, RouteTables]:
     version = current_version_txn(conn)
     # Building millions of objects triggers the cyclic collector again and again, and
     # each full pass walks the growing snapshot while holding the GIL (the reactor
-    # waits): pause it for the build. The snapshot has no reference cycles, and the
-    # server collects and freezes once the new tables are in place.
+    # waits): pause it for the build. The pause is process-wide (the reactor's cyclic
+    # garbage waits a few seconds too); the snapshot has no reference cycles, and the
+    # server collects and freezes once the new tables are in place. Overlapping loads
+    # leave it enabled once the last one ends.
     collecting = gc.isenabled()
     gc.disable()
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
 from sqlalchemy import Connection, delete, insert, select, update
@@ -373,7 +373,7 @@ def replace_number_lists(conn: Connection, entries: Sequence[NumberListEntry]) -
                     "list": e.list,
                     "kind": e.kind,
                     "prefix": e.prefix,
-                    "description": e.description[:64],
+                    "description": e.description,
                 }
                 for e in entries
             ],
@@ -454,8 +454,8 @@ def rating_rows(
             "transaction_id": transaction_id,
             "destination": d.signal_address,
             "carrier": rating.carrier,
-            "cost_rate": cost_rate,
-            "cost_fee": cost_fee,
+            "cost_rate": _six(cost_rate),
+            "cost_fee": _six(cost_fee),
             "cost_first": cost_first,
             "cost_next": cost_next,
             "price_rate": None if price is None else _six(price[0]),
@@ -468,8 +468,9 @@ def rating_rows(
 
 
 def _six(value: Decimal) -> Decimal:
-    # A markup can add digits the column does not keep: round to what it keeps.
-    return value.quantize(Decimal("0.000001"))
+    # A markup can add digits the column does not keep: round to what it keeps (the
+    # same on both engines, rather than each engine's own rounding).
+    return value.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
 
 
 def insert_ratings(conn: Connection, rows: list[dict[str, Any]]) -> None:

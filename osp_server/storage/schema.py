@@ -330,15 +330,17 @@ call_ratings = Table(
     Column("transaction_id", BigInteger, primary_key=True, autoincrement=False),
     Column("destination", String(256), primary_key=True),
     Column("carrier", String(64), nullable=True),
-    Column("cost_rate", Numeric(18, 6), nullable=False),
-    Column("cost_fee", Numeric(18, 6), nullable=False),
+    # Numeric(24, 6): a price is a cost (below 10**12) times a markup up to 10,000 %.
+    Column("cost_rate", Numeric(24, 6), nullable=False),
+    Column("cost_fee", Numeric(24, 6), nullable=False),
     Column("cost_first", Integer, nullable=False),
     Column("cost_next", Integer, nullable=False),
-    Column("price_rate", Numeric(18, 6), nullable=True),
-    Column("price_fee", Numeric(18, 6), nullable=True),
+    Column("price_rate", Numeric(24, 6), nullable=True),
+    Column("price_fee", Numeric(24, 6), nullable=True),
     Column("price_first", Integer, nullable=True),
     Column("price_next", Integer, nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_call_ratings_created_at", "created_at"),
 )
 
 # One row; bumped on every route change so that every node reloads its tables.

@@ -567,3 +567,176 @@ def test_quality_survives_a_restart(env: MemoryEnv) -> None:
     # Five minutes later on a clock with another origin: the call is still in the window.
     stats = fresh.stats("destination:[10.0.0.1]:5060", 50.0)
     assert stats.attempts == 1 and stats.acd == 30.0
+
+
+# --- what review found: each of these failed before its fix ------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_routing_number_from_the_device_cannot_reach_a_blocked_range(
+    env: MemoryEnv,
+) -> None:
+    _store(
+        env,
+        (
+            route_store.import_routes,
+            [
+                Route("default", "1800", "[10.1.0.1]:5060"),
+                Route("default", "19", "[10.9.9.9]:5060"),
+            ],
+            {"replace": False},
+        ),
+        (
+            route_store.import_blocks,
+            [BlockRule("default", "destination", "1976", "Blocked-range")],
+            {"replace": False},
+        ),
+        (
+            routing_data.replace_number_lists,
+            [NumberListEntry("premium", "destination", "1900", description="Premium-rate")],
+        ),
+    )
+
+    def dipped(rn: str) -> bytes:
+        return _auth(
+            "18005551234",
+            extra=f'<DestinationInfo type="routingnumber">{rn}</DestinationInfo>'
+            '<DestinationInfo type="npdi">true</DestinationInfo>',
+        )
+
+    premium = await _authorize(env, dipped("19005551234"))
+    assert premium.findtext("Status/Code") == "603"
+    blocked = await _authorize(env, dipped("19765551234"))
+    assert blocked.findtext("Status/Code") == "403"
+    fine = await _authorize(env, dipped("19125551234"))
+    assert _addresses(fine) == ["[10.9.9.9]:5060"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_invented_legs_do_not_count_in_route_quality(env: MemoryEnv) -> None:
+    """A device may only report the destinations its call was given: a made-up
+    destination or network id on a real transaction is ignored."""
+    _store(
+        env,
+        (
+            route_store.import_routes,
+            [Route("default", "1", "[10.6.0.1]:5060", network_id="TG1")],
+            {"replace": False},
+        ),
+    )
+    policy = _policy(env)
+    response = await _authorize(env, _auth("15559870000"))
+    tid = int(response.findtext("TransactionId"))
+    for n in range(5):
+        body = _usage(tid, f"[10.66.0.{n}]:5060", component=f"x{n}", answered=False)
+        network = b'<DestinationAlternate type="network">victim</DestinationAlternate>'
+        body = body.replace(b"</DestinationAlternate>", b"</DestinationAlternate>" + network, 1)
+        assert (await env.post(body)).code == 200
+    assert policy.quality.keys() == []
+    # The real destination counts, under the network id we recorded (not the report's).
+    assert (await env.post(_usage(tid, "[10.6.0.1]:5060", component="real"))).code == 200
+    assert sorted(policy.quality.keys()) == ["destination:[10.6.0.1]:5060", "network:TG1"]
+    # A transaction another device was authorized for is not this device's to report.
+    assert (await env.post(_usage(12345, "[10.6.0.1]:5060", component="other"))).code == 200
+    assert policy.quality.stats("destination:[10.6.0.1]:5060", policy.clock()).attempts == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expired_deck_prefix_falls_back_and_unanswered_legs_cost_nothing(
+    env: MemoryEnv,
+) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    _store(
+        env,
+        (
+            route_store.import_routes,
+            [
+                Route("default", "44", "[10.4.4.4]:5060", carrier="uk"),
+                Route("default", "", "[10.0.0.9]:5060", cost=Decimal("0.03")),
+            ],
+            {"replace": False},
+        ),
+        (
+            routing_data.import_rates,
+            "uk",
+            [
+                Rate(
+                    "uk",
+                    "44",
+                    Decimal("0.01"),
+                    effective_from=start,
+                    effective_to=start.replace(month=6),
+                )
+            ],
+            {"replace": True},
+        ),
+    )
+    policy = _policy(env)
+    policy.wall_clock = lambda: datetime(2026, 3, 1, tzinfo=UTC)
+    assert _addresses(await _authorize(env, _auth("442071234567"))) == ["[10.4.4.4]:5060"]
+    policy.wall_clock = lambda: datetime(2026, 7, 1, tzinfo=UTC)
+    later = await _authorize(env, _auth("442071234567"))
+    assert _addresses(later) == ["[10.0.0.9]:5060"]  # the uk deck ended: "" answers
+    tid = int(later.findtext("TransactionId"))
+    assert (await env.post(_usage(tid, "[10.0.0.9]:5060", answered=False))).code == 200
+    rows = env.core.db.transact_sync(calls.usage_page, after_id=0, since=None, until=None, limit=10)
+    (row,) = [r for r in rows if r["transaction_id"] == tid]
+    assert row["duration"] == 10 and row["cost"] == 0  # rang 10 s, never answered
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_lcr_carrier_routes_keep_their_order_and_their_recorded_cost(
+    env: MemoryEnv,
+) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    _store(
+        env,
+        (
+            route_store.import_routes,
+            [
+                Route("default", "1", "[10.1.0.1]:5060", cost=Decimal("0.001"), carrier="dear"),
+                Route("default", "1", "[10.1.0.2]:5060", cost=Decimal("0.002"), carrier="cheap"),
+            ],
+            {"replace": False},
+        ),
+        (
+            routing_data.import_rates,
+            "dear",
+            [Rate("dear", "1", Decimal("0.05"), effective_from=start)],
+            {"replace": True},
+        ),
+        (
+            routing_data.import_rates,
+            "cheap",
+            [Rate("cheap", "1", Decimal("0.01"), effective_from=start)],
+            {"replace": True},
+        ),
+        (routing_data.set_profile, RoutingProfile("1000", lcr=False)),
+    )
+    response = await _authorize(env, _auth("15559870000"))
+    assert _addresses(response) == ["[10.1.0.1]:5060", "[10.1.0.2]:5060"]  # fixed costs
+    tid = int(response.findtext("TransactionId"))
+    assert (await env.post(_usage(tid, "[10.1.0.1]:5060"))).code == 200
+    rows = env.core.db.transact_sync(calls.usage_page, after_id=0, since=None, until=None, limit=10)
+    (row,) = [r for r in rows if r["transaction_id"] == tid]
+    # 90 s in 60 s increments: 2 minutes at 0.05.
+    assert row["carrier"] == "dear" and row["cost"] == Decimal("0.100000")
+
+
+@pytest_twisted.ensureDeferred
+async def test_np_query_ignores_call_limits_and_translation(env: MemoryEnv) -> None:
+    _store(
+        env,
+        (
+            route_store.import_routes,
+            [Route("default", "1", "[10.4.0.4]:5060", call_limit=1, strip_digits=1)],
+            {"replace": False},
+        ),
+    )
+    held = await _authorize(env, _auth("15559870000"))
+    assert held.findtext("Status/Code") == "200"
+    query = _auth("15559870000", extra='<Service><ServiceType type="portedNumberQuery"/></Service>')
+    answer = await _authorize(env, query)
+    assert answer.findtext("Status/Code") == "200"
+    assert answer.find("Destination").findtext("DestinationInfo") == "15559870000"
+    assert (await _authorize(env, _auth("15559870000"))).findtext("Status/Code") == "404"

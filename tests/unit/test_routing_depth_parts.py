@@ -282,8 +282,9 @@ def test_fraud_lists_allow_beats_deny_and_limits_count_per_customer() -> None:
             NumberListEntry("allow", "destination", "19005"),
             NumberListEntry("deny", "calling", "1666", customer_id="2000"),
         ],
-        [FraudLimit("device", per_minute=1), FraudLimit("calling", "1", concurrent=1)],
+        [FraudLimit("device", per_minute=2), FraudLimit("calling", "1", concurrent=1)],
     )
+    admitted = iter(range(1, 100))
 
     def check(customer: str, calling: str, called: str) -> int | None:
         decision, keys = guard.check(
@@ -294,25 +295,78 @@ def test_fraud_lists_allow_beats_deny_and_limits_count_per_customer() -> None:
             called_digits=called,
         )
         if decision is None:
-            guard.admit(int(clock.now * 1000) + len(calling), keys)
+            guard.admit(next(admitted), keys)
             return None
         return decision.status_code
 
-    assert check("1000", "15551230000", "19001230000") == 9603
-    assert check("1000", "15551230000", "19005550000") is None  # allowed: not counted
+    assert check("1000", "15551230000", "19001230000") == 9603  # refused: not counted
+    assert check("1000", "15551230000", "19005550000") is None  # allowed from the list
     assert check("1000", "16665550000", "14045550000") is None  # customer 2000's list only
+    # The allow list exempts from lists, not from limits: the device's third call.
+    assert check("1000", "15551230001", "14045550000") == 603
     assert check("2000", "16665550000", "14045550000") == 9603
-    assert check("1000", "15551230001", "14045550000") == 603  # device: 2nd call this minute
     assert check("2000", "15551230001", "14045550000") is None  # customer 2000's own count
     clock.now = 125.0
-    assert check("2000", "15551230001", "14045550000") == 603  # still holds a slot
-    guard.release(2_000 + 11)
+    assert check("2000", "15551230001", "14045550000") == 603  # call 3 still holds its slot
+    guard.release(3)
+    assert check("2000", "15551230001", "14045550000") is None
     assert [a.reason for a in alerts] == [
         "deny-list",
-        "deny-list",
         "calls-per-minute",
+        "deny-list",
         "concurrent-calls",
     ]
+
+
+def test_calls_per_minute_is_an_exact_sliding_window() -> None:
+    """A caller at exactly the limit's rate is always served; one above it gets the
+    limit's rate; a caller without digits cannot escape a limit for any number."""
+    clock = _Clock()
+    guard = FraudGuard(clock, max_hold_seconds=3600)
+    rules = FraudRules([], [FraudLimit("calling", per_minute=2)])
+
+    def allowed(calling: str | None) -> bool:
+        decision, _keys = guard.check(
+            rules,
+            customer_id="1",
+            device_id="1",
+            calling_digits=calling,
+            called_digits="1404",
+        )
+        return decision is None
+
+    served = []
+    for step in range(20):  # one call every 30 s: 2 per minute
+        clock.now = step * 30.0
+        served.append(allowed("15551230000"))
+    assert all(served)
+    served = []
+    for step in range(60):  # one call every 10 s: 6 per minute, 2 served
+        clock.now = 10_000 + step * 10.0
+        served.append(allowed("15551230001"))
+    assert sum(served) == 20
+    clock.now = 20_000.0
+    assert allowed(None) and allowed(None) and not allowed(None)  # anonymous callers
+
+
+def test_per_minute_counters_forget_idle_keys() -> None:
+    clock = _Clock()
+    guard = FraudGuard(clock, max_hold_seconds=3600)
+    rules = FraudRules([], [FraudLimit("calling", per_minute=5)])
+    for n in range(1000):
+        guard.check(
+            rules,
+            customer_id="1",
+            device_id="1",
+            calling_digits=f"1555{n:07d}",
+            called_digits="1404",
+        )
+    assert len(guard._rates) == 1000
+    clock.now = 61.0
+    for _ in range(64):  # idle keys go within 64 counted calls
+        guard.check(rules, customer_id="1", device_id="1", calling_digits="1", called_digits="1")
+        clock.now += 20.0
+    assert len(guard._rates) == 1
 
 
 @pytest.mark.parametrize(

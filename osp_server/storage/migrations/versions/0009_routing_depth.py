@@ -90,16 +90,17 @@ def upgrade() -> None:
         sa.Column("transaction_id", sa.BigInteger, primary_key=True, autoincrement=False),
         sa.Column("destination", sa.String(256), primary_key=True),
         sa.Column("carrier", sa.String(64), nullable=True),
-        sa.Column("cost_rate", sa.Numeric(18, 6), nullable=False),
-        sa.Column("cost_fee", sa.Numeric(18, 6), nullable=False),
+        sa.Column("cost_rate", sa.Numeric(24, 6), nullable=False),
+        sa.Column("cost_fee", sa.Numeric(24, 6), nullable=False),
         sa.Column("cost_first", sa.Integer, nullable=False),
         sa.Column("cost_next", sa.Integer, nullable=False),
-        sa.Column("price_rate", sa.Numeric(18, 6), nullable=True),
-        sa.Column("price_fee", sa.Numeric(18, 6), nullable=True),
+        sa.Column("price_rate", sa.Numeric(24, 6), nullable=True),
+        sa.Column("price_fee", sa.Numeric(24, 6), nullable=True),
         sa.Column("price_first", sa.Integer, nullable=True),
         sa.Column("price_next", sa.Integer, nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
     )
+    op.create_index("ix_call_ratings_created_at", "call_ratings", ["created_at"])
 
 
 def downgrade() -> None:
