@@ -33,6 +33,7 @@ from osp_server.routing.model import (
     InvalidRouteField,
     Route,
     check_schedule,
+    forget_validated_values,
     validate_add_prefix,
     validate_carrier,
     validate_cost,
@@ -112,6 +113,7 @@ def iter_routes_csv(
     """
     if max_rows is None:
         max_rows = MAX_ROWS if isinstance(source, str) else MAX_STREAM_ROWS
+    forget_validated_values()
     first_seen: dict[tuple[str, str, str], int] = {}
     shared: dict[str, str] = {}  # one object per distinct table and destination
     for line, cells in _rows(source, ROUTE_COLUMNS, ROUTE_REQUIRED, max_rows):

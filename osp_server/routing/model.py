@@ -260,6 +260,12 @@ class _ValidatedValues:
 _VALID = _ValidatedValues()
 
 
+def forget_validated_values() -> None:
+    """Bound the validated-value caches: called before each table load and file import
+    (they are cleared once one of them is over its limit)."""
+    _VALID.trim()
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """One way to reach numbers starting with ``prefix``, in route table ``table``.

@@ -40,6 +40,7 @@ from osp_server.routing.model import (
     BlockRule,
     InvalidRouteField,
     Route,
+    forget_validated_values,
     validate_destination,
     validate_prefix,
     validate_table,
@@ -190,6 +191,7 @@ def list_routes(conn: Connection, *, table: str | None = None) -> list[Route]:
     query = _select_routes(conn)
     if table is not None:
         query = query.where(routes.c.route_table == _table_arg(table))
+    forget_validated_values()
     shared = _SharedValues()
     found = [shared.route(row) for row in conn.execute(query)]
     found.sort(key=_route_order)

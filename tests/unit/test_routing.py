@@ -613,3 +613,16 @@ def test_destinations_of_loaded_routes_are_not_checked_again() -> None:
     assert unknown not in model._VALID.destinations
     with pytest.raises(model.InvalidRouteField):
         model.validate_destination("has space:5060")
+
+
+def test_validated_value_caches_are_bounded() -> None:
+    """Values a validator accepted are remembered to check a million routes fast; the
+    caches are cleared once over their limit, at the next load or import."""
+    from osp_server.routing import model
+    from osp_server.routing.csvio import parse_routes_csv
+
+    cache = model._VALID
+    for n in range(cache.LIMIT + 5):
+        cache.destinations.add(f"gw{n}.example.net:5060")
+    parse_routes_csv("prefix,destination\n1,[10.0.0.1]:5060\n")
+    assert len(cache.destinations) <= 1
