@@ -61,7 +61,7 @@ from osp_server.routing.quality import (
     network_key,
     outcome_of,
 )
-from osp_server.routing.schedule import LocalClock, parse_schedule
+from osp_server.routing.schedule import LocalClock, parse_schedule, schedule_allows
 from osp_server.routing.table import RouteTables, number_digits
 
 __all__ = [
@@ -207,7 +207,7 @@ class DefaultRoutingPolicy:
             minute = self._local.minute_of_week(profile.time_zone, now)
 
             def in_force(schedule: str | None) -> bool:
-                return schedule is None or (parse_schedule(schedule) >> minute) & 1 == 1
+                return schedule is None or schedule_allows(parse_schedule(schedule), minute)
 
         called_digits = number_digits(request.called)
         calling_digits = number_digits(request.calling)
@@ -303,19 +303,7 @@ class DefaultRoutingPolicy:
         limits: it is not a call.
         """
         query = request.service_type == NP_QUERY_SERVICE
-        # The longest prefix answers almost always: try it without the generator.
-        first = tables.lookup_digits(request.route_table, digits, in_force)
-        if not first:
-            return [], False
-        usable = first if query else [r for r in first if not self.calls.at_limit(r)]
-        if not usable:
-            return [], True
-        priced = self._price(tables, profile, usable, digits, now)
-        if priced:
-            return priced, False
         for group in tables.route_groups(request.route_table, digits, in_force):
-            if group is first:
-                continue
             usable = group if query else [r for r in group if not self.calls.at_limit(r)]
             if not usable:
                 return [], True

@@ -285,11 +285,7 @@ class RouteTables:
             index = self._routes.get(name)
             if index is None:
                 continue
-            by_prefix = index._by_prefix
-            for length in range(min(len(digits), index._longest), -1, -1):
-                group = by_prefix.get(digits[:length])
-                if group is None:
-                    continue
+            for group in index.matches(digits):
                 if in_force is not None:
                     group = tuple(
                         route
@@ -307,27 +303,7 @@ class RouteTables:
         in_force: Callable[[str | None], bool] | None = None,
     ) -> tuple[Route, ...]:
         """`lookup` of a number already reduced to its digits."""
-        for name in _tables_to_search(table):
-            index = self._routes.get(name)
-            if index is None:
-                continue
-            if in_force is None:
-                match = index.longest_match(digits)
-                if match is not None:
-                    return match[1]
-                continue
-            # Inlined `index.matches`: this runs on every call with schedules on.
-            by_prefix = index._by_prefix
-            for length in range(min(len(digits), index._longest), -1, -1):
-                group = by_prefix.get(digits[:length])
-                if group is None:
-                    continue
-                usable = tuple(
-                    route for route in group if route.schedule is None or in_force(route.schedule)
-                )
-                if usable:
-                    return usable
-        return ()
+        return next(self.route_groups(table, digits, in_force), ())
 
     def find_block(
         self,
@@ -358,16 +334,9 @@ class RouteTables:
         routing number), as `find_block_digits` finds it for the called number."""
         for name in _tables_to_search(table):
             index = self._destination_blocks.get(name)
-            if index is None:
-                continue
-            by_prefix = index._by_prefix
-            for length in range(min(len(digits), index._longest), -1, -1):
-                group = by_prefix.get(digits[:length])
-                if group is None:
-                    continue
-                rule = group[0]
-                if rule.schedule is None or in_force is None or in_force(rule.schedule):
-                    return rule
+            rule = None if index is None else _rule_in_force(index, digits, in_force)
+            if rule is not None:
+                return rule
         return None
 
     def find_block_digits(
@@ -386,16 +355,25 @@ class RouteTables:
                 index = blocks.get(name)
                 if index is None:
                     continue
-                number = digits if digits is not None else ""
-                by_prefix = index._by_prefix
-                for length in range(min(len(number), index._longest), -1, -1):
-                    group = by_prefix.get(number[:length])
-                    if group is None:
-                        continue
-                    rule = group[0]
-                    if rule.schedule is None or in_force is None or in_force(rule.schedule):
-                        return rule
+                rule = _rule_in_force(index, digits if digits is not None else "", in_force)
+                if rule is not None:
+                    return rule
         return None
+
+
+def _rule_in_force(
+    index: PrefixIndex[BlockRule], digits: str, in_force: Callable[[str | None], bool] | None
+) -> BlockRule | None:
+    """The rule of the longest prefix of ``digits`` whose rule is in force now."""
+    # The walk of `PrefixIndex.matches`, inlined: this runs on every call.
+    by_prefix = index._by_prefix
+    for length in range(min(len(digits), index._longest), -1, -1):
+        group = by_prefix.get(digits[:length])
+        if group is not None:
+            rule = group[0]
+            if rule.schedule is None or in_force is None or in_force(rule.schedule):
+                return rule
+    return None
 
 
 def _tables_to_search(table: str | None) -> tuple[str, ...]:
