@@ -341,17 +341,15 @@ class FraudGuard:
             per_minute = limit.per_minute
             if per_minute is not None:
                 if self._rates.full(key, per_minute, now):
-                    self._alert(
-                        "calls-per-minute", limit.scope, key, limit.answer, customer_id, device_id
-                    )
-                    return _limit_refusal(limit), ()
+                    return self._refuse_limit(
+                        "calls-per-minute", limit, key, customer_id, device_id
+                    ), ()
                 counted.append((key, per_minute))
             if limit.concurrent is not None:
                 if self._active.active_count(key) >= limit.concurrent:
-                    self._alert(
-                        "concurrent-calls", limit.scope, key, limit.answer, customer_id, device_id
-                    )
-                    return _limit_refusal(limit), ()
+                    return self._refuse_limit(
+                        "concurrent-calls", limit, key, customer_id, device_id
+                    ), ()
                 held.append(key)
         # Only a call every limit admits is counted: refused attempts use no quota.
         for key, per_minute in counted:
@@ -372,10 +370,9 @@ class FraudGuard:
         deny = rules.deny_calling
         entry = None if deny is None else deny.match(customer_id, calling_digits)
         if entry is not None:
-            self._alert(
-                "deny-list", "calling", entry.prefix, NETWORK_BLOCKED, customer_id, device_id
+            return self._refuse(
+                "deny-list", "calling", entry, NETWORK_BLOCKED, customer_id, device_id
             )
-            return RoutingDecision.refused(NETWORK_BLOCKED, entry.description)
         return self.refuse_destination(rules, customer_id, device_id, called_digits)
 
     def refuse_destination(
@@ -389,16 +386,14 @@ class FraudGuard:
         deny = rules.deny_destination
         entry = None if deny is None else deny.match(customer_id, digits)
         if entry is not None:
-            self._alert(
-                "deny-list", "destination", entry.prefix, NETWORK_BLOCKED, customer_id, device_id
+            return self._refuse(
+                "deny-list", "destination", entry, NETWORK_BLOCKED, customer_id, device_id
             )
-            return RoutingDecision.refused(NETWORK_BLOCKED, entry.description)
         premium = None if rules.premium is None else rules.premium.match(customer_id, digits)
         if premium is not None:
-            self._alert(
-                "premium-rate", "destination", premium.prefix, DECLINE, customer_id, device_id
+            return self._refuse(
+                "premium-rate", "destination", premium, DECLINE, customer_id, device_id
             )
-            return RoutingDecision.refused(DECLINE, premium.description)
         return None
 
     def admit(self, transaction_id: int, keys: tuple[str, ...]) -> None:
@@ -409,6 +404,27 @@ class FraudGuard:
     def release(self, transaction_id: int) -> None:
         """Free what ``transaction_id`` holds (nothing if unknown)."""
         self._active.end(transaction_id)
+
+    def _refuse(
+        self,
+        reason: str,
+        kind: str,
+        entry: NumberListEntry,
+        answer: int,
+        customer_id: str,
+        device_id: str,
+    ) -> RoutingDecision:
+        """Refuse a listed number with ``answer`` and the entry's description."""
+        self._alert(reason, kind, entry.prefix, answer, customer_id, device_id)
+        return RoutingDecision.refused(answer, entry.description)
+
+    def _refuse_limit(
+        self, reason: str, limit: FraudLimit, key: str, customer_id: str, device_id: str
+    ) -> RoutingDecision:
+        """Refuse a call over ``limit`` with the limit's answer."""
+        self._alert(reason, limit.scope, key, limit.answer, customer_id, device_id)
+        description = "Call-rate-limit" if limit.answer == DECLINE else "Network-blocked"
+        return RoutingDecision.refused(limit.answer, description)
 
     def _alert(
         self, reason: str, scope: str, key: str, answer: int, customer_id: str, device_id: str
@@ -452,8 +468,3 @@ def _counter_key(
     if called_digits is None or not called_digits.startswith(limit.match):
         return None
     return f"{customer_id}|{tag}"
-
-
-def _limit_refusal(limit: FraudLimit) -> RoutingDecision:
-    description = "Call-rate-limit" if limit.answer == DECLINE else "Network-blocked"
-    return RoutingDecision.refused(limit.answer, description)
