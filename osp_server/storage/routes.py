@@ -609,12 +609,20 @@ def _finish(
     """Delete ``stale`` rows, then bump the version if anything changed."""
     for ids in _batched(stale, _CHUNK):
         conn.execute(delete(table).where(table.c.id.in_(ids)))
-    result = ImportResult(inserted, updated, len(stale), unchanged)
-    version = _bump(conn) if result.changed else current_version_txn(conn)
-    return ImportResult(result.inserted, result.updated, result.deleted, unchanged, version)
+    return finish_import(conn, inserted, updated, len(stale), unchanged)
 
 
-def _delete_where(conn: Connection, table: Table, conditions: list[Any]) -> int:
+def finish_import(
+    conn: Connection, inserted: int, updated: int, deleted: int, unchanged: int
+) -> ImportResult:
+    """The result of an import of routing data, the route version bumped when it
+    changed anything (every node then reloads)."""
+    changed = bool(inserted or updated or deleted)
+    version = _bump(conn) if changed else current_version_txn(conn)
+    return ImportResult(inserted, updated, deleted, unchanged, version)
+
+
+def delete_where(conn: Connection, table: Table, conditions: list[Any]) -> int:
     """Delete matching rows under the version lock; bump the version if any went."""
     _lock(conn)
     count: int = conn.execute(delete(table).where(*conditions)).rowcount
@@ -637,7 +645,7 @@ def delete_routes(
             conditions.append(routes.c.destination == validate_destination(destination))
     except InvalidRouteField as e:
         raise RouteStoreError(str(e)) from None
-    return _delete_where(conn, routes, conditions)
+    return delete_where(conn, routes, conditions)
 
 
 def delete_blocks(
@@ -655,4 +663,4 @@ def delete_blocks(
             conditions.append(route_blocks.c.prefix == validate_prefix(prefix))
     except InvalidRouteField as e:
         raise RouteStoreError(str(e)) from None
-    return _delete_where(conn, route_blocks, conditions)
+    return delete_where(conn, route_blocks, conditions)

@@ -9,12 +9,12 @@ take a SQLAlchemy `Connection` and run in the caller's transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Table, delete, insert, select, update
 
 from osp_server.routing.fraud import FraudLimit, NumberListEntry
 from osp_server.routing.model import InvalidRouteField, RoutedDestination
@@ -26,7 +26,8 @@ from osp_server.storage.routes import (
     RouteStoreError,
     batched,
     bump_version,
-    current_version_txn,
+    delete_where,
+    finish_import,
     lock_for_change,
     stored_decimal,
 )
@@ -40,16 +41,10 @@ from osp_server.storage.schema import (
     routing_profiles,
 )
 
+_Keyed = TypeVar("_Keyed", NumberListEntry, FraudLimit)
+
 _CHUNK: Final = 5_000
 _IN_CHUNK: Final = 500
-
-
-def _finish(
-    conn: Connection, inserted: int, updated: int, deleted: int, unchanged: int
-) -> ImportResult:
-    changed = bool(inserted or updated or deleted)
-    version = bump_version(conn) if changed else current_version_txn(conn)
-    return ImportResult(inserted, updated, deleted, unchanged, version)
 
 
 # --- rate decks ------------------------------------------------------------------------
@@ -156,16 +151,12 @@ def import_rates(
         for ids in batched(stale, _IN_CHUNK):
             conn.execute(delete(rates).where(rates.c.id.in_(ids)))
         deleted = len(stale)
-    return _finish(conn, inserted, updated, deleted, unchanged)
+    return finish_import(conn, inserted, updated, deleted, unchanged)
 
 
 def delete_rates(conn: Connection, carrier: str) -> int:
     """Delete ``carrier``'s whole deck; how many rows went."""
-    lock_for_change(conn)
-    count: int = conn.execute(delete(rates).where(rates.c.carrier == carrier)).rowcount
-    if count:
-        bump_version(conn)
-    return count
+    return delete_where(conn, rates, [rates.c.carrier == carrier])
 
 
 # --- ported numbers --------------------------------------------------------------------
@@ -228,21 +219,16 @@ def import_ported(
             conn.execute(insert(ported_numbers), inserts)
             inserted += len(inserts)
     if replace:
-        return _finish(conn, inserted, 0, deleted, 0)
-    return _finish(conn, inserted, updated, 0, unchanged)
+        return finish_import(conn, inserted, 0, deleted, 0)
+    return finish_import(conn, inserted, updated, 0, unchanged)
 
 
 def delete_ported(conn: Connection, numbers: Sequence[str]) -> int:
     """Delete these ported numbers; how many there were."""
-    lock_for_change(conn)
-    count = 0
-    for part in batched(list(numbers), _IN_CHUNK):
-        count += conn.execute(
-            delete(ported_numbers).where(ported_numbers.c.number.in_(part))
-        ).rowcount
-    if count:
-        bump_version(conn)
-    return count
+    return sum(
+        delete_where(conn, ported_numbers, [ported_numbers.c.number.in_(part)])
+        for part in batched(list(numbers), _IN_CHUNK)
+    )
 
 
 # --- routing profiles ------------------------------------------------------------------
@@ -299,13 +285,9 @@ def set_profile(conn: Connection, profile: RoutingProfile) -> None:
 
 def delete_profile(conn: Connection, customer_id: str) -> bool:
     """Remove a customer's profile (it then gets ``*``'s); False when it had none."""
-    lock_for_change(conn)
-    count = conn.execute(
-        delete(routing_profiles).where(routing_profiles.c.customer_id == customer_id)
-    ).rowcount
-    if count:
-        bump_version(conn)
-    return bool(count)
+    return bool(
+        delete_where(conn, routing_profiles, [routing_profiles.c.customer_id == customer_id])
+    )
 
 
 # --- fraud control ---------------------------------------------------------------------
@@ -358,53 +340,58 @@ def list_limits(conn: Connection) -> list[FraudLimit]:
 
 def replace_number_lists(conn: Connection, entries: Sequence[NumberListEntry]) -> ImportResult:
     """Make the allow / deny / premium lists exactly ``entries``."""
-    lock_for_change(conn)
-    keys = [e.key for e in entries]
-    if len(set(keys)) != len(keys):
-        duplicate = next(k for k in keys if keys.count(k) > 1)
-        raise RouteStoreError(f"duplicate list entry {duplicate!r}")
-    deleted = conn.execute(delete(number_lists)).rowcount
-    if entries:
-        conn.execute(
-            insert(number_lists),
-            [
-                {
-                    "customer_id": e.customer_id or "",
-                    "list": e.list,
-                    "kind": e.kind,
-                    "prefix": e.prefix,
-                    "description": e.description,
-                }
-                for e in entries
-            ],
-        )
-    return _finish(conn, len(entries), 0, deleted, 0)
+    return _replace_all(
+        conn,
+        number_lists,
+        "list entry",
+        entries,
+        lambda e: {
+            "customer_id": e.customer_id or "",
+            "list": e.list,
+            "kind": e.kind,
+            "prefix": e.prefix,
+            "description": e.description,
+        },
+    )
 
 
 def replace_limits(conn: Connection, limits: Sequence[FraudLimit]) -> ImportResult:
     """Make the fraud limits exactly ``limits``."""
+    return _replace_all(
+        conn,
+        fraud_limits,
+        "limit",
+        limits,
+        lambda limit: {
+            "customer_id": limit.customer_id or "",
+            "scope": limit.scope,
+            "match": limit.match,
+            "per_minute": limit.per_minute,
+            "concurrent": limit.concurrent,
+            "answer": limit.answer,
+        },
+    )
+
+
+def _replace_all(
+    conn: Connection,
+    table: Table,
+    what: str,
+    items: Sequence[_Keyed],
+    row: Callable[[_Keyed], dict[str, Any]],
+) -> ImportResult:
+    """Make ``table`` hold exactly ``items`` (a small rule set, replaced whole);
+    refuse a repeated key."""
     lock_for_change(conn)
-    keys = [limit.key for limit in limits]
-    if len(set(keys)) != len(keys):
-        duplicate = next(k for k in keys if keys.count(k) > 1)
-        raise RouteStoreError(f"duplicate limit {duplicate!r}")
-    deleted = conn.execute(delete(fraud_limits)).rowcount
-    if limits:
-        conn.execute(
-            insert(fraud_limits),
-            [
-                {
-                    "customer_id": limit.customer_id or "",
-                    "scope": limit.scope,
-                    "match": limit.match,
-                    "per_minute": limit.per_minute,
-                    "concurrent": limit.concurrent,
-                    "answer": limit.answer,
-                }
-                for limit in limits
-            ],
-        )
-    return _finish(conn, len(limits), 0, deleted, 0)
+    seen: set[object] = set()
+    for item in items:
+        if item.key in seen:
+            raise RouteStoreError(f"duplicate {what} {item.key!r}")
+        seen.add(item.key)
+    deleted = conn.execute(delete(table)).rowcount
+    if items:
+        conn.execute(insert(table), [row(item) for item in items])
+    return finish_import(conn, len(items), 0, deleted, 0)
 
 
 # --- quality statistics ----------------------------------------------------------------
