@@ -106,29 +106,47 @@ def _import_file(
     parse: Callable[[Iterable[bytes] | Iterable[str]], Iterable[Any]],
     store: Callable[..., route_store.ImportResult],
 ) -> None:
-    """Stream ``args.file`` through ``parse`` into ``store`` in one audited
-    transaction, with a progress bar on a terminal; print the counts."""
     action = "routes.imported" if what == "routes" else "route_blocks.imported"
-    with _route_lines(ctx, args.file) as opened:
+    import_file(ctx, args.file, what, action, parse, store, replace=args.replace)
+
+
+def import_file(
+    ctx: Context,
+    name: str,
+    what: str,
+    action: str,
+    parse: Callable[[Iterable[bytes] | Iterable[str]], Iterable[Any]],
+    store: Callable[..., route_store.ImportResult],
+    *args: Any,
+    replace: bool | None,
+    max_bytes: int = MAX_IMPORT_BYTES,
+) -> None:
+    """Stream file ``name`` (``-``: standard input) through ``parse`` into
+    ``store(conn, *args, items[, replace=replace])`` in one audited transaction
+    (``action``), with a progress bar on a terminal; print the counts. ``replace``
+    None: ``store`` takes no such option (it replaces everything)."""
+    options = {} if replace is None else {"replace": replace}
+    with _route_lines(ctx, name, max_bytes) as opened:
         bar = progress_bar(total=_size(opened), unit="B", description=f"importing {what}")
         lines = cast("Iterable[bytes] | Iterable[str]", counting_bytes(opened, bar))
         try:
             result = ctx.change(
                 action,
-                f"{what} file {_label(args.file)}",
+                f"{what} file {_label(name)}",
                 store,
+                *args,
                 parse(lines),
-                replace=args.replace,
-                detail={"replace": args.replace},
+                detail=options or None,
+                **options,
             )
         except (RouteFileError, route_store.RouteStoreError) as e:
-            raise AdminError(f"{_label(args.file)}: {e}") from None
+            raise AdminError(f"{_label(name)}: {e}") from None
         except OSError as e:
-            raise AdminError(f"{_label(args.file)}: cannot read: {e.strerror or e}") from None
+            raise AdminError(f"{_label(name)}: cannot read: {e.strerror or e}") from None
         finally:
             bar.close()
     rows = result.inserted + result.updated + result.unchanged
-    emit_one(ctx, _result_row(args.file, rows, result))
+    emit_one(ctx, _result_row(name, rows, result))
 
 
 def _size(opened: object) -> int | None:
@@ -140,9 +158,11 @@ def _size(opened: object) -> int | None:
 
 
 @contextmanager
-def _route_lines(ctx: Context, name: str) -> Iterator[Iterable[bytes] | Iterable[str]]:
+def _route_lines(
+    ctx: Context, name: str, max_bytes: int
+) -> Iterator[Iterable[bytes] | Iterable[str]]:
     """The lines of a routes file (``-``: standard input), opened for streaming; a
-    regular file over `MAX_IMPORT_BYTES` is refused before anything is read."""
+    regular file over ``max_bytes`` is refused before anything is read."""
     if name == "-":
         yield ctx.stdin
         return
@@ -155,8 +175,8 @@ def _route_lines(ctx: Context, name: str) -> Iterator[Iterable[bytes] | Iterable
             size = os.fstat(f.fileno()).st_size
         except OSError as e:
             raise AdminError(f"{name}: cannot read: {e.strerror or e}") from None
-        if size > MAX_IMPORT_BYTES:
-            raise AdminError(f"{name}: larger than {MAX_IMPORT_BYTES} bytes")
+        if size > max_bytes:
+            raise AdminError(f"{name}: larger than {max_bytes} bytes")
         yield f
 
 

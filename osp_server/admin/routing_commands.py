@@ -8,16 +8,14 @@ snapshot within ``[osp] route_refresh_seconds``.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from osp_server.admin.context import AdminError, Context, Subparsers, emit, emit_one
-from osp_server.admin.progress import counting_bytes, progress_bar
-from osp_server.admin.route_commands import _label, _result_row, _route_lines, _size
-from osp_server.routing.csvio import MAX_FILE_CHARS, RouteFileError
+from osp_server.admin.route_commands import import_file
+from osp_server.routing.csvio import MAX_FILE_CHARS
 from osp_server.routing.datafiles import (
+    RATE_COLUMNS,
     iter_ported_csv,
     iter_rates_csv,
     parse_limits_csv,
@@ -28,41 +26,7 @@ from osp_server.routing.model import InvalidRouteField, validate_carrier
 from osp_server.routing.portability import PortedNumbers, validate_number
 from osp_server.routing.profiles import ALL_CUSTOMERS, DEFAULT_PROFILE, FEATURES, RoutingProfile
 from osp_server.routing.rates import RateDecks
-from osp_server.storage import routes as route_store
 from osp_server.storage import routing_data
-
-
-def _stream_import(
-    ctx: Context,
-    name: str,
-    what: str,
-    action: str,
-    parse: Callable[[Iterable[bytes] | Iterable[str]], Iterable[Any]],
-    store: Callable[..., route_store.ImportResult],
-    *args: Any,
-    replace: bool,
-) -> None:
-    with _route_lines(ctx, name) as opened:
-        bar = progress_bar(total=_size(opened), unit="B", description=f"importing {what}")
-        lines = cast("Iterable[bytes] | Iterable[str]", counting_bytes(opened, bar))
-        try:
-            result = ctx.change(
-                action,
-                f"{what} file {_label(name)}",
-                store,
-                *args,
-                parse(lines),
-                replace=replace,
-                detail={"replace": replace},
-            )
-        except (RouteFileError, route_store.RouteStoreError) as e:
-            raise AdminError(f"{_label(name)}: {e}") from None
-        except OSError as e:
-            raise AdminError(f"{_label(name)}: cannot read: {e.strerror or e}") from None
-        finally:
-            bar.close()
-    rows = result.inserted + result.updated + result.unchanged
-    emit_one(ctx, _result_row(name, rows, result))
 
 
 def _carrier(value: str) -> str:
@@ -79,7 +43,7 @@ def cmd_rates_import(ctx: Context, args: argparse.Namespace) -> None:
     """Import a carrier's rate deck (upsert by prefix and start; ``--replace``: the
     file is the carrier's whole deck)."""
     carrier = _carrier(args.carrier)
-    _stream_import(
+    import_file(
         ctx,
         args.file,
         f"rate deck {carrier}",
@@ -106,16 +70,7 @@ def _rate_row(rate: Any) -> dict[str, Any]:
     }
 
 
-_RATE_COLUMNS = (
-    "carrier",
-    "prefix",
-    "rate",
-    "connection_fee",
-    "first_increment",
-    "next_increment",
-    "effective_from",
-    "effective_to",
-)
+_RATE_COLUMNS = ("carrier", *RATE_COLUMNS)
 
 
 def cmd_rates_list(ctx: Context, args: argparse.Namespace) -> None:
@@ -156,7 +111,7 @@ def cmd_rates_delete(ctx: Context, args: argparse.Namespace) -> None:
 
 def cmd_ported_import(ctx: Context, args: argparse.Namespace) -> None:
     """Import ported numbers (upsert; ``--replace``: the file is the whole table)."""
-    _stream_import(
+    import_file(
         ctx,
         args.file,
         "ported numbers",
@@ -207,51 +162,32 @@ def cmd_ported_delete(ctx: Context, args: argparse.Namespace) -> None:
 # --- fraud -----------------------------------------------------------------------------
 
 
-def _read_small(name: str, ctx: Context) -> str:
-    try:
-        if name == "-":
-            text = ctx.stdin.read()
-            return text.decode("utf-8") if isinstance(text, bytes) else str(text)
-        path = Path(name)
-        if path.stat().st_size > MAX_FILE_CHARS:
-            raise AdminError(f"{name}: larger than {MAX_FILE_CHARS} bytes")
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise AdminError(f"{_label(name)}: not UTF-8 text") from None
-    except OSError as e:
-        raise AdminError(f"{_label(name)}: cannot read: {e.strerror or e}") from None
-
-
 def cmd_fraud_import_lists(ctx: Context, args: argparse.Namespace) -> None:
     """Replace the allow / deny / premium lists with a file's entries."""
-    text = _read_small(args.file, ctx)
-    try:
-        entries = parse_lists_csv(text)
-        result = ctx.change(
-            "fraud.lists_imported",
-            f"number lists file {_label(args.file)}",
-            routing_data.replace_number_lists,
-            entries,
-        )
-    except (RouteFileError, route_store.RouteStoreError) as e:
-        raise AdminError(f"{_label(args.file)}: {e}") from None
-    emit_one(ctx, _result_row(args.file, len(entries), result))
+    import_file(
+        ctx,
+        args.file,
+        "number lists",
+        "fraud.lists_imported",
+        parse_lists_csv,
+        routing_data.replace_number_lists,
+        replace=None,
+        max_bytes=MAX_FILE_CHARS,
+    )
 
 
 def cmd_fraud_import_limits(ctx: Context, args: argparse.Namespace) -> None:
     """Replace the fraud limits with a file's limits."""
-    text = _read_small(args.file, ctx)
-    try:
-        limits = parse_limits_csv(text)
-        result = ctx.change(
-            "fraud.limits_imported",
-            f"fraud limits file {_label(args.file)}",
-            routing_data.replace_limits,
-            limits,
-        )
-    except (RouteFileError, route_store.RouteStoreError) as e:
-        raise AdminError(f"{_label(args.file)}: {e}") from None
-    emit_one(ctx, _result_row(args.file, len(limits), result))
+    import_file(
+        ctx,
+        args.file,
+        "fraud limits",
+        "fraud.limits_imported",
+        parse_limits_csv,
+        routing_data.replace_limits,
+        replace=None,
+        max_bytes=MAX_FILE_CHARS,
+    )
 
 
 def cmd_fraud_show(ctx: Context, args: argparse.Namespace) -> None:

@@ -155,12 +155,13 @@ def iter_ported_csv(
         yield entry
 
 
-def parse_lists_csv(text: str) -> list[NumberListEntry]:
-    """The entries of an allow / deny / premium list file; raise `RouteFileError`."""
+def parse_lists_csv(source: str | Iterable[bytes] | Iterable[str]) -> list[NumberListEntry]:
+    """The entries of an allow / deny / premium list file (its text or its lines, at
+    most `MAX_ROWS`); raise `RouteFileError`."""
     found: list[NumberListEntry] = []
     first_seen: dict[tuple[str | None, str, str, str], int] = {}
     required = frozenset({"list", "kind", "prefix"})
-    for line, cells in _rows(text, LIST_COLUMNS, required, MAX_ROWS):
+    for line, cells in _rows(source, LIST_COLUMNS, required, MAX_ROWS):
         cell = _Cells(line, cells)
         entry = cell.build(
             NumberListEntry,
@@ -177,11 +178,12 @@ def parse_lists_csv(text: str) -> list[NumberListEntry]:
     return found
 
 
-def parse_limits_csv(text: str) -> list[FraudLimit]:
-    """The limits of a fraud limit file; raise `RouteFileError`."""
+def parse_limits_csv(source: str | Iterable[bytes] | Iterable[str]) -> list[FraudLimit]:
+    """The limits of a fraud limit file (its text or its lines, at most `MAX_ROWS`);
+    raise `RouteFileError`."""
     found: list[FraudLimit] = []
     first_seen: dict[tuple[str | None, str, str], int] = {}
-    for line, cells in _rows(text, LIMIT_COLUMNS, frozenset({"scope"}), MAX_ROWS):
+    for line, cells in _rows(source, LIMIT_COLUMNS, frozenset({"scope"}), MAX_ROWS):
         cell = _Cells(line, cells)
         limit = cell.build(
             FraudLimit,

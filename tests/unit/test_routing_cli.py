@@ -113,6 +113,12 @@ def test_bad_files_and_values_are_refused_with_a_reason(run: AdminRunner, tmp_pa
     bad.write_text("number,routing_number\n1555x,1404\n")
     code, _out, err = run("ported", "import", str(bad))
     assert code != 0 and "line 2" in err
+    bad.write_bytes(b"list,kind,prefix\ndeny,calling,1\xff\n")
+    code, _out, err = run("fraud", "import-lists", str(bad))
+    assert code != 0 and "line 2" in err and "not UTF-8" in err
+    bad.write_text("scope,match,per_minute\ncalling,1,0\n")
+    code, _out, err = run("fraud", "import-limits", str(bad))
+    assert code != 0 and "line 2" in err and "per_minute" in err
     code, _out, err = run("profile", "set", "1000", "--time-zone", "Mars/Base")
     assert code != 0 and "time zone" in err
     code, _out, err = run("profile", "set", "9999")
@@ -123,6 +129,7 @@ def test_bad_files_and_values_are_refused_with_a_reason(run: AdminRunner, tmp_pa
     assert code != 0 and "no routing profile" in err
     # Nothing was stored by the refused commands.
     assert run.json("rates", "list") == [] and run.json("profile", "show") == []
+    assert run.json("fraud", "show") == [] and run.json("fraud", "show", "--limits") == []
 
 
 def test_profiles_switch_parts_and_fall_back(run: AdminRunner) -> None:
