@@ -61,6 +61,16 @@ def _single_word(text: str) -> str:
     return "-".join(text.split()) or "-"
 
 
+def _call_id(request: AuthorizationRequest, index: int) -> tuple[bytes | None, str]:
+    """(Call-ID, its base64 text) to echo in the ``index``-th Destination: the
+    request's ``index``-th CallId, its first when it sent fewer, ``UNDEFINED`` when
+    none (FreeSWITCH)."""
+    if not request.call_ids:
+        return None, UNDEFINED_CALL_ID_B64
+    i = index if index < len(request.call_ids) else 0
+    return request.call_ids[i], request.call_ids_b64[i]
+
+
 def check_claimed_identity(
     identity: DeviceIdentity, customer_id: str | None, device_id: str | None
 ) -> None:
@@ -166,18 +176,12 @@ class OSPService:
             return self._refusal(request, decision, now)
         if decision.service_type is not None:
             return self._query_answer(request, decision, now)
-        valid_after = now - timedelta(seconds=self._config.token_backdate_seconds)
-        valid_until = now + timedelta(seconds=self._config.token_validity_seconds)
+        valid_after, valid_until = self._validity(now)
         amount = self._config.call_time_limit_seconds
         token_format = self._token_format(identity)
         destinations: list[Destination] = []
         for index, routed in enumerate(decision.destinations[: request.max_destinations]):
-            if request.call_ids:
-                i = index if index < len(request.call_ids) else 0
-                call_id: bytes | None = request.call_ids[i]
-                call_id_b64 = request.call_ids_b64[i]
-            else:
-                call_id, call_id_b64 = None, UNDEFINED_CALL_ID_B64
+            call_id, call_id_b64 = _call_id(request, index)
             calling = routed.calling or request.calling
             called = routed.called or request.called
             try:
@@ -232,19 +236,26 @@ class OSPService:
             return None
         return AuthorizationResult(response, 200, transaction_id, len(destinations))
 
+    def _validity(self, now: datetime) -> tuple[datetime, datetime]:
+        """ValidAfter and ValidUntil of the tokens and Destinations answered ``now``."""
+        return (
+            now - timedelta(seconds=self._config.token_backdate_seconds),
+            now + timedelta(seconds=self._config.token_validity_seconds),
+        )
+
     def _query_answer(
         self, request: AuthorizationRequest, decision: RoutingDecision, now: datetime
     ) -> AuthorizationResult:
         """A query service's answer (``portedNumberQuery``): one Destination with the
         NP data and no token; no call is authorized, so nothing is recorded."""
         routed = decision.destinations[0]
-        call_id_b64 = request.call_ids_b64[0] if request.call_ids else UNDEFINED_CALL_ID_B64
+        valid_after, valid_until = self._validity(now)
         destination = Destination(
-            call_id_b64=call_id_b64,
+            call_id_b64=_call_id(request, 0)[1],
             signal_address=routed.signal_address,
             token=None,
-            valid_after=now - timedelta(seconds=self._config.token_backdate_seconds),
-            valid_until=now + timedelta(seconds=self._config.token_validity_seconds),
+            valid_after=valid_after,
+            valid_until=valid_until,
             calling=request.calling,
             calling_type=request.calling_type,
             called=routed.called or request.called,
@@ -352,8 +363,7 @@ class OSPService:
                 status=Status(code=404, description="Transaction-not-found"),
             )
             return response
-        valid_after = now - timedelta(seconds=self._config.token_backdate_seconds)
-        valid_until = now + timedelta(seconds=self._config.token_validity_seconds)
+        valid_after, valid_until = self._validity(now)
         calling = request.calling or stored.calling
         called = request.called or stored.called
         amount = self._config.call_time_limit_seconds
