@@ -120,12 +120,6 @@ def _order(candidates: list[_Candidate], rng: random.Random) -> list[_Candidate]
     return ordered
 
 
-def _plan(
-    rate: Decimal, fee: Decimal, first: int, following: int
-) -> tuple[Decimal, Decimal, int, int]:
-    return (rate, fee, first, following)
-
-
 @implementer(IRoutingPolicy, IRouteTablesConsumer, IUsageObserver)
 class DefaultRoutingPolicy:
     """Fraud control, block rules, number portability, longest-prefix match, least
@@ -343,9 +337,10 @@ class DefaultRoutingPolicy:
         and the carrier's quality) but ordered by their fixed cost, and kept when
         their deck has no rate.
         """
-        price_rate = None
+        deck_price = None  # the same for every route: the customer's deck prices the number
         if profile.price_deck is not None:
             price_rate = tables.rates.rate_at(profile.price_deck, digits, now)
+            deck_price = None if price_rate is None else price_rate.plan
         markup = profile.markup_percent
         priced: list[_Candidate] = []
         for route in routes:
@@ -355,22 +350,13 @@ class DefaultRoutingPolicy:
                 if rate is None and profile.lcr:
                     continue  # the carrier's deck does not reach this number now
             if rate is not None:
-                cost = _plan(
-                    rate.rate, rate.connection_fee, rate.first_increment, rate.next_increment
-                )
+                cost = rate.plan
             else:
-                cost = _plan(route.cost, Decimal(0), *_FIXED_COST_BILLING)
-            price = None
-            if price_rate is not None:
-                price = _plan(
-                    price_rate.rate,
-                    price_rate.connection_fee,
-                    price_rate.first_increment,
-                    price_rate.next_increment,
-                )
-            elif markup is not None:
+                cost = (route.cost, Decimal(0), *_FIXED_COST_BILLING)
+            price = deck_price
+            if price is None and markup is not None:
                 factor = 1 + markup / 100
-                price = _plan(cost[0] * factor, cost[1] * factor, cost[2], cost[3])
+                price = (cost[0] * factor, cost[1] * factor, cost[2], cost[3])
             order_cost = cost[0] if profile.lcr else route.cost
             priced.append(_Candidate(route, order_cost, Rating(route.carrier, cost, price)))
         return priced

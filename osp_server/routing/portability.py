@@ -90,10 +90,6 @@ class PortedNumbers:
             return PortingAnswer(None, None)
         return PortingAnswer(found[0], found[1])
 
-    def entries(self) -> list[PortedNumber]:
-        """Every entry (for export)."""
-        return [PortedNumber(n, rn, cic) for n, (rn, cic) in self._entries.items()]
-
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -26,7 +26,6 @@ import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Final
 
 from osp_server.cdr.legs import LegReport, account_duration
@@ -382,8 +381,3 @@ def network_key(network_id: str) -> str:
 def carrier_key(carrier: str) -> str:
     """The statistics key of a carrier."""
     return "carrier:" + carrier
-
-
-def decimal_seconds(value: Decimal | None) -> float | None:
-    """A Decimal duration as float seconds (None stays None)."""
-    return None if value is None else float(value)

@@ -97,20 +97,11 @@ class Rate:
         """Identity of the row: (carrier, prefix, effective_from)."""
         return (self.carrier, self.prefix, self.effective_from)
 
-    def in_force(self, when: datetime) -> bool:
-        """True when the row applies at ``when``."""
-        return self.effective_from <= when and (
-            self.effective_to is None or when < self.effective_to
-        )
-
     @property
     def plan(self) -> tuple[Decimal, Decimal, int, int]:
-        """(rate per minute, connection fee, first increment, next increment)."""
+        """(rate per minute, connection fee, first increment, next increment): what
+        `charge` takes, and what an authorization records."""
         return (self.rate, self.connection_fee, self.first_increment, self.next_increment)
-
-    def charge(self, duration: Decimal) -> Decimal:
-        """What a call of ``duration`` seconds costs at this rate (see `charge`)."""
-        return charge(self.plan, duration)
 
 
 def billed_seconds(first_increment: int, next_increment: int, duration: Decimal) -> int:
