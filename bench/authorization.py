@@ -1236,50 +1236,40 @@ def _run(settings: Settings, work: Path, url: str, out: TextIO) -> int:
     finally:
         signed.stop()
 
-    xml = ServerProcess(_spec(settings, work, url, "xml"), work, "xml")
-    xml.start()
-    try:
-        say(f"server (token_format xml) pid {xml.pid} up on the same data directory")
-        xml_before = xml.sample()
-        results.append(
-            run_phase(
-                xml,
-                xml.https_port,
-                device,
-                [auth_request] * n,
-                warmup=[auth_request] * w,
-                concurrency=c,
-                check=check_authorization,
-                name="auth-xml",
+    def authorize_on_own_server(
+        spec: ServeSpec, label: str, described: str, phase: str
+    ) -> tuple[ServerProcess, ProcessSample, ProcessSample]:
+        """One authorization phase on a server process of its own (same data)."""
+        server = ServerProcess(spec, work, label)
+        server.start()
+        try:
+            say(f"server ({described}) pid {server.pid} up on the same data directory")
+            before = server.sample()
+            results.append(
+                run_phase(
+                    server,
+                    server.https_port,
+                    device,
+                    [auth_request] * n,
+                    warmup=[auth_request] * w,
+                    concurrency=c,
+                    check=check_authorization,
+                    name=phase,
+                )
             )
-        )
-        xml_after = xml.sample()
-    finally:
-        xml.stop()
+            return server, before, server.sample()
+        finally:
+            server.stop()
 
-    depth = ServerProcess(_spec(settings, work, url, "signed", routing_depth=True), work, "depth")
-    depth.start()
-    try:
-        say(
-            f"server (signed, routing depth: LCR, portability, quality, fraud, schedules) "
-            f"pid {depth.pid} up on the same data directory"
-        )
-        depth_before = depth.sample()
-        results.append(
-            run_phase(
-                depth,
-                depth.https_port,
-                device,
-                [auth_request] * n,
-                warmup=[auth_request] * w,
-                concurrency=c,
-                check=check_authorization,
-                name="auth-depth",
-            )
-        )
-        depth_after = depth.sample()
-    finally:
-        depth.stop()
+    xml, xml_before, xml_after = authorize_on_own_server(
+        _spec(settings, work, url, "xml"), "xml", "token_format xml", "auth-xml"
+    )
+    depth, depth_before, depth_after = authorize_on_own_server(
+        _spec(settings, work, url, "signed", routing_depth=True),
+        "depth",
+        "signed, routing depth: LCR, portability, quality, fraud, schedules",
+        "auth-depth",
+    )
 
     say()
     for line in format_table(results, bare):

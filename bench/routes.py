@@ -89,6 +89,20 @@ def _timed_import(engine: Engine, store: Any, items: list[Any]) -> tuple[Any, fl
     return result, time.perf_counter() - started
 
 
+def _timed_load(engine: Engine) -> tuple[Any, float, float, float]:
+    """(tables, seconds, RSS MiB before, RSS MiB after) of one snapshot load, as a
+    node does it: on a connection of its own, then a collection (the server collects
+    right after each load, before freezing the tables)."""
+    gc.collect()
+    before = _rss_mib()
+    started = time.perf_counter()
+    with engine.connect() as conn:
+        _, tables = route_store.load_snapshot_txn(conn)
+    loaded = time.perf_counter() - started
+    gc.collect()
+    return tables, loaded, before, _rss_mib()
+
+
 def _routing_data(engine: Engine, ported: int, rates: int, say: Any) -> Any:
     """Import ported numbers and a rate deck (issue 13), then time a full snapshot load
     with them (what every node does after each routing change); the loaded tables."""
@@ -111,17 +125,11 @@ def _routing_data(engine: Engine, ported: int, rates: int, say: Any) -> Any:
         routing_data.import_rates(conn, "alpha", unique, replace=True)
     say(f"import: {len(unique):,} deck rows in {time.perf_counter() - started:.1f} s")
     del numbers, deck, unique
-    gc.collect()
-    before = _rss_mib()
-    started = time.perf_counter()
-    with engine.connect() as conn:
-        _, tables = route_store.load_snapshot_txn(conn)
-    loaded = time.perf_counter() - started
-    gc.collect()
+    tables, loaded, before, after = _timed_load(engine)
     say(
         f"load with routing data ({len(tables.ported):,} ported numbers, "
         f"{len(tables.rates):,} deck rows): {loaded:.2f} s; RSS {before:.0f} -> "
-        f"{_rss_mib():.0f} MiB"
+        f"{after:.0f} MiB"
     )
     return tables
 
@@ -168,14 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         # The load below measures the route table, as issue 9's targets are for it.
         with engine.begin() as conn:
             route_store.delete_blocks(conn, table="default")
-        gc.collect()
-        before = _rss_mib()
-        started = time.perf_counter()
-        with engine.connect() as conn:
-            _, tables = route_store.load_snapshot_txn(conn)
-        loaded = time.perf_counter() - started
-        gc.collect()  # as the server does after each load (before freezing the tables)
-        after = _rss_mib()
+        tables, loaded, before, after = _timed_load(engine)
         say(
             f"load: {loaded:.2f} s (target < 10 s); RSS {before:.0f} -> {after:.0f} MiB "
             f"(+{after - before:.0f}; target < 500 MiB in all)"
